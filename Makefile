@@ -1,0 +1,35 @@
+# fastclr developer targets. `make bench` and `make test` set everything up first (idempotent).
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fastclr-installed
+NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard kernels/cpu/*.cpp kernels/cpu/*.h)
+
+.PHONY: setup test lint format bench bench-quick gpu-check quality clean
+
+setup: $(STAMP)
+
+$(STAMP): $(NATIVE_SRC) scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+# The tests, lint and type checks CI runs (.ci/run calls `make test`).
+test: setup lint
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/throughput.py
+
+bench-quick: setup
+	$(PY) bench/throughput.py --quick
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Kernel sources, installed as ``fastclr.kernels``: Triton kernels (``triton/``) and C++ (``cpu/``)."""

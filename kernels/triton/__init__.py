@@ -1,0 +1,1 @@
+"""Pure @triton.jit kernels (no torch glue): the launchers live in fastclr.ops."""
