@@ -33,3 +33,7 @@ bench-quick: setup
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# On a CUDA machine: tests with compiled kernels + GPU benchmarks, results under bench/results/.
+gpu-check:
+	bash scripts/gpu_check.sh
