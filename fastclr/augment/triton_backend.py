@@ -1,0 +1,208 @@
+"""Launcher for the fused Triton augmentation kernel (``fastclr.kernels.triton.augment``).
+
+One launch sequence applies crop + bilinear resize + flip + colour jitter (per-image drawn order)
++ grayscale + Gaussian blur + solarize + normalise + cast for every view of a batch, reading the
+uint8 sources once per output pixel and writing (R, 3, S, S) channels_last output directly. The
+maths is :func:`fastclr.augment.reference.apply_reference`'s, evaluated in fp32.
+
+Tolerance against the float64 reference for the same parameters (tests/test_augment_triton.py):
+    float32 / float64 output: max abs error ≤ 1e-4 in normalised units (about 2e-5 in [0, 1]
+        pixel units: fp32 rounding of the bilinear weights, HSV round trip and blur taps);
+    float16 / bfloat16 output: max abs error ≤ 2 × the error of casting the reference itself to
+        that dtype, + 1e-4.
+
+Passes (details in the kernel module's header): (1) per-row mean of gray(x) just before the
+contrast step — recomputing the pixel-wise ops that precede contrast in that row's order, so the
+torchvision semantics hold exactly for every order; (2) colour pass; (3) two separable blur
+passes through an fp32 scratch, only when the config can blur (``blur_p > 0`` and a kernel side
+> 1). Without blur the colour pass writes the final output.
+
+Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter; how
+CI tests it). No host synchronisation: sizes come from Python shapes, parameters stay on device.
+
+Timing (e.g. from bench/throughput.py): ``apply_triton_views(images, [p1, p2], config)`` on a
+CUDA uint8 batch after one warm-up call, bracketed by ``torch.cuda.synchronize()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fastclr.augment.inputs import Images, check_images, images_device
+from fastclr.augment.params import CONTRAST, AugmentConfig, AugmentParams
+
+__all__ = ["apply_triton", "apply_triton_views", "pack_sources", "triton_available"]
+
+#: Output pixels per program in the colour and blur passes: 256 px × 3 channels keeps 4 warps busy
+#: on the gathers without spilling the fp32 RGB/HSV temporaries.
+BLOCK_PIXELS = 256
+#: Pixels per loop step of the per-row contrast-mean reduction (one program walks a whole row).
+BLOCK_MEAN = 1024
+#: Under the interpreter every program is a Python call: one big block per row is much faster.
+BLOCK_INTERPRETED = 4096
+#: Number of float32 columns of the kernel's per-row parameter table (kernel PRM_COLS).
+_PRM_COLS = 19
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available(device: torch.device) -> bool:
+    """True where the kernel can run on ``device``: CUDA, or CPU under TRITON_INTERPRET=1."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _interpreting()
+
+
+def pack_sources(images: Tensor | list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Sources as one flat uint8 buffer plus an (N, 4) int64 table (byte offset, H, W, C).
+
+    A dense contiguous (N, H, W, C) batch is used in place (a view, no copy); a ragged list is
+    concatenated once. Nothing is read back to the host.
+    """
+    if isinstance(images, Tensor):
+        flat = images.contiguous().view(-1)
+        n, h, w, c = images.shape
+        dev = images.device
+        table = torch.empty((n, 4), dtype=torch.int64, device=dev)
+        table[:, 0] = torch.arange(n, dtype=torch.int64, device=dev) * (h * w * c)
+        table[:, 1] = h
+        table[:, 2] = w
+        table[:, 3] = c
+        return flat, table
+    rows = []
+    offset = 0
+    for t in images:
+        h, w, c = t.shape
+        rows.append([offset, h, w, c])
+        offset += h * w * c
+    flat = torch.cat([t.contiguous().view(-1) for t in images])
+    table = torch.tensor(rows, dtype=torch.int64).to(flat.device, non_blocking=True)
+    return flat, table
+
+
+def _param_table(params: AugmentParams) -> Tensor:
+    """(N, 19) float32 table in the kernel's PRM_* column order."""
+    order = params.order.long()
+    contrast_pos = (order == CONTRAST).to(torch.int64).argmax(dim=1)
+    cols = [
+        params.crop.float(),
+        params.flip.float()[:, None],
+        params.jitter_apply.float()[:, None],
+        params.brightness.float()[:, None],
+        params.contrast.float()[:, None],
+        params.saturation.float()[:, None],
+        params.hue.float()[:, None],
+        params.gray.float()[:, None],
+        params.blur_apply.float()[:, None],
+        params.sigma.float()[:, None],
+        params.solarize.float()[:, None],
+        contrast_pos.float()[:, None],
+        order.float(),
+    ]
+    table = torch.cat(cols, dim=1).contiguous()
+    assert table.shape[1] == _PRM_COLS
+    return table
+
+
+def apply_triton_views(
+    images: Images, views: Sequence[AugmentParams], config: AugmentConfig
+) -> list[Tensor]:
+    """Apply several views' parameters to the same images in one launch sequence.
+
+    Args:
+        images: dense uint8 (N, H, W, C) or a sequence of uint8 (H, W, C), C ∈ {1, 3, 4}, on a
+            CUDA device (or CPU under TRITON_INTERPRET=1).
+        views: one :class:`AugmentParams` of N images per view (moved to the images' device).
+        config: output size, blur kernel size (blur runs only when ``config.blur_p > 0``; rows
+            with ``blur_apply`` set under ``blur_p = 0`` are not blurred), solarize threshold,
+            mean/std, dtype.
+
+    Returns:
+        One (N, 3, S, S) tensor per view in ``config.dtype``, channels_last memory format (slices
+        of one (V·N, 3, S, S) buffer).
+
+    Crop boxes and orders are not validated (that needs a host sync; see
+    ``AugmentParams.check_crop``): an order that is not a permutation gives undefined colours, an
+    out-of-source crop box reads clamped pixels, never out of bounds.
+    """
+    from fastclr.kernels.triton.augment import (  # lazy: importing triton is slow
+        augment_blur_kernel,
+        augment_color_kernel,
+        augment_contrast_mean_kernel,
+    )
+
+    imgs = check_images(images)
+    dev = images_device(imgs)
+    if not triton_available(dev):
+        raise RuntimeError(
+            f"the Triton augmentation backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU "
+            f"tensors), got images on {dev}; use backend='torch' or 'reference' on the CPU"
+        )
+    n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
+    if len(views) == 0:
+        raise ValueError("views is empty: pass at least one AugmentParams")
+    for v, p in enumerate(views):
+        if len(p) != n:
+            raise ValueError(f"views[{v}] has {len(p)} images, images has {n}")
+
+    src, img_table = pack_sources(imgs)
+    prm = torch.cat([_param_table(p.to(dev)) for p in views]).contiguous()
+    rows = prm.shape[0]
+    img_rows = img_table.repeat(len(views), 1).contiguous()
+    s = config.size
+    k = config.blur_kernel_size
+    blur = config.blur_p > 0 and k > 1
+    out_nhwc = torch.empty((rows, s, s, 3), dtype=config.dtype, device=dev)
+    means = torch.empty((rows,), dtype=torch.float32, device=dev)
+    m0, m1, m2 = (float(x) for x in config.mean)
+    s0, s1, s2 = (float(x) for x in config.std)
+    thr = float(config.solarize_threshold)
+
+    npix = s * s
+    if _interpreting():
+        block = min(BLOCK_INTERPRETED, max(16, _next_pow2(npix)))
+        block_mean = block
+    else:
+        block = BLOCK_PIXELS
+        block_mean = BLOCK_MEAN
+    grid = ((npix + block - 1) // block, rows)
+
+    augment_contrast_mean_kernel[(rows,)](src, img_rows, prm, means, s, BLOCK=block_mean)
+    if not blur:
+        augment_color_kernel[grid](
+            src, img_rows, prm, means, out_nhwc, s, thr, m0, m1, m2, s0, s1, s2,
+            FUSE_TAIL=True, BLOCK=block,
+        )  # fmt: skip
+    else:
+        tmp = torch.empty((rows, s, s, 3), dtype=torch.float32, device=dev)
+        tmp2 = torch.empty_like(tmp)
+        augment_color_kernel[grid](
+            src, img_rows, prm, means, tmp, s, thr, m0, m1, m2, s0, s1, s2,
+            FUSE_TAIL=False, BLOCK=block,
+        )  # fmt: skip
+        radius = k // 2
+        augment_blur_kernel[grid](
+            tmp, prm, tmp2, s, thr, m0, m1, m2, s0, s1, s2,
+            RADIUS=radius, AXIS=0, FINISH=False, BLOCK=block,
+        )  # fmt: skip
+        augment_blur_kernel[grid](
+            tmp2, prm, out_nhwc, s, thr, m0, m1, m2, s0, s1, s2,
+            RADIUS=radius, AXIS=1, FINISH=True, BLOCK=block,
+        )  # fmt: skip
+    out = out_nhwc.permute(0, 3, 1, 2)  # (R, 3, S, S) with channels_last strides, no copy
+    return list(out.split(n, dim=0))
+
+
+def apply_triton(images: Images, params: AugmentParams, config: AugmentConfig) -> Tensor:
+    """One view: same contract as :func:`fastclr.augment.reference.apply_reference`."""
+    return apply_triton_views(images, [params], config)[0]
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
