@@ -10,10 +10,14 @@
 #endif
 
 #include "normalize.h"
+#include "ntxent.h"
 
 namespace nb = nanobind;
 
 namespace {
+
+const float* cptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
+float* mptr(uintptr_t p) { return reinterpret_cast<float*>(p); }
 
 int max_threads() {
 #ifdef FASTCLR_HAVE_OPENMP
@@ -51,4 +55,49 @@ NB_MODULE(_cpu, m) {
       nb::arg("src"), nb::arg("dst"), nb::arg("norms"), nb::arg("M"), nb::arg("D"), nb::arg("eps"),
       nb::call_guard<nb::gil_scoped_release>(),
       "Row-wise L2 normalisation of an (M, D) fp32 matrix; norms may be 0 (null).");
+
+  // NT-Xent log-sum-exp kernels (ntxent.h): dense row-major fp32 storage, natural-log LSE.
+  m.attr("ntxent_const_shift_max_span") = fastclr::kConstShiftMaxSpan;
+  m.def("ntxent_uses_constant_shift", &fastclr::ntxent_uses_constant_shift, nb::arg("inv_tau"),
+        "True when lse_sym uses the constant shift c = 1/tau (2/tau <= max span).");
+  m.def(
+      "ntxent_lse_sym_fwd_f32",
+      [](uintptr_t z, int64_t M, int64_t D, float inv_tau, uintptr_t lse, int nthreads) {
+        fastclr::ntxent_lse_sym_fwd_f32(cptr(z), M, D, inv_tau, mptr(lse), nthreads);
+      },
+      nb::arg("z"), nb::arg("M"), nb::arg("D"), nb::arg("inv_tau"), nb::arg("lse"),
+      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
+      "lse[a] = logsumexp_{k != a} z_a.z_k * inv_tau for unit rows z (M, D).");
+  m.def(
+      "ntxent_lse_sym_bwd_f32",
+      [](uintptr_t z, int64_t M, int64_t D, float inv_tau, uintptr_t lse, uintptr_t g,
+         uintptr_t dz, int nthreads) {
+        fastclr::ntxent_lse_sym_bwd_f32(cptr(z), M, D, inv_tau, cptr(lse), cptr(g), mptr(dz),
+                                        nthreads);
+      },
+      nb::arg("z"), nb::arg("M"), nb::arg("D"), nb::arg("inv_tau"), nb::arg("lse"), nb::arg("g"),
+      nb::arg("dz"), nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
+      "dz = (W + W^T) z * inv_tau, W_ak = g_a softmax_ak (self excluded).");
+  m.def(
+      "ntxent_lse_rect_fwd_f32",
+      [](uintptr_t q, int64_t Mq, uintptr_t k, int64_t Mk, int64_t D, int64_t q_offset,
+         float inv_tau, uintptr_t lse, int nthreads) {
+        fastclr::ntxent_lse_rect_fwd_f32(cptr(q), Mq, cptr(k), Mk, D, q_offset, inv_tau,
+                                         mptr(lse), nthreads);
+      },
+      nb::arg("q"), nb::arg("Mq"), nb::arg("k"), nb::arg("Mk"), nb::arg("D"), nb::arg("q_offset"),
+      nb::arg("inv_tau"), nb::arg("lse"), nb::arg("nthreads"),
+      nb::call_guard<nb::gil_scoped_release>(),
+      "lse[i] = logsumexp_{j != q_offset + i} q_i.k_j * inv_tau (online running max).");
+  m.def(
+      "ntxent_lse_rect_bwd_f32",
+      [](uintptr_t q, int64_t Mq, uintptr_t k, int64_t Mk, int64_t D, int64_t q_offset,
+         float inv_tau, uintptr_t lse, uintptr_t g, uintptr_t dq, uintptr_t dk, int nthreads) {
+        fastclr::ntxent_lse_rect_bwd_f32(cptr(q), Mq, cptr(k), Mk, D, q_offset, inv_tau, cptr(lse),
+                                         cptr(g), mptr(dq), mptr(dk), nthreads);
+      },
+      nb::arg("q"), nb::arg("Mq"), nb::arg("k"), nb::arg("Mk"), nb::arg("D"), nb::arg("q_offset"),
+      nb::arg("inv_tau"), nb::arg("lse"), nb::arg("g"), nb::arg("dq"), nb::arg("dk"),
+      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
+      "dq = W k * inv_tau, dk = W^T q * inv_tau, W_ij = g_i softmax_ij (self excluded).");
 }
