@@ -1,0 +1,489 @@
+"""Fused NT-Xent log-sum-exp kernels (pure ``@triton.jit``; launchers in fastclr.ops.triton_ntxent).
+
+Maths (../shared/DESIGN.md, "NT-Xent semantics"). Rows ẑ_a are already L2-normalised, so
+``s_ak = ẑ_a·ẑ_k / τ`` lies in [−1/τ, 1/τ]. The kernels compute, never storing anything M×M:
+
+    forward   LSE_a = log Σ_{k≠a} exp(s_ak)                (natural log, base e, stored in fp32)
+    backward  dẑ = (W + Wᵀ) ẑ / τ,   W_ak = g_a · exp(s_ak − LSE_a)     (g = upstream gradient)
+
+Two ways to keep exp() in range:
+
+* constant shift c = 1/τ ≥ max s. Then e_ak = exp(s_ak − c) ∈ [exp(−2/τ), 1] is one number for
+  (a,k) and (k,a), so a tile (I, J) feeds the rows of I *and* of J with one exp per element, and
+  ``(W + Wᵀ)_ak = e_ak (r_a + r_k)`` with ``r_a = g_a exp(c − LSE_a)``. Valid while 2/τ stays far
+  from fp32's exp underflow (~87): the launcher uses it iff 2/τ ≤ ``CONST_SHIFT_LIMIT`` (64, so
+  e ≥ 1.6e−28 and r ≤ g·6e27 stay finite), i.e. τ ≥ 1/32. The rule depends on τ only, never data.
+* online running max (``ONLINE``): flash-attention's m/l recurrence per row; any τ > 0.
+
+Kernels:
+
+* ``ntxent_sym_fwd_kernel`` / ``ntxent_sym_bwd_kernel``: symmetric, constant shift. Program ``i``
+  owns row block I and visits the T//2 + 1 blocks J = (i + d) mod T, d = 0..T//2 (when T is even,
+  the pair at d = T//2 is taken by the lower of its two programs only). Every unordered block pair
+  is visited exactly once and every program does the same amount of work. Contributions to its own
+  rows stay in registers and are stored without atomics; contributions to the rows of J (the
+  transposed tile) are added with fp32 ``tl.atomic_add`` into a separate buffer, so the result's
+  last bits depend on the order atomics land (not bitwise deterministic).
+* ``ntxent_rows_fwd_kernel`` / ``ntxent_rows_bwd_kernel``: one program per query row block, loop
+  over all key blocks, no atomics (bitwise deterministic). Used for the rectangular (distributed)
+  op, under ``torch.use_deterministic_algorithms(True)``, and whenever the online path is needed.
+
+Tiles are ``BLOCK_M × BLOCK_M`` (symmetric) or ``BLOCK_M × BLOCK_N`` (rows). The feature dimension
+D is either one padded chunk (``SINGLE_CHUNK``, BLOCK_D = next power of two ≥ D: operand tiles and
+the gradient accumulator live in registers) or a loop over BLOCK_D chunks for large D (the row-side
+gradient is then read-modify-written in global memory by the program that owns those rows).
+
+``UPCAST``: under the Triton interpreter (CPU CI) ``tl.dot`` of two bf16 tiles is wrong (triton
+3.8/3.9), so the launcher sets UPCAST=True there for bf16 and the tiles are cast to fp32 before
+every ``tl.dot``; on a GPU it is False and bf16 goes to the tensor cores. ``DOT_PREC`` is "ieee"
+for fp32 operands (no silent TF32) and ignored for 16-bit ones. Accumulation is always fp32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# 2/τ above this switches to the online path: exp(−64) = 1.6e−28 is far above fp32's smallest
+# normal (1.2e−38) and exp(64)·g stays finite for any plausible upstream gradient g.
+CONST_SHIFT_LIMIT = 64.0
+# Largest D handled as one register-resident chunk; above it D is looped in MULTI_CHUNK_D pieces.
+MAX_SINGLE_CHUNK_D = 256
+MULTI_CHUNK_D = 128 if INTERPRET else 64
+# Smallest tile side tl.dot accepts.
+MIN_DOT = 16
+
+
+def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in blocks
+    ]
+
+
+if INTERPRET:
+    # The interpreter runs each program in numpy: few, mid-sized programs are fastest; one config.
+    SYM_CONFIGS = _configs([(32, 32, 1, 1)])
+    ROW_CONFIGS = _configs([(32, 32, 1, 1)])
+else:
+    # (BLOCK_M, BLOCK_N, warps, stages). Symmetric tiles are square (BLOCK_N unused there).
+    SYM_CONFIGS = _configs(
+        [(64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (32, 32, 4, 2)]
+    )
+    ROW_CONFIGS = _configs(
+        [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 2)]
+    )
+
+
+def keep(config: triton.Config, block_d: int, single_chunk: bool, m: int) -> bool:
+    """Drop configs whose register tiles cannot fit or whose row block exceeds the batch."""
+    bm = config.kwargs["BLOCK_M"]
+    if bm > max(MIN_DOT, triton.next_power_of_2(m)):
+        return False
+    # BLOCK_M × BLOCK_D fp32 gradient accumulator + two operand tiles must fit in registers.
+    return not (single_chunk and bm * block_d > 128 * 128)
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    args = {**named_args, **kwargs}
+    m = int(args["M_KEY"])  # type: ignore[call-overload]
+    kept = [c for c in configs if keep(c, int(args["BLOCK_D"]), bool(args["SINGLE_CHUNK"]), m)]  # type: ignore[call-overload]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+
+
+# Autotune keys: power-of-two buckets of M and D (computed by the launcher), so each new batch size
+# does not re-tune; dtypes are added to the key by the autotuner itself.
+_TUNE_KEY = ["M_KEY", "D_KEY", "SINGLE_CHUNK"]
+
+
+@triton.jit
+def _load_rows(
+    P, offs_r, mask_r, offs_d, mask_d, stride_m, stride_d, UPCAST: tl.constexpr
+):  # (R, BLOCK_D) tile of rows offs_r, columns offs_d; zero outside the masks
+    t = tl.load(
+        P + offs_r[:, None] * stride_m + offs_d[None, :] * stride_d,
+        mask=mask_r[:, None] & mask_d[None, :],
+        other=0.0,
+    )
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
+def _sim_tile(
+    A,
+    B,
+    offs_a,
+    mask_a,
+    offs_b,
+    mask_b,
+    D,
+    stride_am,
+    stride_ad,
+    stride_bm,
+    stride_bd,
+    inv_tau,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """s = A[offs_a] · B[offs_b]ᵀ / τ as a (BLOCK_A, BLOCK_B) fp32 tile, looping D in BLOCK_D."""
+    acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        a = _load_rows(A, offs_a, mask_a, offs_d, mask_d, stride_am, stride_ad, UPCAST)
+        b = _load_rows(B, offs_b, mask_b, offs_d, mask_d, stride_bm, stride_bd, UPCAST)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)
+    return acc * inv_tau
+
+
+@triton.jit
+def _pair_block(pid, d, T, M, BLOCK_M: tl.constexpr):
+    """Rows of block J = (pid + d) mod T, masked out when the pair belongs to the other program.
+
+    For even T the pair at d = T//2 is reached from both of its blocks; only pid < T//2 keeps it.
+    """
+    j = (pid + d) % T
+    offs_j = j * BLOCK_M + tl.arange(0, BLOCK_M)
+    mine = ((T % 2) != 0) | (d != T // 2) | (pid < T // 2)
+    return offs_j, (offs_j < M) & mine
+
+
+@triton.autotune(
+    configs=SYM_CONFIGS,
+    key=_TUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune},
+    reset_to_zero=["SUM_COL"],
+)
+@triton.jit
+def ntxent_sym_fwd_kernel(
+    Z,  # (M, D) ẑ, fp32/bf16/fp16, strides (stride_zm, stride_zd)
+    SUM_ROW,  # (M,) fp32 out: Σ exp(s_ak − c) over the blocks program a visits (plain store)
+    SUM_COL,  # (M,) fp32 out, zero-initialised: the transposed contributions (atomic adds)
+    M,
+    D,
+    stride_zm,
+    stride_zd,
+    inv_tau,  # 1/τ
+    shift,  # c = 1/τ (the launcher's LSE is c + log(SUM_ROW + SUM_COL))
+    M_KEY,  # autotune bucket of M (unused in the body)
+    D_KEY,  # autotune bucket of D (unused in the body)
+    BLOCK_D: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # unused: symmetric tiles are BLOCK_M × BLOCK_M
+):
+    """Per-row Σ_{k≠a} exp(s_ak − c) with each exp computed once for (a,k) and (k,a).
+
+    Grid: (T,), T = cdiv(M, BLOCK_M). Program i owns rows I; exp tiles e_IJ feed row sums of I
+    (registers) and column sums of J (fp32 atomics, skipped on the diagonal tile J = I where the
+    row sums already cover both orientations).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    T = tl.cdiv(M, BLOCK_M)
+    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_i = offs_i < M
+    row_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for d in range(0, T // 2 + 1):
+        offs_j, mask_j = _pair_block(pid, d, T, M, BLOCK_M)
+        s = _sim_tile(
+            Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm, stride_zd,
+            inv_tau, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
+        )  # fmt: skip
+        valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
+        e = tl.where(valid, tl.exp(s - shift), 0.0)
+        row_acc += tl.sum(e, axis=1)
+        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & (d > 0))
+    tl.store(SUM_ROW + offs_i, row_acc, mask=mask_i)
+
+
+@triton.autotune(
+    configs=SYM_CONFIGS,
+    key=_TUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune},
+    reset_to_zero=["DZ_ROW", "DZ_COL"],
+)
+@triton.jit
+def ntxent_sym_bwd_kernel(
+    Z,  # (M, D) ẑ, fp32/bf16/fp16, strides (stride_zm, stride_zd)
+    LSE,  # (M,) fp32 forward LSE (natural log)
+    G,  # (M,) fp32 upstream gradient of LSE
+    DZ_ROW,  # (M, D) fp32 out, contiguous, zero-initialised: row-side part of (W + Wᵀ) ẑ / τ
+    DZ_COL,  # (M, D) fp32 out, contiguous, zero-initialised: transposed part (atomic adds)
+    M,
+    D,
+    stride_zm,
+    stride_zd,
+    inv_tau,
+    shift,  # c = 1/τ
+    M_KEY,
+    D_KEY,
+    BLOCK_D: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dẑ = (W + Wᵀ) ẑ / τ as P ẑ, P_ak = e_ak (r_a + r_k), r_a = g_a e^{c − LSE_a} / τ.
+
+    Same grid and block pairing as the forward. For a pair (I, J): DZ_ROW[I] += P_IJ ẑ_J (owned,
+    no atomics) and, off the diagonal, DZ_COL[J] += P_IJᵀ ẑ_I (fp32 atomics). P is cast to the
+    operand dtype for the tensor-core dot; accumulation is fp32. The caller adds the two buffers.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    T = tl.cdiv(M, BLOCK_M)
+    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_i = offs_i < M
+    r_i = tl.load(G + offs_i, mask=mask_i, other=0.0) * tl.exp(
+        shift - tl.load(LSE + offs_i, mask=mask_i, other=0.0)
+    )
+    r_i = r_i * inv_tau
+    if SINGLE_CHUNK:
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for d in range(0, T // 2 + 1):
+            offs_j, mask_j = _pair_block(pid, d, T, M, BLOCK_M)
+            z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
+            s = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * inv_tau
+            r_j = tl.load(G + offs_j, mask=mask_j, other=0.0) * tl.exp(
+                shift - tl.load(LSE + offs_j, mask=mask_j, other=0.0)
+            )
+            r_j = r_j * inv_tau
+            valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
+            p = tl.where(valid, tl.exp(s - shift) * (r_i[:, None] + r_j[None, :]), 0.0)
+            p = p.to(z_j.dtype)
+            acc = tl.dot(p, z_j, acc, input_precision=DOT_PREC)
+            col = tl.dot(tl.trans(p), z_i, input_precision=DOT_PREC)
+            tl.atomic_add(
+                DZ_COL + offs_j[:, None] * D + offs_d[None, :],
+                col,
+                mask=mask_j[:, None] & mask_d[None, :] & (d > 0),
+            )
+        tl.store(
+            DZ_ROW + offs_i[:, None] * D + offs_d[None, :],
+            acc,
+            mask=mask_i[:, None] & mask_d[None, :],
+        )
+    else:
+        for d in range(0, T // 2 + 1):
+            offs_j, mask_j = _pair_block(pid, d, T, M, BLOCK_M)
+            s = _sim_tile(
+                Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm,
+                stride_zd, inv_tau, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
+            )  # fmt: skip
+            r_j = tl.load(G + offs_j, mask=mask_j, other=0.0) * tl.exp(
+                shift - tl.load(LSE + offs_j, mask=mask_j, other=0.0)
+            )
+            r_j = r_j * inv_tau
+            valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
+            p = tl.where(valid, tl.exp(s - shift) * (r_i[:, None] + r_j[None, :]), 0.0)
+            for d0 in range(0, D, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                mask_d = offs_d < D
+                z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
+                z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
+                pc = p.to(z_j.dtype)
+                row_ptr = DZ_ROW + offs_i[:, None] * D + offs_d[None, :]
+                row_mask = mask_i[:, None] & mask_d[None, :]
+                row = tl.load(row_ptr, mask=row_mask, other=0.0)
+                row = tl.dot(pc, z_j, row, input_precision=DOT_PREC)
+                tl.store(row_ptr, row, mask=row_mask)
+                col = tl.dot(tl.trans(pc), z_i, input_precision=DOT_PREC)
+                tl.atomic_add(
+                    DZ_COL + offs_j[:, None] * D + offs_d[None, :],
+                    col,
+                    mask=mask_j[:, None] & mask_d[None, :] & (d > 0),
+                )
+
+
+@triton.autotune(
+    configs=ROW_CONFIGS, key=[*_TUNE_KEY, "ONLINE"], prune_configs_by={"early_config_prune": _prune}
+)
+@triton.jit
+def ntxent_rows_fwd_kernel(
+    Q,  # (MQ, D) query rows ẑ, fp32/bf16/fp16, strides (stride_qm, stride_qd)
+    K,  # (MK, D) key rows, same dtype, strides (stride_km, stride_kd)
+    LSE,  # (MQ,) fp32 out: logsumexp_{k ≠ q_offset + i} s_ik (natural log)
+    MQ,
+    MK,
+    D,
+    stride_qm,
+    stride_qd,
+    stride_km,
+    stride_kd,
+    q_offset,  # query i is key q_offset + i (its self term is excluded)
+    inv_tau,
+    shift,  # constant shift c = 1/τ (used when not ONLINE)
+    M_KEY,
+    D_KEY,
+    BLOCK_D: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+    ONLINE: tl.constexpr,  # running max instead of the constant shift (small τ)
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Row-block LSE, no atomics. Grid: (cdiv(MQ, BLOCK_M),); each program scans all key blocks.
+
+    ONLINE: m ← max(m, max_k s_ik), l ← l·e^{m_old − m} + Σ_k e^{s_ik − m}, LSE = m + log l.
+    Otherwise l ← l + Σ_k e^{s_ik − c}, LSE = c + log l.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_i = offs_i < MQ
+    self_i = offs_i + q_offset
+    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives no NaN
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if SINGLE_CHUNK:
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        q = _load_rows(Q, offs_i, mask_i, offs_d, mask_d, stride_qm, stride_qd, UPCAST)
+    for n0 in range(0, MK, BLOCK_N):
+        offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
+        mask_n = offs_n < MK
+        if SINGLE_CHUNK:
+            k = _load_rows(K, offs_n, mask_n, offs_d, mask_d, stride_km, stride_kd, UPCAST)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * inv_tau
+        else:
+            s = _sim_tile(
+                Q, K, offs_i, mask_i, offs_n, mask_n, D, stride_qm, stride_qd, stride_km,
+                stride_kd, inv_tau, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
+            )  # fmt: skip
+        valid = mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :])
+        if ONLINE:
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+            m_i = m_new
+        else:
+            l_i += tl.sum(tl.where(valid, tl.exp(s - shift), 0.0), axis=1)
+    l_i = tl.where(mask_i, l_i, 1.0)  # padding rows: keep log() finite (they are not stored)
+    if ONLINE:
+        lse = m_i + tl.log(l_i)
+    else:
+        lse = shift + tl.log(l_i)
+    tl.store(LSE + offs_i, lse, mask=mask_i)
+
+
+@triton.autotune(
+    configs=ROW_CONFIGS,
+    key=[*_TUNE_KEY, "ONLINE", "ROW_TERM", "COL_TERM"],
+    prune_configs_by={"early_config_prune": _prune},
+    reset_to_zero=["DX"],
+)
+@triton.jit
+def ntxent_rows_bwd_kernel(
+    X,  # (MX, D) rows whose gradient this computes, strides (stride_xm, stride_xd)
+    Y,  # (MY, D) the other side, same dtype, strides (stride_ym, stride_yd)
+    LX,  # (MX,) fp32 LSE of X rows (read when ROW_TERM)
+    GX,  # (MX,) fp32 upstream gradient of LX (read when ROW_TERM)
+    LY,  # (MY,) fp32 LSE of Y rows (read when COL_TERM)
+    GY,  # (MY,) fp32 upstream gradient of LY (read when COL_TERM)
+    DX,  # (MX, D) fp32 out, contiguous, zero-initialised
+    MX,
+    MY,
+    D,
+    stride_xm,
+    stride_xd,
+    stride_ym,
+    stride_yd,
+    x_self_off,  # X row i and Y row n are the same sample iff i + x_self_off == n + y_self_off
+    y_self_off,
+    inv_tau,
+    shift,
+    M_KEY,
+    D_KEY,
+    BLOCK_D: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+    ONLINE: tl.constexpr,
+    ROW_TERM: tl.constexpr,
+    COL_TERM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """DX_i = Σ_n P_in Y_n, no atomics. Grid: (cdiv(MX, BLOCK_M),), one program per X row block.
+
+    P_in = [ROW_TERM] GX_i e^{s_in − LX_i} / τ + [COL_TERM] GY_n e^{s_in − LY_n} / τ, self pairs 0.
+    Not ONLINE: e^{s − L} = e^{s − c} e^{c − L}, one exp per element. ONLINE: two exps, each ≤ 1.
+      symmetric dẑ (X = Y = ẑ):     ROW_TERM and COL_TERM → (W + Wᵀ) ẑ / τ
+      rectangular dq (X = q, Y = k): ROW_TERM            → W k / τ
+      rectangular dk (X = k, Y = q): COL_TERM            → Wᵀ q / τ
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_i = offs_i < MX
+    self_i = offs_i + x_self_off
+    if ROW_TERM:
+        l_x = tl.load(LX + offs_i, mask=mask_i, other=0.0)
+        g_x = tl.load(GX + offs_i, mask=mask_i, other=0.0) * inv_tau
+        if not ONLINE:
+            r_x = g_x * tl.exp(shift - l_x)
+    if SINGLE_CHUNK:
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        x = _load_rows(X, offs_i, mask_i, offs_d, mask_d, stride_xm, stride_xd, UPCAST)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, MY, BLOCK_N):
+        offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
+        mask_n = offs_n < MY
+        if SINGLE_CHUNK:
+            y = _load_rows(Y, offs_n, mask_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST)
+            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * inv_tau
+        else:
+            s = _sim_tile(
+                X, Y, offs_i, mask_i, offs_n, mask_n, D, stride_xm, stride_xd, stride_ym,
+                stride_yd, inv_tau, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
+            )  # fmt: skip
+        valid = (
+            mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :] + y_self_off)
+        )
+        if COL_TERM:
+            l_y = tl.load(LY + offs_n, mask=mask_n, other=0.0)
+            g_y = tl.load(GY + offs_n, mask=mask_n, other=0.0) * inv_tau
+        if ONLINE:
+            p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            # s − LSE ≤ 0 on every valid pair; the clamp keeps masked pairs from overflowing.
+            if ROW_TERM:
+                p += g_x[:, None] * tl.exp(tl.minimum(s - l_x[:, None], 0.0))
+            if COL_TERM:
+                p += g_y[None, :] * tl.exp(tl.minimum(s - l_y[None, :], 0.0))
+        else:
+            coef = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            if ROW_TERM:
+                coef += r_x[:, None]
+            if COL_TERM:
+                coef += (g_y * tl.exp(shift - l_y))[None, :]
+            p = tl.exp(s - shift) * coef
+        p = tl.where(valid, p, 0.0)
+        if SINGLE_CHUNK:
+            acc = tl.dot(p.to(y.dtype), y, acc, input_precision=DOT_PREC)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                offs_dc = d0 + tl.arange(0, BLOCK_D)
+                mask_dc = offs_dc < D
+                yc = _load_rows(Y, offs_n, mask_n, offs_dc, mask_dc, stride_ym, stride_yd, UPCAST)
+                out_ptr = DX + offs_i[:, None] * D + offs_dc[None, :]
+                out_mask = mask_i[:, None] & mask_dc[None, :]
+                out = tl.load(out_ptr, mask=out_mask, other=0.0)
+                out = tl.dot(p.to(yc.dtype), yc, out, input_precision=DOT_PREC)
+                tl.store(out_ptr, out, mask=out_mask)
+    if SINGLE_CHUNK:
+        tl.store(
+            DX + offs_i[:, None] * D + offs_d[None, :], acc, mask=mask_i[:, None] & mask_d[None, :]
+        )
