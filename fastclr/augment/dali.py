@@ -1,0 +1,446 @@
+"""SimCLR augmentation with NVIDIA DALI: read an image folder, decode, two augmented views each.
+
+Needs the optional extra: ``pip install fastclr[dali]`` (``nvidia-dali-cuda120``). DALI is
+imported lazily, so importing this module never fails; building a pipeline without DALI raises an
+ImportError naming the extra.
+
+Pipeline (one per process; ``device_id=None`` runs everything on the CPU, an integer decodes with
+nvJPEG (``device="mixed"``) and augments on that GPU)::
+
+    fn.readers.file (validated file list, labels) → fn.decoders.image (RGB, uint8 HWC)
+      → per view (independent draws per image):
+          fn.random_resized_crop (area config.scale, ratio config.ratio, bilinear, no antialias)
+          if coin(jitter_p): brightness → contrast → saturation → hue   (FIXED order, see below)
+          if coin(gray_p):   BT.601 gray (0.299, 0.587, 0.114) in all three channels
+          if coin(blur_p):   fn.gaussian_blur (side config.blur_kernel_size, σ ~ U(config.sigma))
+          if coin(solarize_p): x ← 255 − x where x ≥ 255 · threshold
+          fn.crop_mirror_normalize (mirror = coin(flip_p), mean/std, HWC float out)
+    → DALIGenericIterator → (N, 3, S, S) channels_last torch tensors in config.dtype.
+
+Where this differs from :func:`fastclr.augment.reference.apply_reference` (the definition), by
+design or because of DALI's operators — compare distributions, not pixels:
+
+* **Jitter order is fixed** (brightness, contrast, saturation, hue) instead of drawn per image;
+  the per-op factors and the p = jitter_p gate are drawn per image.
+* **Hue** uses DALI's ``fn.hue``, a rotation about the gray axis of a linear (YIQ-like) colour
+  space, not torchvision's exact RGB → HSV → RGB shift; the angle is converted from torchvision
+  units (turns) to degrees in :func:`_hue_degrees`.
+* **Intermediate rounding**: the jitter works on uint8 images, so each op rounds to an integer
+  and saturates to [0, 255] (the clamp after each op). This is what torchvision does on PIL
+  images; the reference works in float.
+* **Crop sampling** is DALI's own random generator (same area/ratio ranges and tries, its own
+  fallback rule); the crop is not reproducible from an :class:`AugmentParams` draw.
+* **Flip** happens at the end (fused into ``crop_mirror_normalize``) instead of after the resize:
+  every later op is pixel-wise or a symmetric blur with symmetric padding, so the result is the
+  same and one pass over the image is saved.
+* Contrast blends towards the mean gray of the image as it is at that step, as torchvision, so
+  that part is exact up to rounding.
+
+Unreadable files: DALI's decoder stops the whole pipeline on a corrupt file, so files are checked
+up front with PIL (``validate="full"``: a reduced-size decode that catches truncated files;
+``"header"``: headers only; ``"none"``). Every rejected file is reported with its path in a
+warning, skipped, and counted in :attr:`DaliSimCLRLoader.skipped`. A decoder failure during
+iteration (a file that passed validation) is re-raised as a RuntimeError that says what failed.
+
+Timing (e.g. from bench/throughput.py): build ``DaliSimCLRLoader(folder, config, batch_size,
+device_id=0)``, drop the first batch (warm-up), then time ``next(it)`` over a few dozen batches with
+``torch.cuda.synchronize()``; images/s = batch_size × batches / seconds (two views per image).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from fastclr.augment.params import AugmentConfig
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DaliBatch",
+    "DaliSimCLRLoader",
+    "build_simclr_pipeline",
+    "list_images",
+    "validate_images",
+]
+
+#: File suffixes (lower case) listed from a folder; all are formats both PIL and DALI decode.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: Name of the reader operator; the iterator uses it to know the epoch size.
+READER_NAME = "Reader"
+#: Draft size for validate="full": JPEGs are decoded at reduced scale (DCT scaling), which still
+#: reads every entropy-coded byte and so still catches truncation, at a fraction of the cost.
+_VALIDATE_DRAFT = (64, 64)
+
+Validate = Literal["full", "header", "none"]
+
+
+def _import_dali() -> tuple[Any, Any, Any, Any, Any]:
+    """(fn, types, math, pipeline_def, pytorch plugin), or an ImportError naming the extra."""
+    try:
+        import nvidia.dali.fn as fn
+        import nvidia.dali.math as dmath
+        import nvidia.dali.plugin.pytorch as dali_torch
+        import nvidia.dali.types as types
+        from nvidia.dali import pipeline_def
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "fastclr.augment.dali needs NVIDIA DALI: install it with `pip install fastclr[dali]` "
+            f"(the nvidia-dali-cuda120 wheel). Import failed with: {e}"
+        ) from e
+    return fn, types, dmath, pipeline_def, dali_torch
+
+
+def _hue_degrees(turns: Any) -> Any:
+    """torchvision hue units (a fraction of a full turn, in [−0.5, 0.5]) → DALI degrees.
+
+    The ONE place where hue units change: degrees = 360 · turns.
+    """
+    return 360.0 * turns
+
+
+def list_images(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    labels: Sequence[int] | None = None,
+) -> tuple[list[str], list[int]]:
+    """Image files and integer labels from a folder or an explicit file list.
+
+    Args:
+        source: a folder with class subfolders (labels = index of the subfolder in sorted order,
+            as torchvision's ImageFolder; files directly in the root are ignored), a flat folder
+            of images (label 0), or a sequence of file paths.
+        labels: labels for a sequence of paths (default 0 for every file); not allowed for a folder.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        if labels is not None:
+            raise ValueError("labels can only be given with an explicit list of files")
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        classes = sorted(p for p in root.iterdir() if p.is_dir())
+        files: list[str] = []
+        labs: list[int] = []
+        if classes:
+            for i, d in enumerate(classes):
+                found = sorted(str(p) for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                files += found
+                labs += [i] * len(found)
+        else:
+            files = sorted(str(p) for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            labs = [0] * len(files)
+        if not files:
+            raise FileNotFoundError(
+                f"no images with suffix {', '.join(IMAGE_EXTENSIONS)} under {root}"
+            )
+        return files, labs
+    files = [str(p) for p in source]
+    if not files:
+        raise ValueError("the list of image files is empty")
+    if labels is None:
+        return files, [0] * len(files)
+    if len(labels) != len(files):
+        raise ValueError(f"{len(labels)} labels for {len(files)} files")
+    return files, [int(x) for x in labels]
+
+
+def _check_file(path: str, mode: Validate) -> str | None:
+    """None if ``path`` is a readable image, else the reason it is not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if mode == "header":
+                im.verify()
+            else:
+                im.draft("RGB", _VALIDATE_DRAFT)
+                im.load()
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def validate_images(
+    files: Sequence[str], mode: Validate = "full", num_threads: int = 4
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Indices of the readable files, and (path, reason) for each rejected one.
+
+    ``mode``: "full" decodes each file at reduced size (catches truncated files), "header" checks
+    headers only (fast, misses truncation), "none" accepts everything.
+    """
+    if mode == "none":
+        return list(range(len(files))), []
+    if mode not in ("full", "header"):
+        raise ValueError(f"validate must be 'full', 'header' or 'none', got {mode!r}")
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        reasons = list(pool.map(lambda f: _check_file(f, mode), files))
+    good = [i for i, r in enumerate(reasons) if r is None]
+    bad = [(files[i], r) for i, r in enumerate(reasons) if r is not None]
+    return good, bad
+
+
+def _uniform(fn: Any, lo: float, hi: float) -> Any:
+    """A per-sample U(lo, hi) draw; a constant when the range is empty (DALI needs lo < hi)."""
+    if hi <= lo:
+        return float(lo)
+    return fn.random.uniform(range=(float(lo), float(hi)))
+
+
+def build_simclr_pipeline(
+    files: Sequence[str],
+    labels: Sequence[int],
+    config: AugmentConfig,
+    batch_size: int,
+    *,
+    device_id: int | None = None,
+    num_threads: int = 4,
+    seed: int = 0,
+    shuffle: bool = True,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    views: int = 2,
+) -> Any:
+    """A built DALI pipeline whose outputs are ``views`` HWC float images and the label.
+
+    Output names, in order: ``view0``, ``view1``, …, ``label``. Images are (S, S, 3) float32
+    (float16 when ``config.dtype`` is float16), normalised with config.mean/std.
+    """
+    fn, types, dmath, pipeline_def, _ = _import_dali()
+    on_gpu = device_id is not None
+    s = config.size
+    k = config.blur_kernel_size
+    b_lo, b_hi = config.brightness_range
+    h_lo, h_hi = config.hue_range
+    jitter = config.jitter_p > 0 and config.strength > 0
+    blur = config.blur_p > 0 and k > 1
+    out_type = types.FLOAT16 if config.dtype == torch.float16 else types.FLOAT
+
+    def scalar(x: Any) -> Any:
+        # Per-sample CPU scalars feed GPU arithmetic as GPU nodes.
+        return x.gpu() if on_gpu and not isinstance(x, float) else x
+
+    def coin(p: float) -> Any:
+        return fn.random.coin_flip(probability=float(p), dtype=types.BOOL)
+
+    def jitter_ops(x: Any) -> Any:
+        # uint8 in, uint8 out: every op saturates to [0, 255] (torchvision's clamp after each).
+        x = fn.brightness_contrast(x, brightness=_uniform(fn, b_lo, b_hi))
+        # Contrast: blend towards the mean gray of the image as it is now (torchvision). DALI's
+        # contrast_center argument must live on the CPU, so the blend is written out.
+        m = fn.reductions.mean(x, axes=[0, 1], dtype=types.FLOAT)
+        gray_mean = 0.299 * m[0] + 0.587 * m[1] + 0.114 * m[2]
+        c = scalar(_uniform(fn, b_lo, b_hi))
+        x = fn.cast(dmath.clamp(x * c + gray_mean * (1.0 - c), 0.0, 255.0), dtype=types.UINT8)
+        x = fn.saturation(x, saturation=_uniform(fn, b_lo, b_hi))
+        return fn.hue(x, hue=_hue_degrees(_uniform(fn, h_lo, h_hi)))
+
+    def one_view(img: Any) -> Any:
+        x = fn.random_resized_crop(
+            img,
+            size=(s, s),
+            random_area=list(config.scale),
+            random_aspect_ratio=list(config.ratio),
+            num_attempts=config.max_tries,
+            antialias=False,
+        )
+        # Python-level ifs choose the graph; DALI conditionals (coin) choose per sample.
+        if jitter:
+            if coin(config.jitter_p):
+                x = jitter_ops(x)
+        if config.gray_p > 0:
+            if coin(config.gray_p):
+                g = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
+                x = fn.cat(g, g, g, axis=2)
+        if blur:
+            if coin(config.blur_p):
+                x = fn.gaussian_blur(x, window_size=k, sigma=_uniform(fn, *config.sigma))
+        if config.solarize_p > 0:
+            if coin(config.solarize_p):
+                xf = fn.cast(x, dtype=types.FLOAT)
+                above = xf >= 255.0 * config.solarize_threshold
+                x = fn.cast(xf + above * (255.0 - 2.0 * xf), dtype=types.UINT8)
+        return fn.crop_mirror_normalize(
+            x,
+            mirror=fn.random.coin_flip(probability=float(config.flip_p)),
+            mean=[255.0 * v for v in config.mean],
+            std=[255.0 * v for v in config.std],
+            dtype=out_type,
+            # HWC float: the torch side views it as NCHW channels_last with no copy.
+            output_layout="HWC",
+        )
+
+    @pipeline_def(enable_conditionals=True)
+    def simclr_pipeline() -> tuple[Any, ...]:
+        encoded, label = fn.readers.file(
+            files=list(files),
+            labels=list(labels),
+            random_shuffle=shuffle,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            name=READER_NAME,
+        )
+        img = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        outputs = []
+        for _ in range(views):
+            outputs.append(one_view(img))
+        outputs.append(label)
+        return tuple(outputs)
+
+    pipe = simclr_pipeline(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+    )
+    pipe.build()
+    return pipe
+
+
+@dataclass(frozen=True)
+class DaliBatch:
+    """One batch: ``views`` holds V tensors (N, 3, S, S) channels_last; ``labels`` is (N,) int64."""
+
+    views: list[Tensor]
+    labels: Tensor
+
+
+class DaliSimCLRLoader:
+    """Iterable of :class:`DaliBatch` from an image folder or file list, augmented by DALI.
+
+    Args:
+        source: folder with class subfolders, flat folder, or sequence of file paths
+            (see :func:`list_images`).
+        config: augmentation config (size, probabilities, ranges, mean/std, output dtype).
+        batch_size: images per batch (each yields ``views`` augmented copies).
+        device_id: CUDA device for nvJPEG decoding and GPU augmentation; None: CPU only.
+        num_threads: DALI CPU threads (also used for validation).
+        seed: DALI pipeline seed.
+        shuffle: shuffle the files each epoch.
+        drop_last: drop the final incomplete batch (True for training).
+        shard_id, num_shards: distributed sharding (one shard per rank).
+        validate: up-front check of every file (module docstring).
+        labels: labels for an explicit file list.
+        views: augmented views per image (SimCLR: 2).
+
+    Attributes:
+        skipped: (path, reason) for every file rejected by validation.
+        files: the files actually read.
+
+    Example::
+
+        loader = DaliSimCLRLoader("imagenet/train", AugmentConfig.imagenet(), 256, device_id=0)
+        for batch in loader:
+            z1, z2 = model(batch.views[0]), model(batch.views[1])
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        config: AugmentConfig,
+        batch_size: int,
+        *,
+        device_id: int | None = None,
+        num_threads: int = 4,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        validate: Validate = "full",
+        labels: Sequence[int] | None = None,
+        views: int = 2,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        _, _, _, _, dali_torch = _import_dali()
+        all_files, all_labels = list_images(source, labels)
+        good, bad = validate_images(all_files, validate, num_threads)
+        for path, reason in bad:
+            warnings.warn(
+                f"fastclr.augment.dali: skipping unreadable image {path} ({reason})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if bad:
+            warnings.warn(
+                f"fastclr.augment.dali: skipped {len(bad)} of {len(all_files)} files that could "
+                f"not be decoded",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if not good:
+            raise RuntimeError(f"none of the {len(all_files)} image files could be decoded")
+        self.skipped: list[tuple[str, str]] = bad
+        self.files = [all_files[i] for i in good]
+        self.labels = [all_labels[i] for i in good]
+        self.config = config
+        self.batch_size = batch_size
+        self.views = views
+        self.validate: Validate = validate
+        self._source = str(source) if isinstance(source, (str, os.PathLike)) else "a file list"
+        self._pipe = build_simclr_pipeline(
+            self.files,
+            self.labels,
+            config,
+            batch_size,
+            device_id=device_id,
+            num_threads=num_threads,
+            seed=seed,
+            shuffle=shuffle,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            views=views,
+        )
+        policy = (
+            dali_torch.LastBatchPolicy.DROP if drop_last else dali_torch.LastBatchPolicy.PARTIAL
+        )
+        self._names = [f"view{v}" for v in range(views)] + ["label"]
+        try:
+            self._it = dali_torch.DALIGenericIterator(
+                [self._pipe],
+                self._names,
+                reader_name=READER_NAME,
+                last_batch_policy=policy,
+                auto_reset=True,
+            )
+        except RuntimeError as e:
+            raise self._failure(e) from e
+
+    def _failure(self, e: Exception) -> RuntimeError:
+        return RuntimeError(
+            f"DALI pipeline failed while reading {self._source} ({len(self.files)} files, "
+            f"validate={self.validate!r}); a file that passed validation may still be unreadable "
+            f"by DALI's decoder — rerun with validate='full' or remove the file named below. "
+            f"DALI said: {e}"
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch for this shard."""
+        return len(self._it)
+
+    def _convert(self, hwc: Tensor) -> Tensor:
+        # (N, S, S, 3) → (N, 3, S, S) with channels_last strides: a view, no copy.
+        x = hwc.permute(0, 3, 1, 2)
+        if x.dtype != self.config.dtype:
+            x = x.to(self.config.dtype)  # preserve_format keeps channels_last
+        return x
+
+    def __iter__(self) -> Iterator[DaliBatch]:
+        while True:
+            try:
+                out = next(self._it)[0]
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                raise self._failure(e) from e
+            views = [self._convert(out[name]) for name in self._names[:-1]]
+            labels = out["label"].reshape(-1).to(torch.int64)
+            yield DaliBatch(views=views, labels=labels)
