@@ -1,0 +1,29 @@
+"""Encoders and the SimCLR model (encoder + projection head)."""
+
+from fastclr.models.resnet import (
+    ARCHS,
+    STEMS,
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+from fastclr.models.simclr import ProjectionHead, SimCLR, infer_feature_dim
+
+__all__ = [
+    "ARCHS",
+    "STEMS",
+    "BasicBlock",
+    "Bottleneck",
+    "ProjectionHead",
+    "ResNet",
+    "SimCLR",
+    "infer_feature_dim",
+    "resnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+]
