@@ -1,6 +1,229 @@
-"""SimCLR augmentations on tensors: one parameter draw, several backends (work in progress)."""
+"""SimCLR augmentations on uint8 image tensors: one parameter draw, several backends.
 
-from fastclr.augment.params import AugmentConfig, AugmentParams, sample_params
+``SimCLRAugmentation`` is the public entry point::
+
+    aug = SimCLRAugmentation(AugmentConfig.imagenet(224), seed=0)
+    v1, v2 = aug(images)                 # two independent views, (N, 3, S, S) channels_last
+    p1, p2 = aug.sample(n, src_sizes)    # or draw the parameters explicitly …
+    v1 = aug.apply(images, p1)           # … and apply them (any backend, same maths)
+
+Backends (``backend=``):
+
+- ``"reference"``: :func:`~fastclr.augment.reference.apply_reference`, per image in float64, the
+  definition every other backend is tested against;
+- ``"torch"``: :func:`~fastclr.augment.torch_backend.apply_torch`, batched float32 torch (CPU or
+  CUDA), equal to the reference within float32 rounding;
+- ``"triton"``: the fused CUDA kernel in ``fastclr.augment.triton_backend`` (imported lazily). That
+  module provides ``apply_triton(images, params, config) -> Tensor`` with the contract of
+  ``apply_reference``;
+- ``"kornia"``: :class:`~fastclr.augment.kornia.KorniaAugmentation`, a baseline that draws its own
+  parameters (``apply``/``sample`` are not available for it);
+- ``"dali"``: ``fastclr.augment.dali`` (imported lazily; needs the ``dali`` extra). DALI is a file
+  pipeline; on tensors this backend calls that module's ``apply_dali(images, params, config)``
+  when it has one;
+- ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports, else ``"torch"``.
+
+Images: a dense uint8 (N, H, W, C) tensor or a sequence of uint8 (H, W, C) tensors (ragged), C ∈
+{1, 3, 4} (gray repeated, alpha dropped; see :mod:`fastclr.augment.inputs`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from fastclr.augment.inputs import Images, check_images, images_device, src_sizes_of
+from fastclr.augment.params import (
+    JITTER_OPS,
+    AugmentConfig,
+    AugmentParams,
+    sample_params,
+)
 from fastclr.augment.reference import apply_reference
+from fastclr.augment.torch_backend import apply_torch
 
-__all__ = ["AugmentConfig", "AugmentParams", "apply_reference", "sample_params"]
+__all__ = [
+    "BACKENDS",
+    "JITTER_OPS",
+    "AugmentConfig",
+    "AugmentParams",
+    "SimCLRAugmentation",
+    "apply_reference",
+    "apply_torch",
+    "kornia_pipeline",
+    "sample_params",
+]
+
+BACKENDS = ("auto", "reference", "torch", "triton", "kornia", "dali")
+
+_Apply = Callable[[Images, AugmentParams, AugmentConfig], Tensor]
+
+
+def kornia_pipeline(config: AugmentConfig | None = None) -> Callable[[Images], Tensor]:
+    """The kornia baseline of ONE view for ``config`` (default ImageNet), e.g. for benchmarks.
+
+    ``kornia_pipeline(cfg)(images)`` takes the same uint8 (N, H, W, C) input as
+    ``SimCLRAugmentation`` and returns (N, 3, S, S) channels_last in ``cfg.dtype``.
+    """
+    from fastclr.augment.kornia import kornia_pipeline as make
+
+    return make(config)
+
+
+def _import_backend(name: str, extra: str | None = None) -> ModuleType:
+    try:
+        return importlib.import_module(f"fastclr.augment.{name}")
+    except ImportError as e:
+        hint = f" (install the '{extra}' extra: pip install 'fastclr[{extra}]')" if extra else ""
+        raise ImportError(f"backend: fastclr.augment.{name} is not available{hint}: {e}") from e
+
+
+def _triton_apply() -> _Apply | None:
+    try:
+        mod = importlib.import_module("fastclr.augment.triton_backend")
+    except ImportError:
+        return None
+    fn = getattr(mod, "apply_triton", None)
+    return fn if callable(fn) else None
+
+
+class SimCLRAugmentation:
+    """Two independent SimCLR views of a batch of uint8 images (SimCLR paper, Appendix A).
+
+    Args:
+        config: an :class:`AugmentConfig` (default ``AugmentConfig.imagenet()``).
+        backend: one of :data:`BACKENDS` (module docstring).
+        seed: seeds this object's own ``torch.Generator`` (None: a nondeterministic seed).
+        device: device of the generator and of the parameters; None: the images' device, chosen
+            at the first call.
+
+    Shape:
+        images: uint8 (N, H, W, C) or a sequence of uint8 (H, W, C); C ∈ {1, 3, 4}.
+        output: two tensors (N, 3, S, S), channels_last, ``config.dtype``.
+
+    Example:
+        >>> aug = SimCLRAugmentation(AugmentConfig.cifar(), seed=0)
+        >>> v1, v2 = aug(torch.zeros(8, 32, 32, 3, dtype=torch.uint8))
+        >>> v1.shape, v1.is_contiguous(memory_format=torch.channels_last)
+        (torch.Size([8, 3, 32, 32]), True)
+    """
+
+    def __init__(
+        self,
+        config: AugmentConfig | None = None,
+        backend: str = "auto",
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, AugmentConfig):
+            raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.config = config or AugmentConfig.imagenet()
+        self.backend = backend
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._device = torch.device(device) if device is not None else None
+        self._kornia: Callable[[Images], Tensor] | None = None
+        if device is not None:
+            self._make_generator(self._device)  # type: ignore[arg-type]
+
+    def _make_generator(self, device: torch.device) -> torch.Generator:
+        g = torch.Generator(device=device)
+        if self.seed is None:
+            g.seed()
+        else:
+            g.manual_seed(self.seed)
+        self._generator = g
+        self._device = device
+        return g
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """This object's generator, created on ``device`` at first use."""
+        if self._generator is None:
+            return self._make_generator(device)
+        return self._generator
+
+    def resolve_backend(self, device: torch.device) -> str:
+        """The concrete backend ``"auto"`` stands for on ``device``."""
+        if self.backend != "auto":
+            return self.backend
+        if device.type == "cuda" and _triton_apply() is not None:
+            return "triton"
+        return "torch"
+
+    def _apply_fn(self, device: torch.device) -> _Apply:
+        name = self.resolve_backend(device)
+        if name == "reference":
+            return apply_reference
+        if name == "torch":
+            return apply_torch
+        if name == "triton":
+            fn = _triton_apply()
+            if fn is None:
+                _import_backend("triton_backend")  # raises with the import error
+                raise ImportError("backend: fastclr.augment.triton_backend has no apply_triton")
+            return fn
+        if name == "dali":
+            mod = _import_backend("dali", extra="dali")
+            fn = getattr(mod, "apply_dali", None)
+            if not callable(fn):
+                raise NotImplementedError(
+                    "backend='dali' works on files: use the pipeline in fastclr.augment.dali "
+                    "(this module has no apply_dali for tensors)"
+                )
+            return fn
+        raise ValueError(f"backend={name!r} cannot apply explicit parameters")
+
+    def sample(
+        self, n: int, src_sizes: Tensor, device: torch.device | str | None = None
+    ) -> tuple[AugmentParams, AugmentParams]:
+        """Draw the parameters of two independent views of ``n`` images.
+
+        Args:
+            n: number of images.
+            src_sizes: (n, 2) integer (H, W) of the sources.
+            device: where to draw (default: this object's device, else ``src_sizes.device``).
+        """
+        if self.backend == "kornia":
+            raise ValueError("backend='kornia' draws its own parameters; sample() is unavailable")
+        dev = torch.device(device) if device is not None else (self._device or src_sizes.device)
+        g = self.generator(dev)
+        sizes = src_sizes.to(g.device)
+        return (
+            sample_params(n, sizes, self.config, g),
+            sample_params(n, sizes, self.config, g),
+        )
+
+    def apply(self, images: Images, params: AugmentParams) -> Tensor:
+        """Apply ONE view's ``params`` (checked against the sources) with this backend."""
+        if not isinstance(params, AugmentParams):
+            raise TypeError(f"params must be an AugmentParams, got {type(params).__name__}")
+        imgs = check_images(images)
+        dev = images_device(imgs)
+        params = params.to(dev)
+        params.check_crop(src_sizes_of(imgs))
+        return self._apply_fn(dev)(imgs, params, self.config)
+
+    def __call__(self, images: Images) -> tuple[Tensor, Tensor]:
+        """Two independent views ``(v1, v2)`` of ``images``."""
+        imgs = check_images(images)
+        dev = images_device(imgs)
+        if self.backend == "kornia":
+            if self._kornia is None:
+                self._kornia = kornia_pipeline(self.config)
+            return self._kornia(imgs), self._kornia(imgs)
+        n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
+        p1, p2 = self.sample(n, src_sizes_of(imgs))
+        fn = self._apply_fn(dev)
+        return fn(imgs, p1.to(dev), self.config), fn(imgs, p2.to(dev), self.config)
+
+    def __repr__(self) -> str:
+        return (
+            f"SimCLRAugmentation(config={self.config!r}, backend={self.backend!r}, "
+            f"seed={self.seed!r})"
+        )
