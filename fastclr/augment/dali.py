@@ -40,7 +40,8 @@ Unreadable files: DALI's decoder stops the whole pipeline on a corrupt file, so 
 up front with PIL (``validate="full"``: a reduced-size decode that catches truncated files;
 ``"header"``: headers only; ``"none"``). Every rejected file is reported with its path in a
 warning, skipped, and counted in :attr:`DaliSimCLRLoader.skipped`. A decoder failure during
-iteration (a file that passed validation) is re-raised as a RuntimeError that says what failed.
+iteration (a file that passed a lighter validation) is re-raised as a RuntimeError that names the
+files that fail a full decode.
 
 Timing (e.g. from bench/throughput.py): build ``DaliSimCLRLoader(folder, config, batch_size,
 device_id=0)``, drop the first batch (warm-up), then time ``next(it)`` over a few dozen batches with
@@ -378,6 +379,11 @@ class DaliSimCLRLoader:
             )
         if not good:
             raise RuntimeError(f"none of the {len(all_files)} image files could be decoded")
+        if drop_last and len(good) // num_shards < batch_size:
+            raise ValueError(
+                f"{len(good)} readable files over {num_shards} shard(s) give no full batch of "
+                f"{batch_size}; lower batch_size or pass drop_last=False"
+            )
         self.skipped: list[tuple[str, str]] = bad
         self.files = [all_files[i] for i in good]
         self.labels = [all_labels[i] for i in good]
@@ -385,6 +391,7 @@ class DaliSimCLRLoader:
         self.batch_size = batch_size
         self.views = views
         self.validate: Validate = validate
+        self._num_threads = num_threads
         self._source = str(source) if isinstance(source, (str, os.PathLike)) else "a file list"
         self._pipe = build_simclr_pipeline(
             self.files,
@@ -415,11 +422,21 @@ class DaliSimCLRLoader:
             raise self._failure(e) from e
 
     def _failure(self, e: Exception) -> RuntimeError:
+        """The error to raise when DALI fails mid-run: what was read, and which files are bad.
+
+        DALI's message does not name the file, so unless every file was already fully decoded
+        once, they are checked again with validate="full" to name the culprits (only on failure).
+        """
+        culprits = ""
+        if self.validate != "full":
+            _, bad = validate_images(self.files, "full", self._num_threads)
+            if bad:
+                shown = "; ".join(f"{p} ({r})" for p, r in bad[:10])
+                more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+                culprits = f" Files that fail a full decode: {shown}{more}."
         return RuntimeError(
             f"DALI pipeline failed while reading {self._source} ({len(self.files)} files, "
-            f"validate={self.validate!r}); a file that passed validation may still be unreadable "
-            f"by DALI's decoder — rerun with validate='full' or remove the file named below. "
-            f"DALI said: {e}"
+            f"validate={self.validate!r}).{culprits} DALI said: {e}"
         )
 
     def __len__(self) -> int:
