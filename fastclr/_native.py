@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["available", "load", "normalize_rows", "load_error"]
+__all__ = ["available", "load", "load_error", "normalize_rows"]
 
 _module: ModuleType | None = None
 _error: str | None = None

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
 
-__all__ = ["NTXentLoss", "ntxent", "available_backends", "resolve_backend"]
+__all__ = ["NTXentLoss", "available_backends", "ntxent", "resolve_backend"]
 
 Reduction = Literal["mean", "sum", "none"]
 BackendName = Literal["auto", "reference", "native", "triton"]
@@ -89,17 +89,21 @@ def available_backends() -> list[str]:
     return names
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend ``backend="auto"`` picks for tensors on ``device``.
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend ``backend="auto"`` picks for tensors on ``device`` of ``dtype``.
 
     CUDA tensors go to Triton, CPU tensors to the native C++ kernel; where that is missing the
-    reference is used, with one warning that says how to get the fast path.
+    reference is used, with one warning that says how to get the fast path. float64 inputs stay
+    on the reference: the fused kernels accumulate in float32, and asking for float64 is asking
+    for its precision (pass ``backend="native"``/``"triton"`` to trade it for speed).
     """
     global _warned_native_fallback
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
+    if dtype == torch.float64:
+        return "reference"
     if device.type == "cuda" and _triton_backend() is not None:
         return "triton"
     if device.type == "cpu":
@@ -154,7 +158,9 @@ def _check_embeddings(name: str, t: object) -> Tensor:
             f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {t.dtype}"
         )
     if t.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one feature column, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have at least one feature column, got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -199,7 +205,9 @@ def _as_batch(views: tuple[Tensor, ...], labels: Tensor | None) -> tuple[Tensor,
             raise ValueError("views must have at least one row (sample)")
         return views_to_batch(views)
     if len(views) != 1:
-        raise ValueError("with labels=..., pass a single (M, D) embedding tensor, not several views")
+        raise ValueError(
+            "with labels=..., pass a single (M, D) embedding tensor, not several views"
+        )
     z = views[0]
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
@@ -296,7 +304,7 @@ def ntxent(
     z, lab = _as_batch(views, labels)
     if check_finite:
         _check_finite(z)
-    name = resolve_backend(backend, z.device)
+    name = resolve_backend(backend, z.device, z.dtype)
 
     distributed = gather_distributed and _distributed_world() > 1
     if name == "reference" and not distributed:
@@ -371,8 +379,9 @@ class NTXentLoss(nn.Module):
         temperature: τ > 0 (paper: 0.5 for CIFAR-size batches, 0.1 for large ImageNet batches).
         reduction: ``"mean"`` over anchors with a positive, ``"sum"`` over them, or ``"none"``
             for (M,) per-anchor losses (0 where an anchor has no positive).
-        backend: ``"auto"`` (Triton for CUDA tensors, native C++ for CPU tensors, else the
-            reference), ``"triton"``, ``"native"`` or ``"reference"``.
+        backend: ``"auto"`` (Triton for CUDA tensors, native C++ for CPU tensors, the reference
+            for float64 inputs or where the fast backend is missing), ``"triton"``, ``"native"``
+            or ``"reference"``. The fast backends accumulate in float32 whatever the input dtype.
         gather_distributed: under ``torch.distributed``, use every rank's rows as keys (local
             anchors against all keys, gradients flow back through the gather).
         eps: smallest row norm used in the normalisation; a zero row gives a zero vector.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ntxent_reference", "ntxent_lse_reference", "views_to_batch"]
+__all__ = ["ntxent_lse_reference", "ntxent_reference", "ntxent_reference_rows", "views_to_batch"]
 
 
 def views_to_batch(views: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -92,3 +92,25 @@ def ntxent_reference(
     else:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return out.to(out_dtype)
+
+
+def ntxent_reference_rows(
+    z: Tensor, labels: Tensor, rows: slice, temperature: float = 0.5, eps: float = 1e-8
+) -> Tensor:
+    """Float64 per-anchor losses of the anchors ``z[rows]`` against every row of ``z``.
+
+    Memory is O(len(rows)·M), so the definition can check a fast path at sizes where the full
+    M×M reference does not fit. Anchors without a positive get 0, as ``reduction="none"``.
+    """
+    zn = F.normalize(z.double(), dim=1, eps=eps)
+    start = rows.start or 0
+    q = zn[rows]
+    s = q @ zn.T / temperature
+    idx = torch.arange(q.shape[0], device=z.device)
+    self_mask = torch.zeros_like(s, dtype=torch.bool)
+    self_mask[idx, idx + start] = True
+    lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+    pos = (labels[rows][:, None] == labels[None, :]) & ~self_mask
+    n_pos = pos.sum(dim=1)
+    per_anchor = lse - (s * pos).sum(dim=1) / n_pos.clamp(min=1)
+    return torch.where(n_pos > 0, per_anchor, torch.zeros_like(per_anchor))

@@ -38,6 +38,17 @@ fi
 # nanobind); the compiled module lands in the package as fastclr._cpu.
 echo "[setup] installing fastclr[$EXTRAS] (editable; compiling kernels/cpu with CMake)"
 "${PIP[@]}" install -q -e ".[$EXTRAS]"
+# scikit-build-core's editable "redirect" mode maps every module explicitly, but its .pth also puts
+# the repository root on sys.path, which would make kernels/ importable as a top-level `kernels`.
+# Drop those path lines: fastclr's files are still found through the redirect finder.
+.venv/bin/python - <<'PY'
+import pathlib, site
+for sp in site.getsitepackages():
+    pth = pathlib.Path(sp, "_editable_skbc_fastclr.pth")
+    if pth.exists():
+        keep = [ln for ln in pth.read_text().splitlines() if not ln.startswith("/")]
+        pth.write_text("\n".join(keep) + "\n")
+PY
 .venv/bin/python - <<'PY'
 import fastclr, fastclr._native as native
 import torch

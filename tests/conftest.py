@@ -18,9 +18,9 @@ if not os.environ.get("FASTCLR_TEST_COMPILED"):
     if not _has_cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
 
 # Small, deterministic example budgets: the Triton interpreter is slow and CI has 2 cores.
 settings.register_profile(

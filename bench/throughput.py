@@ -1,0 +1,194 @@
+"""fastclr's main benchmark: every part, side by side with the alternatives, in one run.
+
+    python bench/throughput.py            # full report for this machine (~3 min on 2 CPU cores)
+    python bench/throughput.py --quick    # CI: small sizes, every result still checked
+    python bench/throughput.py --only loss
+
+Each row is checked against the float64 reference before it is timed; each ratio compares
+measurements made in this run. Results are printed as a table and written to bench/results/
+(JSON record + Markdown table tagged with the machine, versions and date, and a PNG plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loss_bench
+
+import fastclr
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_tag(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    tag: dict[str, Any] = {
+        "device": name,
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "fastclr": fastclr.__version__,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import triton
+
+        tag["triton"] = triton.__version__
+    except ImportError:
+        tag["triton"] = None
+    return tag
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def loss_table(rows: list[loss_bench.LossRow], matmul: dict[int, float]) -> list[str]:
+    head = (
+        "| impl | M | D | dtype | fwd ms | bwd ms | fwd+bwd ms | × matmul | speed-up vs ref "
+        "| peak extra MB | mem vs ref | status | check |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        mm = matmul.get(r.m)
+        lines.append(
+            f"| {r.impl} | {r.m} | {r.d} | {r.dtype} | {_fmt(r.fwd_ms)} | {_fmt(r.bwd_ms)} | "
+            f"{_fmt(r.fwdbwd_ms)} | {_fmt(r.fwdbwd_ms / mm if r.fwdbwd_ms and mm else None, '.2f')}"
+            f" | {_fmt(r.speedup, '.2f')}{'×' if r.speedup else ''} | {_fmt(r.mem_mb, '.0f')} | "
+            f"{_fmt(r.mem_ratio, '.3f')} | {r.status} | {r.check} |"
+        )
+    return lines
+
+
+def plot_loss(rows: list[loss_bench.LossRow], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for impl in dict.fromkeys(r.impl for r in rows):
+        ok = [r for r in rows if r.impl == impl and r.status == "ok"]
+        if not ok:
+            continue
+        ms = [r.m for r in ok]
+        ax_t.plot(ms, [r.fwdbwd_ms for r in ok], marker="o", label=impl)
+        if all(r.mem_mb for r in ok):
+            ax_m.plot(ms, [r.mem_mb for r in ok], marker="o", label=impl)
+    for ax, ylabel in ((ax_t, "forward+backward time (ms)"), (ax_m, "peak extra memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("M (rows of all views)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes for CI (< 1 minute)")
+    p.add_argument("--only", choices=["loss", "augment", "train"], action="append")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON/Markdown/PNG")
+    p.add_argument("--no-save", action="store_true", help="print only, write no files")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    sections = args.only or ["loss", "augment", "train"]
+    tag = machine_tag(device)
+    print(
+        f"fastclr benchmark on {tag['device']} ({device.type}, {tag['threads']} threads), "
+        f"torch {tag['torch']}, triton {tag['triton']}"
+    )
+    print(f"loss backends here: {', '.join(fastclr.available_backends())}")
+
+    record: dict[str, Any] = {"machine": tag, "quick": args.quick, "sections": {}}
+    md: list[str] = [f"# fastclr benchmark — {tag['device']}", "", f"`{json.dumps(tag)}`", ""]
+    t_start = time.perf_counter()
+    failed = False
+    with tqdm(total=0, bar_format="{desc}", leave=False, file=sys.stderr) as bar:
+
+        def progress(msg: str) -> None:
+            bar.set_description_str(f"[{time.perf_counter() - t_start:5.0f}s] {msg}")
+
+        if "loss" in sections:
+            if device.type == "cuda":
+                dtype, d, reps = torch.bfloat16, 128, 20
+                sizes = (
+                    [4096, 8192, 16384] if args.quick else [4096, 8192, 16384, 32768, 65536, 131072]
+                )
+            else:
+                dtype, d, reps = torch.float32, 128, 5
+                sizes = [512, 2048] if args.quick else [1024, 4096, 8192, 32768, 65536]
+            rows = loss_bench.run(
+                device, dtype, sizes, d, reps, progress, peer_max_m=sizes[0] if args.quick else None
+            )
+            matmul = {m: loss_bench.matmul_ms(device, dtype, m, d) for m in sizes if m <= 16384}
+            failed |= any(r.status.startswith(("CHECK FAILED", "error")) for r in rows)
+            lines = loss_table(rows, matmul)
+            title = f"NT-Xent forward+backward, D = {d}, {str(dtype).replace('torch.', '')}"
+            bar.clear()
+            print(f"\n## {title}\n")
+            print("\n".join(lines))
+            print(
+                "× matmul: time as a multiple of one M×M×D matmul of the same dtype here "
+                "(the fused algorithm's floor is about 2)."
+            )
+            record["sections"]["loss"] = {
+                "rows": [asdict(r) for r in rows],
+                "matmul_ms": matmul,
+                "dtype": str(dtype),
+            }
+            md += [f"## {title}", "", *lines, ""]
+            if not args.no_save:
+                args.out.mkdir(parents=True, exist_ok=True)
+                stem = f"{device.type}{'-quick' if args.quick else ''}"
+                plot_loss(rows, args.out / f"loss-{stem}.png", f"{title} — {tag['device']}")
+
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    if not args.no_save:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = f"{device.type}{'-quick' if args.quick else ''}"
+        (args.out / f"throughput-{stem}.md").write_text("\n".join(md) + "\n")
+        history = args.out / f"throughput-{stem}.jsonl"
+        with history.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"wrote {args.out}/throughput-{stem}.md, {history.name} and plots")
+    if failed:
+        print("SOME CHECKS FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
