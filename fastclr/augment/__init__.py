@@ -204,6 +204,9 @@ class SimCLRAugmentation:
         if not isinstance(params, AugmentParams):
             raise TypeError(f"params must be an AugmentParams, got {type(params).__name__}")
         imgs = check_images(images)
+        n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
+        if len(params) != n:
+            raise ValueError(f"params has {len(params)} images, images has {n}")
         dev = images_device(imgs)
         params = params.to(dev)
         params.check_crop(src_sizes_of(imgs))
