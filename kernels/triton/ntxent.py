@@ -47,6 +47,8 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# FASTCLR_TRITON_AUTOTUNE=0 pins one config per kernel (scripts/gpu_check.sh sets it for tests).
+AUTOTUNE = os.environ.get("FASTCLR_TRITON_AUTOTUNE", "1") != "0"
 
 # 2/τ above this switches to the online path: exp(−64) = 1.6e−28 is far above fp32's smallest
 # normal (1.2e−38) and exp(64)·g stays finite for any plausible upstream gradient g.
@@ -69,6 +71,10 @@ if INTERPRET:
     # The interpreter runs each program in numpy: few, mid-sized programs are fastest; one config.
     SYM_CONFIGS = _configs([(32, 32, 1, 1)])
     ROW_CONFIGS = _configs([(32, 32, 1, 1)])
+elif not AUTOTUNE:
+    # Compiled tests touch dozens of shapes: one safe config each avoids minutes of tuning.
+    SYM_CONFIGS = _configs([(64, 64, 4, 2)])
+    ROW_CONFIGS = _configs([(64, 64, 4, 2)])
 else:
     # (BLOCK_M, BLOCK_N, warps, stages). Symmetric tiles are square (BLOCK_N unused there).
     SYM_CONFIGS = _configs(
@@ -146,15 +152,15 @@ def _sim_tile(
 
 
 @triton.jit
-def _pair_block(pid, d, T, M, BLOCK_M: tl.constexpr):
-    """Rows of block J = (pid + d) mod T, masked out when the pair belongs to the other program.
+def _pair_count(pid, T):
+    """How many blocks program ``pid`` visits: J = (pid + d) mod T for d < this count.
 
-    For even T the pair at d = T//2 is reached from both of its blocks; only pid < T//2 keeps it.
+    T//2 + 1, except that for even T the pair at d = T//2 is reached from both of its blocks and
+    only pid < T//2 keeps it. Integer arithmetic only (no scalar booleans: the triton 3.9
+    interpreter turns ``tensor_mask & scalar_bool`` into an int32 mask that tl.load rejects).
     """
-    j = (pid + d) % T
-    offs_j = j * BLOCK_M + tl.arange(0, BLOCK_M)
-    mine = ((T % 2) != 0) | (d != T // 2) | (pid < T // 2)
-    return offs_j, (offs_j < M) & mine
+    half = T // 2
+    return half + 1 - ((T + 1) % 2) * (pid // tl.maximum(half, 1))
 
 
 @triton.autotune(
@@ -194,8 +200,9 @@ def ntxent_sym_fwd_kernel(
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < M
     row_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for d in range(0, T // 2 + 1):
-        offs_j, mask_j = _pair_block(pid, d, T, M, BLOCK_M)
+    for d in range(0, _pair_count(pid, T)):
+        offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_j = offs_j < M
         s = _sim_tile(
             Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm, stride_zd,
             inv_tau, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
@@ -203,7 +210,8 @@ def ntxent_sym_fwd_kernel(
         valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
         e = tl.where(valid, tl.exp(s - shift), 0.0)
         row_acc += tl.sum(e, axis=1)
-        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & (d > 0))
+        off_diag = offs_j != offs_i  # all False on the diagonal tile (d = 0), else all True
+        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag)
     tl.store(SUM_ROW + offs_i, row_acc, mask=mask_i)
 
 
@@ -254,8 +262,9 @@ def ntxent_sym_bwd_kernel(
         mask_d = offs_d < D
         z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for d in range(0, T // 2 + 1):
-            offs_j, mask_j = _pair_block(pid, d, T, M, BLOCK_M)
+        for d in range(0, _pair_count(pid, T)):
+            offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
+            mask_j = offs_j < M
             z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
             s = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * inv_tau
             r_j = tl.load(G + offs_j, mask=mask_j, other=0.0) * tl.exp(
@@ -270,7 +279,7 @@ def ntxent_sym_bwd_kernel(
             tl.atomic_add(
                 DZ_COL + offs_j[:, None] * D + offs_d[None, :],
                 col,
-                mask=mask_j[:, None] & mask_d[None, :] & (d > 0),
+                mask=mask_j[:, None] & mask_d[None, :] & (offs_j != offs_i)[:, None],
             )
         tl.store(
             DZ_ROW + offs_i[:, None] * D + offs_d[None, :],
@@ -278,8 +287,9 @@ def ntxent_sym_bwd_kernel(
             mask=mask_i[:, None] & mask_d[None, :],
         )
     else:
-        for d in range(0, T // 2 + 1):
-            offs_j, mask_j = _pair_block(pid, d, T, M, BLOCK_M)
+        for d in range(0, _pair_count(pid, T)):
+            offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
+            mask_j = offs_j < M
             s = _sim_tile(
                 Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm,
                 stride_zd, inv_tau, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
@@ -305,7 +315,7 @@ def ntxent_sym_bwd_kernel(
                 tl.atomic_add(
                     DZ_COL + offs_j[:, None] * D + offs_d[None, :],
                     col,
-                    mask=mask_j[:, None] & mask_d[None, :] & (d > 0),
+                    mask=mask_j[:, None] & mask_d[None, :] & (offs_j != offs_i)[:, None],
                 )
 
 

@@ -1,0 +1,403 @@
+"""The fused Triton NT-Xent kernel (``backend="triton"``) against the float64 reference.
+
+Without a GPU the kernels run on CPU tensors through Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1); with FASTCLR_TEST_COMPILED=1 on a CUDA machine the same tests run compiled.
+Low-precision tolerances follow STYLE.md: the kernel's error against the fp64 reference may be at
+most about twice torch's own error in that dtype (the reference with ``upcast=False``) + a small
+atol. Shapes stay small because the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastclr
+from fastclr.reference import ntxent_reference, views_to_batch
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 (CPU interpreter)",
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# τ on both sides of the constant-shift / online switch (2/τ ≤ 64 ⇔ τ ≥ 1/32).
+TAU_CONST = (0.5, 0.1, 0.04)
+TAU_ONLINE = (0.03, 0.01)
+# dtype -> (relative atol on values, relative atol on gradients); for 16-bit dtypes this is added
+# to 2× torch's own error in that dtype.
+DTYPES = {
+    torch.float32: (2e-5, 5e-5),
+    torch.bfloat16: (2**-7, 2**-7),
+    torch.float16: (2**-10, 2**-9),
+}
+# Module-level shape table: (V, N, D), including odd sizes.
+SHAPES = [(2, 1, 1), (2, 5, 3), (3, 7, 33), (2, 23, 130), (4, 3, 17)]
+
+
+def _ops():  # type: ignore[no-untyped-def]
+    from fastclr.ops import triton_ntxent
+
+    return triton_ntxent
+
+
+def _inputs(v: int, n: int, d: int, seed: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(v)]
+
+
+def _run(
+    fn_views: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    weights: torch.Tensor,
+    device: str,
+    **kw: object,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Loss and input gradients with upstream gradient ``weights`` (never all ones)."""
+    leaves = [t.detach().to(device).requires_grad_() for t in fn_views]
+    lab = None if labels is None else labels.to(device)
+    loss = fastclr.ntxent(*leaves, labels=lab, **kw)  # type: ignore[arg-type]
+    (loss.float() * weights.to(device).reshape(loss.shape)).sum().backward()
+    return loss.detach().cpu(), [t.grad.detach().cpu() for t in leaves]  # type: ignore[union-attr]
+
+
+def _reference(
+    views: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    weights: torch.Tensor,
+    temperature: float,
+    reduction: str,
+    upcast: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    leaves = [t.detach().clone().requires_grad_() for t in views]
+    if labels is None:
+        z, lab = views_to_batch(leaves)
+    else:
+        z, lab = leaves[0], labels
+    loss = ntxent_reference(z, lab, temperature, reduction, upcast=upcast)
+    (loss.to(weights.dtype) * weights.reshape(loss.shape)).sum().backward()
+    return loss.detach(), [t.grad.detach() for t in leaves]  # type: ignore[union-attr]
+
+
+def _weights(reduction: str, m: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1)
+    if reduction == "none":
+        return torch.rand(m, generator=g, dtype=torch.float64) + 0.5
+    return torch.tensor(0.37, dtype=torch.float64)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+def _scale(t: torch.Tensor) -> float:
+    return max(1.0, float(t.detach().double().abs().max()))
+
+
+def check_against_reference(
+    views: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    temperature: float,
+    reduction: str,
+    seed: int = 0,
+) -> None:
+    """Values and gradients of the triton backend against fp64, with STYLE.md's bar."""
+    dtype = views[0].dtype
+    m = views[0].shape[0] * (len(views) if labels is None else 1)
+    w = _weights(reduction, m, seed)
+    kw = {"temperature": temperature, "reduction": reduction}
+    loss, grads = _run(views, labels, w, DEVICE, backend="triton", **kw)
+    assert loss.dtype == dtype
+    ref, ref_grads = _reference(views, labels, w, temperature, reduction, upcast=True)
+    assert torch.isfinite(loss).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+    v_atol, g_atol = DTYPES[dtype]
+    g_scale = max(_scale(g) for g in ref_grads)
+    bar_v, bar_g = v_atol * _scale(ref), g_atol * g_scale
+    # + 2× torch's own error in this dtype (fp32 too: for tiny rows or D = 1 the backward of the
+    # fp32 normalisation cancels catastrophically, in torch and in the kernel alike)
+    own, own_grads = _reference(views, labels, w, temperature, reduction, upcast=False)
+    bar_v += 2 * _err(own, ref)
+    bar_g += 2 * max(_err(a, b) for a, b in zip(own_grads, ref_grads, strict=True))
+    assert _err(loss, ref) <= bar_v, (_err(loss, ref), bar_v)
+    for g, rg in zip(grads, ref_grads, strict=True):
+        assert _err(g, rg) <= bar_g, (_err(g, rg), bar_g)
+
+
+# --------------------------------------------------------------------------------------------
+# values and gradients
+
+
+def test_backend_is_available() -> None:
+    assert "triton" in fastclr.available_backends()
+
+
+@pytest.mark.parametrize(("v", "n", "d"), SHAPES)
+@pytest.mark.parametrize("temperature", [0.5, 0.01])
+def test_views_fp32_table(v: int, n: int, d: int, temperature: float) -> None:
+    check_against_reference(_inputs(v, n, d, 7, torch.float32), None, temperature, "mean")
+
+
+@settings(max_examples=12)
+@given(
+    v=st.integers(2, 4),
+    n=st.integers(1, 13).map(lambda x: 2 * x - 1),
+    d=st.sampled_from([1, 2, 5, 16, 31, 64, 129]),
+    temperature=st.sampled_from(TAU_CONST + TAU_ONLINE),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    seed=st.integers(0, 2**16),
+)
+def test_views_hypothesis(
+    v: int, n: int, d: int, temperature: float, reduction: str, seed: int
+) -> None:
+    check_against_reference(
+        _inputs(v, n, d, seed, torch.float32), None, temperature, reduction, seed
+    )
+
+
+@settings(max_examples=10)
+@given(
+    m=st.integers(2, 45),
+    n_classes=st.integers(1, 6),
+    d=st.sampled_from([3, 8, 40]),
+    temperature=st.sampled_from(TAU_CONST + TAU_ONLINE),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    seed=st.integers(0, 2**16),
+)
+def test_labels_hypothesis(
+    m: int, n_classes: int, d: int, temperature: float, reduction: str, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (m,), generator=g)
+    labels[1] = labels[0]  # at least one anchor has a positive
+    z = _inputs(1, m, d, seed, torch.float32)
+    check_against_reference(z, labels, temperature, reduction, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("temperature", [0.5, 0.07, 0.01])
+@pytest.mark.parametrize(("v", "n", "d"), [(2, 17, 32), (3, 11, 45)])
+def test_low_precision(dtype: torch.dtype, temperature: float, v: int, n: int, d: int) -> None:
+    check_against_reference(_inputs(v, n, d, 3, dtype), None, temperature, "mean")
+
+
+@settings(max_examples=8)
+@given(
+    dtype=st.sampled_from([torch.bfloat16, torch.float16]),
+    n=st.integers(1, 12).map(lambda x: 2 * x + 1),
+    d=st.sampled_from([4, 24, 100]),
+    temperature=st.sampled_from(TAU_CONST + TAU_ONLINE),
+    reduction=st.sampled_from(["mean", "none"]),
+    seed=st.integers(0, 2**16),
+)
+def test_low_precision_hypothesis(
+    dtype: torch.dtype, n: int, d: int, temperature: float, reduction: str, seed: int
+) -> None:
+    check_against_reference(_inputs(2, n, d, seed, dtype), None, temperature, reduction, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("temperature", [0.2, 0.01])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_large_d(dtype: torch.dtype, temperature: float, deterministic: bool) -> None:
+    """D ≥ 2048 takes the chunked-D kernels (gradient read-modify-written per chunk)."""
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        check_against_reference(_inputs(2, 3, 2051, 5, dtype), None, temperature, "mean")
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# --------------------------------------------------------------------------------------------
+# paths: constant shift vs online, symmetric (atomics) vs deterministic row blocks
+
+
+def test_switch_rule_is_on_temperature_only() -> None:
+    ops = _ops()
+    limit = 2.0 / 64.0  # CONST_SHIFT_LIMIT = 64
+    assert ops._k.CONST_SHIFT_LIMIT == 64.0
+    assert ops.select_path(limit, deterministic=False) == ops.Path(symmetric=True, online=False)
+    assert ops.select_path(limit * 0.999, deterministic=False).online
+    assert ops.select_path(limit * 1.001, deterministic=False).symmetric
+    assert ops.select_path(0.5, deterministic=True) == ops.Path(symmetric=False, online=False)
+
+
+@pytest.mark.parametrize("temperature", [2.0 / 64.0 * 1.05, 2.0 / 64.0 * 0.95])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_both_sides_of_the_switch(temperature: float, dtype: torch.dtype) -> None:
+    # near-antipodal pairs make the smallest exp(s − 1/τ) as small as the rule allows
+    z = _inputs(2, 9, 12, 11, dtype)
+    z[1][:4] = -z[0][:4]
+    check_against_reference(z, None, temperature, "none")
+
+
+def test_tiny_temperature_fp16_is_finite_and_right() -> None:
+    """τ = 0.01 in fp16: exp(−2/τ) = exp(−200) underflows fp32, so only the online path works."""
+    z = _inputs(2, 16, 24, 2, torch.float16)
+    z[1][:8] = -z[0][:8]
+    check_against_reference(z, None, 0.01, "mean")
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.01])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deterministic_path_matches_symmetric(temperature: float, dtype: torch.dtype) -> None:
+    views = _inputs(3, 21, 40, 4, dtype)
+    w = _weights("none", 63, 4)
+    sym, sym_g = _run(views, None, w, DEVICE, backend="triton", temperature=temperature,
+                      reduction="none")  # fmt: skip
+    torch.use_deterministic_algorithms(True)
+    try:
+        det, det_g = _run(views, None, w, DEVICE, backend="triton", temperature=temperature,
+                          reduction="none")  # fmt: skip
+        det2, det2_g = _run(views, None, w, DEVICE, backend="triton", temperature=temperature,
+                            reduction="none")  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(False)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert _err(sym, det) <= tol * _scale(det)
+    for a, b in zip(sym_g, det_g, strict=True):
+        assert _err(a, b) <= tol * _scale(b)
+    # the row-block path has no atomics: bitwise reproducible
+    assert torch.equal(det, det2)
+    assert all(torch.equal(a, b) for a, b in zip(det_g, det2_g, strict=True))
+
+
+def test_symmetric_path_is_used_and_uses_atomics_buffer() -> None:
+    ops = _ops()
+    z = F.normalize(torch.randn(40, 8, dtype=torch.float32), dim=1).to(DEVICE)
+    ops.LAST_WORKSPACE.clear()
+    ops.BACKEND.lse_sym(z, 0.5)
+    assert ops.LAST_WORKSPACE["lse_sym"] == 2 * 40 * 4  # row sums + atomic column sums
+    torch.use_deterministic_algorithms(True)
+    try:
+        ops.BACKEND.lse_sym(z, 0.5)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert ops.LAST_WORKSPACE["lse_sym"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# degenerate and awkward inputs
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.01])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_zero_rows_give_no_nan(temperature: float, dtype: torch.dtype) -> None:
+    views = _inputs(2, 6, 10, 1, dtype)
+    views[0][2] = 0
+    views[1][2] = 0
+    views[1][4] = 0
+    check_against_reference(views, None, temperature, "mean")
+
+
+def test_all_zero_batch_is_log_m_minus_1() -> None:
+    # every s_ak = 0: loss_a = log(M − 1) − 0
+    z = torch.zeros(2, 5, 7)
+    loss, grads = _run([z[0], z[1]], None, torch.tensor(0.5), DEVICE, backend="triton")
+    assert abs(float(loss) - float(torch.log(torch.tensor(9.0)))) < 1e-6
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_identical_views_swap_symmetry() -> None:
+    a, b = _inputs(2, 9, 20, 8, torch.float32)
+    kw = {"backend": "triton", "temperature": 0.2}
+    ab = fastclr.ntxent(a.to(DEVICE), b.to(DEVICE), **kw)  # type: ignore[arg-type]
+    ba = fastclr.ntxent(b.to(DEVICE), a.to(DEVICE), **kw)  # type: ignore[arg-type]
+    assert abs(float(ab) - float(ba)) < 1e-6
+    # identical views: each anchor's positive is itself, s_ap = 1/τ
+    same = fastclr.ntxent(a.to(DEVICE), a.clone().to(DEVICE), reduction="none", **kw)  # type: ignore[arg-type]
+    zz = F.normalize(torch.cat([a, a]).double(), dim=1)
+    s = zz @ zz.T / 0.2
+    s.fill_diagonal_(float("-inf"))
+    expected = torch.logsumexp(s, dim=1) - 1 / 0.2
+    assert _err(same.cpu(), expected) < 1e-5
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.01])
+def test_non_contiguous_inputs(temperature: float) -> None:
+    base = torch.randn(2, 30, 22, dtype=torch.float64)
+    views = [base[0, ::3, ::2], base[1].T.contiguous().T[::3, ::2]]  # strided, column-major
+    assert not views[0].is_contiguous() and not views[1].is_contiguous()
+    check_against_reference([v.float() for v in views], None, temperature, "mean")
+    ops = _ops()
+    zt = F.normalize(torch.randn(24, 10), dim=1).to(DEVICE).T.contiguous().T  # column-major
+    assert not zt.is_contiguous()
+    got = ops.BACKEND.lse_sym(zt, temperature)
+    want = ops.BACKEND.lse_sym(zt.contiguous(), temperature)
+    assert _err(got, want) < 1e-5 * _scale(want)
+
+
+# --------------------------------------------------------------------------------------------
+# the ops themselves: rectangular LSE, memory, registration
+
+
+def _lse_definition(q: torch.Tensor, k: torch.Tensor, tau: float, off: int) -> torch.Tensor:
+    s = q @ k.T / tau
+    rows = torch.arange(q.shape[0])
+    s[rows, rows + off] = float("-inf")
+    return torch.logsumexp(s, dim=1)
+
+
+@pytest.mark.parametrize("temperature", [0.4, 0.01])
+@pytest.mark.parametrize(("mq", "mk", "off"), [(7, 19, 5), (20, 20, 0), (1, 2, 1)])
+def test_lse_rect_values_and_grads(temperature: float, mq: int, mk: int, off: int) -> None:
+    ops = _ops()
+    k = F.normalize(torch.randn(mk, 13, dtype=torch.float64), dim=1)
+    q = k[off : off + mq].clone()
+    g = torch.randn(mq, dtype=torch.float64)
+    qr, kr = q.clone().requires_grad_(), k.clone().requires_grad_()
+    ref = _lse_definition(qr, kr, temperature, off)
+    (ref * g).sum().backward()
+    qt = q.float().to(DEVICE).requires_grad_()
+    kt = k.float().to(DEVICE).requires_grad_()
+    got = ops.BACKEND.lse_rect(qt, kt, off, temperature)
+    (got * g.float().to(DEVICE)).sum().backward()
+    scale = _scale(ref)
+    assert _err(got.cpu(), ref) <= 1e-5 * scale
+    for t, r in ((qt, qr), (kt, kr)):
+        assert t.grad is not None and r.grad is not None
+        assert _err(t.grad.cpu(), r.grad) <= 1e-5 * _scale(r.grad)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("temperature", [0.5, 0.01])
+def test_workspace_is_linear_in_m_and_d(deterministic: bool, temperature: float) -> None:
+    """Extra memory O(M·D + M): the launchers' recorded allocations match workspace_bytes()."""
+    ops = _ops()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        for m, d in [(33, 9), (66, 9), (33, 18)]:
+            z = F.normalize(torch.randn(m, d), dim=1).to(DEVICE).requires_grad_()
+            ops.LAST_WORKSPACE.clear()
+            lse = ops.BACKEND.lse_sym(z, temperature)
+            lse.sum().backward()
+            path = ops.select_path(temperature)
+            for op in ("lse_sym", "lse_sym_backward"):
+                assert ops.LAST_WORKSPACE[op] == ops.workspace_bytes(m, d, op, path)
+                assert ops.LAST_WORKSPACE[op] <= 2 * m * d * 4 + 2 * m * 4
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_custom_ops_pass_opcheck() -> None:
+    ops = _ops()
+    z = F.normalize(torch.randn(12, 6), dim=1).to(DEVICE).requires_grad_()
+    torch.library.opcheck(ops.triton_lse_sym, (z, 0.5))
+    q = z.detach()[3:8].clone().requires_grad_()
+    torch.library.opcheck(ops.triton_lse_rect, (q, z, 3, 0.5))
+    assert hasattr(torch.ops.fastclr, "triton_lse_sym")
+    assert hasattr(torch.ops.fastclr, "triton_lse_rect")
+
+
+def test_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = _ops()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        ops.BACKEND.lse_sym(torch.zeros(4, 3), 0.5)
