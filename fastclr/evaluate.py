@@ -1,0 +1,197 @@
+"""Evaluation of a pretrained encoder on frozen features: linear probe and kNN.
+
+* kNN (Wu et al. 2018, the monitor most SimCLR code uses): cosine similarity of L2-normalised
+  features, the k = 200 nearest training features (capped by the training-set size) vote with
+  weights ``exp(sim / τ)``, τ = 0.1; top-1 accuracy on the held-out split.
+* linear probe: multinomial logistic regression on standardised frozen features, fitted with
+  full-batch L-BFGS in torch (fp64, small L2 penalty); top-1 on the held-out split.
+
+Inputs are the clean images (no augmentation): uint8 → [0, 1] → the pretraining normalisation,
+channels_last, resized to the model's image size where needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastclr.data import ImageData, TensorImageDataset, load_data
+from fastclr.train import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    load_model_state,
+)
+
+__all__ = [
+    "EvalResult",
+    "evaluate_checkpoint",
+    "extract_features",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+]
+
+KNN_K = 200
+KNN_TEMPERATURE = 0.1
+LINEAR_L2 = 1e-4  # penalty on the probe's weights (mean-loss units); features are standardised
+LINEAR_MAX_ITER = 200
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    dataset: TensorImageDataset,
+    mean: tuple[float, ...] | list[float],
+    std: tuple[float, ...] | list[float],
+    image_size: int,
+    device: torch.device | str,
+    batch_size: int = 512,
+) -> Tensor:
+    """Encoder features (N, F) in fp32 of every image of ``dataset``, in eval mode."""
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.eval()
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    feats: list[Tensor] = []
+    try:
+        for i in range(0, len(dataset), batch_size):
+            x = dataset.images[i : i + batch_size].to(device)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            if x.shape[-1] != image_size or x.shape[-2] != image_size:
+                x = F.interpolate(
+                    x,
+                    size=(image_size, image_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
+            x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
+            feats.append(encoder(x).float())
+    finally:
+        encoder.train(was_training)
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    chunk: int = 1024,
+) -> float:
+    """Weighted kNN top-1 accuracy (cosine similarity, votes ``exp(sim/τ)``, k capped by N)."""
+    if len(train_features) == 0 or len(test_features) == 0:
+        raise ValueError("kNN needs at least one training and one test feature")
+    k = min(k, len(train_features))
+    n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
+    ftr = F.normalize(train_features.float(), dim=1)
+    fte = F.normalize(test_features.float(), dim=1)
+    correct = 0
+    for i in range(0, len(fte), chunk):
+        sim = fte[i : i + chunk] @ ftr.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(len(top_idx), n_classes, device=fte.device)
+        votes.scatter_add_(1, train_labels[top_idx], weights)
+        correct += int((votes.argmax(1) == test_labels[i : i + chunk]).sum())
+    return correct / len(fte)
+
+
+def linear_probe_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    l2: float = LINEAR_L2,
+    max_iter: int = LINEAR_MAX_ITER,
+) -> float:
+    """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features."""
+    xtr = train_features.double()
+    mu, sd = xtr.mean(0), xtr.std(0).clamp(min=1e-6)
+    xtr = (xtr - mu) / sd
+    xte = (test_features.double() - mu) / sd
+    ytr = train_labels.long()
+    n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
+    w = torch.zeros(
+        xtr.shape[1], n_classes, dtype=torch.float64, device=xtr.device, requires_grad=True
+    )
+    b = torch.zeros(n_classes, dtype=torch.float64, device=xtr.device, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr @ w + b, ytr) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        pred = (xte @ w + b).argmax(1)
+    return float((pred == test_labels.to(pred.device)).double().mean())
+
+
+@dataclass
+class EvalResult:
+    linear_top1: float
+    knn_top1: float
+    n_train: int
+    n_test: int
+    arch: str
+    data: str
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | ImageData = "digits",
+    arch: str | None = None,
+    device: str | None = None,
+    knn_k: int = KNN_K,
+    knn_temperature: float = KNN_TEMPERATURE,
+    num_workers: int = 0,
+) -> EvalResult:
+    """Linear-probe and kNN top-1 of a pretraining checkpoint's encoder on a labelled dataset.
+
+    ``arch``, when given, must match the checkpoint's (a :class:`CheckpointError` names both).
+    """
+    state = load_checkpoint(checkpoint)
+    spec: dict[str, Any] = dict(state["model_spec"])
+    if arch is not None and arch != spec["arch"]:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds a {spec['arch']} encoder, not the requested {arch}"
+        )
+    model = build_model(
+        spec["arch"], spec["stem"], spec["width"], spec["proj_dim"], spec["head_bn"]
+    )
+    load_model_state(model, state["model"], f"checkpoint {checkpoint} ({spec['arch']})")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    image_size = int(state["image_size"])
+    ds = load_data(data, image_size, num_workers) if isinstance(data, str) else data
+    if ds.heldout is None or ds.heldout.labels is None or ds.train.labels is None:
+        raise ValueError(
+            f"{ds.name} has no labels (image folders need class subfolders) for evaluation"
+        )
+    mean, std = tuple(state["mean"]), tuple(state["std"])
+    f_tr = extract_features(model.encoder, ds.train, mean, std, image_size, dev)
+    f_te = extract_features(model.encoder, ds.heldout, mean, std, image_size, dev)
+    y_tr, y_te = ds.train.labels.to(dev), ds.heldout.labels.to(dev)
+    return EvalResult(
+        linear_top1=linear_probe_accuracy(f_tr, y_tr, f_te, y_te),
+        knn_top1=knn_accuracy(f_tr, y_tr, f_te, y_te, k=knn_k, temperature=knn_temperature),
+        n_train=len(ds.train),
+        n_test=len(ds.heldout),
+        arch=spec["arch"],
+        data=ds.name,
+    )

@@ -1,0 +1,388 @@
+"""The pretraining loop, checkpoints, data, evaluation and the command line.
+
+Runs use a tiny encoder (ResNet-18 at width 1/8), 8-px views and a slice of the digits so every
+run takes a second or two on a busy CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from fastclr.data import ImageData, TensorImageDataset, load_digits, load_image_folder
+from fastclr.evaluate import evaluate_checkpoint, knn_accuracy, linear_probe_accuracy
+from fastclr.loss import NTXentLoss
+from fastclr.train import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    NonFiniteLossError,
+    TrainConfig,
+    load_checkpoint,
+    pretrain,
+    save_checkpoint_atomic,
+    step_rates,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"width": 0.125, "image_size": 8, "batch_size": 32, "log_every": 10, "progress": False}
+
+
+def _augment_or_skip(seed: int = 0) -> Any:
+    try:
+        from fastclr.augment import AugmentConfig, SimCLRAugmentation
+    except ImportError as e:
+        pytest.skip(f"fastclr.augment.SimCLRAugmentation is not available: {e}")
+    return SimCLRAugmentation(AugmentConfig.cifar(size=8), backend="torch", seed=seed)
+
+
+@pytest.fixture(scope="module")
+def small_digits() -> ImageData:
+    d = load_digits()
+    assert d.heldout is not None and d.train.labels is not None and d.heldout.labels is not None
+    return ImageData(
+        "digits[:96]",
+        TensorImageDataset(d.train.images[:96], d.train.labels[:96]),
+        TensorImageDataset(d.heldout.images[:40], d.heldout.labels[:40]),
+        d.classes,
+    )
+
+
+def _cfg(out: Path, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = {**TINY, "epochs": 2, "limit_steps": 2, "out": str(out)}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(cfg: TrainConfig, data: ImageData, loss_fn: Any = None) -> dict[str, Tensor]:
+    result = pretrain(cfg, augment=_augment_or_skip(cfg.seed), data=data, loss_fn=loss_fn)
+    return {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+
+
+def _assert_identical(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+class _CountingLoss:
+    """NT-Xent that runs ``action(call_index)`` before every call (counting from 1)."""
+
+    def __init__(self, action: Callable[[int], None] | None = None, nan_from: int | None = None):
+        self.inner = NTXentLoss(0.5, check_finite=False)
+        self.calls = 0
+        self.action = action
+        self.nan_from = nan_from
+
+    def __call__(self, z1: Tensor, z2: Tensor) -> Tensor:
+        self.calls += 1
+        if self.action is not None:
+            self.action(self.calls)
+        loss = self.inner(z1, z2)
+        if self.nan_from is not None and self.calls >= self.nan_from:
+            loss = loss * float("nan")
+        return loss
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+def test_resume_after_an_epoch_is_bit_identical(tmp_path: Path, small_digits: ImageData) -> None:
+    straight = _run(_cfg(tmp_path / "a"), small_digits)
+    _run(_cfg(tmp_path / "b", stop_after_epochs=1), small_digits)
+    ckpt = load_checkpoint(tmp_path / "b")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 0, 2)
+    resumed = _run(_cfg(tmp_path / "c", resume=str(tmp_path / "b" / CHECKPOINT_NAME)), small_digits)
+    _assert_identical(straight, resumed)
+    # a different seed really gives different weights (the comparison can fail)
+    other = _run(_cfg(tmp_path / "d", seed=1), small_digits)
+    assert not all(torch.equal(straight[k], other[k]) for k in straight)
+
+
+def test_ctrl_c_checkpoints_at_a_step_boundary_and_resumes_identically(
+    tmp_path: Path, small_digits: ImageData
+) -> None:
+    straight = _run(_cfg(tmp_path / "a", limit_steps=3), small_digits)
+
+    def interrupt_at_second_step(call: int) -> None:
+        if call == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(
+            _cfg(tmp_path / "b", limit_steps=3),
+            small_digits,
+            loss_fn=_CountingLoss(interrupt_at_second_step),
+        )
+    ckpt = load_checkpoint(tmp_path / "b")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 2, 2)
+    resumed = _run(_cfg(tmp_path / "c", limit_steps=3, resume=str(tmp_path / "b")), small_digits)
+    _assert_identical(straight, resumed)
+
+
+# ---------------------------------------------------------------------------------- failures
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, small_digits: ImageData
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1 step 0"):
+        _run(_cfg(out), small_digits, loss_fn=_CountingLoss(nan_from=3))
+    ckpt = load_checkpoint(out)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 2)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_atomic_save_never_leaves_a_torn_file(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "ck.pt"
+    save_checkpoint_atomic({"format": "x", "v": torch.arange(3)}, path)
+    good = path.read_bytes()
+
+    def broken_save(obj: object, f: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint_atomic({"format": "x", "v": torch.arange(5)}, path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def test_unreadable_and_foreign_checkpoints(tmp_path: Path, small_digits: ImageData) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not read checkpoint"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="not a fastclr SimCLR checkpoint"):
+        load_checkpoint(other)
+
+    _run(_cfg(tmp_path / "r18", epochs=1, limit_steps=1), small_digits)
+    with pytest.raises(CheckpointError, match=r"resnet18.*resnet34"):
+        _run(_cfg(tmp_path / "r34", arch="resnet34", resume=str(tmp_path / "r18")), small_digits)
+    with pytest.raises(CheckpointError, match=r"resnet18 encoder, not the requested resnet50"):
+        evaluate_checkpoint(tmp_path / "r18", data=small_digits, arch="resnet50")
+
+
+def test_bad_training_inputs(tmp_path: Path, small_digits: ImageData) -> None:
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        _run(_cfg(tmp_path, batch_size=200), small_digits)
+    with pytest.raises(ValueError, match="precision"):
+        _run(_cfg(tmp_path, precision="fp8"), small_digits)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epochs"):
+        _run(_cfg(tmp_path, epochs=0), small_digits)
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def test_digits_split_is_fixed_disjoint_and_rgb() -> None:
+    a, b = load_digits(), load_digits()
+    assert a.heldout is not None and b.heldout is not None
+    assert a.train.images.shape == (1438, 32, 32, 3) and a.train.images.dtype == torch.uint8
+    assert len(a.train) + len(a.heldout) == 1797
+    assert torch.equal(a.heldout.images, b.heldout.images)
+    assert torch.equal(a.train.images[..., 0], a.train.images[..., 2])  # grey replicated
+    assert a.heldout.labels is not None
+    assert torch.bincount(a.heldout.labels).min() >= 30  # stratified: every class held out
+
+
+def test_batches_shard_ranks_and_repeat_per_epoch() -> None:
+    ds = TensorImageDataset(
+        torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 2, 2, 3), torch.arange(20)
+    )
+    seen = []
+    for rank in range(2):
+        for _, y in ds.batches(4, seed=3, epoch=1, rank=rank, world_size=2):
+            assert y is not None
+            seen.append(y)
+    ids = torch.cat(seen)
+    assert len(ids) == 16 and len(set(ids.tolist())) == 16
+    again = torch.cat(
+        [y for _, y in ds.batches(4, seed=3, epoch=1, rank=0, world_size=2) if y is not None]
+    )
+    assert torch.equal(again, torch.cat(seen[:2]))
+    epoch2 = torch.cat([y for _, y in ds.batches(4, seed=3, epoch=2) if y is not None])
+    assert not torch.equal(epoch2[:8], torch.cat(seen[:2]))
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        next(ds.batches(11, seed=0, epoch=0, world_size=2))
+
+
+def _write_folder(root: Path, n_per_class: int = 4) -> None:
+    from PIL import Image
+
+    for c, colour in (("cats", (200, 30, 30)), ("dogs", (30, 30, 200))):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.new("RGB", (12 + i, 10), colour).save(root / c / f"{i}.png")
+
+
+def test_image_folder_skips_and_reports_corrupt_files(tmp_path: Path) -> None:
+    _write_folder(tmp_path)
+    bad = tmp_path / "dogs" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (tmp_path / "dogs" / "notes.txt").write_text("ignored: not an image extension")
+    with pytest.warns(RuntimeWarning) as record:
+        data = load_image_folder(tmp_path, size=8)
+    messages = [str(w.message) for w in record]
+    assert any(str(bad) in m for m in messages), messages
+    assert any("skipped 1 of 9" in m for m in messages), messages
+    assert data.skipped == 1 and data.classes == ["cats", "dogs"]
+    assert data.heldout is not None and data.heldout.labels is not None
+    assert len(data.train) + len(data.heldout) == 8
+    assert data.train.images.shape[1:] == (8, 8, 3) and data.train.images.dtype == torch.uint8
+    assert sorted(data.heldout.labels.tolist()) == [0, 1]
+    red = data.train.images[data.train.labels == 0]  # type: ignore[operator]
+    assert int(red[..., 0].min()) > 150 and int(red[..., 2].max()) < 100
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "nope", size=8)
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no images"):
+        load_image_folder(tmp_path / "empty", size=8)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def test_knn_and_linear_probe_on_separable_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 5
+    ytr, yte = torch.arange(60) % 3, torch.arange(30) % 3
+    ftr = centres[ytr] + torch.randn(60, 16, generator=g)
+    fte = centres[yte] + torch.randn(30, 16, generator=g)
+    assert knn_accuracy(ftr, ytr, fte, yte, k=200) == 1.0  # k capped at 60
+    assert linear_probe_accuracy(ftr, ytr, fte, yte) == 1.0
+    shuffled = ytr[torch.randperm(60, generator=g)]
+    assert knn_accuracy(ftr, shuffled, fte, yte, k=5) < 0.8
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_cli_pretrain_then_linear_eval(tmp_path: Path, capsys: Any) -> None:
+    _augment_or_skip()
+    out = tmp_path / "run"
+    args = [
+        "pretrain",
+        "--epochs",
+        "1",
+        "--limit-steps",
+        "1",
+        "--width",
+        "0.125",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastclr", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: 1 epochs, 1 steps" in proc.stdout
+    for name in (CHECKPOINT_NAME, "steps.csv", "epochs.csv", "loss.png"):
+        assert (out / name).exists(), name
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "knn_top1" in (out / "epochs.csv").read_text()
+
+    from fastclr.cli import main
+
+    assert main(["linear-eval", "--checkpoint", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "linear top-1" in printed and "kNN top-1" in printed and "1438 train / 359" in printed
+    assert main(["linear-eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    _augment_or_skip()
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "fastclr",
+        "pretrain",
+        "--epochs",
+        "1",
+        "--limit-steps",
+        "2",
+        "--width",
+        "0.125",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--loss-backend",
+        "reference",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stdout.count("done: 1 epochs, 2 steps") == 1  # rank 0 reports
+    ckpt = load_checkpoint(out)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert ckpt["rng"][0]["python"] != ckpt["rng"][1]["python"]  # per-rank streams
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        CHECKPOINT_NAME,
+        "epochs.csv",
+        "loss.png",
+        "steps.csv",
+    ]
+    rows = (out / "steps.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + 2 steps, written once (rank 0)
+
+
+def test_step_rates_reports_both_rates() -> None:
+    aug = _augment_or_skip()
+    r = step_rates(
+        batch_size=16,
+        image_size=8,
+        width=0.125,
+        steps=2,
+        warmup_steps=1,
+        augment=aug,
+        loss_backend="reference",
+    )
+    for key in ("end_to_end_images_per_s", "model_only_images_per_s", "augment_only_images_per_s"):
+        assert r[key] > 0
+    assert r["ratio"] == pytest.approx(r["end_to_end_images_per_s"] / r["model_only_images_per_s"])
+    assert r["precision"] == "fp32" and r["device"] == "cpu"
