@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import augment_bench
 import loss_bench
 
 import fastclr
@@ -174,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.mkdir(parents=True, exist_ok=True)
                 stem = f"{device.type}{'-quick' if args.quick else ''}"
                 plot_loss(rows, args.out / f"loss-{stem}.png", f"{title} — {tag['device']}")
+
+        if "augment" in sections:
+            arows = augment_bench.run(
+                device, args.quick, reps=3 if args.quick else 5, progress=progress
+            )
+            failed |= any(r.status.startswith("CHECK FAILED") for r in arows)
+            lines = augment_bench.table(arows)
+            bar.clear()
+            print("\n## Augmentation: two SimCLR views per image\n")
+            print("\n".join(lines))
+            record["sections"]["augment"] = {"rows": [asdict(r) for r in arows]}
+            md += ["## Augmentation: two SimCLR views per image", "", *lines, ""]
 
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if not args.no_save:
