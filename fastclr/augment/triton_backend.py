@@ -18,7 +18,8 @@ passes through an fp32 scratch, only when the config can blur (``blur_p > 0`` an
 > 1). Without blur the colour pass writes the final output.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter; how
-CI tests it). No host synchronisation: sizes come from Python shapes, parameters stay on device.
+CI tests it). This module imports triton, so set the variable before importing it. No host
+synchronisation: sizes come from Python shapes, parameters stay on the device.
 
 Timing (e.g. from bench/throughput.py): ``apply_triton_views(images, [p1, p2], config)`` on a
 CUDA uint8 batch after one warm-up call, bracketed by ``torch.cuda.synchronize()``.
@@ -34,6 +35,14 @@ from torch import Tensor
 
 from fastclr.augment.inputs import Images, check_images, images_device
 from fastclr.augment.params import CONTRAST, AugmentConfig, AugmentParams
+
+# Imported at module level on purpose: SimCLRAugmentation(backend="auto") imports this module
+# lazily and falls back to the torch backend when that import (i.e. triton) fails.
+from fastclr.kernels.triton.augment import (
+    augment_blur_kernel,
+    augment_color_kernel,
+    augment_contrast_mean_kernel,
+)
 
 __all__ = ["apply_triton", "apply_triton_views", "pack_sources", "triton_available"]
 
@@ -131,12 +140,6 @@ def apply_triton_views(
     ``AugmentParams.check_crop``): an order that is not a permutation gives undefined colours, an
     out-of-source crop box reads clamped pixels, never out of bounds.
     """
-    from fastclr.kernels.triton.augment import (  # lazy: importing triton is slow
-        augment_blur_kernel,
-        augment_color_kernel,
-        augment_contrast_mean_kernel,
-    )
-
     imgs = check_images(images)
     dev = images_device(imgs)
     if not triton_available(dev):
