@@ -128,6 +128,14 @@ def test_every_jitter_order_matches_reference() -> None:
     _check(images, params, config, apply_triton(images, params, config))
 
 
+def test_blur_flag_is_honoured_when_config_blur_p_is_zero() -> None:
+    """Hand-made parameters may blur under a no-blur config (CIFAR); the reference does."""
+    config = AugmentConfig.cifar(size=20)
+    images = _sources(2, 15, 18, seed=14)
+    params = _params(images, config, seed=15, blur_apply=True)
+    _check(images, params, config, apply_triton(images, params, config))
+
+
 def test_views_in_one_launch_equal_separate_launches() -> None:
     config = AugmentConfig.imagenet(size=10, blur_p=0.5)
     images = _sources(3, 17, 14, seed=6)

@@ -14,8 +14,9 @@ Tolerance against the float64 reference for the same parameters (tests/test_augm
 Passes (details in the kernel module's header): (1) per-row mean of gray(x) just before the
 contrast step — recomputing the pixel-wise ops that precede contrast in that row's order, so the
 torchvision semantics hold exactly for every order; (2) colour pass; (3) two separable blur
-passes through an fp32 scratch, only when the config can blur (``blur_p > 0`` and a kernel side
-> 1). Without blur the colour pass writes the final output.
+passes through an fp32 scratch whenever the blur kernel side ``config.blur_kernel_size`` is > 1
+(rows without ``blur_apply`` are copied through: which rows blur is only known on the device, and
+reading it back would be a host sync). With a side of 1 the colour pass writes the output.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter; how
 CI tests it). This module imports triton, so set the variable before importing it. No host
@@ -128,9 +129,7 @@ def apply_triton_views(
         images: dense uint8 (N, H, W, C) or a sequence of uint8 (H, W, C), C ∈ {1, 3, 4}, on a
             CUDA device (or CPU under TRITON_INTERPRET=1).
         views: one :class:`AugmentParams` of N images per view (moved to the images' device).
-        config: output size, blur kernel size (blur runs only when ``config.blur_p > 0``; rows
-            with ``blur_apply`` set under ``blur_p = 0`` are not blurred), solarize threshold,
-            mean/std, dtype.
+        config: output size, blur kernel size, solarize threshold, mean/std, dtype.
 
     Returns:
         One (N, 3, S, S) tensor per view in ``config.dtype``, channels_last memory format (slices
@@ -160,7 +159,7 @@ def apply_triton_views(
     img_rows = img_table.repeat(len(views), 1).contiguous()
     s = config.size
     k = config.blur_kernel_size
-    blur = config.blur_p > 0 and k > 1
+    blur = k > 1  # as the reference: blur_apply decides per row, whatever config.blur_p says
     out_nhwc = torch.empty((rows, s, s, 3), dtype=config.dtype, device=dev)
     means = torch.empty((rows,), dtype=torch.float32, device=dev)
     m0, m1, m2 = (float(x) for x in config.mean)
