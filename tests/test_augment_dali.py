@@ -303,3 +303,29 @@ def test_apply_dali_matches_reference_in_fixed_order(ragged: bool) -> None:
     # A smaller batch reuses the cached pipeline; the public API reaches the same function.
     aug = SimCLRAugmentation(config, backend="dali")
     torch.testing.assert_close(aug.apply(images[:2], params.select(slice(0, 2))), out[:2])
+
+
+def test_validation_cache_checks_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastclr.augment import dali
+
+    paths = [str(p) for p in _write_images(tmp_path / "img", 4, classes=0)]
+    cache = tmp_path / "validated.json"
+    calls: list[str] = []
+    check = dali._check_file
+
+    def counting(path: str, mode: str) -> str | None:
+        calls.append(path)
+        return check(path, mode)
+
+    monkeypatch.setattr(dali, "_check_file", counting)
+    assert dali.validate_images(paths, "full", 1, cache) == ([0, 1, 2, 3], [])
+    assert len(calls) == 4 and cache.exists()
+    calls.clear()
+    assert dali.validate_images(paths, "header", 1, cache) == ([0, 1, 2, 3], [])
+    assert calls == []  # a full check answers a header request
+    Path(paths[2]).write_bytes(b"now broken")  # new size and mtime: checked again
+    good, bad = dali.validate_images(paths, "full", 1, cache)
+    assert calls == [paths[2]]
+    assert good == [0, 1, 3] and [p for p, _ in bad] == [paths[2]]
