@@ -35,6 +35,8 @@ constexpr int kNR = 32;
 constexpr int kMR2 = 6;
 constexpr int64_t kLanes = 16;               // fp32 lanes per vector (one zmm)
 constexpr int kTileVecs = kBlock / kLanes;   // vectors per tile row
+// Largest |r_a| = |g_a|·exp(c − LSE_a) the one-exp backward accepts: r_a + r_k stays finite.
+constexpr double kMaxRowFactor = 1e37;
 static_assert(kBlock % kMR == 0 && kBlock % kNR == 0 && kBlock % kMR2 == 0, "tile side");
 static_assert(kBlock % kLanes == 0, "tile side");
 
@@ -57,7 +59,8 @@ typedef float v4 __attribute__((vector_size(16)));
 inline float hsum(v16 v) {
   const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const v4 b =
+      __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 inline float hmax(v16 v) {
@@ -438,7 +441,8 @@ void sym_bwd(const float* z, int64_t M, int64_t D, float inv_tau, const float* l
     const size_t i = static_cast<size_t>(a);
     const double ra = static_cast<double>(gp[i]) *
                       std::exp(static_cast<double>(inv_tau) - static_cast<double>(lp[i]));
-    if (!(std::fabs(ra) < 1e37)) shift = false;  // also false for NaN: the two-exp form keeps it
+    // (false for NaN too: the two-exp form then carries the NaN into the gradient)
+    if (!(std::fabs(ra) < kMaxRowFactor)) shift = false;
     r[i] = static_cast<float>(ra);
   }
   const auto pairs = upper_pairs(zp.nb);

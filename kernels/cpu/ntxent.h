@@ -19,8 +19,8 @@
 // no row sum can be 0 or lose accuracy. For τ < 0.025 the forward takes the online running-max
 // path (the rect kernel with q = k, offset 0) and the backward the two-exp symmetric form
 // (W + Wᵀ)_ak = g_a exp(s_ak − LSE_a) + g_k exp(s_ak − LSE_k), where every exponent is ≤ 0.
-// The backward also takes the two-exp form when some |r_a| would overflow fp32 (|g_a| ≳ 6e3 near
-// the switch), a check on M numbers.
+// The backward also takes the two-exp form when some |r_a| exceeds kMaxRowFactor (r_a + r_k could
+// overflow fp32; only for large upstream gradients with τ near the switch), a check on M numbers.
 //
 // Threads: `nthreads` OpenMP threads. Work is split statically by tile index and every thread
 // accumulates into its own buffer; buffers are reduced in thread order, so results are bitwise
