@@ -139,6 +139,19 @@ def test_blur_flag_is_honoured_when_config_blur_p_is_zero() -> None:
     _check(images, params, config, apply_triton(images, params, config))
 
 
+def test_many_programs_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small blocks: several contrast partial sums and pixel programs per row, ragged tails."""
+    from fastclr.augment import triton_backend
+
+    if not triton_backend._interpreting():
+        pytest.skip("block sizes are only overridable under the interpreter")
+    monkeypatch.setattr(triton_backend, "BLOCK_INTERPRETED", 32)  # 13² = 169 px: 6 chunks
+    config = AugmentConfig.imagenet(size=13, blur_p=0.5)
+    images = _sources(3, 19, 21, seed=16)
+    params = _params(images, config, seed=17, jitter_apply=True)
+    _check(images, params, config, apply_triton(images, params, config))
+
+
 def test_views_in_one_launch_equal_separate_launches() -> None:
     config = AugmentConfig.imagenet(size=10, blur_p=0.5)
     images = _sources(3, 17, 14, seed=6)
@@ -256,15 +269,19 @@ from fastclr.kernels.triton import augment as K
 COMMON = {"S": "i32", "solarize_threshold": "fp32", "m0": "fp32", "m1": "fp32", "m2": "fp32",
           "s0": "fp32", "s1": "fp32", "s2": "fp32"}
 SRC = {"src_ptr": "*u8", "img_ptr": "*i64", "prm_ptr": "*fp32"}
+COLOR = {"S": "i32", "n_chunks": "i32", **COMMON}
 cases = [
     (K.augment_contrast_mean_kernel,
-     {**SRC, "mean_ptr": "*fp32", "S": "i32", "BLOCK": "constexpr"}, {"BLOCK": 1024}),
+     {**SRC, "part_ptr": "*fp32", "S": "i32", "n_chunks": "i32", "BLOCK": "constexpr"},
+     {"BLOCK": 1024}),
     (K.augment_color_kernel,
-     {**SRC, "mean_ptr": "*fp32", "dst_ptr": "*bf16", **COMMON, "FUSE_TAIL": "constexpr",
-      "BLOCK": "constexpr"}, {"FUSE_TAIL": True, "BLOCK": 256}),
+     {**SRC, "part_ptr": "*fp32", "dst_ptr": "*bf16", **COLOR, "FUSE_TAIL": "constexpr",
+      "CHUNKS": "constexpr", "BLOCK": "constexpr"},
+     {"FUSE_TAIL": True, "CHUNKS": 64, "BLOCK": 256}),
     (K.augment_color_kernel,
-     {**SRC, "mean_ptr": "*fp32", "dst_ptr": "*fp32", **COMMON, "FUSE_TAIL": "constexpr",
-      "BLOCK": "constexpr"}, {"FUSE_TAIL": False, "BLOCK": 256}),
+     {**SRC, "part_ptr": "*fp32", "dst_ptr": "*fp32", **COLOR, "FUSE_TAIL": "constexpr",
+      "CHUNKS": "constexpr", "BLOCK": "constexpr"},
+     {"FUSE_TAIL": False, "CHUNKS": 64, "BLOCK": 256}),
     (K.augment_blur_kernel,
      {"src_ptr": "*fp32", "prm_ptr": "*fp32", "dst_ptr": "*fp16", **COMMON,
       "RADIUS": "constexpr", "AXIS": "constexpr", "FINISH": "constexpr", "BLOCK": "constexpr"},

@@ -12,11 +12,12 @@ Tolerance against the float64 reference for the same parameters (tests/test_augm
         that dtype, + 1e-4.
 
 Passes (details in the kernel module's header): (1) per-row mean of gray(x) just before the
-contrast step — recomputing the pixel-wise ops that precede contrast in that row's order, so the
-torchvision semantics hold exactly for every order; (2) colour pass; (3) two separable blur
-passes through an fp32 scratch whenever the blur kernel side ``config.blur_kernel_size`` is > 1
-(rows without ``blur_apply`` are copied through: which rows blur is only known on the device, and
-reading it back would be a host sync). With a side of 1 the colour pass writes the output.
+contrast step, as partial sums over chunks of the row, recomputing the pixel-wise ops that
+precede contrast in that row's order, so the torchvision semantics hold exactly for every order;
+(2) colour pass; (3) two separable blur passes through an fp32 scratch whenever the blur kernel
+side ``config.blur_kernel_size`` is > 1 (rows without ``blur_apply`` are copied through: which
+rows blur is only known on the device, and reading it back would be a host sync). With a side of
+1 the colour pass writes the output.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter; how
 CI tests it). This module imports triton, so set the variable before importing it. No host
@@ -50,7 +51,8 @@ __all__ = ["apply_triton", "apply_triton_views", "pack_sources", "triton_availab
 #: Output pixels per program in the colour and blur passes: 256 px × 3 channels keeps 4 warps busy
 #: on the gathers without spilling the fp32 RGB/HSV temporaries.
 BLOCK_PIXELS = 256
-#: Pixels per loop step of the per-row contrast-mean reduction (one program walks a whole row).
+#: Output pixels per program of the contrast-mean pass: 49 partial sums per row at S = 224, so
+#: even a small batch fills the GPU while the colour pass's partial-sum load stays tiny.
 BLOCK_MEAN = 1024
 #: Under the interpreter every program is a Python call: one big block per row is much faster.
 BLOCK_INTERPRETED = 4096
@@ -161,7 +163,6 @@ def apply_triton_views(
     k = config.blur_kernel_size
     blur = k > 1  # as the reference: blur_apply decides per row, whatever config.blur_p says
     out_nhwc = torch.empty((rows, s, s, 3), dtype=config.dtype, device=dev)
-    means = torch.empty((rows,), dtype=torch.float32, device=dev)
     m0, m1, m2 = (float(x) for x in config.mean)
     s0, s1, s2 = (float(x) for x in config.std)
     thr = float(config.solarize_threshold)
@@ -174,19 +175,24 @@ def apply_triton_views(
         block = BLOCK_PIXELS
         block_mean = BLOCK_MEAN
     grid = ((npix + block - 1) // block, rows)
+    n_chunks = (npix + block_mean - 1) // block_mean
+    partials = torch.empty((rows, n_chunks), dtype=torch.float32, device=dev)
+    chunks = _next_pow2(n_chunks)
 
-    augment_contrast_mean_kernel[(rows,)](src, img_rows, prm, means, s, BLOCK=block_mean)
+    augment_contrast_mean_kernel[(n_chunks, rows)](
+        src, img_rows, prm, partials, s, n_chunks, BLOCK=block_mean
+    )
     if not blur:
         augment_color_kernel[grid](
-            src, img_rows, prm, means, out_nhwc, s, thr, m0, m1, m2, s0, s1, s2,
-            FUSE_TAIL=True, BLOCK=block,
+            src, img_rows, prm, partials, out_nhwc, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
+            FUSE_TAIL=True, CHUNKS=chunks, BLOCK=block,
         )  # fmt: skip
     else:
         tmp = torch.empty((rows, s, s, 3), dtype=torch.float32, device=dev)
         tmp2 = torch.empty_like(tmp)
         augment_color_kernel[grid](
-            src, img_rows, prm, means, tmp, s, thr, m0, m1, m2, s0, s1, s2,
-            FUSE_TAIL=False, BLOCK=block,
+            src, img_rows, prm, partials, tmp, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
+            FUSE_TAIL=False, CHUNKS=chunks, BLOCK=block,
         )  # fmt: skip
         radius = k // 2
         augment_blur_kernel[grid](

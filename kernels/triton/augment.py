@@ -21,21 +21,24 @@ prm_ptr    float32 (R, PRM_COLS)    per row, columns (PRM_* constants below): cr
                                     contrast in the order (0..3); order[0..3] (op ids 0..3:
                                     brightness, contrast, saturation, hue). Integers are exact in
                                     fp32 (crop boxes < 2^24 pixels).
-mean_ptr   float32 (R,)             per row: mean of gray(x) over the S×S image just before the
-                                    contrast step (written by pass 1, read by pass 2).
+part_ptr   float32 (R, n_chunks)    per row and chunk of BLOCK output pixels: the sum of gray(x)
+                                    just before the contrast step (written by pass 1; pass 2 sums
+                                    a row's chunks in a fixed order and divides by S²).
 tmp_ptr    float32 (R, S, S, 3)     scratch in [0, 1] between the colour pass and the blur passes.
 out_ptr    out dtype (R, S, S, 3)   the result; the launcher views it as (R, 3, S, S) channels_last.
 
 Pass structure
 --------------
-1. ``augment_contrast_mean_kernel``, grid (R,): one program per row walks all S² output pixels
-   in BLOCK chunks, recomputes crop + resize + flip and the jitter ops that come BEFORE contrast
-   in that row's order, and reduces gray(x) to its mean. This is exact for any order: torchvision
-   takes the contrast mean on the image as it is at that step, and every op before it is
-   pixel-wise, so recomputing them is cheaper than storing the intermediate image. Rows without
-   jitter skip the walk. One program per row keeps the sum deterministic (no atomics).
+1. ``augment_contrast_mean_kernel``, grid (n_chunks, R): each program takes BLOCK output pixels
+   of a row, recomputes crop + resize + flip and the jitter ops that come BEFORE contrast in that
+   row's order, and stores the sum of gray(x). This is exact for any order: torchvision takes the
+   contrast mean on the image as it is at that step, and every op before it is pixel-wise, so
+   recomputing them is cheaper than storing the intermediate image. Rows without jitter skip the
+   work. Partial sums reduced in a fixed order keep the mean deterministic (no atomics) while a
+   small batch still fills the GPU.
 2. ``augment_color_kernel``, grid (cdiv(S², BLOCK), R): crop + resize + flip, the four jitter ops
-   in the row's order (clamp after each, contrast using pass 1's mean), grayscale; then either
+   in the row's order (clamp after each, contrast using the mean of pass 1's partial sums),
+   grayscale; then either
    solarize + normalise + cast straight to ``out`` (FUSE_TAIL, when the blur kernel side is 1)
    or a store of the fp32 [0, 1] image to ``tmp``.
 3. ``augment_blur_kernel`` twice (when the blur kernel side is > 1): AXIS=0 (rows, vertical taps)
@@ -270,24 +273,24 @@ def augment_contrast_mean_kernel(
     src_ptr,
     img_ptr,
     prm_ptr,
-    mean_ptr,
+    part_ptr,
     S,
+    n_chunks,
     BLOCK: tl.constexpr,
 ):
-    """Pass 1: mean of gray(x) just before the contrast step, one program per row."""
-    row = tl.program_id(0).to(tl.int64)
+    """Pass 1: per (chunk, row), the sum of gray(x) just before the contrast step."""
+    chunk = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
     img_row = img_ptr + row * 4
     prm_row = prm_ptr + row * PRM_COLS
     total = tl.zeros((BLOCK,), dtype=tl.float32)
     if tl.load(prm_row + PRM_JITTER) != 0.0:
-        npix = S * S
-        for start in range(0, npix, BLOCK):
-            pix = start + tl.arange(0, BLOCK)
-            mask = pix < npix
-            r, g, b = _sample(src_ptr, img_row, prm_row, pix, mask, S)
-            r, g, b = _jitter(r, g, b, prm_row, 0.0, True)
-            total += tl.where(mask, _gray(r, g, b), 0.0)
-    tl.store(mean_ptr + row, tl.sum(total, axis=0) / (S * S))
+        pix = chunk * BLOCK + tl.arange(0, BLOCK)
+        mask = pix < S * S
+        r, g, b = _sample(src_ptr, img_row, prm_row, pix, mask, S)
+        r, g, b = _jitter(r, g, b, prm_row, 0.0, True)
+        total = tl.where(mask, _gray(r, g, b), 0.0)
+    tl.store(part_ptr + row * n_chunks + chunk, tl.sum(total, axis=0))
 
 
 @triton.jit
@@ -295,9 +298,10 @@ def augment_color_kernel(
     src_ptr,
     img_ptr,
     prm_ptr,
-    mean_ptr,
+    part_ptr,
     dst_ptr,
     S,
+    n_chunks,
     solarize_threshold,
     m0,
     m1,
@@ -306,11 +310,13 @@ def augment_color_kernel(
     s1,
     s2,
     FUSE_TAIL: tl.constexpr,
+    CHUNKS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Pass 2: everything up to grayscale; with FUSE_TAIL also solarize, normalise and cast.
 
     dst_ptr is ``out`` (FUSE_TAIL) or ``tmp`` (fp32, for the blur passes); both (R, S, S, 3).
+    CHUNKS: a power of two ≥ n_chunks, the width of the partial-sum load.
     """
     row = tl.program_id(1).to(tl.int64)
     pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -321,7 +327,10 @@ def augment_color_kernel(
 
     r, g, b = _sample(src_ptr, img_row, prm_row, pix, mask, S)
     if tl.load(prm_row + PRM_JITTER) != 0.0:
-        r, g, b = _jitter(r, g, b, prm_row, tl.load(mean_ptr + row), False)
+        c = tl.arange(0, CHUNKS)
+        part = tl.load(part_ptr + row * n_chunks + c, mask=c < n_chunks, other=0.0)
+        mean = tl.sum(part, axis=0) / (S * S)
+        r, g, b = _jitter(r, g, b, prm_row, mean, False)
     if tl.load(prm_row + PRM_GRAY) != 0.0:
         y = _gray(r, g, b)
         r = y
