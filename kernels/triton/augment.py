@@ -38,9 +38,8 @@ Pass structure
    small batch still fills the GPU.
 2. ``augment_color_kernel``, grid (cdiv(S², BLOCK), R): crop + resize + flip, the four jitter ops
    in the row's order (clamp after each, contrast using the mean of pass 1's partial sums),
-   grayscale; then either
-   solarize + normalise + cast straight to ``out`` (FUSE_TAIL, when the blur kernel side is 1)
-   or a store of the fp32 [0, 1] image to ``tmp``.
+   grayscale; then either solarize + normalise + cast straight to ``out`` (FUSE_TAIL, when the
+   blur kernel side is 1) or a store of the fp32 [0, 1] image to ``tmp``.
 3. ``augment_blur_kernel`` twice (when the blur kernel side is > 1): AXIS=0 (rows, vertical taps)
    tmp → tmp2, then AXIS=1 (columns) tmp2 → out with solarize + normalise + cast (FINISH). Taps
    exp(−t²/2σ²), t = −RADIUS … RADIUS, normalised by their sum, reflect padding (edge not
