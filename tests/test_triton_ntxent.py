@@ -38,7 +38,7 @@ DTYPES = {
     torch.float16: (2**-10, 2**-9),
 }
 # Module-level shape table: (V, N, D), including odd sizes.
-SHAPES = [(2, 1, 1), (2, 5, 3), (3, 7, 33), (2, 23, 130), (4, 3, 17)]
+SHAPES = [(2, 1, 1), (2, 5, 3), (3, 7, 33), (2, 23, 130), (4, 3, 17), (2, 4, 300)]
 
 
 def _ops():  # type: ignore[no-untyped-def]
@@ -93,7 +93,7 @@ def _weights(reduction: str, m: int, seed: int) -> torch.Tensor:
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max())
+    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 def _scale(t: torch.Tensor) -> float:
@@ -118,7 +118,11 @@ def check_against_reference(
     assert torch.isfinite(loss).all()
     assert all(torch.isfinite(g).all() for g in grads)
     v_atol, g_atol = DTYPES[dtype]
-    g_scale = max(_scale(g) for g in ref_grads)
+    # gradients: relative to their own size (no floor at 1: SimCLR gradients are often ≪ 1), but
+    # at least 1% of the size of the LSE-term gradient, ~ upstream weight per anchor / τ (the
+    # LSE and positive terms can cancel exactly, e.g. M = 2)
+    per_anchor = float(w.abs().max()) / (m if reduction == "mean" else 1)
+    g_scale = max(max(float(g.abs().max()) for g in ref_grads), 1e-2 * per_anchor / temperature)
     bar_v, bar_g = v_atol * _scale(ref), g_atol * g_scale
     # + 2× torch's own error in this dtype (fp32 too: for tiny rows or D = 1 the backward of the
     # fp32 normalisation cancels catastrophically, in torch and in the kernel alike)
@@ -144,10 +148,10 @@ def test_views_fp32_table(v: int, n: int, d: int, temperature: float) -> None:
     check_against_reference(_inputs(v, n, d, 7, torch.float32), None, temperature, "mean")
 
 
-@settings(max_examples=12)
+@settings(max_examples=20)
 @given(
     v=st.integers(2, 4),
-    n=st.integers(1, 13).map(lambda x: 2 * x - 1),
+    n=st.integers(1, 9).map(lambda x: 2 * x - 1),
     d=st.sampled_from([1, 2, 5, 16, 31, 64, 129]),
     temperature=st.sampled_from(TAU_CONST + TAU_ONLINE),
     reduction=st.sampled_from(["mean", "sum", "none"]),
@@ -161,7 +165,7 @@ def test_views_hypothesis(
     )
 
 
-@settings(max_examples=10)
+@settings(max_examples=15)
 @given(
     m=st.integers(2, 45),
     n_classes=st.integers(1, 6),
@@ -187,7 +191,7 @@ def test_low_precision(dtype: torch.dtype, temperature: float, v: int, n: int, d
     check_against_reference(_inputs(v, n, d, 3, dtype), None, temperature, "mean")
 
 
-@settings(max_examples=8)
+@settings(max_examples=12)
 @given(
     dtype=st.sampled_from([torch.bfloat16, torch.float16]),
     n=st.integers(1, 12).map(lambda x: 2 * x + 1),
@@ -401,3 +405,19 @@ def test_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="CUDA"):
         ops.BACKEND.lse_sym(torch.zeros(4, 3), 0.5)
+
+
+def test_compiles_without_graph_breaks() -> None:
+    """The ops trace as single nodes (fake kernels registered): fullgraph compile, fwd + bwd."""
+    ops = _ops()
+    z = F.normalize(torch.randn(20, 8), dim=1).to(DEVICE)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return (ops.BACKEND.lse_sym(x, 0.5) * torch.linspace(0.5, 1.5, 20, device=x.device)).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    x1, x2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    compiled(x1).backward()
+    f(x2).backward()
+    assert x1.grad is not None and x2.grad is not None
+    assert _err(x1.grad, x2.grad) < 1e-6

@@ -1,0 +1,154 @@
+"""``gather_distributed=True`` on 2 CPU processes (gloo) equals the single-process loss.
+
+Each rank holds a shard of the batch; with the usual DDP averaging (mean of the per-rank losses,
+gradients divided by the world size) loss and input gradients must equal those of the
+single-process loss on the concatenated batch, for every backend, in views and labels mode.
+All cases run in one spawn of two processes (starting processes dominates the cost).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fastclr
+from fastclr.reference import ntxent_reference, views_to_batch
+
+WORLD = 2
+N_LOCAL = 5  # samples per rank (views mode); rows per rank in labels mode: 2·N_LOCAL
+D = 12
+SEED = 1234
+
+
+def _backends() -> list[str]:
+    names = ["reference"]
+    available = fastclr.available_backends()
+    # The ranks hold CPU tensors (gloo), which the Triton kernels only take under the interpreter.
+    if "triton" in available and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    if "native" in available:
+        names.append("native")
+    return names
+
+
+# (backend, mode, temperature); τ = 0.01 exercises the kernels' online (small-τ) path.
+def _cases() -> list[tuple[str, str, float]]:
+    out = []
+    for b in _backends():
+        for mode in ("views", "labels"):
+            out.append((b, mode, 0.5))
+        out.append((b, "views", 0.01))
+    return out
+
+
+def _global_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views (zi, zj) of WORLD·N_LOCAL samples, and a labelled batch z with labels."""
+    g = torch.Generator().manual_seed(SEED)
+    n = WORLD * N_LOCAL
+    zi = torch.randn(n, D, generator=g)
+    zj = zi + 0.5 * torch.randn(n, D, generator=g)
+    z = torch.randn(2 * n, D, generator=g)
+    # every label occurs ≥ 2 times across the global batch, and on different ranks too
+    labels = torch.arange(2 * n) % (n - 1)
+    return zi, zj, z, labels
+
+
+def _shard(t: torch.Tensor, rank: int) -> torch.Tensor:
+    rows = t.shape[0] // WORLD
+    return t[rank * rows : (rank + 1) * rows]
+
+
+def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        zi, zj, z, labels = _global_data()
+        results = []
+        for backend, mode, tau in cases:
+            if mode == "views":
+                leaves = [_shard(zi, rank).clone().requires_grad_(), _shard(zj, rank).clone()]
+                leaves[1].requires_grad_()
+                loss = fastclr.ntxent(
+                    *leaves, temperature=tau, backend=backend, gather_distributed=True
+                )
+            else:
+                leaves = [_shard(z, rank).clone().requires_grad_()]
+                loss = fastclr.ntxent(
+                    leaves[0],
+                    labels=_shard(labels, rank),
+                    temperature=tau,
+                    backend=backend,
+                    gather_distributed=True,
+                )
+            loss.backward()
+            results.append((loss.detach(), [t.grad.detach() for t in leaves]))  # type: ignore[union-attr]
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def distributed_results() -> dict[tuple[str, str, float], list]:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    cases = _cases()
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(_free_port(), cases, tmp), nprocs=WORLD, join=True)
+        per_rank = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
+    return {case: [per_rank[r][i] for r in range(WORLD)] for i, case in enumerate(cases)}
+
+
+def _single_process(mode: str, tau: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The float64 definition on the concatenated batch, and its input gradients."""
+    zi, zj, z, labels = _global_data()
+    if mode == "views":
+        leaves = [zi.double().requires_grad_(), zj.double().requires_grad_()]
+        batch, lab = views_to_batch(leaves)
+    else:
+        leaves = [z.double().requires_grad_()]
+        batch, lab = leaves[0], labels
+    loss = ntxent_reference(batch, lab, tau)
+    loss.backward()
+    return loss.detach(), [t.grad.detach() for t in leaves]  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: f"{c[0]}-{c[1]}-tau{c[2]}")
+def test_gather_distributed_matches_single_process(
+    case: tuple[str, str, float], distributed_results: dict
+) -> None:
+    backend, mode, tau = case
+    ranks = distributed_results[case]
+    want_loss, want_grads = _single_process(mode, tau)
+    # DDP averaging: mean of the per-rank losses, per-rank gradients divided by the world size
+    got_loss = sum(float(loss) for loss, _ in ranks) / WORLD
+    scale = max(1.0, abs(float(want_loss)))
+    assert abs(got_loss - float(want_loss)) <= 2e-5 * scale, (got_loss, float(want_loss))
+    for v, want in enumerate(want_grads):
+        got = torch.cat([grads[v] for _, grads in ranks]) / WORLD
+        gscale = max(1e-3, float(want.abs().max()))
+        err = float((got.double() - want).abs().max())
+        assert err <= 5e-5 * gscale, (backend, mode, v, err, gscale)
+
+
+def test_distributed_cases_cover_every_backend() -> None:
+    names = {c[0] for c in _cases()}
+    assert "reference" in names
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        assert "triton" in names
