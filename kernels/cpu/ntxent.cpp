@@ -37,6 +37,9 @@ constexpr int64_t kLanes = 16;               // fp32 lanes per vector (one zmm)
 constexpr int kTileVecs = kBlock / kLanes;   // vectors per tile row
 // Largest |r_a| = |g_a|·exp(c − LSE_a) the one-exp backward accepts: r_a + r_k stays finite.
 constexpr double kMaxRowFactor = 1e37;
+// Total bytes of the per-thread gradient buffers of a backward (each a full padded (M, D) fp32
+// copy); past it the backward runs on fewer threads, so memory stays O(M·D) on many-core machines.
+constexpr int64_t kGradBufferBudget = int64_t{512} << 20;
 static_assert(kBlock % kMR == 0 && kBlock % kNR == 0 && kBlock % kMR2 == 0, "tile side");
 static_assert(kBlock % kLanes == 0, "tile side");
 
@@ -416,6 +419,12 @@ void sym_bwd_epilogue_two_exp(float* S, int64_t I, int64_t J, const float* g, co
   }
 }
 
+// Threads a backward with per-thread buffers of `slot` floats may use (see kGradBufferBudget).
+int buffer_threads(int nthreads, int64_t slot) {
+  const int64_t cap = kGradBufferBudget / (slot * static_cast<int64_t>(sizeof(float)));
+  return static_cast<int>(std::clamp<int64_t>(cap, 1, nthreads));
+}
+
 // out (M, D) = scale · Σ_t bufs[t] (rows of stride Dp), threads summed in order.
 void reduce_rows(const float* bufs, int used, int64_t buf_stride, int64_t M, int64_t D,
                  int64_t Dp, float scale, float* out, int nthreads) {
@@ -448,6 +457,7 @@ void sym_bwd(const float* z, int64_t M, int64_t D, float inv_tau, const float* l
   const auto pairs = upper_pairs(zp.nb);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t slot = zp.Mp * zp.Dp;
+  nthreads = buffer_threads(nthreads, slot);
   Buf grads(nthreads * slot);
   Buf tiles(nthreads * kBlock * kBlock);
   int used = 1;
@@ -481,6 +491,7 @@ void rect_bwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
   std::vector<float> gp, lp;
   row_factors(lse, g, Mq, qp.Mp, gp, lp);
   const int64_t kslot = kp.Mp * kp.Dp;
+  nthreads = buffer_threads(nthreads, kslot);
   Buf dq_buf(qp.Mp * qp.Dp);
   Buf dk_bufs(nthreads * kslot);
   Buf tiles(nthreads * kBlock * kBlock);

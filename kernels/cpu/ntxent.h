@@ -24,8 +24,11 @@
 //
 // Threads: `nthreads` OpenMP threads. Work is split statically by tile index and every thread
 // accumulates into its own buffer; buffers are reduced in thread order, so results are bitwise
-// reproducible for a given thread count. Extra memory: O(M·D) (padded copies, and one (M, D) fp32
-// gradient buffer per thread in the backwards), never O(M²).
+// reproducible for a given thread count. (A schedule of conflict-free rounds of tiles, the same
+// for any thread count, was tried: its barriers cost 1.5-2× on this shared 2-core machine.)
+// Extra memory: O(M·D), never O(M²): padded and packed copies of the inputs, and one padded
+// (M, D) fp32 gradient buffer per thread in the backwards, at most 512 MiB of them in all (the
+// backward uses fewer threads beyond that).
 //
 // All pointers are dense row-major fp32: z (M, D); q (Mq, D); k (Mk, D); lse, g (rows,);
 // dz/dq/dk like their inputs. Outputs are overwritten. Rect ops need 0 ≤ q_offset ≤ Mk − Mq
