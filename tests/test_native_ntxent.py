@@ -367,6 +367,13 @@ def test_validation_errors() -> None:
         native_lse_sym(z, 0.0)
 
 
+def test_device_check_names_the_device() -> None:
+    """Non-CPU tensors are refused with a clear error (a meta tensor stands in for CUDA here: the
+    op itself would route it to the fake kernel)."""
+    with pytest.raises(ValueError, match=r"CPU tensors only, but zhat is on meta"):
+        ops._check_rows("zhat", torch.empty(4, 3, device="meta"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA tensor to pass in")
 def test_cuda_tensor_rejected_clearly() -> None:
     z = unit_rows(10, 4, seed=0, dtype=torch.float32).cuda()
