@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import augment_bench
 import loss_bench
+import train_bench
 
 import fastclr
 
@@ -187,6 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines))
             record["sections"]["augment"] = {"rows": [asdict(r) for r in arows]}
             md += ["## Augmentation: two SimCLR views per image", "", *lines, ""]
+
+        if "train" in sections:
+            tres = train_bench.run(device, args.quick, progress)
+            failed |= str(tres.get("status", "")).startswith("CHECK FAILED")
+            lines = train_bench.table(tres)
+            bar.clear()
+            print("\n## End to end: pretraining step vs model-only step\n")
+            print("\n".join(lines))
+            record["sections"]["train"] = tres
+            md += ["## End to end: pretraining step vs model-only step", "", *lines, ""]
 
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if not args.no_save:
