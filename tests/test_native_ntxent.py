@@ -412,6 +412,35 @@ def test_torch_compile_fullgraph(compile_backend: str) -> None:
     torch.testing.assert_close(model.proj.weight.grad, want_grad)
 
 
+_MEMORY_SCRIPT = """
+import resource
+import torch
+import fastclr
+m, d = 6144, 64
+loss_fn = fastclr.NTXentLoss(temperature=0.2, backend="native")
+small = torch.randn(2, 32, d, requires_grad=True)
+loss_fn(small[0], small[1]).backward()  # warm-up: one-time allocations are not counted
+z = torch.randn(2, m // 2, d, requires_grad=True)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss_fn(z[0], z[1]).backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def test_no_quadratic_memory() -> None:
+    """Peak extra RSS of fwd+bwd at M = 6144 stays under half of one M×M fp32 matrix (~20 MiB)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    extra = int(proc.stdout.strip().splitlines()[-1])
+    assert extra < 6144 * 6144 * 4 // 2, f"peak extra {extra / 2**20:.0f} MiB"
+
+
 _FALLBACK_SCRIPT = """
 import json, warnings
 import torch
