@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,16 @@ from fastclr.train import (
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"width": 0.125, "image_size": 8, "batch_size": 32, "log_every": 10, "progress": False}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread (OpenMP barriers cost more than the work, and far
+    more on a shared, oversubscribed CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _augment_or_skip(seed: int = 0) -> Any:
