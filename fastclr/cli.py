@@ -56,7 +56,9 @@ def _pretrain_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--width", type=float, default=None, help="channel multiplier (digits: 0.25, else 1)"
     )
     p.add_argument("--data", default="digits", help="'digits' or an image folder")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (digits: 128, else 256)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="global batch (digits: 128, else 256)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="digits: 4, else 100")
     p.add_argument(
         "--lr", type=float, default=None, help="digits: 6, else the paper's 0.3 × batch / 256"
