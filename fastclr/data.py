@@ -85,9 +85,10 @@ class TensorImageDataset:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if batch_size * world_size > len(self):
+            ranks = f" ({batch_size} per rank × {world_size} ranks)" if world_size > 1 else ""
             raise ValueError(
-                f"batch size {batch_size * world_size} (per rank {batch_size} × {world_size} "
-                f"ranks) is larger than the dataset ({len(self)} images)"
+                f"batch size {batch_size * world_size}{ranks} is larger than the dataset "
+                f"({len(self)} images)"
             )
 
     def batches(

@@ -649,6 +649,8 @@ def _pretrain(
     data: ImageData | None,
 ) -> TrainResult:
     precision = resolve_precision(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: pick the fastest convs
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision='bf16' needs a GPU with bf16 support; use fp16")
     if cfg.batch_size % ddp.world_size:
@@ -819,16 +821,17 @@ def _pretrain(
                             )
                         dt = time.perf_counter() - t_log
                         ips = n_log * cfg.batch_size / max(dt, 1e-9)
+                        values = torch.stack([p[2] for p in pending]).tolist()  # one sync
                         rows = [
                             {
                                 "epoch": epoch,
                                 "step": s,
                                 "global_step": g,
-                                "loss": float(v),
+                                "loss": v,
                                 "lr": lr_s,
                                 "images_per_s": ips,
                             }
-                            for s, g, v, lr_s in pending
+                            for (s, g, _, lr_s), v in zip(pending, values, strict=True)
                         ]
                         logger.steps(rows)
                         last_loss = rows[-1]["loss"]
@@ -836,7 +839,7 @@ def _pretrain(
                         bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
                         pending.clear()
                         t_log, n_log = time.perf_counter(), 0
-                    if local_stop or (n_log == 0 and stop_now):
+                    if (local_stop or (n_log == 0 and stop_now)) and not last_of_epoch:
                         checkpoint(epoch, step + 1)
                         raise KeyboardInterrupt
                 seconds = time.perf_counter() - t_epoch
@@ -864,6 +867,8 @@ def _pretrain(
                         f"{row['images_per_s']:.0f} img/s  {seconds:.1f}s"
                     )
                 checkpoint(epoch + 1, 0)
+                if stop_now or (interrupt.requested and ddp.world_size == 1):
+                    raise KeyboardInterrupt  # requested during the epoch's last step or kNN
     except KeyboardInterrupt:
         if ddp.is_main:
             bar.write(f"interrupted; checkpoint in {out / CHECKPOINT_NAME} (resume with --resume)")
@@ -952,6 +957,8 @@ def step_rates(
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     prec = resolve_precision(precision, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
     model = build_model(arch, stem, width).to(dev)
     if augment is None:

@@ -396,3 +396,18 @@ def test_step_rates_reports_both_rates() -> None:
         assert r[key] > 0
     assert r["ratio"] == pytest.approx(r["end_to_end_images_per_s"] / r["model_only_images_per_s"])
     assert r["precision"] == "fp32" and r["device"] == "cpu"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_runs_on_cpu(tmp_path: Path, small_digits: ImageData, precision: str) -> None:
+    try:
+        from fastclr.augment import AugmentConfig, SimCLRAugmentation
+    except ImportError as e:
+        pytest.skip(f"fastclr.augment.SimCLRAugmentation is not available: {e}")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    aug = SimCLRAugmentation(AugmentConfig.cifar(size=8, dtype=dtype), backend="torch", seed=0)
+    cfg = _cfg(tmp_path, epochs=1, limit_steps=1, precision=precision)
+    result = pretrain(cfg, augment=aug, data=small_digits)
+    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.last_loss))
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["scaler"]["scale"] > 0 if precision == "fp16" else ckpt["scaler"] == {}
