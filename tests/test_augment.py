@@ -365,16 +365,45 @@ def test_torch_matches_reference(
     _assert_close_to_reference(apply_torch(imgs, p, cfg), ref64, cfg.dtype)
 
 
-def test_torch_matches_reference_all_ops_on() -> None:
+@pytest.mark.parametrize("hw", [(50, 61), (90, 71)])  # matmul resize, gather resize
+def test_torch_matches_reference_all_ops_on(hw: tuple[int, int]) -> None:
     """Every op on for every image (jitter in each drawn order, gray, blur, solarize)."""
     cfg = AugmentConfig.imagenet(45, jitter_p=1.0, blur_p=1.0, solarize_p=1.0)
-    imgs = torch.randint(0, 256, (24, 50, 61, 3), dtype=torch.uint8)
+    imgs = torch.randint(0, 256, (24, *hw, 3), dtype=torch.uint8)
     p = sample_params(24, _sizes(imgs), cfg, torch.Generator().manual_seed(3))
     ref = apply_reference(imgs, p, AugmentConfig.imagenet(45, dtype=torch.float64))
     _assert_close_to_reference(apply_torch(imgs, p, cfg), ref, torch.float32)
     p = _with(p, gray=torch.zeros(24, dtype=torch.bool))
     ref = apply_reference(imgs, p, AugmentConfig.imagenet(45, dtype=torch.float64))
     _assert_close_to_reference(apply_torch(imgs, p, cfg), ref, torch.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_resize_paths_and_chunking_agree(threads: int) -> None:
+    """Matmul and gather resizes, cache-sized chunks (1 thread) and the whole batch agree."""
+    from fastclr.augment import torch_backend as tb
+
+    imgs = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8) for h, w in [(70, 33), (5, 9)]]
+    imgs += [torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8)] * 3
+    cfg = AugmentConfig.imagenet(24, jitter_p=1.0, blur_p=0.5)
+    p = sample_params(5, _sizes(imgs), cfg, torch.Generator().manual_seed(5))
+    src = tb._dense_planar(imgs)
+    a = tb._crop_resize(src, p, 24, matmul=True)
+    b = tb._crop_resize(src, p, 24, matmul=False)
+    assert (a - b).abs().max() < 1e-6
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        whole = apply_torch(imgs, p, cfg)
+        old = tb.CPU_CHUNK_BYTES
+        tb.CPU_CHUNK_BYTES = 1  # one image per chunk when single-threaded
+        try:
+            chunked = apply_torch(imgs, p, cfg)
+        finally:
+            tb.CPU_CHUNK_BYTES = old
+    finally:
+        torch.set_num_threads(before)
+    assert (whole - chunked).abs().max() < 1e-5
 
 
 @pytest.mark.gpu

@@ -4,18 +4,22 @@ Same semantics as :func:`fastclr.augment.reference.apply_reference` for the same
 differs only by float32 rounding (see ``tests/test_augment.py`` for the tolerance). Layout of the
 work: the uint8 source goes planar (N·3·H rows of W bytes), then
 
-1. crop + resize, separable: gather the two source rows of every output row (``index_select`` of
-   whole rows: a memcpy), lerp in float32 → (N, 3, S, W); gather the two columns of every output
-   column (``gather``), lerp → (N, 3, S, S). The flip is folded into the column indices. Ragged
-   batches are first copied into one zero-padded dense tensor (the padding is never read: indices
-   stay inside each crop box).
+1. crop + resize, separable. Sources up to ``MATMUL_RESIZE_MAX_SIDE`` px: two matmuls with
+   the bilinear matrices, Ry · X · Rxᵀ. Larger ones: gather the two source rows of every output
+   row (``index_select`` of whole rows: a memcpy), lerp in float32 → (N, 3, S, W); gather the two
+   columns of every output column (``gather``), lerp → (N, 3, S, S). The flip is folded into the
+   column weights. Ragged batches are first copied into one zero-padded dense tensor (the padding
+   is never read: weights outside each crop box are zero).
 2. colour jitter in four rounds: in round k every image with ``jitter_apply`` applies op
    ``order[:, k]``. On CPU each op runs on the subset of images that need it (``x[idx]`` /
    ``index_put_``); on CUDA it runs on the whole batch behind a mask (``torch.where``), so there
    is no host sync (the fused Triton backend is the fast CUDA path).
-3. grayscale, blur (per-image Gaussian taps, separable grouped ``conv2d`` with reflect padding) and
-   solarize, each on its subset; then normalise and write (N, 3, S, S) channels_last in
-   ``config.dtype``.
+3. grayscale, blur (per-image Gaussian taps with reflect padding folded into an (S, S) matrix B,
+   applied as B · x · Bᵀ) and solarize, each on its subset; then normalise while writing the
+   (N, 3, S, S) channels_last output in ``config.dtype``.
+
+On CPU with one intra-op thread (DataLoader workers) the batch is processed in chunks that fit
+the L2 cache (``CPU_CHUNK_BYTES``); with more threads it goes whole (see ``_chunk_size``).
 """
 
 from __future__ import annotations
@@ -69,8 +73,26 @@ def _axis(start: Tensor, length: Tensor, s: int) -> tuple[Tensor, Tensor, Tensor
     return lo.long() + base, hi.long() + base, w
 
 
-def _crop_resize(src: Tensor, params: AugmentParams, s: int) -> Tensor:
-    """uint8 planar (N, 3, H, W) → float32 (N, 3, S, S) in [0, 1], flip included."""
+#: Sources at most this many pixels on a side are resized by two matmuls with the (sparse,
+#: stored dense) bilinear matrices, Ry · X · Rxᵀ: for 32-px images ~6x faster than the gathers
+#: (measured, 1 thread); for 288-px sources the gathers win (the matmul does ~H/2 times the work).
+MATMUL_RESIZE_MAX_SIDE = 64
+
+
+def _interp_matrix(lo: Tensor, hi: Tensor, w: Tensor, length: int, scale: float) -> Tensor:
+    """(N, S, length) matrix whose row i holds scale·(1 − w) at lo[i] and scale·w at hi[i]."""
+    n, s = lo.shape
+    m = torch.zeros((n, s, length), dtype=torch.float32, device=lo.device)
+    m.scatter_add_(2, lo.unsqueeze(2), ((1.0 - w) * scale).unsqueeze(2))
+    return m.scatter_add_(2, hi.unsqueeze(2), (w * scale).unsqueeze(2))
+
+
+def _crop_resize(src: Tensor, params: AugmentParams, s: int, matmul: bool | None = None) -> Tensor:
+    """uint8 planar (N, 3, H, W) → float32 (N, 3, S, S) in [0, 1], flip included.
+
+    ``matmul``: resize by bilinear matrices (True) or row/column gathers (False); None picks by
+    :data:`MATMUL_RESIZE_MAX_SIDE`. Both compute the same bilinear weights.
+    """
     n, _, hgt, wid = src.shape
     y0, x0, h, w = params.crop.unbind(1)
     ylo, yhi, wy = _axis(y0, h, s)
@@ -79,6 +101,12 @@ def _crop_resize(src: Tensor, params: AugmentParams, s: int) -> Tensor:
     xlo = torch.where(flip, xlo.flip(1), xlo)
     xhi = torch.where(flip, xhi.flip(1), xhi)
     wx = torch.where(flip, wx.flip(1), wx)
+    if matmul is None:
+        matmul = max(hgt, wid) <= MATMUL_RESIZE_MAX_SIDE
+    if matmul:
+        ry = _interp_matrix(ylo, yhi, wy, hgt, 1.0 / 255.0).unsqueeze(1)  # (N, 1, S, H)
+        rx = _interp_matrix(xlo, xhi, wx, wid, 1.0).unsqueeze(1)  # (N, 1, S, W)
+        return torch.matmul(torch.matmul(ry, src.float()), rx.transpose(-1, -2))
 
     rows = src.view(n * 3 * hgt, wid)
     plane = (torch.arange(n * 3, device=src.device) * hgt).view(n, 3, 1)
