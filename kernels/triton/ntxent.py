@@ -35,7 +35,10 @@ gradient is then read-modify-written in global memory by the program that owns t
 
 ``UPCAST``: under the Triton interpreter (CPU CI) ``tl.dot`` of two bf16 tiles is wrong (triton
 3.8/3.9), so the launcher sets UPCAST=True there for bf16 and the tiles are cast to fp32 before
-every ``tl.dot``; on a GPU it is False and bf16 goes to the tensor cores. ``DOT_PREC`` is "ieee"
+every ``tl.dot``; on a GPU it is False and bf16 goes to the tensor cores. The backward's softmax
+tile P is always rounded to the input dtype first (``p.to(Z.dtype.element_ty)``), so the upcast
+interpreter run sees the same rounding as the GPU's bf16 dot (products of bf16 values are exact
+in fp32; only the accumulation order differs). ``DOT_PREC`` is "ieee"
 for fp32 operands (no silent TF32) and ignored for 16-bit ones. Accumulation is always fp32.
 """
 
@@ -283,7 +286,7 @@ def ntxent_sym_bwd_kernel(
             r_j = r_j * inv_tau
             valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
             p = tl.where(valid, tl.exp(s - shift) * (r_i[:, None] + r_j[None, :]), 0.0)
-            p = p.to(z_j.dtype)
+            p = p.to(Z.dtype.element_ty).to(z_j.dtype)  # see UPCAST in the module doc
             acc = tl.dot(p, z_j, acc, input_precision=DOT_PREC)
             col = tl.dot(tl.trans(p), z_i, input_precision=DOT_PREC)
             tl.atomic_add(
@@ -315,7 +318,7 @@ def ntxent_sym_bwd_kernel(
                 mask_d = offs_d < D
                 z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
                 z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-                pc = p.to(z_j.dtype)
+                pc = p.to(Z.dtype.element_ty).to(z_j.dtype)
                 row_ptr = DZ_ROW + offs_i[:, None] * D + offs_d[None, :]
                 row_mask = mask_i[:, None] & mask_d[None, :]
                 row = tl.load(row_ptr, mask=row_mask, other=0.0)
@@ -492,7 +495,7 @@ def ntxent_rows_bwd_kernel(
             p = tl.exp(s - shift) * coef
         p = tl.where(valid, p, 0.0)
         if SINGLE_CHUNK:
-            acc = tl.dot(p.to(y.dtype), y, acc, input_precision=DOT_PREC)
+            acc = tl.dot(p.to(Y.dtype.element_ty).to(y.dtype), y, acc, input_precision=DOT_PREC)
         else:
             for d0 in range(0, D, BLOCK_D):
                 offs_dc = d0 + tl.arange(0, BLOCK_D)
@@ -501,7 +504,8 @@ def ntxent_rows_bwd_kernel(
                 out_ptr = DX + offs_i[:, None] * D + offs_dc[None, :]
                 out_mask = mask_i[:, None] & mask_dc[None, :]
                 out = tl.load(out_ptr, mask=out_mask, other=0.0)
-                out = tl.dot(p.to(yc.dtype), yc, out, input_precision=DOT_PREC)
+                pc = p.to(Y.dtype.element_ty).to(yc.dtype)
+                out = tl.dot(pc, yc, out, input_precision=DOT_PREC)
                 tl.store(out_ptr, out, mask=out_mask)
     if SINGLE_CHUNK:
         tl.store(
