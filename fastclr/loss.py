@@ -302,7 +302,7 @@ def ntxent(
     if not (isinstance(eps, float) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
     z, lab = _as_batch(views, labels)
-    if check_finite:
+    if check_finite and not torch.compiler.is_compiling():
         _check_finite(z)
     name = resolve_backend(backend, z.device, z.dtype)
 
@@ -386,7 +386,9 @@ class NTXentLoss(nn.Module):
             anchors against all keys, gradients flow back through the gather).
         eps: smallest row norm used in the normalisation; a zero row gives a zero vector.
         check_finite: raise ``ValueError`` on NaN/Inf embeddings (costs one device sync; turn it
-            off in tight loops once inputs are trusted).
+            off in tight loops once inputs are trusted). Inside ``torch.compile`` the check is
+            skipped, since a compiled graph cannot branch on data; NaN inputs then give a NaN
+            loss.
 
     Shape:
         - views: ``forward(z_i, z_j, *more_views)``, each (N, D), V ≥ 2 views, M = V·N.

@@ -129,3 +129,12 @@ def test_output_dtype_follows_input() -> None:
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         a, b = torch.randn(4, 3, dtype=dtype), torch.randn(4, 3, dtype=dtype)
         assert ntxent(a, b, backend="reference").dtype == dtype
+
+
+def test_compile_fullgraph_with_default_checks() -> None:
+    """The default NTXentLoss (finite check on) traces under torch.compile(fullgraph=True)."""
+    torch._dynamo.reset()
+    loss_fn = NTXentLoss(temperature=0.3)
+    a, b = torch.randn(6, 5), torch.randn(6, 5)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(a, b), loss_fn(a, b))
