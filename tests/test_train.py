@@ -138,6 +138,24 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_resumes_identically(
     _assert_identical(straight, resumed)
 
 
+def test_ctrl_c_in_an_epochs_last_step_finishes_the_epoch(
+    tmp_path: Path, small_digits: ImageData
+) -> None:
+    straight = _run(_cfg(tmp_path / "a"), small_digits)
+
+    def interrupt_at_last_step(call: int) -> None:
+        if call == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(tmp_path / "b"), small_digits, loss_fn=_CountingLoss(interrupt_at_last_step))
+    ckpt = load_checkpoint(tmp_path / "b")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 0, 2)
+    assert len((tmp_path / "b" / "epochs.csv").read_text().strip().splitlines()) == 2
+    resumed = _run(_cfg(tmp_path / "c", resume=str(tmp_path / "b")), small_digits)
+    _assert_identical(straight, resumed)
+
+
 # ---------------------------------------------------------------------------------- failures
 
 
@@ -266,6 +284,18 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds no images"):
         load_image_folder(tmp_path / "empty", size=8)
+
+
+def test_pretrain_and_evaluate_on_an_image_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    _write_folder(folder, n_per_class=6)
+    out = tmp_path / "run"
+    cfg = _cfg(out, data=str(folder), batch_size=4, epochs=1, limit_steps=1)
+    result = pretrain(cfg, augment=_augment_or_skip())
+    assert result.knn_top1 is not None  # labelled folder: the monitor ran on the held-out split
+    r = evaluate_checkpoint(out, data=str(folder))
+    assert (r.n_train, r.n_test, r.arch) == (10, 2, "resnet18")
+    assert 0.0 <= r.linear_top1 <= 1.0 and 0.0 <= r.knn_top1 <= 1.0
 
 
 # ---------------------------------------------------------------------------------- evaluation
