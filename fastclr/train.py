@@ -32,6 +32,7 @@ import math
 import os
 import random
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -940,13 +941,16 @@ def step_rates(
     width: float = 1.0,
     augment: Augmentation | None = None,
     seed: int = 0,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Pretraining images/s end to end (augment + encoder + loss + LARS) and model-only, one run.
 
     Both use the same model, optimiser and loss; "model-only" feeds pre-augmented views of the
     same shape and dtype, so ``ratio = end_to_end / model_only`` is the fraction of the model's
     step rate the full pipeline keeps (target ≥ 0.9 on a GPU). Images are counted once per source
-    image (each gives two views). Also reports the augmentation alone.
+    image (each gives two views). Also reports the augmentation alone. ``steps`` are split over
+    ``rounds`` interleaved rounds (model-only, end-to-end, augment-only) and each rate is the
+    median over rounds.
 
     Returns a dict with ``end_to_end_images_per_s``, ``model_only_images_per_s``,
     ``augment_only_images_per_s``, ``ratio`` and the settings used.
@@ -975,19 +979,29 @@ def step_rates(
     )
     v1, v2 = augment(images)
 
-    def timed(fn: Callable[[], object]) -> float:
-        for _ in range(warmup_steps):
-            fn()
+    def timed(fn: Callable[[], object], n: int) -> float:
         _sync(dev)
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             fn()
         _sync(dev)
-        return steps * batch_size / (time.perf_counter() - t0)
+        return n * batch_size / (time.perf_counter() - t0)
 
-    model_only = timed(lambda: stepper(v1, v2))
-    end_to_end = timed(lambda: stepper(*augment(images)))
-    augment_only = timed(lambda: augment(images))
+    model_step: Callable[[], object] = lambda: stepper(v1, v2)  # noqa: E731
+    full_step: Callable[[], object] = lambda: stepper(*augment(images))  # noqa: E731
+    aug_step: Callable[[], object] = lambda: augment(images)  # noqa: E731
+    for fn in (model_step, full_step, aug_step):
+        timed(fn, warmup_steps)
+    # Interleaved rounds, median of each: drift (clocks, other jobs) hits both rates alike.
+    rates: dict[str, list[float]] = {"model": [], "full": [], "aug": []}
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        rates["model"].append(timed(model_step, per_round))
+        rates["full"].append(timed(full_step, per_round))
+        rates["aug"].append(timed(aug_step, per_round))
+    model_only, end_to_end, augment_only = (
+        statistics.median(rates[k]) for k in ("model", "full", "aug")
+    )
     return {
         "end_to_end_images_per_s": end_to_end,
         "model_only_images_per_s": model_only,
@@ -1003,5 +1017,6 @@ def step_rates(
         "device": str(dev),
         "compile": compile,
         "steps": steps,
+        "rounds": rounds,
         "view_dtype": str(v1.dtype),
     }
