@@ -11,9 +11,11 @@ work: the uint8 source goes planar (N·3·H rows of W bytes), then
    column weights. Ragged batches are first copied into one zero-padded dense tensor (the padding
    is never read: weights outside each crop box are zero).
 2. colour jitter in four rounds: in round k every image with ``jitter_apply`` applies op
-   ``order[:, k]``. On CPU each op runs on the subset of images that need it (``x[idx]`` /
-   ``index_put_``); on CUDA it runs on the whole batch behind a mask (``torch.where``), so there
-   is no host sync (the fused Triton backend is the fast CUDA path).
+   ``order[:, k]``. Brightness, contrast and saturation are one blend with per-image
+   coefficients over the whole chunk (``_blend_step``); hue runs on the subset of images that
+   need it (``x[idx]`` / ``index_put_``) on CPU, and on the whole batch behind a mask
+   (``torch.where``) on CUDA, so there is no host sync there (the fused Triton backend is the
+   fast CUDA path).
 3. grayscale, blur (per-image Gaussian taps with reflect padding folded into an (S, S) matrix B,
    applied as B · x · Bᵀ) and solarize, each on its subset; then normalise while writing the
    (N, 3, S, S) channels_last output in ``config.dtype``.
@@ -135,21 +137,6 @@ def _col(f: Tensor) -> Tensor:
     return f.view(-1, 1, 1, 1)
 
 
-def _brightness(x: Tensor, f: Tensor) -> Tensor:
-    return (x * _col(f)).clamp_(0.0, 1.0)
-
-
-def _contrast(x: Tensor, f: Tensor) -> Tensor:
-    m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    f = _col(f)
-    return (x * f).add_(m * (1.0 - f)).clamp_(0.0, 1.0)
-
-
-def _saturation(x: Tensor, f: Tensor) -> Tensor:
-    f = _col(f)
-    return (x * f).add_(_gray(x) * (1.0 - f)).clamp_(0.0, 1.0)
-
-
 def _hue(x: Tensor, shift: Tensor) -> Tensor:
     """Hue rotation with torchvision's HSV convention, without building HSV explicitly.
 
@@ -162,9 +149,9 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
     c = v - x.amin(1)
     cs = c.clamp_min(1e-12)  # c = 0 ⇒ all channels equal ⇒ numerators 0 and C·(…) = 0
     # h6 + 6·shift, built in place: the sector offset (0, 2, 4) plus (difference / chroma).
-    is_r = v == r
-    h6 = torch.where(is_r, g - b, torch.where(v == g, b - r, r - g)).div_(cs)
-    h6 += torch.where(is_r, 0.0, torch.where(v == g, 2.0, 4.0))
+    is_r, is_g = v == r, v == g
+    h6 = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g)).div_(cs)
+    h6 += torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
     h6 += shift.view(-1, 1, 1) * 6.0
     out = torch.empty_like(x)
     for ch, n_c in enumerate((5.0, 3.0, 1.0)):
@@ -172,14 +159,6 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
         t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
         torch.addcmul(v, t, c, value=-1.0, out=out[:, ch])
     return out.clamp_(0.0, 1.0)
-
-
-_JITTER: dict[int, _Op] = {
-    BRIGHTNESS: _brightness,
-    CONTRAST: _contrast,
-    SATURATION: _saturation,
-    HUE: _hue,
-}
 
 
 def _masked(x: Tensor, mask: Tensor, fn: _Op, *args: Tensor) -> Tensor:
@@ -262,15 +241,39 @@ def _single_threaded_ops() -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def _blend_step(x: Tensor, params: AugmentParams, op: Tensor) -> Tensor:
+    """One jitter step's brightness, contrast and saturation for every image at once.
+
+    All three are x ← clamp(a·x + (1 − a)·b) with b = 0, mean(gray(x)) or gray(x), so one
+    formula with per-image coefficients covers them: a = the step's factor (1 when the step is
+    hue or the jitter is off), bias = (1 − a)·mean for contrast, cg = (1 − a) for saturation.
+    For an image with a = 1, bias = cg = 0 the result is exactly x. No subset copies, ~6 ops.
+    """
+    on = params.jitter_apply
+    is_b, is_c, is_s = on & (op == BRIGHTNESS), on & (op == CONTRAST), on & (op == SATURATION)
+    if not x.is_cuda and not bool((is_b | is_c | is_s).any()):
+        return x
+    # Per-image scalars broadcast over (n, 3·S·S) views: measured ~2x faster than over (n, 1, 1, 1).
+    n = x.shape[0]
+    one = torch.ones_like(params.brightness)
+    a = torch.where(is_b, params.brightness, torch.where(is_c, params.contrast, one))
+    a = torch.where(is_s, params.saturation, a).view(n, 1)
+    y = x.view(n, -1) * a
+    if x.is_cuda or bool((is_c | is_s).any()):
+        gray = _gray(x).view(n, 1, -1)
+        m = gray.mean(dim=2)  # (n, 1)
+        y.add_(m * (is_c.view(n, 1) * (1.0 - a)))
+        y.view(n, 3, -1).addcmul_(gray, (is_s.view(n, 1) * (1.0 - a)).unsqueeze(2))
+    return y.clamp_(0.0, 1.0).view_as(x)
+
+
 def _augment_chunk(src: Tensor, params: AugmentParams, config: AugmentConfig) -> Tensor:
     """uint8 planar (G, 3, H, W) + its params → float32 (G, 3, S, S) in [0, 1], not normalised."""
     x = _crop_resize(src, params, config.size)
-    order = params.order
-    factors = (params.brightness, params.contrast, params.saturation, params.hue)
     for step in range(4):
-        for op, fn in _JITTER.items():
-            mask = params.jitter_apply & (order[:, step] == op)
-            x = _masked(x, mask, fn, factors[op])
+        op = params.order[:, step]
+        x = _blend_step(x, params, op)
+        x = _masked(x, params.jitter_apply & (op == HUE), _hue, params.hue)
     x = _masked(x, params.gray, _to_gray3)
     if config.blur_kernel_size > 1:
         k = config.blur_kernel_size
