@@ -158,7 +158,9 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
         k = torch.remainder(h6 + n_c, 6.0)
         t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
         torch.addcmul(v, t, c, value=-1.0, out=out[:, ch])
-    return out.clamp_(0.0, 1.0)
+    # No clamp needed: v − c·t with t ∈ [0, 1] lies in [min, max] ⊂ [0, 1] (fp subtraction is
+    # monotone and c = fl(v − min) ≤ v).
+    return out
 
 
 def _masked(x: Tensor, mask: Tensor, fn: _Op, *args: Tensor) -> Tensor:
