@@ -5,15 +5,18 @@ parameters (it cannot take an :class:`~fastclr.augment.params.AugmentParams`), s
 in distribution, not pixel by pixel. Known differences from the reference:
 
 - colour jitter: kornia draws ONE op order per batch (per call), not one per image;
-- crop: kornia's RandomResizedCrop samples the box by its own rule (also 10 tries with a centre
-  fallback, but float boxes resized via its crop-and-resize path) instead of torchvision's integer
-  rule; bilinear with align_corners=False here (kornia's default is True);
+- crop: kornia's RandomResizedCrop draws the box by torchvision's rule too (10 tries, first
+  accepted, centre-crop fallback; in float32, not float64), but from kornia's own generator, and
+  resizes through its own crop path; bilinear with align_corners=False here (kornia's default
+  is True);
 - grayscale: kornia's RandomGrayscale default p is 0.1; set to ``config.gray_p`` (0.2) here.
   kornia's luma weights are 0.299/0.587/0.114 as the reference's;
 - blur: kornia's RandomGaussianBlur draws σ per image in ``config.sigma`` with the same kernel
   side and reflect padding;
 - solarize: kornia's RandomSolarize is configured with a fixed threshold
   (``config.solarize_threshold``) and no brightness addition;
+- randomness comes from torch's global generator (kornia has no generator argument), so
+  ``SimCLRAugmentation(seed=...)`` does not make this backend reproducible;
 - ragged batches are not supported (kornia needs one (N, C, H, W) tensor): a ``ValueError``.
 
 Input is the same as every backend's (uint8 (N, H, W, C)); it is converted to float (N, 3, H, W)
