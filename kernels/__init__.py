@@ -1,1 +1,4 @@
-"""Kernel sources, installed as ``fastclr.kernels``: Triton kernels (``triton/``) and C++ (``cpu/``)."""
+"""Kernel sources, installed as ``fastclr.kernels``.
+
+``triton/`` holds pure @triton.jit kernels, ``cpu/`` the C++ kernels built by CMakeLists.txt.
+"""
