@@ -3,8 +3,8 @@
 ``fastclr.train.step_rates`` times, in one process, (a) the full step — augmentation of two views,
 encoder + head forward/backward, NT-Xent, LARS — and (b) the same step on pre-augmented views of the
 same shape, plus the augmentation alone, in interleaved rounds whose medians are reported. The
-figure is end-to-end / model-only. Before timing, the loss the step uses is checked against the reference
-on embeddings of this model.
+figure is end-to-end / model-only. Before timing, the loss the step uses is checked against the
+reference on embeddings of this model.
 """
 
 from __future__ import annotations
