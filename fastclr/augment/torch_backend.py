@@ -155,11 +155,11 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
     h6 = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g)).div_(cs)
     h6 += torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
     h6 += shift.view(-1, 1, 1) * 6.0
-    out = torch.empty_like(x)
-    for ch, n_c in enumerate((5.0, 3.0, 1.0)):
-        k = torch.remainder(h6 + n_c, 6.0)
-        t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.addcmul(v, t, c, value=-1.0, out=out[:, ch])
+    # All three channels at once: k = (n_c + h6') mod 6 with n = (5, 3, 1) for (R, G, B).
+    n_c = torch.arange(5.0, 0.0, -2.0, dtype=h6.dtype, device=h6.device).view(1, 3, 1, 1)
+    k = torch.remainder(h6.unsqueeze(1) + n_c, 6.0)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    out = torch.addcmul(v.unsqueeze(1), t, c.unsqueeze(1), value=-1.0)
     # No clamp needed: v − c·t with t ∈ [0, 1] lies in [min, max] ⊂ [0, 1] (fp subtraction is
     # monotone and c = fl(v − min) ≤ v).
     return out
