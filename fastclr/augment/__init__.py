@@ -12,7 +12,10 @@ Backends (``backend=``):
 - ``"reference"``: :func:`~fastclr.augment.reference.apply_reference`, per image in float64, the
   definition every other backend is tested against;
 - ``"torch"``: :func:`~fastclr.augment.torch_backend.apply_torch`, batched float32 torch (CPU or
-  CUDA), equal to the reference within float32 rounding;
+  CUDA), equal to the reference within ``torch_backend.FP32_ATOL`` (1e-3 normalised, float32
+  output; bf16/fp16: twice the reference's own rounding error plus that). On CPU it runs its
+  ops single-threaded over cache-sized chunks, one Python worker per configured intra-op thread,
+  setting ``torch.set_num_threads(1)`` for the duration of the call;
 - ``"triton"``: the fused CUDA kernel in ``fastclr.augment.triton_backend`` (imported lazily). That
   module provides ``apply_triton(images, params, config) -> Tensor`` with the contract of
   ``apply_reference``;
@@ -22,6 +25,9 @@ Backends (``backend=``):
   pipeline; on tensors this backend calls that module's ``apply_dali(images, params, config)``
   when it has one;
 - ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports, else ``"torch"``.
+
+Throughput next to kornia: ``python -m fastclr.augment.throughput`` (or
+:func:`fastclr.augment.throughput.augment_throughput` from a benchmark).
 
 Images: a dense uint8 (N, H, W, C) tensor or a sequence of uint8 (H, W, C) tensors (ragged), C ∈
 {1, 3, 4} (gray repeated, alpha dropped; see :mod:`fastclr.augment.inputs`).
