@@ -260,6 +260,7 @@ def _blend_step(x: Tensor, params: AugmentParams, op: Tensor) -> Tensor:
     formula with per-image coefficients covers them: a = the step's factor (1 when the step is
     hue or the jitter is off), bias = (1 − a)·mean for contrast, cg = (1 − a) for saturation.
     For an image with a = 1, bias = cg = 0 the result is exactly x. No subset copies, ~6 ops.
+    Updates ``x`` (the chunk's own working tensor) in place and returns it.
     """
     on = params.jitter_apply
     is_b, is_c, is_s = on & (op == BRIGHTNESS), on & (op == CONTRAST), on & (op == SATURATION)
@@ -270,12 +271,14 @@ def _blend_step(x: Tensor, params: AugmentParams, op: Tensor) -> Tensor:
     one = torch.ones_like(params.brightness)
     a = torch.where(is_b, params.brightness, torch.where(is_c, params.contrast, one))
     a = torch.where(is_s, params.saturation, a).view(n, 1)
-    y = x.view(n, -1) * a
+    y = x.view(n, -1)
     if x.is_cuda or bool((is_c | is_s).any()):
-        gray = _gray(x).view(n, 1, -1)
+        gray = _gray(x).view(n, 1, -1)  # of the input, before the in-place update
         m = gray.mean(dim=2)  # (n, 1)
-        y.add_(m * (is_c.view(n, 1) * (1.0 - a)))
+        y.mul_(a).add_(m * (is_c.view(n, 1) * (1.0 - a)))
         y.view(n, 3, -1).addcmul_(gray, (is_s.view(n, 1) * (1.0 - a)).unsqueeze(2))
+    else:
+        y.mul_(a)
     return y.clamp_(0.0, 1.0).view_as(x)
 
 
