@@ -403,7 +403,9 @@ def test_torch_resize_paths_and_chunking_agree(threads: int) -> None:
     a = tb._crop_resize(src, p, 24, matmul=True)
     b = tb._crop_resize(src, p, 24, matmul=False)
     c = tb._crop_resize_each(imgs, p, 24)  # per-image F.interpolate (CPU, large sources)
-    assert (a - b).abs().max() < 1e-6 and (a - c).abs().max() < 5e-6  # fp32 coords
+    d = tb._crop_resize_nhwc(imgs, p, 24)  # NHWC bmm (CPU, small sources)
+    assert (a - b).abs().max() < 1e-6 and (a - d).abs().max() < 1e-6
+    assert (a - c).abs().max() < 5e-6  # F.interpolate's float32 sample positions
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)

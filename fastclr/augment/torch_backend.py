@@ -303,6 +303,37 @@ def _crop_resize_each(imgs: Tensor | list[Tensor], params: AugmentParams, s: int
     return x
 
 
+def _crop_resize_nhwc(imgs: Tensor | list[Tensor], params: AugmentParams, s: int) -> Tensor:
+    """CPU, small sources: Ry · X · Rxᵀ on the NHWC source, as two plain (unbroadcast) bmm.
+
+    Rows first on X viewed as (H, 3W), then one transposing copy to (3S, W) and the columns: no
+    planar uint8 copy of the source and no expanded copies of Ry/Rx that a broadcast matmul over
+    (N, 3, …) makes.
+    """
+    n = len(imgs)
+    if isinstance(imgs, Tensor):
+        src = to_rgb(imgs)
+    else:
+        hmax = max(t.shape[0] for t in imgs)
+        wmax = max(t.shape[1] for t in imgs)
+        src = torch.zeros((n, hmax, wmax, 3), dtype=torch.uint8, device=imgs[0].device)
+        for i, t in enumerate(imgs):
+            src[i, : t.shape[0], : t.shape[1]] = to_rgb(t)
+    _, hgt, wid, _ = src.shape
+    y0, x0, h, w = params.crop.unbind(1)
+    ylo, yhi, wy = _axis(y0, h, s)
+    xlo, xhi, wx = _axis(x0, w, s)
+    flip = params.flip.unsqueeze(1)
+    xlo = torch.where(flip, xlo.flip(1), xlo)
+    xhi = torch.where(flip, xhi.flip(1), xhi)
+    wx = torch.where(flip, wx.flip(1), wx)
+    ry = _interp_matrix(ylo, yhi, wy, hgt, 1.0 / 255.0)  # (N, S, H)
+    rx = _interp_matrix(xlo, xhi, wx, wid, 1.0)  # (N, S, W)
+    rows = torch.bmm(ry, src.reshape(n, hgt, wid * 3).float())  # (N, S, 3W), pixel-major
+    planar = rows.view(n, s, wid, 3).permute(0, 3, 1, 2).reshape(n, 3 * s, wid)
+    return torch.bmm(planar, rx.transpose(1, 2)).view(n, 3, s, s)
+
+
 def _augment_chunk(x: Tensor, params: AugmentParams, config: AugmentConfig) -> Tensor:
     """Resized float32 (G, 3, S, S) in [0, 1] + its params → the view before normalisation."""
     for step in range(4):
@@ -343,6 +374,8 @@ def apply_torch(images: Images, params: AugmentParams, config: AugmentConfig) ->
         src_side = max(max(t.shape[-3], t.shape[-2]) for t in part)
         if dev.type == "cpu" and src_side > MATMUL_RESIZE_MAX_SIDE:
             x = _crop_resize_each(part, p, s)
+        elif dev.type == "cpu":
+            x = _crop_resize_nhwc(part, p, s)
         else:
             x = _crop_resize(_dense_planar(part), p, s)
         torch.addcmul(bias, _augment_chunk(x, p, config), scale, out=out[a:b])
