@@ -5,7 +5,8 @@ differs only by float32 rounding, within :data:`FP32_ATOL`. Layout of the
 work: the uint8 source goes planar (N·3·H rows of W bytes), then
 
 1. crop + resize, separable. Sources up to ``MATMUL_RESIZE_MAX_SIDE`` px: two matmuls with
-   the bilinear matrices, Ry · X · Rxᵀ. Larger ones on CPU: ``F.interpolate`` of each float crop
+   the bilinear matrices, Ry · X · Rxᵀ (on CPU straight from the NHWC uint8,
+   ``_crop_resize_nhwc``). Larger ones on CPU: ``F.interpolate`` of each float crop
    (``_crop_resize_each``). Larger ones on CUDA: gather the two source rows of every output
    row (``index_select`` of whole rows: a memcpy), lerp in float32 → (N, 3, S, W); gather the two
    columns of every output column (``gather``), lerp → (N, 3, S, S). The flip is folded into the
