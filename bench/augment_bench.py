@@ -16,6 +16,7 @@ import torch
 from measure import time_fn
 
 from fastclr.augment import AugmentConfig, SimCLRAugmentation, apply_reference, kornia_pipeline
+from fastclr.augment.torch_backend import FP32_ATOL
 
 N_CHECKED = 4  # images checked against the reference before timing
 
@@ -63,7 +64,7 @@ def _check_params_backend(aug: SimCLRAugmentation, images: torch.Tensor) -> str:
     got = aug.apply(sub, p1).float()
     ref = apply_reference(sub, p1.to(sub.device), aug.config).float()
     err = (got - ref).abs().max().item()
-    tol = 5e-2 if aug.config.dtype != torch.float32 else 2e-3
+    tol = 5e-2 if aug.config.dtype != torch.float32 else FP32_ATOL
     assert err <= tol, f"max error {err:.3g} > {tol} against the reference"
     return f"vs reference: max err {err:.1e}"
 

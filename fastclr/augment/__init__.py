@@ -26,8 +26,7 @@ Backends (``backend=``):
   when it has one;
 - ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports, else ``"torch"``.
 
-Throughput next to kornia: ``python -m fastclr.augment.throughput`` (or
-:func:`fastclr.augment.throughput.augment_throughput` from a benchmark).
+Throughput next to kornia and DALI: ``python bench/throughput.py --only augment``.
 
 Images: a dense uint8 (N, H, W, C) tensor or a sequence of uint8 (H, W, C) tensors (ragged), C ∈
 {1, 3, 4} (gray repeated, alpha dropped; see :mod:`fastclr.augment.inputs`).
@@ -228,6 +227,12 @@ class SimCLRAugmentation:
             return self._kornia(imgs), self._kornia(imgs)
         n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
         p1, p2 = self.sample(n, src_sizes_of(imgs))
+        if self.resolve_backend(dev) == "triton":
+            # both views in one launch sequence (a ragged batch is packed once)
+            from fastclr.augment.triton_backend import apply_triton_views
+
+            v1, v2 = apply_triton_views(imgs, [p1.to(dev), p2.to(dev)], self.config)
+            return v1, v2
         fn = self._apply_fn(dev)
         return fn(imgs, p1.to(dev), self.config), fn(imgs, p2.to(dev), self.config)
 
