@@ -37,3 +37,7 @@ clean:
 # On a CUDA machine: tests with compiled kernels + GPU benchmarks, results under bench/results/.
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# Representation quality on digits: 3 seeds, pretrained vs random-weight encoder vs raw pixels.
+quality: setup
+	$(PY) bench/quality.py
