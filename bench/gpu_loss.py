@@ -32,9 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Known peaks: device-name substring -> (dense bf16 FLOP/s, exp/s). Spec sheet / SM count × clock.
-PEAKS = {"H200": (990e12, 132 * 16 * 1.98e9), "H100": (989e12, 132 * 16 * 1.98e9)}
-
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -54,6 +51,9 @@ def main() -> int:
 
     import fastclr
     from fastclr.reference import ntxent_reference, views_to_batch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from measure import GPU_PEAKS, ntxent_work
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
@@ -121,12 +121,11 @@ def main() -> int:
         return statistics.median(times)
 
     name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
-    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    peak = next((v for k, v in GPU_PEAKS.items() if k in name), None)
     rows: list[dict[str, Any]] = []
     for m in sizes:
         zi, zj = make(m)
-        flops, exps = 4.0 * m * m * d, float(m) * m
-        limit_ms = (flops / peak[0] + exps / peak[1]) * 1e3 if peak else None
+        flops, _, limit_ms = ntxent_work(m, d, name)
         for backend in ("reference", "triton"):
             row: dict[str, Any] = {"impl": backend, "M": m, "D": d, "dtype": "bf16", "tau": tau}
             if cuda:

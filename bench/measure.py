@@ -16,7 +16,25 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "peak_extra_mb", "time_fn"]
+__all__ = ["GPU_PEAKS", "Timing", "ntxent_work", "peak_extra_mb", "time_fn"]
+
+# Known peaks: device-name substring -> (dense bf16 FLOP/s, exp/s). Spec sheet / SM count × clock:
+# H100/H200 SXM 989-990 TFLOP/s dense bf16; 132 SMs × 16 MUFU ex2 per clock × 1.98 GHz.
+GPU_PEAKS = {"H200": (990e12, 132 * 16 * 1.98e9), "H100": (989e12, 132 * 16 * 1.98e9)}
+
+
+def ntxent_work(m: int, d: int, device_name: str) -> tuple[float, float, float | None]:
+    """(flops, exps, limit_ms) of one NT-Xent forward+backward at M rows of D.
+
+    The symmetric algorithm visits each unordered pair once per pass: forward S (M²·D flops,
+    M²/2 exps); backward S again (M²·D), P·ẑ and Pᵀ·ẑ (2·M²·D) and M²/2 exps — 4·M²·D flops and
+    M² exps in all. The limit is flops / peak bf16 + exps / peak exp rate, None where the peaks of
+    ``device_name`` are not known.
+    """
+    flops, exps = 4.0 * m * m * d, float(m) * m
+    peak = next((v for k, v in GPU_PEAKS.items() if k in device_name), None)
+    limit = (flops / peak[0] + exps / peak[1]) * 1e3 if peak else None
+    return flops, exps, limit
 
 
 @dataclass
