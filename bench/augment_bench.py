@@ -19,6 +19,8 @@ from fastclr.augment import AugmentConfig, SimCLRAugmentation, apply_reference, 
 from fastclr.augment.torch_backend import FP32_ATOL
 
 N_CHECKED = 4  # images checked against the reference before timing
+# Known memory bandwidths (bytes/s) by device-name substring: spec sheets.
+GPU_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12}
 
 
 @dataclass
@@ -28,6 +30,8 @@ class AugRow:
     images_per_s: float | None = None
     ms: float | None = None
     vs_kornia: float | None = None
+    gb_per_s: float | None = None  # CUDA only: sources read once per view + views written
+    fraction_of_bw: float | None = None
     status: str = "ok"
     check: str = ""
 
@@ -137,6 +141,15 @@ def run(
             t = time_fn(two_views, device, warmup=1, reps=reps, max_seconds=8.0)
             row.ms = t.ms
             row.images_per_s = n / t.median_s
+            if device.type == "cuda":
+                # the least traffic two views need: each view reads its source once and writes
+                # its (3, S, S) output once
+                out_bytes = 2 * views[0].numel() * views[0].element_size()
+                moved = 2 * images.numel() * images.element_size() + out_bytes
+                row.gb_per_s = moved / t.median_s / 1e9
+                name = torch.cuda.get_device_name(device)
+                bw = next((v for k, v in GPU_BANDWIDTH.items() if k in name), None)
+                row.fraction_of_bw = moved / t.median_s / bw if bw else None
         kornia = next((r for r in batch_rows if r.backend == "kornia" and r.images_per_s), None)
         for r in batch_rows:
             if kornia and r.images_per_s:
@@ -145,16 +158,19 @@ def run(
     return rows
 
 
-def table(rows: list[AugRow]) -> list[str]:
-    lines = [
-        "| batch | backend | ms (two views) | images/s | vs kornia | status | check |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def table(rows: list[AugRow], gpu: bool = False) -> list[str]:
+    head = "| batch | backend | ms (two views) | images/s | vs kornia |"
+    head += " GB/s | fraction of bandwidth |" if gpu else ""
+    head += " status | check |"
+    lines = [head, "|" + "---|" * head[1:].count("|")]
     for r in rows:
         ips = "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}"
         ms = "—" if r.ms is None else f"{r.ms:.1f}"
         ratio = "—" if r.vs_kornia is None else f"{r.vs_kornia:.2f}×"
-        lines.append(
-            f"| {r.batch} | {r.backend} | {ms} | {ips} | {ratio} | {r.status} | {r.check} |"
-        )
+        line = f"| {r.batch} | {r.backend} | {ms} | {ips} | {ratio} |"
+        if gpu:
+            gbs = "—" if r.gb_per_s is None else f"{r.gb_per_s:.0f}"
+            frac = "—" if r.fraction_of_bw is None else f"{r.fraction_of_bw:.2f}"
+            line += f" {gbs} | {frac} |"
+        lines.append(line + f" {r.status} | {r.check} |")
     return lines

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 device, args.quick, reps=3 if args.quick else 5, progress=progress
             )
             failed |= any(r.status.startswith("CHECK FAILED") for r in arows)
-            lines = augment_bench.table(arows)
+            lines = augment_bench.table(arows, gpu=device.type == "cuda")
             bar.clear()
             print("\n## Augmentation: two SimCLR views per image\n")
             print("\n".join(lines))
