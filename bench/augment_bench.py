@@ -94,6 +94,11 @@ def run(
     names = ["reference", "torch", "kornia"]
     if device.type == "cuda":
         names.insert(2, "triton")
+    else:
+        from fastclr.augment import native_backend
+
+        if native_backend.available():
+            names.insert(2, "native")
     try:
         import nvidia.dali  # noqa: F401
 
@@ -120,7 +125,7 @@ def run(
                         return kp(x), kp(x)
                 else:
                     aug = SimCLRAugmentation(cfg, backend=name, seed=0, device=device)
-                    if name in ("torch", "triton"):
+                    if name in ("torch", "native", "triton"):
                         row.check = _check_params_backend(aug, images)
 
                     def two_views(

@@ -468,7 +468,7 @@ def test_kornia_rejects_ragged_and_sample() -> None:
 def test_api_shapes_backends_and_auto() -> None:
     imgs = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8) for h, w in [(20, 30), (9, 11)]]
     aug = SimCLRAugmentation(AugmentConfig.cifar(16, dtype=torch.bfloat16), seed=0)
-    assert aug.resolve_backend(torch.device("cpu")) == "torch"
+    assert aug.resolve_backend(torch.device("cpu"), ragged=True) == "torch"
     v1, v2 = aug(imgs)
     assert v1.shape == v2.shape == (2, 3, 16, 16) and v1.dtype == torch.bfloat16
     assert v1.is_contiguous(memory_format=torch.channels_last)

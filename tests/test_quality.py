@@ -16,8 +16,9 @@ from fastclr.data import load_digits
 from fastclr.evaluate import extract_features, knn_accuracy
 from fastclr.train import TrainConfig, build_model, load_checkpoint, pretrain
 
-EPOCHS = 8
-MARGIN = 0.03  # kNN top-1 points over random weights; measured ≈ +6 points at 8 epochs (seed 0)
+EPOCHS = 15  # the CLI default; kNN is noisy in the first ~10 epochs (see the quality curves)
+# kNN top-1 over random weights; measured +8 points at 15 epochs (seed 0: 89.7% vs 81.6%)
+MARGIN = 0.03
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ Backends (``backend=``):
   output; bf16/fp16: twice the reference's own rounding error plus that). On CPU it runs its
   ops single-threaded over cache-sized chunks, one Python worker per configured intra-op thread,
   setting ``torch.set_num_threads(1)`` for the duration of the call;
+- ``"native"``: :func:`~fastclr.augment.native_backend.apply_native`, one fused C++ pass per
+  image and view (``kernels/cpu/augment.cpp``) on a dense CPU batch, images in parallel;
 - ``"triton"``: the fused CUDA kernel in ``fastclr.augment.triton_backend`` (imported lazily). That
   module provides ``apply_triton(images, params, config) -> Tensor`` with the contract of
   ``apply_reference``;
@@ -24,7 +26,8 @@ Backends (``backend=``):
 - ``"dali"``: ``fastclr.augment.dali`` (imported lazily; needs the ``dali`` extra). DALI is a file
   pipeline; on tensors this backend calls that module's ``apply_dali(images, params, config)``
   when it has one;
-- ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports, else ``"torch"``.
+- ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports; ``"native"`` for a
+  dense CPU batch when the native library is built; else ``"torch"``.
 
 Throughput next to kornia and DALI: ``python bench/throughput.py --only augment``.
 
@@ -63,7 +66,7 @@ __all__ = [
     "sample_params",
 ]
 
-BACKENDS = ("auto", "reference", "torch", "triton", "kornia", "dali")
+BACKENDS = ("auto", "reference", "torch", "native", "triton", "kornia", "dali")
 
 _Apply = Callable[[Images, AugmentParams, AugmentConfig], Tensor]
 
@@ -153,20 +156,29 @@ class SimCLRAugmentation:
             return self._make_generator(device)
         return self._generator
 
-    def resolve_backend(self, device: torch.device) -> str:
-        """The concrete backend ``"auto"`` stands for on ``device``."""
+    def resolve_backend(self, device: torch.device, ragged: bool = False) -> str:
+        """The concrete backend ``"auto"`` stands for on ``device`` (and for a ragged batch)."""
         if self.backend != "auto":
             return self.backend
         if device.type == "cuda" and _triton_apply() is not None:
             return "triton"
+        if device.type == "cpu" and not ragged:
+            from fastclr.augment import native_backend
+
+            if native_backend.available():
+                return "native"
         return "torch"
 
-    def _apply_fn(self, device: torch.device) -> _Apply:
-        name = self.resolve_backend(device)
+    def _apply_fn(self, device: torch.device, ragged: bool = False) -> _Apply:
+        name = self.resolve_backend(device, ragged)
         if name == "reference":
             return apply_reference
         if name == "torch":
             return apply_torch
+        if name == "native":
+            from fastclr.augment.native_backend import apply_native
+
+            return apply_native
         if name == "triton":
             fn = _triton_apply()
             if fn is None:
@@ -215,7 +227,7 @@ class SimCLRAugmentation:
         dev = images_device(imgs)
         params = params.to(dev)
         params.check_crop(src_sizes_of(imgs))
-        return self._apply_fn(dev)(imgs, params, self.config)
+        return self._apply_fn(dev, not isinstance(imgs, Tensor))(imgs, params, self.config)
 
     def __call__(self, images: Images) -> tuple[Tensor, Tensor]:
         """Two independent views ``(v1, v2)`` of ``images``."""
@@ -227,13 +239,14 @@ class SimCLRAugmentation:
             return self._kornia(imgs), self._kornia(imgs)
         n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
         p1, p2 = self.sample(n, src_sizes_of(imgs))
-        if self.resolve_backend(dev) == "triton":
+        ragged = not isinstance(imgs, Tensor)
+        if self.resolve_backend(dev, ragged) == "triton":
             # both views in one launch sequence (a ragged batch is packed once)
             from fastclr.augment.triton_backend import apply_triton_views
 
             v1, v2 = apply_triton_views(imgs, [p1.to(dev), p2.to(dev)], self.config)
             return v1, v2
-        fn = self._apply_fn(dev)
+        fn = self._apply_fn(dev, ragged)
         return fn(imgs, p1.to(dev), self.config), fn(imgs, p2.to(dev), self.config)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@
 #include <omp.h>
 #endif
 
+#include "augment.h"
 #include "normalize.h"
 #include "ntxent.h"
 
@@ -100,4 +101,26 @@ NB_MODULE(_cpu, m) {
       nb::arg("inv_tau"), nb::arg("lse"), nb::arg("g"), nb::arg("dq"), nb::arg("dk"),
       nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
       "dq = W k * inv_tau, dk = W^T q * inv_tau, W_ij = g_i softmax_ij (self excluded).");
+  m.def(
+      "simclr_view_f32",
+      [](uintptr_t src, int64_t N, int64_t H, int64_t W, uintptr_t crop, uintptr_t flags,
+         uintptr_t factors, uintptr_t order, uintptr_t taps, int64_t K, float solarize_threshold,
+         uintptr_t mean, uintptr_t std, int64_t S, uintptr_t out, int nthreads) {
+#ifdef FASTCLR_HAVE_OPENMP
+        if (nthreads > 0) omp_set_num_threads(nthreads);
+#else
+        (void)nthreads;
+#endif
+        fastclr::simclr_view_f32(
+            reinterpret_cast<const uint8_t*>(src), N, H, W, reinterpret_cast<const int32_t*>(crop),
+            reinterpret_cast<const uint8_t*>(flags), reinterpret_cast<const float*>(factors),
+            reinterpret_cast<const int32_t*>(order), reinterpret_cast<const float*>(taps), K,
+            solarize_threshold, reinterpret_cast<const float*>(mean),
+            reinterpret_cast<const float*>(std), S, reinterpret_cast<float*>(out));
+      },
+      nb::arg("src"), nb::arg("N"), nb::arg("H"), nb::arg("W"), nb::arg("crop"), nb::arg("flags"),
+      nb::arg("factors"), nb::arg("order"), nb::arg("taps"), nb::arg("K"),
+      nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
+      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
+      "One fused SimCLR view of a dense uint8 NHWC batch into (N, S, S, 3) fp32 (augment.h).");
 }

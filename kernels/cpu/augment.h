@@ -1,0 +1,29 @@
+// Fused SimCLR view of a dense uint8 NHWC batch, on the CPU (fastclr.augment backend "native").
+//
+// Per image, with the parameters drawn by fastclr.augment.params.sample_params, in the order of
+// fastclr/augment/reference.py (the definition):
+//   crop (y0, x0, h, w) + bilinear resize to S×S (align_corners=False, no antialias) + flip;
+//   if jitter: brightness, contrast, saturation, hue in the per-image order, clamp to [0, 1]
+//   after each (torchvision ColorJitter semantics; contrast blends with the mean luma of the
+//   image as it is at that step); grayscale; Gaussian blur (K taps given, reflect padding, rows
+//   then columns); solarize; normalise by mean/std.
+// Each image is worked on in a private S×S×3 float buffer (L1/L2-resident for SimCLR sizes);
+// images are independent, so OpenMP runs them in parallel with no shared writes.
+#pragma once
+#include <cstdint>
+
+namespace fastclr {
+
+// src:     (N, H, W, 3) uint8, contiguous.
+// crop:    (N, 4) int32 rows (y0, x0, h, w), inside the source.
+// flags:   (N, 5) uint8 rows (flip, jitter_apply, gray, blur_apply, solarize).
+// factors: (N, 4) fp32 rows (brightness, contrast, saturation, hue in turns).
+// order:   (N, 4) int32 rows, a permutation of 0..3 (0 brightness, 1 contrast, 2 saturation, 3 hue).
+// taps:    (N, K) fp32 normalised blur taps (rows of images without blur are not read); K odd.
+// mean, std: 3 fp32 each.  out: (N, S, S, 3) fp32, contiguous (NCHW channels_last memory).
+void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const int32_t* crop,
+                     const uint8_t* flags, const float* factors, const int32_t* order,
+                     const float* taps, int64_t K, float solarize_threshold, const float* mean,
+                     const float* std, int64_t S, float* out);
+
+}  // namespace fastclr
