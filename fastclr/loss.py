@@ -172,8 +172,14 @@ def _check_finite(z: Tensor) -> None:
         )
 
 
-def _as_batch(views: tuple[Tensor, ...], labels: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Validate the inputs and return one (M, D) batch and its (M,) integer labels."""
+def _as_batch(
+    views: tuple[Tensor, ...], labels: Tensor | None, check_positive: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Validate the inputs and return one (M, D) batch and its (M,) integer labels.
+
+    ``check_positive=False`` skips the "some anchor has a positive" check on labels (under
+    ``gather_distributed`` the positives of a local row may live on other ranks).
+    """
     if len(views) == 0:
         raise TypeError("ntxent() needs embeddings: ntxent(z_i, z_j, ...) or ntxent(z, labels=...)")
     for i, v in enumerate(views):
@@ -222,7 +228,11 @@ def _as_batch(views: tuple[Tensor, ...], labels: Tensor | None) -> tuple[Tensor,
         raise ValueError(f"labels are on {labels.device} but z is on {z.device}")
     if z.shape[0] < 2:
         raise ValueError(f"z must have at least 2 rows, got {z.shape[0]}")
-    if not torch.compiler.is_compiling() and labels.unique().numel() == labels.numel():
+    if (
+        check_positive
+        and not torch.compiler.is_compiling()
+        and labels.unique().numel() == labels.numel()
+    ):
         raise ValueError(
             "labels give no anchor a positive: every label occurs only once (each class needs at "
             "least two rows)"
@@ -301,12 +311,11 @@ def ntxent(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not (isinstance(eps, float) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
-    z, lab = _as_batch(views, labels)
+    distributed = gather_distributed and _distributed_world() > 1
+    z, lab = _as_batch(views, labels, check_positive=not distributed)
     if check_finite and not torch.compiler.is_compiling():
         _check_finite(z)
     name = resolve_backend(backend, z.device, z.dtype)
-
-    distributed = gather_distributed and _distributed_world() > 1
     if name == "reference" and not distributed:
         return ntxent_reference(z, lab, temperature, reduction, eps=eps, upcast=False)
 

@@ -43,22 +43,27 @@ def _backends() -> list[str]:
 def _cases() -> list[tuple[str, str, float]]:
     out = []
     for b in _backends():
-        for mode in ("views", "labels"):
+        for mode in ("views", "labels", "cross"):
             out.append((b, mode, 0.5))
         out.append((b, "views", 0.01))
     return out
 
 
-def _global_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Views (zi, zj) of WORLD·N_LOCAL samples, and a labelled batch z with labels."""
+def _global_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views (zi, zj) of WORLD·N_LOCAL samples, and a batch z for the labels modes."""
     g = torch.Generator().manual_seed(SEED)
     n = WORLD * N_LOCAL
     zi = torch.randn(n, D, generator=g)
     zj = zi + 0.5 * torch.randn(n, D, generator=g)
     z = torch.randn(2 * n, D, generator=g)
-    # every label occurs ≥ 2 times across the global batch, and on different ranks too
-    labels = torch.arange(2 * n) % (n - 1)
-    return zi, zj, z, labels
+    return zi, zj, z
+
+
+def _labels(mode: str) -> torch.Tensor:
+    """ "labels": every label occurs >= 2 times, within and across ranks; "cross": each rank's
+    local labels are distinct, so every positive lives on the other rank (none locally)."""
+    n = WORLD * N_LOCAL
+    return torch.arange(2 * n) % (n - 1 if mode == "labels" else n)
 
 
 def _shard(t: torch.Tensor, rank: int) -> torch.Tensor:
@@ -72,7 +77,7 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        zi, zj, z, labels = _global_data()
+        zi, zj, z = _global_data()
         results = []
         for backend, mode, tau in cases:
             if mode == "views":
@@ -85,7 +90,7 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
                 leaves = [_shard(z, rank).clone().requires_grad_()]
                 loss = fastclr.ntxent(
                     leaves[0],
-                    labels=_shard(labels, rank),
+                    labels=_shard(_labels(mode), rank),
                     temperature=tau,
                     backend=backend,
                     gather_distributed=True,
@@ -116,13 +121,13 @@ def distributed_results() -> dict[tuple[str, str, float], list]:
 
 def _single_process(mode: str, tau: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The float64 definition on the concatenated batch, and its input gradients."""
-    zi, zj, z, labels = _global_data()
+    zi, zj, z = _global_data()
     if mode == "views":
         leaves = [zi.double().requires_grad_(), zj.double().requires_grad_()]
         batch, lab = views_to_batch(leaves)
     else:
         leaves = [z.double().requires_grad_()]
-        batch, lab = leaves[0], labels
+        batch, lab = leaves[0], _labels(mode)
     loss = ntxent_reference(batch, lab, tau)
     loss.backward()
     return loss.detach(), [t.grad.detach() for t in leaves]  # type: ignore[union-attr]
