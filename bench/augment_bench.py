@@ -1,10 +1,10 @@
 """Augmentation section of the benchmark: two SimCLR views per image, images per second.
 
-The same uint8 batch goes through every backend. Backends that apply explicit parameters (torch,
-triton) are first checked against the float64 reference for the same parameters on a few images;
-kornia and DALI draw their own parameters, so they are checked for what they promise (shape,
-dtype, memory format, finite values in the normalised range). The ratio column compares each
-backend with kornia's AugmentationSequential measured in this run.
+The same uint8 batch goes through every backend. Backends that apply explicit parameters
+(torch, native, triton) are first checked against the float64 reference for the same parameters
+on a few images; kornia and DALI draw their own parameters, so they are checked for what they
+promise (shape, dtype, memory format, finite values in the normalised range). The ratio column
+compares each backend with kornia's AugmentationSequential measured in this run.
 """
 
 from __future__ import annotations
