@@ -61,16 +61,21 @@ FP32_ATOL = 1e-3
 _Op = Callable[..., Tensor]
 
 
-def _dense_planar(imgs: Tensor | list[Tensor]) -> Tensor:
-    """uint8 (N, 3, Hmax, Wmax) planar copy of the sources (ragged ones zero-padded)."""
+def _dense_nhwc(imgs: Tensor | list[Tensor]) -> Tensor:
+    """uint8 (N, Hmax, Wmax, 3) RGB copy of the sources (ragged ones zero-padded)."""
     if isinstance(imgs, Tensor):
-        return to_rgb(imgs).permute(0, 3, 1, 2).contiguous()
+        return to_rgb(imgs)
     hmax = max(t.shape[0] for t in imgs)
     wmax = max(t.shape[1] for t in imgs)
-    out = torch.zeros((len(imgs), 3, hmax, wmax), dtype=torch.uint8, device=imgs[0].device)
+    out = torch.zeros((len(imgs), hmax, wmax, 3), dtype=torch.uint8, device=imgs[0].device)
     for i, t in enumerate(imgs):
-        out[i, :, : t.shape[0], : t.shape[1]] = to_rgb(t).permute(2, 0, 1)
+        out[i, : t.shape[0], : t.shape[1]] = to_rgb(t)
     return out
+
+
+def _dense_planar(imgs: Tensor | list[Tensor]) -> Tensor:
+    """uint8 (N, 3, Hmax, Wmax) planar copy of the sources (ragged ones zero-padded)."""
+    return _dense_nhwc(imgs).permute(0, 3, 1, 2).contiguous()
 
 
 def _axis(start: Tensor, length: Tensor, s: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -87,6 +92,20 @@ def _axis(start: Tensor, length: Tensor, s: int) -> tuple[Tensor, Tensor, Tensor
     hi = torch.minimum(lo + 1, length - 1)
     base = start.long().unsqueeze(1)
     return lo.long() + base, hi.long() + base, w
+
+
+def _crop_taps(
+    params: AugmentParams, s: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Row and column bilinear taps of every crop box, the flip folded into the column taps."""
+    y0, x0, h, w = params.crop.unbind(1)
+    ylo, yhi, wy = _axis(y0, h, s)
+    xlo, xhi, wx = _axis(x0, w, s)
+    flip = params.flip.unsqueeze(1)
+    xlo = torch.where(flip, xlo.flip(1), xlo)
+    xhi = torch.where(flip, xhi.flip(1), xhi)
+    wx = torch.where(flip, wx.flip(1), wx)
+    return ylo, yhi, wy, xlo, xhi, wx
 
 
 #: Sources at most this many pixels on a side are resized by two matmuls with the (sparse,
@@ -110,13 +129,7 @@ def _crop_resize(src: Tensor, params: AugmentParams, s: int, matmul: bool | None
     :data:`MATMUL_RESIZE_MAX_SIDE`. Both compute the same bilinear weights.
     """
     n, _, hgt, wid = src.shape
-    y0, x0, h, w = params.crop.unbind(1)
-    ylo, yhi, wy = _axis(y0, h, s)
-    xlo, xhi, wx = _axis(x0, w, s)
-    flip = params.flip.unsqueeze(1)
-    xlo = torch.where(flip, xlo.flip(1), xlo)
-    xhi = torch.where(flip, xhi.flip(1), xhi)
-    wx = torch.where(flip, wx.flip(1), wx)
+    ylo, yhi, wy, xlo, xhi, wx = _crop_taps(params, s)
     if matmul is None:
         matmul = max(hgt, wid) <= MATMUL_RESIZE_MAX_SIDE
     if matmul:
@@ -311,23 +324,9 @@ def _crop_resize_nhwc(imgs: Tensor | list[Tensor], params: AugmentParams, s: int
     planar uint8 copy of the source and no expanded copies of Ry/Rx that a broadcast matmul over
     (N, 3, …) makes.
     """
-    n = len(imgs)
-    if isinstance(imgs, Tensor):
-        src = to_rgb(imgs)
-    else:
-        hmax = max(t.shape[0] for t in imgs)
-        wmax = max(t.shape[1] for t in imgs)
-        src = torch.zeros((n, hmax, wmax, 3), dtype=torch.uint8, device=imgs[0].device)
-        for i, t in enumerate(imgs):
-            src[i, : t.shape[0], : t.shape[1]] = to_rgb(t)
-    _, hgt, wid, _ = src.shape
-    y0, x0, h, w = params.crop.unbind(1)
-    ylo, yhi, wy = _axis(y0, h, s)
-    xlo, xhi, wx = _axis(x0, w, s)
-    flip = params.flip.unsqueeze(1)
-    xlo = torch.where(flip, xlo.flip(1), xlo)
-    xhi = torch.where(flip, xhi.flip(1), xhi)
-    wx = torch.where(flip, wx.flip(1), wx)
+    src = _dense_nhwc(imgs)
+    n, hgt, wid, _ = src.shape
+    ylo, yhi, wy, xlo, xhi, wx = _crop_taps(params, s)
     ry = _interp_matrix(ylo, yhi, wy, hgt, 1.0 / 255.0)  # (N, S, H)
     rx = _interp_matrix(xlo, xhi, wx, wid, 1.0)  # (N, S, W)
     rows = torch.bmm(ry, src.reshape(n, hgt, wid * 3).float())  # (N, S, 3W), pixel-major
