@@ -247,14 +247,10 @@ def _as_batch(
 def _positive_logits(zhat: Tensor, labels: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """Mean positive logit per anchor and the number of positives, by an O(M·D) segment sum.
 
-    ``Σ_{p ∈ P(a)} ẑ_p = (sum of ẑ over a's class) − ẑ_a``; no M×M matrix is formed.
+    ``Σ_{p ∈ P(a)} ẑ_p = (sum of ẑ over a's class) − ẑ_a``; no M×M matrix is formed. The anchors
+    are the keys themselves (offset 0).
     """
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    class_sum = zhat.new_zeros(counts.shape[0], zhat.shape[1]).index_add(0, inverse, zhat)
-    n_pos = counts[inverse] - 1
-    pos_sum = class_sum[inverse] - zhat
-    pos_mean = (zhat * pos_sum).sum(dim=1) / (temperature * n_pos.clamp(min=1).to(zhat.dtype))
-    return pos_mean, n_pos
+    return _positive_logits_rect(zhat, zhat, labels, 0, temperature)
 
 
 def _views_positive_logits(zhat: Tensor, n_views: int, temperature: float) -> tuple[Tensor, Tensor]:
