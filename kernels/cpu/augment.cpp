@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace fastclr {
@@ -125,12 +127,45 @@ void blur(float* x, float* tmp, int64_t S, const float* taps, int64_t K) {
   }
 }
 
+// Every value the kernel indexes memory with, checked before any pixel is read: sizes, the crop
+// boxes (rows y0 .. y0+h-1 and columns x0 .. x0+w-1 of an H x W source, in int64 so that no sum
+// wraps), the jitter orders (a permutation of 0..3; only 0..3 select an op) and the blur width
+// (reflect padding reads at most K/2 pixels past an edge, so K/2 < S). Returns "" when all
+// hold, else one sentence naming the first image and field that does not.
+std::string check_view_args(int64_t N, int64_t H, int64_t W, const int32_t* crop,
+                            const int32_t* order, int64_t K, int64_t S) {
+  if (N < 0 || H < 1 || W < 1 || S < 1)
+    return "sizes must be N >= 0, H, W, S >= 1, got N=" + std::to_string(N) +
+           " H=" + std::to_string(H) + " W=" + std::to_string(W) + " S=" + std::to_string(S);
+  if (K < 1 || K % 2 == 0 || (K > 1 && K / 2 >= S))
+    return "blur width K must be odd, >= 1 and K/2 < S, got K=" + std::to_string(K) +
+           " S=" + std::to_string(S);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t y0 = crop[4 * n], x0 = crop[4 * n + 1], h = crop[4 * n + 2],
+                  w = crop[4 * n + 3];
+    if (y0 < 0 || x0 < 0 || h < 1 || w < 1 || y0 + h > H || x0 + w > W)
+      return "crop[" + std::to_string(n) + "] = (" + std::to_string(y0) + ", " +
+             std::to_string(x0) + ", " + std::to_string(h) + ", " + std::to_string(w) +
+             ") (y0, x0, h, w) does not fit the " + std::to_string(H) + "x" + std::to_string(W) +
+             " source";
+    unsigned seen = 0;
+    for (int step = 0; step < 4; ++step) {
+      const int32_t op = order[4 * n + step];
+      if (op >= 0 && op < 4) seen |= 1u << op;
+    }
+    if (seen != 0xFu) return "order[" + std::to_string(n) + "] is not a permutation of 0..3";
+  }
+  return "";
+}
+
 }  // namespace
 
 void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const int32_t* crop,
                      const uint8_t* flags, const float* factors, const int32_t* order,
                      const float* taps, int64_t K, float solarize_threshold, const float* mean,
                      const float* std, int64_t S, float* out) {
+  const std::string bad = check_view_args(N, H, W, crop, order, K, S);
+  if (!bad.empty()) throw std::invalid_argument("simclr_view_f32: " + bad);
   const int64_t pixels = S * S;
   const float inv_std[3] = {1.0f / std[0], 1.0f / std[1], 1.0f / std[2]};
 #pragma omp parallel

@@ -9,16 +9,21 @@
 //   then columns); solarize; normalise by mean/std.
 // Each image is worked on in a private S×S×3 float buffer (L1/L2-resident for SimCLR sizes);
 // images are independent, so OpenMP runs them in parallel with no shared writes.
+// Bounds: before reading a pixel the kernel checks every value it indexes with (sizes, each crop
+// box inside the H×W source, each order a permutation of 0..3, K odd with K/2 < S) and throws
+// std::invalid_argument naming the first bad image and field, so no parameter makes it read
+// outside src. It cannot check the buffers' lengths: the caller passes buffers of the shapes below.
 #pragma once
 #include <cstdint>
 
 namespace fastclr {
 
 // src:     (N, H, W, 3) uint8, contiguous.
-// crop:    (N, 4) int32 rows (y0, x0, h, w), inside the source.
+// crop:    (N, 4) int32 rows (y0, x0, h, w), inside the source (checked).
 // flags:   (N, 5) uint8 rows (flip, jitter_apply, gray, blur_apply, solarize).
 // factors: (N, 4) fp32 rows (brightness, contrast, saturation, hue in turns).
-// order:   (N, 4) int32 rows, a permutation of 0..3 (0 brightness, 1 contrast, 2 saturation, 3 hue).
+// order:   (N, 4) int32 rows, a permutation of 0..3 (0 brightness, 1 contrast, 2 saturation, 3 hue;
+//          checked).
 // taps:    (N, K) fp32 normalised blur taps (rows of images without blur are not read); K odd.
 // mean, std: 3 fp32 each.  out: (N, S, S, 3) fp32, contiguous (NCHW channels_last memory).
 void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const int32_t* crop,
