@@ -362,8 +362,8 @@ def test_torch_matches_reference(
     imgs, cfg, seed = case
     n = len(imgs)
     p = sample_params(n, _sizes(imgs), cfg, torch.Generator().manual_seed(seed))
-    ref64 = apply_reference(imgs, p, replace(cfg, dtype=torch.float64))
-    _assert_close_to_reference(apply_torch(imgs, p, cfg), ref64, cfg.dtype)
+    ref64 = apply_reference(imgs, p, replace(cfg, dtype=torch.float64), layout="NHWC")
+    _assert_close_to_reference(apply_torch(imgs, p, cfg, layout="NHWC"), ref64, cfg.dtype)
 
 
 @pytest.mark.parametrize("hw", [(50, 61), (90, 71)])  # matmul resize, F.interpolate per image

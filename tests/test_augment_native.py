@@ -40,8 +40,8 @@ def test_native_matches_reference(
     cfg = replace(base, dtype=dtype, solarize_p=0.5 if preset.endswith("solarize") else 0.0)
     imgs = torch.randint(0, 256, (n, h, w, channels), dtype=torch.uint8, generator=g)
     params = sample_params(n, torch.tensor([[h, w]] * n), cfg, g)
-    got = apply_native(imgs, params, cfg)
-    ref64 = apply_reference(imgs, params, replace(cfg, dtype=torch.float64))
+    got = apply_native(imgs, params, cfg, layout="NHWC")
+    ref64 = apply_reference(imgs, params, replace(cfg, dtype=torch.float64), layout="NHWC")
     assert got.shape == (n, 3, size, size) and got.dtype == dtype
     assert got.is_contiguous(memory_format=torch.channels_last)
     err = (got.double() - ref64).abs()

@@ -79,7 +79,9 @@ def _check(images: torch.Tensor | list[torch.Tensor], params: AugmentParams,
     assert out.dtype == config.dtype
     assert out.device.type == torch.device(DEVICE).type
     assert out.is_contiguous(memory_format=torch.channels_last)
-    ref64 = apply_reference(images, params, replace(config, dtype=torch.float64)).cpu()
+    ref64 = apply_reference(
+        images, params, replace(config, dtype=torch.float64), layout="NHWC"
+    ).cpu()
     err = (out.cpu().double() - ref64).abs()
     excess = (err - _bound(ref64, config.dtype)).max().item()
     assert excess <= 0, (
@@ -172,7 +174,7 @@ def test_ragged_batch_with_gray_and_rgba_sources() -> None:
         for shape in [(7, 30, 3), (25, 5, 1), (12, 12, 4), (1, 1, 3)]
     ]
     params = _params(images, config, seed=10)
-    _check(images, params, config, apply_triton(images, params, config))
+    _check(images, params, config, apply_triton(images, params, config, layout="NHWC"))
 
 
 def test_pack_sources_offsets() -> None:
@@ -202,14 +204,14 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> No
     images = torch.zeros(1, 4, 4, 3, dtype=torch.uint8)
     params = AugmentParams.identity(torch.tensor([[4, 4]]))
     with pytest.raises(RuntimeError, match="CUDA tensors"):
-        apply_triton(images, params, AugmentConfig.imagenet(size=4))
+        apply_triton(images, params, AugmentConfig.imagenet(size=4), layout="NHWC")
 
 
 def test_wrong_number_of_params() -> None:
     images = _sources(2, 4, 4)
     params = AugmentParams.identity(torch.tensor([[4, 4]]).to(DEVICE))
     with pytest.raises(ValueError, match="has 1 images"):
-        apply_triton(images, params, AugmentConfig.imagenet(size=4))
+        apply_triton(images, params, AugmentConfig.imagenet(size=4), layout="NHWC")
 
 
 @st.composite
@@ -254,7 +256,7 @@ def test_matches_reference_hypothesis(
 ) -> None:
     images, config, seed = batch
     params = _params(images, config, seed)
-    _check(images, params, config, apply_triton(images, params, config))
+    _check(images, params, config, apply_triton(images, params, config, layout="NHWC"))
 
 
 # Compiled for the H200 (sm_90) in a subprocess without TRITON_INTERPRET: the interpreter

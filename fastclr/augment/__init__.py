@@ -32,21 +32,36 @@ Backends (``backend=``):
 Throughput next to kornia and DALI: ``python bench/throughput.py --only augment``.
 
 Images: a dense uint8 (N, H, W, C) tensor or a sequence of uint8 (H, W, C) tensors (ragged), C ∈
-{1, 3, 4} (gray repeated, alpha dropped; see :mod:`fastclr.augment.inputs`).
+{1, 3, 4} (gray repeated, alpha dropped; see :mod:`fastclr.augment.inputs`). A shape that could be
+channels-first as well (height 1, 3 or 4) is refused unless ``layout`` says which it is.
+
+Explicit parameters: every ``apply`` entry point (``SimCLRAugmentation.apply`` and each backend's
+``apply_*``) checks them by one rule, :meth:`AugmentParams.validate` (:data:`PARAM_RULES`): crop
+boxes inside their source, orders that are permutations of 0..3, factors in range. The native
+kernel also refuses, by itself, any crop box or order that would make it read outside its input.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_images, images_device, src_sizes_of
+from fastclr.augment.inputs import (
+    LAYOUTS,
+    Images,
+    check_apply_args,
+    check_images,
+    images_device,
+    src_sizes_of,
+)
 from fastclr.augment.params import (
     JITTER_OPS,
+    PARAM_RULES,
     AugmentConfig,
     AugmentParams,
     sample_params,
@@ -57,6 +72,8 @@ from fastclr.augment.torch_backend import apply_torch
 __all__ = [
     "BACKENDS",
     "JITTER_OPS",
+    "LAYOUTS",
+    "PARAM_RULES",
     "AugmentConfig",
     "AugmentParams",
     "SimCLRAugmentation",
@@ -68,7 +85,22 @@ __all__ = [
 
 BACKENDS = ("auto", "reference", "torch", "native", "triton", "kornia", "dali")
 
-_Apply = Callable[[Images, AugmentParams, AugmentConfig], Tensor]
+if TYPE_CHECKING:
+    from fastclr.augment.kornia import KorniaAugmentation
+
+
+class _Apply(Protocol):
+    """The contract of every backend's ``apply_*`` (see ``apply_reference``)."""
+
+    def __call__(
+        self,
+        images: Images,
+        params: AugmentParams,
+        config: AugmentConfig,
+        *,
+        layout: str | None = None,
+        validate: bool = True,
+    ) -> Tensor: ...
 
 
 def kornia_pipeline(config: AugmentConfig | None = None) -> Callable[[Images], Tensor]:
@@ -108,6 +140,8 @@ class SimCLRAugmentation:
         seed: seeds this object's own ``torch.Generator`` (None: a nondeterministic seed).
         device: device of the generator and of the parameters; None: the images' device, chosen
             at the first call.
+        layout: None (channels-last; a shape that could be channels-first, height 1, 3 or 4, is
+            refused), ``"NHWC"`` or ``"NCHW"`` (converted); see :mod:`fastclr.augment.inputs`.
 
     Shape:
         images: uint8 (N, H, W, C) or a sequence of uint8 (H, W, C); C ∈ {1, 3, 4}.
@@ -126,17 +160,21 @@ class SimCLRAugmentation:
         backend: str = "auto",
         seed: int | None = None,
         device: torch.device | str | None = None,
+        layout: str | None = None,
     ) -> None:
         if config is not None and not isinstance(config, AugmentConfig):
             raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be None or one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         self.config = config or AugmentConfig.imagenet()
         self.backend = backend
         self.seed = seed
         self._generator: torch.Generator | None = None
         self._device = torch.device(device) if device is not None else None
-        self._kornia: Callable[[Images], Tensor] | None = None
+        self._kornia: KorniaAugmentation | None = None
         if device is not None:
             self._make_generator(self._device)  # type: ignore[arg-type]
 
@@ -217,37 +255,37 @@ class SimCLRAugmentation:
         )
 
     def apply(self, images: Images, params: AugmentParams) -> Tensor:
-        """Apply ONE view's ``params`` (checked against the sources) with this backend."""
-        if not isinstance(params, AugmentParams):
-            raise TypeError(f"params must be an AugmentParams, got {type(params).__name__}")
-        imgs = check_images(images)
-        n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
-        if len(params) != n:
-            raise ValueError(f"params has {len(params)} images, images has {n}")
-        dev = images_device(imgs)
-        params = params.to(dev)
-        params.check_crop(src_sizes_of(imgs))
-        return self._apply_fn(dev, not isinstance(imgs, Tensor))(imgs, params, self.config)
+        """Apply ONE view's ``params`` with this backend, after the shared parameter check."""
+        imgs, params = check_apply_args(images, params, layout=self.layout)
+        fn = self._apply_fn(images_device(imgs), not isinstance(imgs, Tensor))
+        return fn(imgs, params, self.config, layout="NHWC", validate=False)
 
     def __call__(self, images: Images) -> tuple[Tensor, Tensor]:
         """Two independent views ``(v1, v2)`` of ``images``."""
-        imgs = check_images(images)
+        imgs = check_images(images, self.layout)
         dev = images_device(imgs)
         if self.backend == "kornia":
             if self._kornia is None:
-                self._kornia = kornia_pipeline(self.config)
-            return self._kornia(imgs), self._kornia(imgs)
+                from fastclr.augment.kornia import KorniaAugmentation
+
+                self._kornia = KorniaAugmentation(self.config)
+            return self._kornia(imgs, layout="NHWC"), self._kornia(imgs, layout="NHWC")
         n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
         p1, p2 = self.sample(n, src_sizes_of(imgs))
         ragged = not isinstance(imgs, Tensor)
+        # The parameters were just drawn for these sources: valid by construction, no host sync.
         if self.resolve_backend(dev, ragged) == "triton":
             # both views in one launch sequence (a ragged batch is packed once)
             from fastclr.augment.triton_backend import apply_triton_views
 
-            v1, v2 = apply_triton_views(imgs, [p1.to(dev), p2.to(dev)], self.config)
+            views: Sequence[AugmentParams] = [p1, p2]
+            v1, v2 = apply_triton_views(imgs, views, self.config, layout="NHWC", validate=False)
             return v1, v2
         fn = self._apply_fn(dev, ragged)
-        return fn(imgs, p1.to(dev), self.config), fn(imgs, p2.to(dev), self.config)
+        return (
+            fn(imgs, p1, self.config, layout="NHWC", validate=False),
+            fn(imgs, p2, self.config, layout="NHWC", validate=False),
+        )
 
     def __repr__(self) -> str:
         return (

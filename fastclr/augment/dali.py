@@ -73,7 +73,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_images, images_device, to_rgb
+from fastclr.augment.inputs import Images, check_apply_args, images_device, to_rgb
 from fastclr.augment.params import AugmentConfig, AugmentParams
 
 __all__ = [
@@ -467,7 +467,14 @@ def _build_tensor_pipeline(config: AugmentConfig, device_id: int | None, max_bat
     return pipe
 
 
-def apply_dali(images: Images, params: AugmentParams, config: AugmentConfig) -> Tensor:
+def apply_dali(
+    images: Images,
+    params: AugmentParams,
+    config: AugmentConfig,
+    *,
+    layout: str | None = None,
+    validate: bool = True,
+) -> Tensor:
     """Apply ONE view's explicit ``params`` to image tensors with DALI operators.
 
     The ``backend="dali"`` path of :class:`fastclr.augment.SimCLRAugmentation`, for comparing DALI
@@ -484,12 +491,14 @@ def apply_dali(images: Images, params: AugmentParams, config: AugmentConfig) -> 
             tensors run DALI's CPU operators, CUDA tensors its GPU operators on that device.
         params: N images' parameters (read on the host: one small device → host copy).
         config: output size, blur kernel size, solarize threshold, mean/std, dtype.
+        layout: None, "NHWC" or "NCHW" (:func:`~fastclr.augment.inputs.check_images`).
+        validate: check ``params`` by :meth:`AugmentParams.validate` (the shared rule).
 
     Returns:
         (N, 3, S, S) in ``config.dtype``, channels_last, on the images' device.
     """
     _, _, _, _, dali_torch = _import_dali()
-    imgs = check_images(images)
+    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
     dev = images_device(imgs)
     device_id = None if dev.type == "cpu" else (dev.index or 0)
     samples = [to_rgb(t).contiguous() for t in imgs]

@@ -83,8 +83,9 @@ class KorniaAugmentation:
         )
         self.pipeline = K.AugmentationSequential(*ops)
 
-    def __call__(self, images: Images) -> Tensor:
-        imgs = check_images(images)
+    def __call__(self, images: Images, layout: str | None = None) -> Tensor:
+        """One view of ``images`` (``layout``: see :func:`~fastclr.augment.inputs.check_images`)."""
+        imgs = check_images(images, layout)
         if not isinstance(imgs, Tensor):
             raise ValueError(
                 "images: the kornia backend needs a dense (N, H, W, C) uint8 tensor, got a ragged "

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fastclr import _native
-from fastclr.augment.inputs import Images, check_images, to_rgb
+from fastclr.augment.inputs import Images, check_apply_args, to_rgb
 from fastclr.augment.params import AugmentConfig, AugmentParams
 from fastclr.augment.reference import gaussian_taps
 
@@ -27,9 +27,22 @@ def available() -> bool:
     return mod is not None and hasattr(mod, "simclr_view_f32")
 
 
-def apply_native(images: Images, params: AugmentParams, config: AugmentConfig) -> Tensor:
-    """Apply ONE view's ``params`` to a dense uint8 (N, H, W, C) CPU batch."""
-    imgs = check_images(images)
+def apply_native(
+    images: Images,
+    params: AugmentParams,
+    config: AugmentConfig,
+    *,
+    layout: str | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Apply ONE view's ``params`` to a dense uint8 (N, H, W, C) CPU batch.
+
+    ``params`` are checked by the shared rule (:meth:`AugmentParams.validate`) unless
+    ``validate`` is False; the kernel checks the values it indexes with (crop boxes, orders, blur
+    width) again whatever it is given, and refuses with ValueError rather than read outside
+    ``images``.
+    """
+    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
     if not isinstance(imgs, Tensor):
         raise ValueError(
             "backend='native' takes a dense (N, H, W, C) batch; use 'torch' for ragged"
@@ -43,9 +56,7 @@ def apply_native(images: Images, params: AugmentParams, config: AugmentConfig) -
             "`pip install -e .` or use backend='torch'"
         )
     n = imgs.shape[0]
-    if len(params) != n:
-        raise ValueError(f"params has {len(params)} images, images has {n}")
-    p = params.to("cpu")
+    p = params
     src = to_rgb(imgs).contiguous()
     _, h, w, _ = src.shape
     s, k = config.size, config.blur_kernel_size

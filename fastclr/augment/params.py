@@ -2,8 +2,9 @@
 
 Every backend (reference, torch, Triton, kornia, DALI) consumes the same :class:`AugmentParams`,
 so the same random draw can be applied by two backends and the results compared. The semantics
-follow ../../shared/DESIGN.md ("Augmentation semantics") and the SimCLR paper (Chen et al. 2020,
-Appendix A); parameters are in the units users know from torchvision.
+follow the SimCLR paper (Chen et al. 2020, Appendix A); parameters are in the units users know
+from torchvision. Parameters given explicitly are checked by one rule,
+:meth:`AugmentParams.validate` (:data:`PARAM_RULES`), at every entry point.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "JITTER_OPS",
+    "PARAM_RULES",
     "AugmentConfig",
     "AugmentParams",
     "sample_params",
@@ -129,6 +131,28 @@ class AugmentConfig:
         return k + 1 if k % 2 == 0 else k
 
 
+#: Fields of :class:`AugmentParams` that are per-image on/off switches (bool tensors).
+_FLAG_FIELDS = ("flip", "jitter_apply", "gray", "blur_apply", "solarize")
+
+#: Allowed closed range of each float field, and how an error states it. Factors follow
+#: torchvision's ``adjust_*`` contracts: brightness/contrast/saturation ≥ 0, hue in [−0.5, 0.5]
+#: turns; σ must be positive (and is in output pixels).
+_FACTOR_RULES: dict[str, tuple[float, float, str]] = {
+    "brightness": (0.0, math.inf, "finite and >= 0"),
+    "contrast": (0.0, math.inf, "finite and >= 0"),
+    "saturation": (0.0, math.inf, "finite and >= 0"),
+    "hue": (-0.5, 0.5, "finite and in [-0.5, 0.5] (turns)"),
+    "sigma": (0.0, math.inf, "finite and > 0"),
+}
+
+#: The rule :meth:`AugmentParams.validate` applies, in words (for docs and error hints).
+PARAM_RULES = (
+    "crop boxes (y0, x0, h, w) inside their source (y0, x0 >= 0, h, w >= 1, y0 + h <= H, "
+    "x0 + w <= W), integer; order rows permutations of 0..3; brightness, contrast, saturation "
+    "finite and >= 0; hue finite in [-0.5, 0.5]; sigma finite and > 0; flags bool"
+)
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     """Per-image parameters of ONE view of N images; every field is a tensor on the same device.
@@ -237,7 +261,7 @@ class AugmentParams:
         )
 
     def check_crop(self, src_sizes: Tensor) -> None:
-        """Raise ValueError if a crop box leaves its source (a host sync; not for hot paths)."""
+        """Raise ValueError if a crop box leaves its source (part of :meth:`validate`)."""
         y0, x0, h, w = self.crop.long().unbind(1)
         hh, ww = src_sizes.to(self.device).long().unbind(1)
         ok = (y0 >= 0) & (x0 >= 0) & (h >= 1) & (w >= 1) & (y0 + h <= hh) & (x0 + w <= ww)
@@ -247,6 +271,52 @@ class AugmentParams:
                 f"params.crop[{bad}] = {self.crop[bad].tolist()} (y0, x0, h, w) does not fit its "
                 f"source of size {src_sizes[bad].tolist()} (H, W)"
             )
+
+    def validate(self, src_sizes: Tensor) -> None:
+        """Raise ValueError naming the first field and image that break :data:`PARAM_RULES`.
+
+        The one rule every entry point that takes explicit parameters applies (the reference,
+        the torch, native, Triton and DALI backends, ``SimCLRAugmentation.apply``). Every row is
+        checked, also rows whose op is switched off. A host sync: parameters drawn by
+        :func:`sample_params` satisfy it by construction and skip it (``validate=False``).
+
+        Args:
+            src_sizes: (N, 2) integer (H, W) of the sources the parameters are applied to.
+        """
+        if src_sizes.shape != (len(self), 2):
+            raise ValueError(
+                f"src_sizes must be ({len(self)}, 2) (H, W), got {tuple(src_sizes.shape)}"
+            )
+        for name in ("crop", "order"):
+            t: Tensor = getattr(self, name)
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise ValueError(f"params.{name} must be an integer tensor, got {t.dtype}")
+        for name in _FLAG_FIELDS:
+            t = getattr(self, name)
+            if t.dtype != torch.bool:
+                raise ValueError(f"params.{name} must be a bool tensor, got {t.dtype}")
+        if len(self) == 0:
+            return
+        self.check_crop(src_sizes)
+        perm = torch.arange(4, device=self.device)
+        ok = (self.order.long().sort(dim=1).values == perm).all(dim=1)
+        if not bool(ok.all()):
+            bad = int((~ok).nonzero()[0, 0])
+            raise ValueError(
+                f"params.order[{bad}] = {self.order[bad].tolist()} is not a permutation of "
+                f"0..3 ({', '.join(f'{i} {op}' for i, op in enumerate(JITTER_OPS))})"
+            )
+        for name, (lo, hi, text) in _FACTOR_RULES.items():
+            t = getattr(self, name)
+            if not t.dtype.is_floating_point:
+                raise ValueError(f"params.{name} must be a floating tensor, got {t.dtype}")
+            v = t.double()
+            ok = torch.isfinite(v) & (v >= lo) & (v <= hi)
+            if name == "sigma":
+                ok &= v > 0
+            if not bool(ok.all()):
+                bad = int((~ok).nonzero()[0, 0])
+                raise ValueError(f"params.{name}[{bad}] = {float(t[bad])} must be {text}")
 
 
 def _crop_boxes(

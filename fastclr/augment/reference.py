@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_images, images_device, src_sizes_of, to_rgb
+from fastclr.augment.inputs import Images, check_apply_args, images_device, to_rgb
 from fastclr.augment.params import (
     BRIGHTNESS,
     CONTRAST,
@@ -146,7 +146,13 @@ def _blur(x: Tensor, sigma: float, k: int) -> Tensor:
 
 
 def apply_reference(
-    images: Images, params: AugmentParams, config: AugmentConfig, upcast: bool = True
+    images: Images,
+    params: AugmentParams,
+    config: AugmentConfig,
+    upcast: bool = True,
+    *,
+    layout: str | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Apply ONE view's ``params`` to ``images`` by the definition (module docstring).
 
@@ -155,15 +161,14 @@ def apply_reference(
         params: N images' parameters (moved to the images' device if needed).
         config: output size, blur kernel size, solarize threshold, mean/std, dtype.
         upcast: compute in float64 (True, the definition) or float32.
+        layout: None, "NHWC" or "NCHW" (:func:`~fastclr.augment.inputs.check_images`).
+        validate: check ``params`` by :meth:`AugmentParams.validate` (the shared rule).
 
     Returns:
         (N, 3, S, S) tensor in ``config.dtype``, channels_last memory format.
     """
-    imgs = check_images(images)
-    n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
-    if len(params) != n:
-        raise ValueError(f"params has {len(params)} images, images has {n}")
-    params.check_crop(src_sizes_of(imgs))
+    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
+    n = len(params)
     dt = torch.float64 if upcast else torch.float32
     s = config.size
     k = config.blur_kernel_size

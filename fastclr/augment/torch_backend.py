@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_images, to_rgb
+from fastclr.augment.inputs import Images, check_apply_args, to_rgb
 from fastclr.augment.params import (
     BRIGHTNESS,
     CONTRAST,
@@ -347,18 +347,22 @@ def _augment_chunk(x: Tensor, params: AugmentParams, config: AugmentConfig) -> T
     return _masked(x, params.solarize, lambda t: _solarize(t, config.solarize_threshold))
 
 
-def apply_torch(images: Images, params: AugmentParams, config: AugmentConfig) -> Tensor:
+def apply_torch(
+    images: Images,
+    params: AugmentParams,
+    config: AugmentConfig,
+    *,
+    layout: str | None = None,
+    validate: bool = True,
+) -> Tensor:
     """Apply ONE view's ``params`` to ``images``; same contract as ``apply_reference``.
 
-    Does not re-check that the crop boxes fit their sources (``AugmentParams.check_crop`` does;
-    :class:`~fastclr.augment.SimCLRAugmentation.apply` calls it for user-given parameters).
+    ``validate=True`` checks ``params`` by the shared rule (:meth:`AugmentParams.validate`, a
+    host sync); ``SimCLRAugmentation`` passes False for the parameters it draws itself.
     """
-    imgs = check_images(images)
-    n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
-    if len(params) != n:
-        raise ValueError(f"params has {len(params)} images, images has {n}")
+    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
+    n = len(params)
     dev = imgs.device if isinstance(imgs, Tensor) else imgs[0].device
-    params = params.to(dev)
     s = config.size
     out = torch.empty(
         (n, 3, s, s), dtype=config.dtype, device=dev, memory_format=torch.channels_last

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_images, images_device
+from fastclr.augment.inputs import Images, check_apply_args, check_images, images_device
 from fastclr.augment.params import CONTRAST, AugmentConfig, AugmentParams
 
 # Imported at module level on purpose: SimCLRAugmentation(backend="auto") imports this module
@@ -123,7 +123,12 @@ def _param_table(params: AugmentParams) -> Tensor:
 
 
 def apply_triton_views(
-    images: Images, views: Sequence[AugmentParams], config: AugmentConfig
+    images: Images,
+    views: Sequence[AugmentParams],
+    config: AugmentConfig,
+    *,
+    layout: str | None = None,
+    validate: bool = True,
 ) -> list[Tensor]:
     """Apply several views' parameters to the same images in one launch sequence.
 
@@ -132,16 +137,18 @@ def apply_triton_views(
             CUDA device (or CPU under TRITON_INTERPRET=1).
         views: one :class:`AugmentParams` of N images per view (moved to the images' device).
         config: output size, blur kernel size, solarize threshold, mean/std, dtype.
+        layout: None, "NHWC" or "NCHW" (:func:`~fastclr.augment.inputs.check_images`).
+        validate: check every view by :meth:`AugmentParams.validate` (a host sync; False for
+            parameters drawn by ``sample_params``).
 
     Returns:
         One (N, 3, S, S) tensor per view in ``config.dtype``, channels_last memory format (slices
         of one (V·N, 3, S, S) buffer).
 
-    Crop boxes and orders are not validated (that needs a host sync; see
-    ``AugmentParams.check_crop``): an order that is not a permutation gives undefined colours, an
-    out-of-source crop box reads clamped pixels, never out of bounds.
+    With ``validate=False`` nothing is checked on the host: an order that is not a permutation
+    gives undefined colours, an out-of-source crop box reads clamped pixels, never out of bounds.
     """
-    imgs = check_images(images)
+    imgs = check_images(images, layout)
     dev = images_device(imgs)
     if not triton_available(dev):
         raise RuntimeError(
@@ -154,6 +161,7 @@ def apply_triton_views(
     for v, p in enumerate(views):
         if len(p) != n:
             raise ValueError(f"views[{v}] has {len(p)} images, images has {n}")
+    views = [check_apply_args(imgs, p, layout="NHWC", validate=validate)[1] for p in views]
 
     src, img_table = pack_sources(imgs)
     prm = torch.cat([_param_table(p.to(dev)) for p in views]).contiguous()
@@ -207,9 +215,16 @@ def apply_triton_views(
     return list(out.split(n, dim=0))
 
 
-def apply_triton(images: Images, params: AugmentParams, config: AugmentConfig) -> Tensor:
+def apply_triton(
+    images: Images,
+    params: AugmentParams,
+    config: AugmentConfig,
+    *,
+    layout: str | None = None,
+    validate: bool = True,
+) -> Tensor:
     """One view: same contract as :func:`fastclr.augment.reference.apply_reference`."""
-    return apply_triton_views(images, [params], config)[0]
+    return apply_triton_views(images, [params], config, layout=layout, validate=validate)[0]
 
 
 def _next_pow2(x: int) -> int:
