@@ -20,13 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastclr.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from fastclr.data import ImageData, TensorImageDataset, load_data
-from fastclr.train import (
-    CheckpointError,
-    build_model,
-    load_checkpoint,
-    load_model_state,
-)
+from fastclr.models import build_model
 
 __all__ = [
     "EvalResult",

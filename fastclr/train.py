@@ -48,9 +48,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fastclr.augment.presets import preset_config
+from fastclr.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    check_spec,
+    load_checkpoint,
+    load_model_state,
+    model_spec,
+    save_checkpoint_atomic,
+)
 from fastclr.data import ImageData, TensorImageDataset, load_data
 from fastclr.loss import NTXentLoss
-from fastclr.models import SimCLR, resnet
+from fastclr.models import SimCLR, build_model
 from fastclr.optim import (
     BASE_LR,
     LARS,
@@ -79,18 +90,12 @@ __all__ = [
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CHECKPOINT_FORMAT = "fastclr-simclr-v1"
-CHECKPOINT_NAME = "checkpoint.pt"
 # Warm-up never takes more than this fraction of a run: the paper's 10 epochs assume >= 100.
 MAX_WARMUP_FRACTION = 0.1
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; training stopped and the last checkpoint was kept."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read, or does not fit the model it is loaded into."""
 
 
 class Augmentation(Protocol):
@@ -227,23 +232,7 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=_AMP_DTYPES[precision])
 
 
-def build_model(
-    arch: str,
-    stem: Literal["cifar", "imagenet"],
-    width: float = 1.0,
-    proj_dim: int = 128,
-    head_bn: bool = False,
-) -> SimCLR:
-    """A SimCLR model on a fastclr ResNet encoder, in channels_last."""
-    encoder = resnet(arch, stem=stem, width=width)
-    model = SimCLR(encoder, feature_dim=encoder.feature_dim, proj_dim=proj_dim, head_bn=head_bn)
-    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-
 AUGMENT_PRESETS = ("auto", "cifar", "imagenet", "digits")
-# digits: the CIFAR recipe with crops of at least 30% of the area and no flips. An 8×8 digit
-# does not survive an 8% crop, and a mirrored digit is another symbol (or none).
-DIGITS_CROP_SCALE = (0.3, 1.0)
 
 
 def _preset_for(cfg: TrainConfig) -> str:
@@ -264,26 +253,16 @@ def build_augmentation(
 ) -> Augmentation:
     """``fastclr.augment.SimCLRAugmentation`` with the paper's CIFAR or ImageNet recipe.
 
-    ``preset="digits"`` is the CIFAR recipe with milder crops and no flips (``DIGITS_CROP_SCALE``).
+    ``preset="digits"`` is the CIFAR recipe with milder crops and no flips (see
+    :mod:`fastclr.augment.presets`).
     """
-    try:
-        from fastclr.augment import AugmentConfig, SimCLRAugmentation
-    except ImportError as e:
-        raise ImportError(
-            "fastclr.augment.SimCLRAugmentation is not available in this build; pass an "
-            "augmentation to pretrain(..., augment=...) or update fastclr"
-        ) from e
-    dtype = _AMP_DTYPES[precision]
-    if preset == "imagenet":
-        config = AugmentConfig.imagenet(size=size, dtype=dtype)
-    elif preset == "cifar":
-        config = AugmentConfig.cifar(size=size, dtype=dtype)
-    elif preset == "digits":
-        config = AugmentConfig.cifar(size=size, dtype=dtype, scale=DIGITS_CROP_SCALE, flip_p=0.0)
-    else:
+    from fastclr.augment import SimCLRAugmentation
+
+    if preset not in AUGMENT_PRESETS[1:]:
         raise ValueError(
             f"augmentation preset must be one of {AUGMENT_PRESETS[1:]}, got {preset!r}"
         )
+    config = preset_config(preset, size, _AMP_DTYPES[precision])
     aug: Augmentation = SimCLRAugmentation(config, backend=backend, seed=seed, device=device)
     return aug
 
@@ -360,84 +339,6 @@ def _restore_rng(state: dict[str, Any], aug: object, device: torch.device) -> No
                 "augmentation has no .generator"
             )
         g.set_state(state["augment_generator"])
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash at any point leaves either the previous checkpoint or the new one, never a torn file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a fastclr checkpoint (a file, or a run folder holding ``checkpoint.pt``)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT_NAME
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"could not read checkpoint {p}: {type(e).__name__}: {e}".split("\n")[0]
-        ) from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{p} is not a fastclr SimCLR checkpoint (expected format {CHECKPOINT_FORMAT!r})"
-        )
-    return state
-
-
-def model_spec(cfg: TrainConfig) -> dict[str, Any]:
-    """The architecture fields a checkpoint must agree on to be loaded into a model."""
-    return {
-        "arch": cfg.arch,
-        "stem": cfg.stem,
-        "width": float(cfg.width),
-        "proj_dim": cfg.proj_dim,
-        "head_bn": cfg.head_bn,
-    }
-
-
-def _describe(spec: dict[str, Any]) -> str:
-    return (
-        f"{spec['arch']} (stem={spec['stem']}, width={spec['width']}, "
-        f"proj_dim={spec['proj_dim']}, head_bn={spec['head_bn']})"
-    )
-
-
-def check_spec(
-    ckpt_spec: dict[str, Any], want: dict[str, Any], path: str | os.PathLike[str]
-) -> None:
-    """Raise :class:`CheckpointError` naming both architectures when they differ."""
-    if any(ckpt_spec.get(k) != v for k, v in want.items()):
-        raise CheckpointError(
-            f"checkpoint {path} is for {_describe(ckpt_spec)} but the model is {_describe(want)}"
-        )
-
-
-def load_model_state(model: nn.Module, state: dict[str, Tensor], desc: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{desc}: {str(e).splitlines()[0]}") from e
 
 
 # --------------------------------------------------------------------------------------------

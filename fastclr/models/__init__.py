@@ -11,7 +11,7 @@ from fastclr.models.resnet import (
     resnet34,
     resnet50,
 )
-from fastclr.models.simclr import ProjectionHead, SimCLR, infer_feature_dim
+from fastclr.models.simclr import ProjectionHead, SimCLR, build_model, infer_feature_dim
 
 __all__ = [
     "ARCHS",
@@ -21,6 +21,7 @@ __all__ = [
     "ProjectionHead",
     "ResNet",
     "SimCLR",
+    "build_model",
     "infer_feature_dim",
     "resnet",
     "resnet18",

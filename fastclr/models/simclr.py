@@ -6,10 +6,14 @@ probe, kNN), ``z = g(h)`` the embeddings the NT-Xent loss sees.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ProjectionHead", "SimCLR", "infer_feature_dim"]
+from fastclr.models.resnet import resnet
+
+__all__ = ["ProjectionHead", "SimCLR", "build_model", "infer_feature_dim"]
 
 
 class ProjectionHead(nn.Sequential):
@@ -96,3 +100,16 @@ class SimCLR(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.encoder(x)
         return h, self.head(h)
+
+
+def build_model(
+    arch: str,
+    stem: Literal["cifar", "imagenet"],
+    width: float = 1.0,
+    proj_dim: int = 128,
+    head_bn: bool = False,
+) -> SimCLR:
+    """A SimCLR model on a fastclr ResNet encoder, in channels_last."""
+    encoder = resnet(arch, stem=stem, width=width)
+    model = SimCLR(encoder, feature_dim=encoder.feature_dim, proj_dim=proj_dim, head_bn=head_bn)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
