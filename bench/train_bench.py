@@ -1,6 +1,6 @@
 """End-to-end section of the benchmark: a SimCLR pretraining step against the model-only step.
 
-``fastclr.train.step_rates`` times, in one process, (a) the full step — augmentation of two views,
+``step_rates`` times, in one process, (a) the full step — augmentation of two views,
 encoder + head forward/backward, NT-Xent, LARS — and (b) the same step on pre-augmented views of the
 same shape, plus the augmentation alone, in interleaved rounds whose medians are reported. The
 figure is end-to-end / model-only. Before timing, the loss the step uses is checked against the
@@ -9,14 +9,124 @@ reference on embeddings of this model.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 import fastclr
+from fastclr.loss import NTXentLoss
+from fastclr.optim import LARS, lars_param_groups, scaled_lr
 from fastclr.reference import ntxent_reference, views_to_batch
-from fastclr.train import build_model, step_rates
+from fastclr.train.builders import Augmentation, build_augmentation, build_model
+from fastclr.train.config import recipe_for_size
+from fastclr.train.loop import TrainingStep
+from fastclr.train.precision import make_scaler, resolve_precision
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_rates(
+    arch: str = "resnet18",
+    stem: Literal["cifar", "imagenet"] = "cifar",
+    batch_size: int = 256,
+    image_size: int = 32,
+    source_size: int | None = None,
+    steps: int = 20,
+    warmup_steps: int = 5,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+    augment_backend: str = "auto",
+    loss_backend: str = "auto",
+    temperature: float = 0.5,
+    compile: bool = False,
+    width: float = 1.0,
+    augment: Augmentation | None = None,
+    seed: int = 0,
+    rounds: int = 3,
+) -> dict[str, Any]:
+    """Pretraining images/s end to end (augment + encoder + loss + LARS) and model-only, one run.
+
+    Both use the same model, optimiser and loss; "model-only" feeds pre-augmented views of the
+    same shape and dtype, so ``ratio = end_to_end / model_only`` is the fraction of the model's
+    step rate the full pipeline keeps (target ≥ 0.9 on a GPU). Images are counted once per source
+    image (each gives two views). Also reports the augmentation alone. ``steps`` are split over
+    ``rounds`` interleaved rounds (model-only, end-to-end, augment-only) and each rate is the
+    median over rounds.
+
+    Returns a dict with ``end_to_end_images_per_s``, ``model_only_images_per_s``,
+    ``augment_only_images_per_s``, ``ratio`` and the settings used.
+    """
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    prec = resolve_precision(precision, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(seed)
+    model = build_model(arch, stem, width).to(dev)
+    if augment is None:
+        preset = recipe_for_size(image_size)
+        augment = build_augmentation(preset, image_size, prec, augment_backend, seed, dev)
+    loss_fn = NTXentLoss(temperature, backend=loss_backend, check_finite=False)  # type: ignore[arg-type]
+    optimizer = LARS(lars_param_groups(model), lr=scaled_lr(batch_size))
+    train_model: torch.nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+    stepper = TrainingStep(train_model, loss_fn, optimizer, make_scaler(prec, dev), prec, dev)
+    src = source_size or image_size
+    g = torch.Generator(device=dev).manual_seed(seed)
+    images = torch.randint(
+        0, 256, (batch_size, src, src, 3), generator=g, device=dev, dtype=torch.uint8
+    )
+    v1, v2 = augment(images)
+
+    def timed(fn: Callable[[], object], n: int) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(dev)
+        return n * batch_size / (time.perf_counter() - t0)
+
+    model_step: Callable[[], object] = lambda: stepper(v1, v2)  # noqa: E731
+    full_step: Callable[[], object] = lambda: stepper(*augment(images))  # noqa: E731
+    aug_step: Callable[[], object] = lambda: augment(images)  # noqa: E731
+    for fn in (model_step, full_step, aug_step):
+        timed(fn, warmup_steps)
+    # Interleaved rounds, median of each: drift (clocks, other jobs) hits both rates alike.
+    rates: dict[str, list[float]] = {"model": [], "full": [], "aug": []}
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        rates["model"].append(timed(model_step, per_round))
+        rates["full"].append(timed(full_step, per_round))
+        rates["aug"].append(timed(aug_step, per_round))
+    model_only, end_to_end, augment_only = (
+        statistics.median(rates[k]) for k in ("model", "full", "aug")
+    )
+    return {
+        "end_to_end_images_per_s": end_to_end,
+        "model_only_images_per_s": model_only,
+        "augment_only_images_per_s": augment_only,
+        "ratio": end_to_end / model_only,
+        "arch": arch,
+        "stem": stem,
+        "width": width,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "source_size": src,
+        "precision": prec,
+        "device": str(dev),
+        "compile": compile,
+        "steps": steps,
+        "rounds": rounds,
+        "view_dtype": str(v1.dtype),
+    }
 
 
 def settings(device: torch.device, quick: bool) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from fastclr.models import ARCHS, STEMS
-from fastclr.train import PRECISIONS
+from fastclr.train.config import PRECISIONS
 
 __all__ = ["main"]
 

@@ -29,7 +29,6 @@ from fastclr.train import (
     load_checkpoint,
     pretrain,
     save_checkpoint_atomic,
-    step_rates,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,7 +410,10 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert len(rows) == 3  # header + 2 steps, written once (rank 0)
 
 
-def test_step_rates_reports_both_rates() -> None:
+def test_step_rates_reports_both_rates(monkeypatch: Any) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # the benchmark helper lives in bench/
+    from train_bench import step_rates
+
     aug = _augment_or_skip()
     r = step_rates(
         batch_size=16,

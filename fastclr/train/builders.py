@@ -1,0 +1,119 @@
+"""Builders: turn a :class:`TrainConfig` into the model, augmentation, loss and optimiser.
+
+Every component the loop uses is made here, so a new option (a loader, an optimiser, a recipe)
+is wired in one place. The recipe for an image size comes from
+:func:`fastclr.train.config.recipe_for_size`; the augmentation recipes themselves live in
+:mod:`fastclr.augment.presets`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from fastclr.augment.presets import preset_config
+from fastclr.loss import NTXentLoss
+from fastclr.models import SimCLR, build_model
+from fastclr.optim import (
+    LARS,
+    lars_param_groups,
+    scaled_lr,
+    warmup_cosine_schedule,
+)
+from fastclr.train.config import AUGMENT_PRESETS, MAX_WARMUP_FRACTION, TrainConfig, recipe_for_size
+from fastclr.train.precision import AMP_DTYPES
+
+__all__ = [
+    "Augmentation",
+    "LossFn",
+    "augment_mean_std",
+    "augment_preset_for",
+    "build_augmentation",
+    "build_loss",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "warmup_steps",
+]
+
+
+class Augmentation(Protocol):
+    """What the loop needs from an augmentation: uint8 (N, H, W, 3) → two (N, 3, S, S) views."""
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def augment_preset_for(cfg: TrainConfig) -> str:
+    """The preset ``cfg.augment_preset`` names; ``auto``: digits for the digits, else by size."""
+    if cfg.augment_preset != "auto":
+        return cfg.augment_preset
+    if cfg.data == "digits":
+        return "digits"
+    return recipe_for_size(cfg.image_size)
+
+
+def build_augmentation(
+    preset: str,
+    size: int,
+    precision: str,
+    backend: str,
+    seed: int,
+    device: torch.device | None = None,
+) -> Augmentation:
+    """``fastclr.augment.SimCLRAugmentation`` with a recipe of :mod:`fastclr.augment.presets`.
+
+    ``preset`` is ``cifar``, ``imagenet`` or ``digits`` (the CIFAR recipe with milder crops and
+    no flips); views come out in the autocast dtype of ``precision``.
+    """
+    from fastclr.augment import SimCLRAugmentation
+
+    if preset not in AUGMENT_PRESETS[1:]:
+        raise ValueError(
+            f"augmentation preset must be one of {AUGMENT_PRESETS[1:]}, got {preset!r}"
+        )
+    config = preset_config(preset, size, AMP_DTYPES[precision])
+    aug: Augmentation = SimCLRAugmentation(config, backend=backend, seed=seed, device=device)
+    return aug
+
+
+def augment_mean_std(aug: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation the augmentation applies (reused for clean evaluation inputs)."""
+    config = getattr(aug, "config", None)
+    mean = getattr(config, "mean", (0.5, 0.5, 0.5))
+    std = getattr(config, "std", (0.5, 0.5, 0.5))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def build_loss(cfg: TrainConfig, world_size: int) -> LossFn:
+    """NT-Xent at ``cfg.temperature``; gathers every rank's embeddings on several ranks."""
+    return NTXentLoss(
+        cfg.temperature,
+        backend=cfg.loss_backend,  # type: ignore[arg-type]
+        gather_distributed=world_size > 1,
+        check_finite=False,  # checked by the loop without a per-step sync
+    )
+
+
+def build_optimizer(model: SimCLR, cfg: TrainConfig) -> LARS:
+    """LARS at ``cfg.lr`` (default: the paper's ``base_lr × batch / 256``)."""
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.batch_size, cfg.base_lr)
+    return LARS(lars_param_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum)
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> int:
+    """``warmup_epochs`` in steps, at most :data:`MAX_WARMUP_FRACTION` of the run."""
+    want = round(cfg.warmup_epochs * steps_per_epoch)
+    return min(want, int(total * MAX_WARMUP_FRACTION))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``total_steps``."""
+    return warmup_cosine_schedule(optimizer, warmup, total_steps)

@@ -1,0 +1,143 @@
+"""Training checkpoints: what a run saves after every epoch (and on Ctrl-C), and resuming from it.
+
+:class:`CheckpointSaver` (after timm's saver object) gathers every rank's random state, and rank 0
+writes ``OUT/checkpoint.pt`` atomically: model, optimiser, scheduler, scaler, every RNG stream
+and the position, plus what evaluation needs (architecture spec, image size, normalisation).
+:func:`resume` puts all of it back, so an interrupted run continues bit-identically on CPU. The
+file format itself (reading, atomic writing, the architecture check) is :mod:`fastclr.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fastclr.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    check_spec,
+    load_checkpoint,
+    load_model_state,
+    model_spec,
+    save_checkpoint_atomic,
+)
+from fastclr.models import SimCLR
+from fastclr.optim import WarmupCosine
+from fastclr.train.config import TrainConfig
+from fastclr.train.distributed import DistInfo
+from fastclr.train.rng import capture_rng
+
+__all__ = ["CheckpointSaver", "Position", "TrainingState", "resume"]
+
+
+@dataclass
+class TrainingState:
+    """The objects whose state a checkpoint holds."""
+
+    model: SimCLR
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: Any
+
+
+@dataclass
+class Position:
+    """Where a run stands: the epoch, the next step in it, and the steps taken in all."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+class CheckpointSaver:
+    """Writes ``out/checkpoint.pt`` for a run (collective: call it on every rank)."""
+
+    def __init__(
+        self,
+        out: Path,
+        cfg: TrainConfig,
+        ddp: DistInfo,
+        device: torch.device,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        self.out, self.cfg, self.ddp, self.device = out, cfg, ddp, device
+        self.mean, self.std = mean, std
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file."""
+        return self.out / CHECKPOINT_NAME
+
+    def _all_rng(self, augment: Any) -> list[Any]:
+        rng = capture_rng(augment, self.device)
+        if self.ddp.world_size == 1:
+            return [rng]
+        all_rng: list[Any] = [None] * self.ddp.world_size
+        dist.all_gather_object(all_rng, rng)
+        return all_rng
+
+    def save(self, state: TrainingState, at: Position) -> None:
+        """Gather every rank's RNG state; rank 0 writes the checkpoint atomically."""
+        all_rng = self._all_rng(state.augment)
+        if not self.ddp.is_main:
+            return
+        cfg = self.cfg
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model_spec": model_spec(cfg),
+            "feature_dim": state.model.feature_dim,
+            "image_size": cfg.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "config": dataclasses.asdict(cfg),
+            "epoch": at.epoch,
+            "step_in_epoch": at.step_in_epoch,
+            "global_step": at.global_step,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "rng": all_rng,
+            "world_size": self.ddp.world_size,
+        }
+        save_checkpoint_atomic(payload, self.path)
+
+
+def resume(
+    path: str | os.PathLike[str],
+    cfg: TrainConfig,
+    state: TrainingState,
+    ddp: DistInfo,
+    schedule: WarmupCosine,
+) -> tuple[Position, dict[str, Any]]:
+    """Load a checkpoint into ``state``; return its position and this rank's RNG state.
+
+    The RNG state is returned rather than restored so that the caller restores it last, after
+    everything that may still draw random numbers during set-up. ``schedule`` replaces the saved
+    one: the schedule follows this run's ``epochs`` (a resumed run may be extended).
+    """
+    ckpt = load_checkpoint(path)
+    check_spec(ckpt["model_spec"], model_spec(cfg), path)
+    load_model_state(state.model, ckpt["model"], f"checkpoint {path}")
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.scheduler.lr_lambdas[0] = schedule
+    state.scaler.load_state_dict(ckpt["scaler"])
+    at = Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]))
+    rngs = ckpt["rng"]
+    if len(rngs) != ddp.world_size:
+        warnings.warn(
+            f"resuming a {len(rngs)}-rank run on {ddp.world_size} ranks: RNG streams differ",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return at, rngs[ddp.rank % len(rngs)]
