@@ -1,7 +1,8 @@
 """The DALI SimCLR pipeline, run on the CPU (device_id=None) on small folders this test writes.
 
 DALI differs from the reference by design (fixed jitter order, YIQ hue, uint8 rounding, its own
-crop sampler; see fastclr/augment/dali.py), so these tests check what it promises: shapes, dtype,
+crop sampler; see fastclr/augment/dali.py; file listing and validation live in fastclr.data), so
+these tests check what it promises: shapes, dtype,
 channels_last, normalisation, independent views, flip/gray rates, labels, and that corrupt files
 are reported, skipped and counted instead of killing the run.
 """
@@ -233,7 +234,7 @@ def test_all_files_corrupt_is_an_error(tmp_path: Path) -> None:
 
 
 def test_list_images_folder_layouts_and_file_lists(tmp_path: Path) -> None:
-    from fastclr.augment.dali import list_images
+    from fastclr.data.files import list_images
 
     paths = _write_images(tmp_path / "classes", 4, classes=2)
     files, labels = list_images(tmp_path / "classes")
@@ -308,24 +309,24 @@ def test_apply_dali_matches_reference_in_fixed_order(ragged: bool) -> None:
 def test_validation_cache_checks_each_file_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastclr.augment import dali
+    from fastclr.data import validate
 
     paths = [str(p) for p in _write_images(tmp_path / "img", 4, classes=0)]
     cache = tmp_path / "validated.json"
     calls: list[str] = []
-    check = dali._check_file
+    check = validate.check_file
 
     def counting(path: str, mode: str) -> str | None:
         calls.append(path)
         return check(path, mode)
 
-    monkeypatch.setattr(dali, "_check_file", counting)
-    assert dali.validate_images(paths, "full", 1, cache) == ([0, 1, 2, 3], [])
+    monkeypatch.setattr(validate, "check_file", counting)
+    assert validate.validate_images(paths, "full", 1, cache) == ([0, 1, 2, 3], [])
     assert len(calls) == 4 and cache.exists()
     calls.clear()
-    assert dali.validate_images(paths, "header", 1, cache) == ([0, 1, 2, 3], [])
+    assert validate.validate_images(paths, "header", 1, cache) == ([0, 1, 2, 3], [])
     assert calls == []  # a full check answers a header request
     Path(paths[2]).write_bytes(b"now broken")  # new size and mtime: checked again
-    good, bad = dali.validate_images(paths, "full", 1, cache)
+    good, bad = validate.validate_images(paths, "full", 1, cache)
     assert calls == [paths[2]]
     assert good == [0, 1, 3] and [p for p, _ in bad] == [paths[2]]

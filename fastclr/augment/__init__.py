@@ -23,9 +23,9 @@ Backends (``backend=``):
   ``apply_reference``;
 - ``"kornia"``: :class:`~fastclr.augment.kornia.KorniaAugmentation`, a baseline that draws its own
   parameters (``apply``/``sample`` are not available for it);
-- ``"dali"``: ``fastclr.augment.dali`` (imported lazily; needs the ``dali`` extra). DALI is a file
-  pipeline; on tensors this backend calls that module's ``apply_dali(images, params, config)``
-  when it has one;
+- ``"dali"``: :func:`fastclr.augment.dali.apply_dali` (DALI imported lazily; needs the ``dali``
+  extra), DALI's operators on image tensors. Reading and decoding files with DALI is a loader:
+  :mod:`fastclr.data.dali`;
 - ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports; ``"native"`` for a
   dense CPU batch when the native library is built; else ``"torch"``.
 
@@ -224,14 +224,9 @@ class SimCLRAugmentation:
                 raise ImportError("backend: fastclr.augment.triton_backend has no apply_triton")
             return fn
         if name == "dali":
-            mod = _import_backend("dali", extra="dali")
-            fn = getattr(mod, "apply_dali", None)
-            if not callable(fn):
-                raise NotImplementedError(
-                    "backend='dali' works on files: use the pipeline in fastclr.augment.dali "
-                    "(this module has no apply_dali for tensors)"
-                )
-            return fn
+            from fastclr.augment.dali import apply_dali
+
+            return apply_dali
         raise ValueError(f"backend={name!r} cannot apply explicit parameters")
 
     def sample(

@@ -61,56 +61,30 @@ view like ``apply_triton``.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fastclr.augment.inputs import Images, check_apply_args, images_device, to_rgb
 from fastclr.augment.params import AugmentConfig, AugmentParams
+from fastclr.data.dali import import_dali
+from fastclr.data.files import list_images
+from fastclr.data.validate import Validate, validate_images
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "DaliBatch",
     "DaliSimCLRLoader",
     "apply_dali",
     "build_simclr_pipeline",
-    "list_images",
-    "validate_images",
 ]
 
-#: File suffixes (lower case) listed from a folder; all are formats both PIL and DALI decode.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 #: Name of the reader operator; the iterator uses it to know the epoch size.
 READER_NAME = "Reader"
-#: Draft size for validate="full": JPEGs are decoded at reduced scale (DCT scaling), which still
-#: reads every entropy-coded byte and so still catches truncation, at a fraction of the cost.
-_VALIDATE_DRAFT = (64, 64)
-
-Validate = Literal["full", "header", "none"]
-
-
-def _import_dali() -> tuple[Any, Any, Any, Any, Any]:
-    """(fn, types, math, pipeline_def, pytorch plugin), or an ImportError naming the extra."""
-    try:
-        import nvidia.dali.fn as fn
-        import nvidia.dali.math as dmath
-        import nvidia.dali.plugin.pytorch as dali_torch
-        import nvidia.dali.types as types
-        from nvidia.dali import pipeline_def
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "fastclr.augment.dali needs NVIDIA DALI: install it with `pip install fastclr[dali]` "
-            f"(the nvidia-dali-cuda120 wheel). Import failed with: {e}"
-        ) from e
-    return fn, types, dmath, pipeline_def, dali_torch
 
 
 def _hue_degrees(turns: Any) -> Any:
@@ -119,134 +93,6 @@ def _hue_degrees(turns: Any) -> Any:
     The ONE place where hue units change: degrees = 360 · turns.
     """
     return 360.0 * turns
-
-
-def list_images(
-    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    labels: Sequence[int] | None = None,
-) -> tuple[list[str], list[int]]:
-    """Image files and integer labels from a folder or an explicit file list.
-
-    Args:
-        source: a folder with class subfolders (labels = index of the subfolder in sorted order,
-            as torchvision's ImageFolder; files directly in the root are ignored), a flat folder
-            of images (label 0), or a sequence of file paths.
-        labels: labels for a sequence of paths (default 0 for every file); not allowed for a folder.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        if labels is not None:
-            raise ValueError("labels can only be given with an explicit list of files")
-        root = Path(source)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-        classes = sorted(p for p in root.iterdir() if p.is_dir())
-        files: list[str] = []
-        labs: list[int] = []
-        if classes:
-            for i, d in enumerate(classes):
-                found = sorted(str(p) for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-                files += found
-                labs += [i] * len(found)
-        else:
-            files = sorted(str(p) for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            labs = [0] * len(files)
-        if not files:
-            raise FileNotFoundError(
-                f"no images with suffix {', '.join(IMAGE_EXTENSIONS)} under {root}"
-            )
-        return files, labs
-    files = [str(p) for p in source]
-    if not files:
-        raise ValueError("the list of image files is empty")
-    if labels is None:
-        return files, [0] * len(files)
-    if len(labels) != len(files):
-        raise ValueError(f"{len(labels)} labels for {len(files)} files")
-    return files, [int(x) for x in labels]
-
-
-def _check_file(path: str, mode: Validate) -> str | None:
-    """None if ``path`` is a readable image, else the reason it is not."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if mode == "header":
-                im.verify()
-            else:
-                im.draft("RGB", _VALIDATE_DRAFT)
-                im.load()
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def _file_key(path: str) -> list[int] | None:
-    """(size, mtime in ns) of a file, or None when it cannot be stat'ed."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _load_cache(cache: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def validate_images(
-    files: Sequence[str],
-    mode: Validate = "full",
-    num_threads: int = 4,
-    cache: str | os.PathLike[str] | None = None,
-) -> tuple[list[int], list[tuple[str, str]]]:
-    """Indices of the readable files, and (path, reason) for each rejected one.
-
-    ``mode``: "full" decodes each file at reduced size (catches truncated files; about 3 ms per
-    ImageNet-sized JPEG per thread here), "header" checks headers only (fast, misses truncation),
-    "none" accepts everything. ``cache``: a JSON file of earlier results, keyed by path, size and
-    modification time, so a dataset is fully checked once; it is rewritten atomically. A "full"
-    result also answers a "header" request.
-    """
-    if mode == "none":
-        return list(range(len(files))), []
-    if mode not in ("full", "header"):
-        raise ValueError(f"validate must be 'full', 'header' or 'none', got {mode!r}")
-    cache_path = Path(cache) if cache is not None else None
-    known = _load_cache(cache_path) if cache_path is not None else {}
-    keys = [_file_key(f) for f in files]
-    reasons: list[str | None] = [None] * len(files)
-    todo = []
-    for i, (f, key) in enumerate(zip(files, keys, strict=True)):
-        entry = known.get(f)
-        if (
-            key is not None
-            and isinstance(entry, dict)
-            and entry.get("key") == key
-            and entry.get("mode") in (mode, "full")
-        ):
-            reasons[i] = entry.get("reason")
-        else:
-            todo.append(i)
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        for i, reason in zip(
-            todo, pool.map(lambda i: _check_file(files[i], mode), todo), strict=True
-        ):
-            reasons[i] = reason
-    if cache_path is not None and todo:
-        for i in todo:
-            if keys[i] is not None:
-                known[files[i]] = {"key": keys[i], "mode": mode, "reason": reasons[i]}
-        tmp = cache_path.with_name(cache_path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache_path)
-    good = [i for i, r in enumerate(reasons) if r is None]
-    bad = [(files[i], r) for i, r in enumerate(reasons) if r is not None]
-    return good, bad
 
 
 def _uniform(fn: Any, lo: float, hi: float) -> Any:
@@ -338,7 +184,7 @@ def build_simclr_pipeline(
     Output names, in order: ``view0``, ``view1``, …, ``label``. Images are (S, S, 3) float32
     (float16 when ``config.dtype`` is float16), normalised with config.mean/std.
     """
-    fn, types, dmath, pipeline_def, _ = _import_dali()
+    fn, types, dmath, pipeline_def, _ = import_dali()
     on_gpu = device_id is not None
     s = config.size
     b_lo, b_hi = config.brightness_range
@@ -414,7 +260,7 @@ _TENSOR_THREADS = 4
 
 def _build_tensor_pipeline(config: AugmentConfig, device_id: int | None, max_batch: int) -> Any:
     """Pipeline with external inputs "images" (uint8 HWC RGB), "params" (float32 _TENSOR_PRM)."""
-    fn, types, dmath, pipeline_def, _ = _import_dali()
+    fn, types, dmath, pipeline_def, _ = import_dali()
     on_gpu = device_id is not None
     col = {name: i for i, name in enumerate(_TENSOR_PRM)}
 
@@ -497,7 +343,7 @@ def apply_dali(
     Returns:
         (N, 3, S, S) in ``config.dtype``, channels_last, on the images' device.
     """
-    _, _, _, _, dali_torch = _import_dali()
+    _, _, _, _, dali_torch = import_dali()
     imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
     dev = images_device(imgs)
     device_id = None if dev.type == "cpu" else (dev.index or 0)
@@ -589,7 +435,7 @@ class DaliSimCLRLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
-        _, _, _, _, dali_torch = _import_dali()
+        _, _, _, _, dali_torch = import_dali()
         all_files, all_labels = list_images(source, labels)
         good, bad = validate_images(all_files, validate, num_threads, validate_cache)
         for path, reason in bad:

@@ -1,32 +1,37 @@
-"""Datasets for pretraining and evaluation, all as uint8 NHWC image tensors.
+"""The in-memory path: whole data sets as uint8 NHWC tensors (digits, small image folders).
 
 * ``digits``: scikit-learn's 8×8 grey digits (1,797 images, 10 classes; ships with scikit-learn,
   no download), upsampled to 32×32 RGB, with a fixed stratified train / held-out split.
-* image folders: ``ROOT/<class>/<image>`` (ImageFolder layout; images directly in ``ROOT`` are
-  read as one unlabelled set). Files are decoded with PIL once, resized (shorter side) and
-  centre-cropped to a square, and kept in memory; unreadable files are skipped, each reported by
-  path in a warning, and counted. ``ROOT/train`` + ``ROOT/val`` are used as the split when present,
-  else a fixed 10% of each class is held out.
+* image folders (layout and listing rules: :mod:`fastclr.data.files`): every file is decoded once
+  by the conversion rule of :mod:`fastclr.data.decode`, its shorter side resized to the view size
+  and centre-cropped to a square, and kept in memory; unreadable files are skipped, reported by
+  path and counted (:class:`~fastclr.data.summary.DataSummary`). ``ROOT/train`` + ``ROOT/val``
+  are used as the split when present, else a fixed 10% of each class is held out.
 * :class:`TensorImageDataset`: the in-memory uint8 tensor (kept on the training device) that the
   training loop batches from, with deterministic per-epoch shuffling and rank sharding.
 
-The decoded set must fit in memory (ImageNet-size data needs a streaming loader; not here yet).
+The decoded set must fit in memory, and random crops are then taken from the stored square, not
+from the original image: right for digits and CIFAR-sized folders (the square is the original),
+wrong for photos. Larger sets stream (:mod:`fastclr.data.stream`, :mod:`fastclr.data.dali`).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastclr.data.decode import decode_resized_square
+from fastclr.data.files import FileList, list_image_folder
+from fastclr.data.summary import DataSummary
+
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "ImageData",
     "TensorImageDataset",
     "load_data",
@@ -34,7 +39,6 @@ __all__ = [
     "load_image_folder",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DIGITS_HELDOUT_FRACTION = 0.2
 FOLDER_HELDOUT_FRACTION = 0.1
 DIGITS_SIZE = 32
@@ -123,6 +127,7 @@ class ImageData:
     heldout: TensorImageDataset | None
     classes: list[str] = field(default_factory=list)
     skipped: int = 0  # unreadable files left out (image folders)
+    summary: DataSummary | None = None  # what was skipped, converted or left out, by path
 
 
 def _stratified_split(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
@@ -163,125 +168,96 @@ def load_digits(size: int = 32) -> ImageData:
     )
 
 
-def _list_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """(path, class index) pairs of an ImageFolder layout, or (path, -1) for a flat folder."""
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if class_dirs:
-        files: list[tuple[Path, int]] = []
-        for i, d in enumerate(class_dirs):
-            for dirpath, _, names in os.walk(d):
-                for n in sorted(names):
-                    if n.lower().endswith(IMAGE_EXTENSIONS):
-                        files.append((Path(dirpath) / n, i))
-        return files, [d.name for d in class_dirs]
-    flat = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return [(p, -1) for p in flat], []
+class _DecodeSet(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, str, str]]]]):
+    """Chunks of files decoded to one (n, S, S, 3) tensor each: one shared tensor per chunk.
 
+    Returning a single tensor per chunk (not one per image) keeps the number of shared-memory
+    file descriptors in flight small (many small tensors per batch is what makes PyTorch fail
+    with "received 0 items of ancdata").
+    """
 
-def _decode(path: Path, size: int) -> Tensor:
-    """PIL decode → RGB → shorter side resized to ``size`` → centre crop; (size, size, 3) uint8."""
-    from PIL import Image
-
-    with Image.open(path) as f:
-        im = f.convert("RGB")
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    return data.view(size, size, 3)
-
-
-class _DecodeSet(torch.utils.data.Dataset[tuple[int, Tensor | None, str]]):
-    def __init__(self, files: list[tuple[Path, int]], size: int) -> None:
+    def __init__(self, files: FileList, size: int) -> None:
         self.files, self.size = files, size
 
     def __len__(self) -> int:
-        return len(self.files)
+        return (len(self.files) + _CHUNK - 1) // _CHUNK
 
-    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str]:
-        path = self.files[i][0]
-        try:
-            return i, _decode(path, self.size), ""
-        except Exception as e:  # any decoder failure: reported by the caller, never silent
-            return i, None, f"{type(e).__name__}: {e}"
+    def __getitem__(self, c: int) -> tuple[Tensor, Tensor, list[tuple[int, str, str]]]:
+        lo, hi = c * _CHUNK, min(len(self.files), (c + 1) * _CHUNK)
+        out = torch.empty(hi - lo, self.size, self.size, 3, dtype=torch.uint8)
+        ok = torch.zeros(hi - lo, dtype=torch.bool)
+        events: list[tuple[int, str, str]] = []  # (index, "skipped" | "converted", detail)
+        for j, i in enumerate(range(lo, hi)):
+            try:
+                arr, conversion = decode_resized_square(self.files[i], self.size)
+            except Exception as e:  # any decoder failure: reported by the caller, never silent
+                events.append((i, "skipped", f"{type(e).__name__}: {e}"))
+                continue
+            out[j].numpy()[...] = arr
+            ok[j] = True
+            if conversion is not None:
+                events.append((i, "converted", conversion))
+        return out, ok, events
+
+
+#: Files decoded per worker task by the in-memory loader.
+_CHUNK = 64
 
 
 def _decode_all(
-    files: list[tuple[Path, int]], size: int, num_workers: int
-) -> tuple[Tensor, Tensor, int]:
-    """Decode every file (in ``num_workers`` processes); returns images, labels, skipped count."""
+    files: FileList, labels: np.ndarray, size: int, num_workers: int, summary: DataSummary
+) -> tuple[Tensor, Tensor]:
+    """Decode every file (in ``num_workers`` processes); returns images and labels."""
     loader = torch.utils.data.DataLoader(
         _DecodeSet(files, size),
-        batch_size=64,
+        batch_size=None,
         num_workers=num_workers,
-        collate_fn=lambda items: items,
     )
-    images: list[Tensor] = []
-    labels: list[int] = []
-    skipped = 0
-    for chunk in loader:
-        for i, img, err in chunk:
-            if img is None:
-                skipped += 1
-                warnings.warn(
-                    f"fastclr: skipping unreadable image {files[i][0]} ({err})",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            images.append(img)
-            labels.append(files[i][1])
-    if skipped:
-        warnings.warn(
-            f"fastclr: skipped {skipped} of {len(files)} image files that could not be read",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    if not images:
+    chunks: list[Tensor] = []
+    kept: list[Tensor] = []
+    for out, ok, events in loader:
+        chunks.append(out[ok])
+        kept.append(ok)
+        for i, kind, detail in events:
+            summary.record(files[i], kind, detail)
+    keep = torch.cat(kept)
+    if not bool(keep.any()):
         raise ValueError(f"none of the {len(files)} image files could be read")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long), skipped
+    return torch.cat(chunks), torch.from_numpy(labels)[keep]
 
 
 def _folder_set(
-    root: Path, size: int, num_workers: int
-) -> tuple[TensorImageDataset, list[str], int]:
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a folder")
-    files, classes = _list_images(root)
-    if not files:
-        raise ValueError(
-            f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in class "
-            "subfolders or at its top level"
-        )
-    images, labels, skipped = _decode_all(files, size, num_workers)
-    return TensorImageDataset(images, labels if classes else None), classes, skipped
+    root: Path, size: int, num_workers: int, summary: DataSummary
+) -> tuple[TensorImageDataset, list[str]]:
+    listing = list_image_folder(root)
+    summary.add_listing(listing)
+    images, labels = _decode_all(listing.files, listing.labels, size, num_workers, summary)
+    return TensorImageDataset(images, labels if listing.classes else None), listing.classes
 
 
 def load_image_folder(root: str | os.PathLike[str], size: int, num_workers: int = 0) -> ImageData:
     """Decode an image folder into memory (see the module docstring for layout and split)."""
     root = Path(root)
+    summary = DataSummary()
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train, classes, sk1 = _folder_set(root / "train", size, num_workers)
-        held, held_classes, sk2 = _folder_set(root / "val", size, num_workers)
+        train, classes = _folder_set(root / "train", size, num_workers, summary)
+        held, held_classes = _folder_set(root / "val", size, num_workers, summary)
         if held_classes != classes:
             raise ValueError(f"{root}/train and {root}/val have different class subfolders")
-        return ImageData(str(root), train, held, classes, sk1 + sk2)
-    data, classes, skipped = _folder_set(root, size, num_workers)
+        summary.report(str(root))
+        return ImageData(str(root), train, held, classes, summary.skipped_count, summary)
+    data, classes = _folder_set(root, size, num_workers, summary)
+    summary.report(str(root))
     if data.labels is None or len(classes) < 2:
-        return ImageData(str(root), data, None, classes, skipped)
+        return ImageData(str(root), data, None, classes, summary.skipped_count, summary)
     tr, ho = _stratified_split(data.labels, FOLDER_HELDOUT_FRACTION)
-    assert data.labels is not None
     return ImageData(
         str(root),
         TensorImageDataset(data.images[tr], data.labels[tr]),
         TensorImageDataset(data.images[ho], data.labels[ho]),
         classes,
-        skipped,
+        summary.skipped_count,
+        summary,
     )
 
 

@@ -1,0 +1,203 @@
+"""Decoding image files to 8-bit RGB by one explicit rule, and cropping views from them.
+
+Conversion rule (:func:`to_rgb8`), by PIL mode; every conversion other than plain RGB is named
+so that loaders can count it:
+
+============================  =================================================================
+RGB                           as is
+L (8-bit grey), 1 (bilevel)   grey repeated into R = G = B ("grey → RGB")
+P, PA (palette)               the palette's colours; transparency dropped ("palette → RGB")
+LA, RGBA, RGBa, La            alpha dropped, no compositing, as PIL's convert ("alpha dropped")
+CMYK, YCbCr, LAB, HSV         PIL's conversion to RGB ("<mode> → RGB")
+I;16, I;16B, I;16L, I;16N     16-bit unsigned, range [0, 65535]: round(v / 257), so 65535 ↦ 255
+                              ("16-bit → 8-bit")
+I (32-bit integer)            read as 16-bit when every value is in [0, 65535] (how PIL opens
+                              16-bit PNGs and TIFFs); otherwise rejected: no documented range
+F (32-bit float)              documented range [0, 1]: round(255 · v); a file with a value
+                              outside [0, 1] (or NaN) is rejected with its range in the message
+============================  =================================================================
+
+16-bit RGB PNGs are read by PIL as their high byte (v // 256), the same scale within one level.
+A rejected file raises :class:`UnsupportedImage`; loaders skip it, report it by path and count it.
+
+Views (:func:`decode_views`): the crop boxes are drawn on the ORIGINAL image size read from the
+header, before any pixel is decoded, and are resized to (S, S) by the augmentation's documented
+resize (bilinear, ``align_corners=False``, no antialias, sampling clamped to the box's edge
+pixels: what ``F.interpolate`` does on the cropped tensor). For a JPEG whose smallest box still
+spans ``k·S`` pixels, the file is decoded at 1/k scale (libjpeg DCT scaling, k ∈ {2, 4, 8}) and
+the same box is sampled at the same ORIGINAL coordinates mapped to the reduced grid (original
+pixel x ↦ (x + 0.5)/k − 0.5). The draw, and so the distribution of crop position, area and aspect,
+is untouched by the reduced decode; the pixels are those of a 1/k-scale decode (a k×k low-pass of
+the original before the bilinear sampling), never fewer than S per side. tests/test_data_stream.py
+checks both: boxes equal the draw on the original size, and a reduced decode agrees with the full
+one on a colour-coded image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "UnsupportedImage",
+    "decode_resized_square",
+    "decode_views",
+    "open_rgb",
+    "resize_box",
+    "to_rgb8",
+]
+
+#: Largest DCT scaling libjpeg offers (1/8).
+MAX_DRAFT = 8
+#: Float images: values this far outside [0, 1] are rejected (rounding slack of float writers).
+FLOAT_SLACK = 1e-3
+_ALPHA = ("LA", "RGBA", "RGBa", "La")
+_SIXTEEN = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class UnsupportedImage(ValueError):
+    """A file decodes, but its pixel values have no documented 8-bit meaning."""
+
+
+def _grey_to_rgb(a: np.ndarray) -> np.ndarray:
+    return np.repeat(a[:, :, None], 3, axis=2)
+
+
+def to_rgb8(im: Any, name: str = "image") -> tuple[np.ndarray, str | None]:
+    """(H, W, 3) uint8 of a loaded PIL image by the module's rule, and the conversion's name."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8), None
+    if mode in ("L", "1"):
+        return _grey_to_rgb(np.asarray(im.convert("L"), dtype=np.uint8)), "grey → RGB"
+    if mode in ("P", "PA"):
+        return np.asarray(im.convert("RGB"), dtype=np.uint8), "palette → RGB"
+    if mode in _ALPHA:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8), "alpha dropped"
+    if mode in _SIXTEEN or mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+            raise UnsupportedImage(
+                f"{name}: 32-bit integer pixels in [{a.min()}, {a.max()}] have no documented "
+                "8-bit range (16-bit images, [0, 65535], are converted)"
+            )
+        return _grey_to_rgb(((a * 255 + 32767) // 65535).astype(np.uint8)), "16-bit → 8-bit"
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+            raise UnsupportedImage(
+                f"{name}: float pixels in [{lo:g}, {hi:g}] are outside the documented range "
+                "[0, 1] of float images; rescale them to [0, 1] (or save 8/16-bit images)"
+            )
+        out = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return _grey_to_rgb(out), "float → 8-bit"
+    return np.asarray(im.convert("RGB"), dtype=np.uint8), f"{mode} → RGB"
+
+
+def open_rgb(path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
+    """Decode a whole file to (H, W, 3) uint8 by the conversion rule (and name the conversion)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb8(im, str(path))
+
+
+def _axis_coords(start: float, length: float, size: int, scale: int, limit: int) -> np.ndarray:
+    """Source coordinates, on a 1/``scale`` grid, of ``size`` outputs over [start, start+length).
+
+    F.interpolate's rule in the box (clamped to its edge pixels), then mapped from original
+    pixels to the reduced grid, and clamped to the reduced image (``limit`` pixels).
+    """
+    c = (np.arange(size, dtype=np.float64) + 0.5) * (length / size) - 0.5
+    c = start + np.clip(c, 0.0, length - 1.0)
+    if scale > 1:
+        c = (c + 0.5) / scale - 0.5
+    return np.clip(c, 0.0, limit - 1.0)
+
+
+def _bilinear(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Separable bilinear sampling of (H, W, C) uint8 at rows ``ys`` and columns ``xs``."""
+    h, w = img.shape[:2]
+    y0 = np.floor(ys).astype(np.int64)
+    x0 = np.floor(xs).astype(np.int64)
+    y1 = np.minimum(y0 + 1, h - 1)
+    x1 = np.minimum(x0 + 1, w - 1)
+    wy = (ys - y0).astype(np.float32)[:, None, None]
+    wx = (xs - x0).astype(np.float32)[None, :, None]
+    lo, hi = int(x0.min()), int(x1.max()) + 1  # only the columns the box needs
+    band_a = img[y0, lo:hi].astype(np.float32)
+    band_b = img[y1, lo:hi].astype(np.float32)
+    rows = band_a + (band_b - band_a) * wy
+    left, right = rows[:, x0 - lo], rows[:, x1 - lo]
+    out = left + (right - left) * wx
+    return np.rint(out).clip(0, 255).astype(np.uint8)
+
+
+def resize_box(img: np.ndarray, box: tuple[int, int, int, int], size: int, scale: int = 1) -> Any:
+    """Box (y0, x0, h, w) in ORIGINAL pixels of ``img`` (decoded at 1/``scale``) → (S, S, C)."""
+    y0, x0, h, w = box
+    ys = _axis_coords(y0, h, size, scale, img.shape[0])
+    xs = _axis_coords(x0, w, size, scale, img.shape[1])
+    return _bilinear(img, ys, xs)
+
+
+def draft_scale(boxes: np.ndarray, size: int) -> int:
+    """Largest k in {1, 2, 4, 8} with every box at least k·``size`` pixels on both sides."""
+    smallest = int(boxes[:, 2:4].min())
+    k = 1
+    while k < MAX_DRAFT and smallest >= 2 * k * size:
+        k *= 2
+    return k
+
+
+BoxDraw = Callable[[int, int], np.ndarray]
+
+
+def _box(row: np.ndarray) -> tuple[int, int, int, int]:
+    y0, x0, h, w = (int(v) for v in row)
+    return y0, x0, h, w
+
+
+def decode_views(
+    path: str, draw: BoxDraw, size: int, draft: bool = True
+) -> tuple[np.ndarray, str | None, int]:
+    """Crops of one file: ``draw(H, W)`` gives (V, 4) boxes on the original size; → (V, S, S, 3).
+
+    Returns the views, the conversion's name (or None) and the decode scale used (1 = full).
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+        boxes = np.asarray(draw(height, width), dtype=np.int64)
+        scale = draft_scale(boxes, size) if draft and im.format == "JPEG" else 1
+        if scale > 1:
+            got = im.draft(im.mode, (width // scale, height // scale))
+            # Pillow returns (mode, box) with box = (0, 0, W / s, H / s): s is the scale used.
+            scale = round(width / got[1][2]) if got else 1
+        im.load()
+        rgb, conversion = to_rgb8(im, path)
+    views = np.stack([resize_box(rgb, _box(b), size, scale) for b in boxes])
+    return views, conversion, scale
+
+
+def decode_resized_square(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str | None]:
+    """The in-memory loader's decode: shorter side → ``size`` (PIL bilinear), centre square."""
+    from PIL import Image
+
+    with Image.open(path) as f:
+        f.draft(f.mode, (size, size))  # JPEG: decode at the smallest scale still >= size
+        f.load()
+        rgb, conversion = to_rgb8(f, str(path))
+    im = Image.fromarray(rgb)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8), conversion

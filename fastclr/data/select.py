@@ -1,0 +1,298 @@
+"""Which loader a run uses, and building it: ``memory``, ``stream`` or ``dali`` (or ``auto``).
+
+Rule for ``auto`` (:func:`resolve_loader`):
+
+1. ``digits`` (the embedded set) is always in memory.
+2. An image folder is loaded in memory when the decoded set is small AND decoding once loses
+   nothing: N · S · S · 3 bytes ≤ :data:`MEMORY_AUTO_BYTES` (1 GiB) for N files at view size S,
+   and the headers of up to :data:`HEADER_PROBES` files spread over the listing are all square
+   and at most S pixels (CIFAR-like folders: the stored square IS the original image).
+3. Otherwise the folder streams: with DALI (``dali``) when training on CUDA and
+   ``nvidia.dali`` imports, else in DataLoader workers (``stream``).
+
+Every loader yields :class:`~fastclr.data.stream.ViewBatch` from ``epoch(epoch, start_step)``,
+draws its order from ``(seed, epoch)``, shards by rank and resumes mid-epoch exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fastclr.augment.params import AugmentConfig
+from fastclr.data.files import FileList, FolderListing, list_image_folder
+from fastclr.data.memory import (
+    FOLDER_HELDOUT_FRACTION,
+    ImageData,
+    TensorImageDataset,
+    _decode_all,
+    _stratified_split,
+    load_data,
+)
+from fastclr.data.stream import StreamingLoader, ViewBatch
+from fastclr.data.summary import DataSummary
+
+__all__ = [
+    "HEADER_PROBES",
+    "LOADERS",
+    "MEMORY_AUTO_BYTES",
+    "MONITOR_BYTES",
+    "BatchLoader",
+    "MemoryLoader",
+    "TrainData",
+    "build_train_data",
+    "dali_available",
+    "resolve_loader",
+]
+
+LOADERS = ("auto", "memory", "stream", "dali")
+#: Largest decoded set (bytes) that ``auto`` keeps in memory.
+MEMORY_AUTO_BYTES = 1 << 30
+#: Files whose headers ``auto`` reads to see whether they are small squares.
+HEADER_PROBES = 100
+#: Decoded bytes of the kNN monitor's subsets (train + held-out) for streamed data: the monitor
+#: uses at most this many images' worth of a fixed random subset, whatever the data set's size.
+MONITOR_BYTES = 256 << 20
+
+
+class BatchLoader(Protocol):
+    """What the training loop needs from a loader."""
+
+    summary: DataSummary
+
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]: ...
+
+
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` can be imported (the ``dali`` extra)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class MemoryLoader:
+    """:class:`TensorImageDataset` batches as :class:`ViewBatch` (uncropped images)."""
+
+    def __init__(
+        self,
+        data: TensorImageDataset,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        summary: DataSummary | None = None,
+    ) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.summary = summary if summary is not None else DataSummary()
+        self.steps_per_epoch = data.steps_per_epoch(batch_size, world_size)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:
+        it = self.data.batches(
+            self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size
+        )
+        for step, (images, labels) in enumerate(it):
+            if step < start_step:
+                continue
+            if labels is None:
+                labels = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+            yield ViewBatch(labels=labels, images=images)
+
+
+def _probe_small_squares(files: FileList, size: int) -> bool:
+    from PIL import Image
+
+    n = len(files)
+    for i in np.linspace(0, n - 1, min(n, HEADER_PROBES)).astype(np.int64):
+        try:
+            with Image.open(files[int(i)]) as im:
+                w, h = im.size
+        except Exception:
+            continue  # unreadable files are the loader's business, not the rule's
+        if w != h or w > size:
+            return False
+    return True
+
+
+def _train_root(spec: str) -> tuple[Path, Path | None]:
+    root = Path(spec)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return root / "train", root / "val"
+    return root, None
+
+
+def resolve_loader(
+    choice: str, data: str, image_size: int, device: torch.device, listing: FolderListing | None
+) -> str:
+    """The loader ``choice`` stands for (module docstring); errors name ``loader``."""
+    if choice not in LOADERS:
+        raise ValueError(f"loader must be one of {LOADERS}, got {choice!r}")
+    if data == "digits":
+        if choice not in ("auto", "memory"):
+            raise ValueError(
+                f"loader={choice!r} streams image files; digits is an in-memory set "
+                "(use loader 'memory' or 'auto', or pass an image folder as data)"
+            )
+        return "memory"
+    if choice == "dali" and not dali_available():
+        raise ValueError(
+            "loader='dali' needs NVIDIA DALI: pip install 'fastclr[dali]' (or use loader 'stream')"
+        )
+    if choice != "auto":
+        return choice
+    assert listing is not None
+    decoded = len(listing) * image_size * image_size * 3
+    if decoded <= MEMORY_AUTO_BYTES and _probe_small_squares(listing.files, image_size):
+        return "memory"
+    if device.type == "cuda" and dali_available():
+        return "dali"
+    return "stream"
+
+
+@dataclass
+class TrainData:
+    """The training batches and the kNN monitor's (bounded) labelled subsets."""
+
+    loader_name: str
+    loader: BatchLoader
+    n_images: int
+    classes: list[str]
+    monitor_train: TensorImageDataset | None
+    monitor_heldout: TensorImageDataset | None
+    summary: DataSummary = field(default_factory=DataSummary)
+
+    def describe(self, device: torch.device, precision: str) -> str:
+        """One line for the log: which loader, how many images, device and precision."""
+        labelled = f", {len(self.classes)} classes" if self.classes else ""
+        return (
+            f"data: {self.n_images} training images{labelled}; loader {self.loader_name} "
+            f"({self.loader.steps_per_epoch} steps/epoch per rank); device {device}; "
+            f"precision {precision}"
+        )
+
+
+def _monitor_sets(
+    train: FileList,
+    train_labels: np.ndarray,
+    held: FileList,
+    held_labels: np.ndarray,
+    size: int,
+    num_workers: int,
+    summary: DataSummary,
+) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """Fixed random subsets (train 4 : held-out 1) decoded within MONITOR_BYTES."""
+    cap = max(2, MONITOR_BYTES // (size * size * 3))
+    n_tr = min(len(train), cap * 4 // 5)
+    n_ho = min(len(held), cap - n_tr)
+    rng = np.random.default_rng(0)
+    pick_tr = np.sort(rng.permutation(len(train))[:n_tr])
+    pick_ho = np.sort(rng.permutation(len(held))[:n_ho])
+    x_tr, y_tr = _decode_all(
+        train.select(pick_tr), train_labels[pick_tr], size, num_workers, summary
+    )
+    x_ho, y_ho = _decode_all(held.select(pick_ho), held_labels[pick_ho], size, num_workers, summary)
+    return TensorImageDataset(x_tr, y_tr), TensorImageDataset(x_ho, y_ho)
+
+
+def build_train_data(
+    data: str | ImageData,
+    *,
+    loader: str,
+    crop: AugmentConfig,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    num_workers: int,
+    monitor: bool = True,
+) -> TrainData:
+    """Resolve ``loader`` and build it for this rank (``batch_size`` is per rank)."""
+    if isinstance(data, ImageData):
+        if loader not in ("auto", "memory"):
+            raise ValueError(f"loader={loader!r} needs an image folder, not an in-memory ImageData")
+        return _memory_data(data, "memory", batch_size, seed, rank, world_size, device)
+    listing = held_listing = None
+    if data != "digits":
+        train_root, held_root = _train_root(data)
+        listing = list_image_folder(train_root)
+        held_listing = list_image_folder(held_root) if held_root is not None else None
+    name = resolve_loader(loader, data, image_size, device, listing)
+    if name == "memory":
+        loaded = load_data(data, image_size, num_workers)
+        return _memory_data(loaded, name, batch_size, seed, rank, world_size, device)
+    assert listing is not None
+    summary = DataSummary()
+    summary.add_listing(listing)
+    files, labels = listing.files, listing.labels
+    if held_listing is not None:
+        summary.add_listing(held_listing)
+        if held_listing.classes != listing.classes:
+            raise ValueError(f"{data}/train and {data}/val have different class subfolders")
+        held_files, held_labels = held_listing.files, held_listing.labels
+    elif len(listing.classes) >= 2:
+        tr, ho = (t.numpy() for t in _stratified_split(torch.from_numpy(labels), _HELD))
+        held_files, held_labels = files.select(ho), labels[ho]
+        files, labels = files.select(tr), labels[tr]
+    else:
+        held_files, held_labels = None, None
+    common: dict[str, Any] = {"seed": seed, "rank": rank, "world_size": world_size}
+    batches: BatchLoader
+    if name == "dali":
+        from fastclr.data.dali import DaliLoader
+
+        batches = DaliLoader(
+            files, labels, crop, batch_size, device=device, summary=summary, **common
+        )
+    else:
+        batches = StreamingLoader(
+            files,
+            labels,
+            crop,
+            batch_size,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            summary=summary,
+            **common,
+        )
+    mon_tr = mon_ho = None
+    if monitor and held_files is not None and held_labels is not None and rank == 0:
+        mon_tr, mon_ho = _monitor_sets(
+            files, labels, held_files, held_labels, image_size, num_workers, summary
+        )
+    summary.report(str(data))
+    return TrainData(name, batches, len(files), listing.classes, mon_tr, mon_ho, summary)
+
+
+_HELD = FOLDER_HELDOUT_FRACTION
+
+
+def _memory_data(
+    data: ImageData,
+    name: str,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> TrainData:
+    train = data.train.to(device)
+    summary = data.summary if data.summary is not None else DataSummary()
+    batches = MemoryLoader(
+        train, batch_size, seed=seed, rank=rank, world_size=world_size, summary=summary
+    )
+    return TrainData(
+        name, batches, len(train), data.classes, data.train, data.heldout, summary=summary
+    )
