@@ -10,13 +10,13 @@ compares each backend with kornia's AugmentationSequential measured in this run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from measure import time_fn
 
 from fastclr.augment import AugmentConfig, SimCLRAugmentation, apply_reference, kornia_pipeline
-from fastclr.augment.torch_backend import FP32_ATOL
+from fastclr.testing import AUGMENT_ATOL, assert_close_to_reference, error_ratio
 
 N_CHECKED = 4  # images checked against the reference before timing
 # Known memory bandwidths (bytes/s) by device-name substring: spec sheets.
@@ -65,12 +65,10 @@ def batches(device: torch.device, quick: bool) -> list[tuple[str, AugmentConfig,
 def _check_params_backend(aug: SimCLRAugmentation, images: torch.Tensor) -> str:
     sub = images[:N_CHECKED]
     p1, _ = aug.sample(sub.shape[0], torch.tensor([list(sub.shape[1:3])] * sub.shape[0]))
-    got = aug.apply(sub, p1).float()
-    ref = apply_reference(sub, p1.to(sub.device), aug.config).float()
-    err = (got - ref).abs().max().item()
-    tol = 5e-2 if aug.config.dtype != torch.float32 else FP32_ATOL
-    assert err <= tol, f"max error {err:.3g} > {tol} against the reference"
-    return f"vs reference: max err {err:.1e}"
+    got = aug.apply(sub, p1)
+    ref64 = apply_reference(sub, p1.to(sub.device), replace(aug.config, dtype=torch.float64))
+    assert_close_to_reference(got, ref64, atol=AUGMENT_ATOL, name="augmented views")
+    return f"vs reference: error/bound {error_ratio(got, ref64, atol=AUGMENT_ATOL):.2g}"
 
 
 def _check_promise(views: tuple[torch.Tensor, torch.Tensor], cfg: AugmentConfig) -> str:

@@ -27,7 +27,7 @@ from fastclr.augment import (
     sample_params,
 )
 from fastclr.augment.reference import _blur, gaussian_taps, hsv_to_rgb, rgb_to_hsv
-from fastclr.augment.torch_backend import FP32_ATOL
+from fastclr.testing import AUGMENT_ATOL, assert_close_to_reference
 
 N_STAT = 20_000
 
@@ -306,9 +306,6 @@ def test_jitter_ops_match_torchvision(op: int, fn: str, factor: float) -> None:
 
 # ---------------------------------------------------------------- torch path vs reference
 
-# fp32 tolerance (normalised units) shared with the benchmark's pre-timing check; see its comment.
-ATOL_FP32 = FP32_ATOL
-
 
 @st.composite
 def _batch(draw: st.DrawFn) -> tuple[list[torch.Tensor] | torch.Tensor, AugmentConfig, int]:
@@ -347,12 +344,7 @@ def _sizes(imgs: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
 
 def _assert_close_to_reference(out: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> None:
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
-    err = (out.double() - ref64).abs().max()
-    if dtype == torch.float32:
-        assert float(err) <= ATOL_FP32
-    else:  # at most twice torch's own rounding error in that dtype, plus the fp32 atol
-        own = (ref64.to(dtype).double() - ref64).abs().max()
-        assert float(err) <= 2 * float(own) + ATOL_FP32
+    assert_close_to_reference(out, ref64, atol=AUGMENT_ATOL)
 
 
 @given(_batch())

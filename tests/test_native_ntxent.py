@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from fastclr import NTXentLoss, _native
 from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
+from fastclr.testing import assert_close_to_reference
 
 pytestmark = pytest.mark.skipif(
     not _native.available(), reason=f"native library unavailable: {_native.load_error()}"
@@ -79,9 +80,7 @@ def assert_grad_close(
     got: torch.Tensor, want: torch.Tensor, rel: float = 1e-4, atol: float = 1e-6
 ) -> None:
     """Max error ≤ rel · max|want| + atol (atol covers fp32 cancellation where want ≈ 0)."""
-    err = (got.double() - want.double()).abs().max().item()
-    scale = want.abs().max().item()
-    assert err <= rel * scale + atol, f"grad error {err:.3g} vs scale {scale:.3g}"
+    assert_close_to_reference(got, want, rtol=rel, atol=atol, name="gradient")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,7 +105,7 @@ def test_lse_sym_values_and_grads(m: int, d: int, tau: float, n_threads: int, se
         got = native_lse_sym(zn, tau)
         (got * g.float()).sum().backward()
     assert got.dtype == torch.float32 and got.shape == (m,)
-    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-6, atol=lse_tol(tau))
+    assert_close_to_reference(got, want.detach(), rtol=1e-6, atol=lse_tol(tau), elementwise=True)
     assert zr.grad is not None and zn.grad is not None
     assert_grad_close(tangent(z, zn.grad.double()), zr.grad)
 
@@ -133,7 +132,7 @@ def test_lse_rect_values_and_grads(
     with threads(n_threads):
         got = native_lse_rect(qn, kn, off, tau)
         (got * g.float()).sum().backward()
-    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-6, atol=lse_tol(tau))
+    assert_close_to_reference(got, want.detach(), rtol=1e-6, atol=lse_tol(tau), elementwise=True)
     assert qr.grad is not None and kr.grad is not None
     assert qn.grad is not None and kn.grad is not None
     assert_grad_close(tangent(q, qn.grad.double()), qr.grad)
@@ -163,7 +162,9 @@ def test_switch_rule_and_both_sides() -> None:
         got = native_lse_sym(zn, tau)
         got.sum().backward()
         assert torch.isfinite(got).all()
-        torch.testing.assert_close(got.double(), want.detach(), rtol=1e-6, atol=lse_tol(tau))
+        assert_close_to_reference(
+            got, want.detach(), rtol=1e-6, atol=lse_tol(tau), elementwise=True
+        )
         assert zr.grad is not None and zn.grad is not None
         assert_grad_close(tangent(z, zn.grad.double()), zr.grad)
 
@@ -223,7 +224,7 @@ def test_loss_views(n_views: int, n: int, d: int, tau: float, reduction: str) ->
 
     got, got_grad = loss_and_grad(native, z, upstream)
     want, want_grad = loss_and_grad(reference, z, upstream)
-    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=lse_tol(tau) * 4)
+    assert_close_to_reference(got, want, rtol=2e-5, atol=lse_tol(tau) * 4, elementwise=True)
     assert_grad_close(got_grad, want_grad, rel=2e-4, atol=lse_tol(tau))
 
 
@@ -240,7 +241,7 @@ def test_loss_labels(tau: float, reduction: str) -> None:
     want, want_grad = loss_and_grad(
         lambda zz: ntxent_reference(zz, labels, tau, reduction), z, upstream
     )
-    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=lse_tol(tau) * 4)
+    assert_close_to_reference(got, want, rtol=2e-5, atol=lse_tol(tau) * 4, elementwise=True)
     assert_grad_close(got_grad, want_grad, rel=2e-4, atol=lse_tol(tau))
 
 
@@ -261,12 +262,8 @@ def test_loss_low_precision(dtype: torch.dtype, atol: float, tau: float) -> None
     got, got_grad = loss_and_grad(lambda zz: loss_fn(zz[:n], zz[n:]), z_low, torch.tensor(1.3))
     assert got.dtype == dtype and got_grad.dtype == dtype
     assert torch.isfinite(got) and torch.isfinite(got_grad).all()
-    torch_err = (torch_out.double() - want).abs().item()
-    err = (got.double() - want).abs().item()
-    assert err <= 2 * torch_err + atol * max(1.0, abs(want.item())), (err, torch_err)
-    torch_gerr = (torch_grad.double() - want_grad).abs().max().item()
-    gerr = (got_grad.double() - want_grad).abs().max().item()
-    assert gerr <= 2 * torch_gerr + atol * want_grad.abs().max().item(), (gerr, torch_gerr)
+    assert_close_to_reference(got, want, torch_out, atol=atol * max(1.0, abs(want.item())))
+    assert_close_to_reference(got_grad, want_grad, torch_grad, rtol=atol, name="gradient")
 
 
 def test_fp16_tiny_temperature_is_finite_and_right() -> None:
@@ -275,7 +272,7 @@ def test_fp16_tiny_temperature_is_finite_and_right() -> None:
     got = NTXentLoss(temperature=0.01, backend="native")(z[:32], z[32:])
     want = ntxent_reference(z.double(), labels, 0.01)
     assert torch.isfinite(got)
-    torch.testing.assert_close(got.double(), want, rtol=2e-3, atol=2e-2)
+    assert_close_to_reference(got, want, rtol=2e-3, atol=2e-2, elementwise=True)
 
 
 def test_fp64_input_gives_fp64_gradient() -> None:
@@ -301,9 +298,8 @@ def test_non_contiguous_inputs() -> None:
     )
     labels = torch.arange(30).repeat(2)
     got = NTXentLoss(temperature=0.2, backend="native")(strided[:30], strided[30:])
-    torch.testing.assert_close(
-        got.double(), ntxent_reference(strided, labels, 0.2), rtol=1e-5, atol=1e-5
-    )
+    want = ntxent_reference(strided, labels, 0.2)
+    assert_close_to_reference(got, want, rtol=1e-5, atol=1e-5, elementwise=True)
 
 
 @pytest.mark.parametrize("tau", [0.5, 0.01])
@@ -317,7 +313,7 @@ def test_zero_rows_no_nan(tau: float) -> None:
     )
     want, want_grad = loss_and_grad(lambda zz: ntxent_reference(zz, labels, tau), z, 0.7)
     assert torch.isfinite(got) and torch.isfinite(got_grad).all()
-    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=lse_tol(tau) * 4)
+    assert_close_to_reference(got, want, rtol=2e-5, atol=lse_tol(tau) * 4, elementwise=True)
     assert_grad_close(got_grad, want_grad, rel=2e-4, atol=lse_tol(tau))
 
 

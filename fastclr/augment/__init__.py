@@ -12,8 +12,8 @@ Backends (``backend=``):
 - ``"reference"``: :func:`~fastclr.augment.reference.apply_reference`, per image in float64, the
   definition every other backend is tested against;
 - ``"torch"``: :func:`~fastclr.augment.torch_backend.apply_torch`, batched float32 torch (CPU or
-  CUDA), equal to the reference within ``torch_backend.FP32_ATOL`` (1e-3 normalised, float32
-  output; bf16/fp16: twice the reference's own rounding error plus that). On CPU it runs its
+  CUDA), equal to the reference within :data:`fastclr.testing.AUGMENT_ATOL` (1e-3 normalised,
+  added to twice the reference's own rounding error in the output dtype). On CPU it runs its
   ops single-threaded over cache-sized chunks, one Python worker per configured intra-op thread,
   setting ``torch.set_num_threads(1)`` for the duration of the call;
 - ``"native"``: :func:`~fastclr.augment.native_backend.apply_native`, one fused C++ pass per

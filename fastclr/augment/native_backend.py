@@ -4,7 +4,7 @@ Layer two over ``kernels/cpu/augment.h``: packs the :class:`AugmentParams` of on
 flat arrays the kernel reads, calls it on the uint8 storage of a dense NHWC batch (images in
 parallel with OpenMP, ``torch.get_num_threads()`` threads) and returns (N, 3, S, S) channels_last
 in ``config.dtype``. Same maths as :func:`~fastclr.augment.reference.apply_reference` in float32
-(tolerance :data:`~fastclr.augment.torch_backend.FP32_ATOL`). Ragged batches and CUDA tensors
+(tolerance :data:`fastclr.testing.AUGMENT_ATOL`). Ragged batches and CUDA tensors
 are not this backend's: ``SimCLRAugmentation`` sends them to the torch or Triton backends.
 """
 

@@ -1,7 +1,7 @@
 """The batched torch backend (``backend="torch"``): the reference's maths, vectorised, in float32.
 
 Same semantics as :func:`fastclr.augment.reference.apply_reference` for the same parameters; it
-differs only by float32 rounding, within :data:`FP32_ATOL`. Layout of the
+differs only by float32 rounding, within :data:`fastclr.testing.AUGMENT_ATOL`. Layout of the
 work: the uint8 source goes planar (N·3·H rows of W bytes), then
 
 1. crop + resize, separable. Sources up to ``MATMUL_RESIZE_MAX_SIDE`` px: two matmuls with
@@ -48,15 +48,7 @@ from fastclr.augment.params import (
 )
 from fastclr.augment.reference import GRAY_WEIGHTS, gaussian_taps
 
-__all__ = ["FP32_ATOL", "apply_torch"]
-
-#: Accepted max |apply_torch − apply_reference| for float32 output, in normalised units (for
-#: bf16/fp16: twice the reference's own rounding error in that dtype plus this). The resize's
-#: sample positions are float32 (as in ``F.interpolate`` and any per-pixel kernel): ~3e-5 px at a
-#: 300-px source, which on a worst-case noise image (neighbours differing by up to 1.0) the
-#: jitter amplifies to a few 1e-4 after normalisation (measured max 3e-4). 1e-3 is 1/17 of one
-#: uint8 step (1/255/0.229 ≈ 0.017).
-FP32_ATOL = 1e-3
+__all__ = ["apply_torch"]
 
 _Op = Callable[..., Tensor]
 
