@@ -39,6 +39,7 @@ __all__ = [
     "assert_close_to_reference",
     "error_ratio",
     "reference_error",
+    "ulp",
 ]
 
 #: Augmentation backends (torch, native, Triton) against the float64 ``apply_reference`` for the
@@ -99,6 +100,18 @@ def _terms(
     omax = own.max() if own.numel() else zero
     scale = want.abs().max() if want.numel() else zero
     return emax, omax, k * omax + atol + rtol * scale
+
+
+def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """One unit in the last place of ``dtype`` at each value of ``x`` (float64, same shape).
+
+    The worst rounding error of a cast that truncates instead of rounding to nearest (Triton's
+    interpreter casts to bf16/fp16 that way): pass ``ref64 + ulp(ref64, dtype)`` as ``ref_lowp``
+    with ``k=1`` and ``elementwise=True`` to allow exactly that.
+    """
+    _, exponent = torch.frexp(x.detach().to(torch.float64))  # |x| = m·2^e, m ∈ [0.5, 1)
+    eps = torch.full_like(x, torch.finfo(dtype).eps, dtype=torch.float64)
+    return torch.ldexp(eps, exponent - 1)
 
 
 def reference_error(ref64: Tensors, ref_lowp: Tensors) -> float:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fastclr.testing import assert_close_to_reference, error_ratio, reference_error
+from fastclr.testing import assert_close_to_reference, error_ratio, reference_error, ulp
 
 REF = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 
@@ -65,3 +65,10 @@ def test_sequences_are_compared_as_one_and_nan_always_fails() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="out has 2 elements, ref64 has 3"):
         assert_close_to_reference(torch.zeros(2), REF)
+
+
+def test_ulp_is_one_unit_in_the_last_place() -> None:
+    x = torch.tensor([1.0, 1.5, -3.0, 0.25], dtype=torch.float64)
+    want = torch.tensor([2**-7, 2**-7, 2**-6, 2**-9], dtype=torch.float64)
+    assert torch.equal(ulp(x, torch.bfloat16), want)
+    assert float(ulp(torch.tensor([1.0]), torch.float16)) == 2**-10
