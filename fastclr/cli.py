@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from fastclr.models import ARCHS, STEMS
-from fastclr.train.config import PRECISIONS
+from fastclr.train.config import LOADERS, PRECISIONS
 
 __all__ = ["main"]
 
@@ -90,7 +90,17 @@ def _pretrain_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="checkpoint file or run folder")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--num-workers", type=int, default=0, help="image-folder decode workers")
+    p.add_argument(
+        "--num-workers", type=int, default=0, help="image-decoding worker processes (0: inline)"
+    )
+    p.add_argument(
+        "--loader",
+        choices=LOADERS,
+        default="auto",
+        help="memory: decode the folder once into RAM; stream: decode each batch in "
+        "--num-workers processes; dali: NVIDIA DALI (nvJPEG on CUDA); auto: memory for digits "
+        "and small folders of small square images, else dali on CUDA when installed, else stream",
+    )
     p.add_argument(
         "--image-size",
         type=int,
@@ -168,6 +178,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         resume=args.resume,
         compile=args.compile,
         num_workers=args.num_workers,
+        loader=args.loader,
         limit_steps=args.limit_steps,
         stop_after_epochs=args.stop_after_epochs,
         log_every=args.log_every,

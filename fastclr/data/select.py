@@ -171,6 +171,8 @@ class TrainData:
     monitor_train: TensorImageDataset | None
     monitor_heldout: TensorImageDataset | None
     summary: DataSummary = field(default_factory=DataSummary)
+    #: whether the kNN monitor runs (the same on every rank; the sets exist on rank 0 at least)
+    monitored: bool = False
 
     def describe(self, device: torch.device, precision: str) -> str:
         """One line for the log: which loader, how many images, device and precision."""
@@ -268,12 +270,14 @@ def build_train_data(
             **common,
         )
     mon_tr = mon_ho = None
-    if monitor and held_files is not None and held_labels is not None and rank == 0:
+    monitored = monitor and held_files is not None and held_labels is not None
+    if monitored and rank == 0:
+        assert held_files is not None and held_labels is not None
         mon_tr, mon_ho = _monitor_sets(
             files, labels, held_files, held_labels, image_size, num_workers, summary
         )
     summary.report(str(data))
-    return TrainData(name, batches, len(files), listing.classes, mon_tr, mon_ho, summary)
+    return TrainData(name, batches, len(files), listing.classes, mon_tr, mon_ho, summary, monitored)
 
 
 _HELD = FOLDER_HELDOUT_FRACTION
@@ -293,6 +297,6 @@ def _memory_data(
     batches = MemoryLoader(
         train, batch_size, seed=seed, rank=rank, world_size=world_size, summary=summary
     )
-    return TrainData(
-        name, batches, len(train), data.classes, data.train, data.heldout, summary=summary
-    )
+    held = data.heldout
+    monitored = held is not None and held.labels is not None and data.train.labels is not None
+    return TrainData(name, batches, len(train), data.classes, data.train, held, summary, monitored)

@@ -16,6 +16,7 @@ from fastclr.optim import BASE_LR, MOMENTUM, WEIGHT_DECAY
 __all__ = [
     "AUGMENT_PRESETS",
     "CIFAR_MAX_SIZE",
+    "LOADERS",
     "MAX_WARMUP_FRACTION",
     "PRECISIONS",
     "Precision",
@@ -26,6 +27,8 @@ __all__ = [
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_PRESETS = ("auto", "cifar", "imagenet", "digits")
+# Data loaders (fastclr.data.select): auto, the in-memory tensor, DataLoader workers, DALI.
+LOADERS = ("auto", "memory", "stream", "dali")
 # Warm-up never takes more than this fraction of a run: the paper's 10 epochs assume >= 100.
 MAX_WARMUP_FRACTION = 0.1
 # Images up to this size get the CIFAR recipe (3×3 stem without max-pool, CIFAR augmentation);
@@ -72,6 +75,7 @@ class TrainConfig:
     resume: str | None = None
     compile: bool = False
     num_workers: int = 0
+    loader: Literal["auto", "memory", "stream", "dali"] = "auto"
     limit_steps: int | None = None
     stop_after_epochs: int | None = None
     log_every: int = 10
@@ -95,5 +99,9 @@ class TrainConfig:
             raise ValueError(
                 f"augment_preset must be one of {AUGMENT_PRESETS}, got {self.augment_preset!r}"
             )
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastclr.data import ImageData, TensorImageDataset, load_data
+from fastclr.augment.params import AugmentConfig
+from fastclr.augment.presets import preset_config
+from fastclr.data import ImageData
+from fastclr.data.select import TrainData, build_train_data
+from fastclr.data.stream import ViewBatch, augment_views
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
 from fastclr.train.builders import (
@@ -116,8 +119,7 @@ class _Run:
     cfg: TrainConfig
     ddp: DistInfo
     device: torch.device
-    data: ImageData
-    train_ds: TensorImageDataset
+    data: TrainData
     per_rank: int
     steps_per_epoch: int
     total_steps: int
@@ -195,21 +197,20 @@ def _build_run(
     precision = _check_setup(cfg, ddp, device)
     per_rank = cfg.batch_size // ddp.world_size
     seed_everything(cfg.seed, ddp.rank)
-    if data is None:
-        data = load_data(cfg.data, cfg.image_size, cfg.num_workers)
-    train_ds = data.train.to(device)
-    steps_per_epoch = train_ds.steps_per_epoch(per_rank, ddp.world_size)
+    if augment is None:
+        augment = build_augmentation(
+            augment_preset_for(cfg), cfg.image_size, precision, cfg.augment_backend,
+            cfg.seed + ddp.rank, device,
+        )  # fmt: skip
+    train_data = _load_data(cfg, ddp, device, augment, data, per_rank)
+    if ddp.is_main:
+        print(train_data.describe(device, precision), file=sys.stderr)
+    steps_per_epoch = train_data.loader.steps_per_epoch
     if cfg.limit_steps is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.limit_steps)
     total_steps = steps_per_epoch * cfg.epochs
 
     model = build_model(cfg.arch, cfg.stem, cfg.width, cfg.proj_dim, cfg.head_bn).to(device)
-    if augment is None:
-        preset = augment_preset_for(cfg)
-        seed = cfg.seed + ddp.rank
-        augment = build_augmentation(
-            preset, cfg.image_size, precision, cfg.augment_backend, seed, device
-        )
     if loss_fn is None:
         loss_fn = build_loss(cfg, ddp.world_size)
     optimizer = build_optimizer(model, cfg)
@@ -232,12 +233,41 @@ def _build_run(
     if cfg.stop_after_epochs is not None:
         stop_epoch = min(cfg.epochs, start.epoch + cfg.stop_after_epochs)
     return _Run(
-        cfg, ddp, device, data, train_ds, per_rank, steps_per_epoch, total_steps, stop_epoch,
+        cfg, ddp, device, train_data, per_rank, steps_per_epoch, total_steps, stop_epoch,
         state, step,
         CheckpointSaver(out, cfg, ddp, device, *augment_mean_std(augment)),
         RunLogger(out, ddp.is_main, append=bool(cfg.resume)),
         start, start.global_step, torch.ones((), dtype=torch.bool, device=device),
     )  # fmt: skip
+
+
+def _load_data(
+    cfg: TrainConfig,
+    ddp: DistInfo,
+    device: torch.device,
+    augment: Augmentation,
+    data: ImageData | None,
+    per_rank: int,
+) -> TrainData:
+    """The loader ``cfg.loader`` resolves to (:mod:`fastclr.data.select`) for this rank.
+
+    Streaming loaders draw the crops themselves, with the augmentation's crop settings.
+    """
+    crop = getattr(augment, "config", None)
+    if not isinstance(crop, AugmentConfig):
+        crop = preset_config(augment_preset_for(cfg), cfg.image_size)
+    return build_train_data(
+        data if data is not None else cfg.data,
+        loader=cfg.loader,
+        crop=crop,
+        image_size=cfg.image_size,
+        batch_size=per_rank,
+        seed=cfg.seed,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+        device=device,
+        num_workers=cfg.num_workers,
+    )
 
 
 def fit(
@@ -282,12 +312,6 @@ def fit(
     )
 
 
-def _skip(it: Iterator[Any], n: int) -> Iterator[Any]:
-    for _ in range(n):
-        next(it)
-    return it
-
-
 def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     """Train one epoch (from the resume point in the first), log, monitor and checkpoint it.
 
@@ -298,16 +322,13 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     run.state.model.train()
     t_epoch = time.perf_counter()
     skip = run.start.step_in_epoch if epoch == run.start.epoch else 0
-    batches = run.train_ds.batches(
-        run.per_rank, seed=cfg.seed, epoch=epoch, rank=ddp.rank, world_size=ddp.world_size
-    )
-    batches = _skip(batches, skip)
+    batches = run.data.loader.epoch(epoch, skip)  # the same batches after a resume
     log = _StepLog()
     stop_now = False
     for step in range(skip, run.steps_per_epoch):
-        images, _ = next(batches)
+        batch = next(batches)
         lr_now = run.state.optimizer.param_groups[0]["lr"]
-        loss = training_step(run, images)
+        loss = training_step(run, batch)
         log.pending.append((step, run.global_step, loss, lr_now))
         log.losses.append(loss)
         last_of_epoch = step == run.steps_per_epoch - 1
@@ -322,12 +343,12 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     return stop_now
 
 
-def training_step(run: _Run, images: Tensor) -> Tensor:
-    """Augment ``images`` into two views, take one optimisation step, advance the schedule.
+def training_step(run: _Run, batch: ViewBatch) -> Tensor:
+    """Augment ``batch`` into two views, take one optimisation step, advance the schedule.
 
     Returns the detached loss; its finiteness is folded into ``run.finite`` on the device.
     """
-    v1, v2 = run.state.augment(images)
+    v1, v2 = augment_views(run.state.augment, batch.to(run.device))
     loss = run.step(v1, v2)
     run.state.scheduler.step()
     run.global_step += 1
@@ -364,8 +385,8 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
     """kNN monitor, the epoch's log row and summary line, and the end-of-epoch checkpoint."""
     cfg = run.cfg
     epoch_loss = float(torch.stack(losses).mean()) if losses else math.nan
-    heldout, train = run.data.heldout, run.data.train
-    if heldout is not None and heldout.labels is not None and train.labels is not None:
+    heldout, train = run.data.monitor_heldout, run.data.monitor_train
+    if run.data.monitored:  # the same on every rank; the sets themselves may live on rank 0 only
         mean, std = run.saver.mean, run.saver.std
         run.knn_top1 = knn_monitor(
             run.state.model, train, heldout, mean, std, cfg.image_size,

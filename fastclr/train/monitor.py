@@ -19,8 +19,8 @@ __all__ = ["knn_monitor"]
 
 def knn_monitor(
     model: SimCLR,
-    train: TensorImageDataset,
-    heldout: TensorImageDataset,
+    train: TensorImageDataset | None,
+    heldout: TensorImageDataset | None,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     image_size: int,
@@ -29,9 +29,13 @@ def knn_monitor(
     device: torch.device,
     ddp: DistInfo,
 ) -> float | None:
-    """kNN top-1 of the encoder's features, held-out against train (rank 0; others get None)."""
+    """kNN top-1 of the encoder's features, held-out against train (rank 0; others get None).
+
+    Only rank 0 needs the two sets (streamed data decodes its monitor subsets there alone).
+    """
     acc: float | None = None
     if ddp.is_main:
+        assert train is not None and heldout is not None
         enc = unwrap(model)
         assert isinstance(enc, SimCLR)
         f_tr = extract_features(enc.encoder, train, mean, std, image_size, device)
