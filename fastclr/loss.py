@@ -1,6 +1,6 @@
 """NT-Xent (SimCLR) and SupCon losses: the public ``NTXentLoss`` module and ``ntxent`` functional.
 
-The loss is split the way ../shared/DESIGN.md describes:
+The loss is split in two parts:
 
 * the positive term ``mean_{p ∈ P(a)} s_ap`` is an O(M·D) segment sum over labels, done here in
   plain torch (autograd handles its gradient);
@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastclr.distributed import all_gather_no_grad, gather_rows, rank, world_size
 from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
 
 __all__ = ["NTXentLoss", "available_backends", "ntxent", "resolve_backend"]
 
 Reduction = Literal["mean", "sum", "none"]
 BackendName = Literal["auto", "reference", "native", "triton"]
+Positives = Literal["out", "in"]
+_POSITIVES = ("out", "in")
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "reference", "native", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -244,24 +248,160 @@ def _as_batch(
 # the loss from an LSE backend
 
 
-def _positive_logits(zhat: Tensor, labels: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Mean positive logit per anchor and the number of positives, by an O(M·D) segment sum.
+@dataclass(frozen=True)
+class FusedRows:
+    """The normalised anchors and keys of one loss call, and the fused log-sum-exp over the keys.
 
-    ``Σ_{p ∈ P(a)} ẑ_p = (sum of ẑ over a's class) − ẑ_a``; no M×M matrix is formed. The anchors
-    are the keys themselves (offset 0).
+    Shared by :func:`ntxent` and the :mod:`fastclr.compat` entry points. Anchor ``i`` is key
+    ``offset + i``; ``lse[i] = logsumexp_{j ≠ offset+i} s_ij`` over every key and every extra
+    negative, computed by the backend without an anchors × keys matrix.
     """
-    return _positive_logits_rect(zhat, zhat, labels, 0, temperature)
+
+    q: Tensor  # (Mq, D) normalised anchors: fp32, or fp64 where the inputs are fp64
+    keys: Tensor  # (Mk, D) normalised rows that carry labels (all ranks' under a gather)
+    key_labels: Tensor  # (Mk,)
+    offset: int
+    lse: Tensor  # (Mq,) fp32 (fp64 on the reference with fp64 inputs), natural log
+    n_views: int  # V when the keys are this process's V stacked views and q is all of them; else 0
 
 
-def _views_positive_logits(zhat: Tensor, n_views: int, temperature: float) -> tuple[Tensor, Tensor]:
-    """The same segment sum for V stacked views: the class of row ``v·N + i`` is sample ``i``."""
-    m, d = zhat.shape
-    per_view = zhat.view(n_views, m // n_views, d)
-    class_sum = per_view.sum(dim=0)  # (N, D)
-    pos_sum = class_sum.unsqueeze(0) - per_view  # (V, N, D)
-    pos_mean = (per_view * pos_sum).sum(dim=2).reshape(m) / (temperature * (n_views - 1))
-    n_pos = torch.full((m,), n_views - 1, device=zhat.device, dtype=torch.long)
-    return pos_mean, n_pos
+def _lse_rect(
+    name: str, q: Tensor, k: Tensor, offset: int, temperature: float, kdtype: torch.dtype
+) -> Tensor:
+    """Rectangular LSE (query ``i`` excludes key ``offset + i``) on backend ``name``.
+
+    The reference is called directly so that fp64 inputs keep fp64; the fused kernels read tiles
+    in ``kdtype`` (bf16/fp16 use the tensor cores) and accumulate in fp32.
+    """
+    if name == "reference":
+        return ntxent_lse_reference(q, k, temperature, q_offset=offset)
+    return _get_lse_backend(name).lse_rect(q.to(kdtype), k.to(kdtype), offset, temperature)
+
+
+# Below this many keys, queries against keys is done as one (Mq, Mk) matmul: that block is no
+# larger than the (Mq, D) rows themselves for D ≥ 32, and the rectangular kernel would need
+# ceil(Mq / Mk) launches.
+_DENSE_KEYS = 32
+
+
+def lse_all_keys(
+    q: Tensor, keys: Tensor, temperature: float, name: str, kdtype: torch.dtype
+) -> Tensor:
+    """``logsumexp_j q_i·k_j / τ`` over EVERY key (none excluded), without the (Mq, Mk) matrix.
+
+    The rectangular kernel excludes key ``i`` from query ``i``; with queries taken in chunks of at
+    most Mk rows and offset 0, that excluded term is added back exactly with ``logaddexp`` (no
+    subtraction, so no cancellation). ``q`` and ``keys`` are normalised rows in one dtype.
+    """
+    mk = keys.shape[0]
+    if mk < _DENSE_KEYS:
+        return torch.logsumexp(q @ keys.T / temperature, dim=1)
+    parts = []
+    for start in range(0, q.shape[0], mk):
+        qc = q[start : start + mk]
+        lse = _lse_rect(name, qc, keys, 0, temperature, kdtype).to(q.dtype)
+        excluded = (qc * keys[: qc.shape[0]]).sum(dim=1) / temperature
+        parts.append(torch.logaddexp(lse, excluded))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def fused_rows(
+    z: Tensor,
+    labels: Tensor,
+    temperature: float,
+    name: str,
+    eps: float,
+    *,
+    from_views: int = 0,
+    distributed: bool = False,
+    negatives: Tensor | None = None,
+    n_anchors: int | None = None,
+) -> FusedRows:
+    """Normalise ``z`` (M, D), gather keys if ``distributed``, and run the fused LSE.
+
+    ``from_views=V`` says ``z`` is V stacked views (labels are sample indices); ``negatives``
+    (K, D) are extra keys of every anchor (no gradient flows into them); ``n_anchors`` keeps only
+    the first rows as anchors (keys are still all rows). ``name`` is a resolved backend.
+    """
+    work = torch.float64 if z.dtype == torch.float64 else torch.float32
+    kdtype = z.dtype if z.dtype in (torch.float16, torch.bfloat16) else work
+    zhat = F.normalize(z.to(work), dim=1, eps=eps)
+    extra: list[Tensor] = []
+    if negatives is not None:
+        extra.append(F.normalize(negatives.detach().to(work), dim=1, eps=eps))
+    if distributed:
+        keys, offset = gather_rows(zhat)
+        local = labels + rank() * (z.shape[0] // from_views) if from_views else labels
+        key_labels = all_gather_no_grad(local)
+    else:
+        keys, offset, key_labels = zhat, 0, labels
+    q = zhat if n_anchors is None else zhat[:n_anchors]
+    if not distributed and not extra and n_anchors is None:
+        if name == "reference":
+            lse = ntxent_lse_reference(zhat, zhat, temperature)
+        else:
+            lse = _get_lse_backend(name).lse_sym(zhat.to(kdtype), temperature)
+    else:
+        all_keys = torch.cat([keys, *extra]) if extra else keys
+        lse = _lse_rect(name, q, all_keys, offset, temperature, kdtype)
+    fast_views = from_views if (not distributed and n_anchors is None) else 0
+    return FusedRows(q, keys, key_labels, offset, lse, fast_views)
+
+
+def positive_pairs(key_labels: Tensor, offset: int, n_anchors: int) -> tuple[Tensor, Tensor]:
+    """Index lists (anchor i, key j) of every positive pair, in O(#pairs) memory (no M×M mask).
+
+    Anchor ``i`` is key ``offset + i``; its positives are the other keys with its label. Keys are
+    sorted by label once; each anchor's pairs are then a contiguous run of that order.
+    """
+    order = torch.argsort(key_labels, stable=True)
+    _, inverse, counts = torch.unique(key_labels, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts  # first sorted position of each class
+    cls = inverse[offset : offset + n_anchors]
+    per_anchor = counts[cls]
+    anchor = torch.repeat_interleave(torch.arange(n_anchors, device=key_labels.device), per_anchor)
+    first = torch.cumsum(per_anchor, 0) - per_anchor
+    within = torch.arange(anchor.shape[0], device=key_labels.device) - first[anchor]
+    key = order[starts[cls][anchor] + within]
+    keep = key != anchor + offset
+    return anchor[keep], key[keep]
+
+
+def segment_logsumexp(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """``out[s] = logsumexp(values[index == s])``; −inf for an empty segment (finite gradients)."""
+    neg_inf = torch.full((size,), float("-inf"), dtype=values.dtype, device=values.device)
+    peak = neg_inf.scatter_reduce(0, index, values.detach(), "amax", include_self=True)
+    shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = values.new_zeros(size).index_add(0, index, torch.exp(values - shift[index]))
+    empty = total <= 0
+    out = torch.log(torch.where(empty, torch.ones_like(total), total)) + shift
+    return torch.where(empty, neg_inf, out)
+
+
+def positive_mean(rows: FusedRows, temperature: float) -> tuple[Tensor, Tensor]:
+    """``mean_{p ∈ P(a)} s_ap`` per anchor and ``|P(a)|``: an O(M·D) segment sum, no pairs."""
+    if rows.n_views:
+        return _views_positive_logits(rows.keys, rows.n_views, temperature)
+    return _positive_logits_rect(rows.q, rows.keys, rows.key_labels, rows.offset, temperature)
+
+
+def positive_lse(rows: FusedRows, temperature: float) -> tuple[Tensor, Tensor]:
+    """``logsumexp_{p ∈ P(a)} s_ap`` per anchor (−inf without a positive) and ``|P(a)|``.
+
+    Needs every positive pair: M·(V−1) of them for V views, Σ_c n_c² for labels.
+    """
+    if rows.n_views:
+        m, d = rows.keys.shape
+        per_view = rows.keys.view(rows.n_views, m // rows.n_views, d)
+        s = torch.einsum("vnd,wnd->vwn", per_view, per_view) / temperature
+        eye = torch.eye(rows.n_views, dtype=torch.bool, device=s.device)[:, :, None]
+        lse = torch.logsumexp(s.masked_fill(eye, float("-inf")), dim=1).reshape(m)
+        return lse, torch.full((m,), rows.n_views - 1, device=s.device, dtype=torch.long)
+    mq = rows.q.shape[0]
+    a, k = positive_pairs(rows.key_labels, rows.offset, mq)
+    s_pair = (rows.q[a] * rows.keys[k]).sum(dim=1) / temperature
+    n_pos = torch.bincount(a, minlength=mq)
+    return segment_logsumexp(s_pair, a, mq), n_pos
 
 
 def _reduce(per_anchor: Tensor, has_pos: Tensor, reduction: str) -> Tensor:
@@ -274,21 +414,16 @@ def _reduce(per_anchor: Tensor, has_pos: Tensor, reduction: str) -> Tensor:
     return total / has_pos.sum().clamp(min=1)
 
 
-def _gather(t: Tensor) -> tuple[Tensor, int]:
-    """All rows of every rank (with gradient) and this rank's row offset in them."""
-    import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
-
-    world, rank = dist.get_world_size(), dist.get_rank()
-    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.long, device=t.device))
-    if any(int(s.item()) != t.shape[0] for s in sizes):
+def check_negatives(negatives: object, z: Tensor) -> Tensor:
+    """Validate extra negative keys against the (M, D) batch ``z``."""
+    t = _check_embeddings("negatives", negatives)
+    if t.shape[1] != z.shape[1]:
         raise ValueError(
-            "gather_distributed=True needs the same number of rows on every rank, got "
-            f"{[int(s.item()) for s in sizes]}"
+            f"negatives must have the embeddings' width {z.shape[1]}, got shape {tuple(t.shape)}"
         )
-    parts = dist_fn.all_gather(t)
-    return torch.cat(list(parts), dim=0), rank * t.shape[0]
+    if t.device != z.device:
+        raise ValueError(f"negatives are on {t.device} but the embeddings are on {z.device}")
+    return t
 
 
 def ntxent(
@@ -300,56 +435,53 @@ def ntxent(
     gather_distributed: bool = False,
     eps: float = 1e-8,
     check_finite: bool = True,
+    positives: Positives = "out",
+    negatives: Tensor | None = None,
 ) -> Tensor:
     """NT-Xent (SimCLR) / SupCon loss, functional form. See :class:`NTXentLoss`."""
     temperature = _check_temperature(temperature)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if positives not in _POSITIVES:
+        raise ValueError(f"positives must be one of {_POSITIVES}, got {positives!r}")
     if not (isinstance(eps, float) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
-    distributed = gather_distributed and _distributed_world() > 1
+    distributed = gather_distributed and world_size() > 1
     z, lab = _as_batch(views, labels, check_positive=not distributed)
+    if negatives is not None:
+        negatives = check_negatives(negatives, z)
     if check_finite and not torch.compiler.is_compiling():
         _check_finite(z)
+        if negatives is not None:
+            _check_finite(negatives)
     name = resolve_backend(backend, z.device, z.dtype)
     if name == "reference" and not distributed:
-        return ntxent_reference(z, lab, temperature, reduction, eps=eps, upcast=False)
-
-    lse_backend = _get_lse_backend(name)
-    zhat32 = F.normalize(z.float(), dim=1, eps=eps)
-    # The kernels read ẑ in the input's dtype (tensor cores for bf16/fp16) and accumulate in fp32.
-    zhat_k = zhat32 if z.dtype in (torch.float32, torch.float64) else zhat32.to(z.dtype)
-    if distributed:
-        keys32, offset = _gather(zhat32)
-        key_labels = _gather_labels(lab, views, labels is None)
-        keys_k = keys32 if keys32.dtype == zhat_k.dtype else keys32.to(zhat_k.dtype)
-        lse = lse_backend.lse_rect(zhat_k, keys_k, offset, temperature)
-        pos_mean, n_pos = _positive_logits_rect(zhat32, keys32, key_labels, offset, temperature)
+        return ntxent_reference(
+            z,
+            lab,
+            temperature,
+            reduction,
+            eps=eps,
+            upcast=False,
+            positives=positives,
+            negatives=negatives,
+        )
+    rows = fused_rows(
+        z,
+        lab,
+        temperature,
+        name,
+        eps,
+        from_views=len(views) if labels is None else 0,
+        distributed=distributed,
+        negatives=negatives,
+    )
+    if positives == "out":
+        pos_term, n_pos = positive_mean(rows, temperature)
     else:
-        lse = lse_backend.lse_sym(zhat_k, temperature)
-        if labels is None:
-            pos_mean, n_pos = _views_positive_logits(zhat32, len(views), temperature)
-        else:
-            pos_mean, n_pos = _positive_logits(zhat32, lab, temperature)
-    return _reduce(lse - pos_mean, n_pos > 0, reduction).to(z.dtype)
-
-
-def _distributed_world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _gather_labels(labels: Tensor, views: tuple[Tensor, ...], from_views: bool) -> Tensor:
-    """Global labels of the gathered keys; for views, sample indices are offset per rank."""
-    import torch.distributed as dist
-
-    if from_views:
-        n = views[0].shape[0]
-        labels = labels + dist.get_rank() * n
-    parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, labels)
-    return torch.cat(parts)
+        pos_lse, n_pos = positive_lse(rows, temperature)
+        pos_term = pos_lse - torch.log(n_pos.clamp(min=1).to(pos_lse.dtype))
+    return _reduce(rows.lse - pos_term, n_pos > 0, reduction).to(z.dtype)
 
 
 def _positive_logits_rect(
@@ -366,19 +498,37 @@ def _positive_logits_rect(
     return pos_mean, n_pos
 
 
+def _views_positive_logits(zhat: Tensor, n_views: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """The same segment sum for V stacked views: the class of row ``v·N + i`` is sample ``i``."""
+    m, d = zhat.shape
+    per_view = zhat.view(n_views, m // n_views, d)
+    class_sum = per_view.sum(dim=0)  # (N, D)
+    pos_sum = class_sum.unsqueeze(0) - per_view  # (V, N, D)
+    pos_mean = (per_view * pos_sum).sum(dim=2).reshape(m) / (temperature * (n_views - 1))
+    n_pos = torch.full((m,), n_views - 1, device=zhat.device, dtype=torch.long)
+    return pos_mean, n_pos
+
+
 class NTXentLoss(nn.Module):
-    r"""NT-Xent loss (SimCLR, Chen et al. 2020), with SupCon labels (Khosla et al. 2020, L_out).
+    r"""NT-Xent loss (SimCLR, Chen et al. 2020), with SupCon labels (Khosla et al. 2020).
 
-    A drop-in for lightly's, pytorch-metric-learning's and solo-learn's NT-Xent losses that never
-    builds the M×M similarity matrix on the fast backends (M = all rows of all views).
+    Never builds the M×M similarity matrix on the fast backends (M = all rows of all views). For
+    anchor ``a`` with positives ``P(a)`` (the other views of its sample, or the other rows with its
+    label), ``s_ak = ẑ_a·ẑ_k / τ`` and ``ẑ = z / max(‖z‖₂, eps)``, the default
+    (``positives="out"``, SupCon's L_out) is::
 
-    For anchor ``a`` with positives ``P(a)`` (the other views of its sample, or rows with its
-    label)::
+        loss_a = logsumexp_{k ≠ a} s_ak − mean_{p ∈ P(a)} s_ap
 
-        loss_a = logsumexp_{k ≠ a} s_ak − mean_{p ∈ P(a)} s_ap,    s_ak = ẑ_a·ẑ_k / τ
+    and ``positives="in"`` (SupCon's L_in) takes the mean of the positives inside the log::
 
-    where ``ẑ = z / max(‖z‖₂, eps)``. With two views this equals the paper's Eq. 1 and lightly's
-    ``NTXentLoss`` at the same τ (google-research/simclr reports twice this value).
+        loss_a = logsumexp_{k ≠ a} s_ak − log mean_{p ∈ P(a)} exp(s_ap)
+
+    The two agree whenever every anchor has exactly one positive (two views). Every positive also
+    sits in the denominator (the sum over all ``k ≠ a``). With two views this is the paper's Eq. 1
+    and lightly's ``NTXentLoss`` at the same τ (google-research/simclr reports twice this value).
+    The loss reproducing another library exactly (its defaults, its multi-positive rule, its
+    memory bank) is in :mod:`fastclr.compat`: ``fastclr.compat.lightly``, ``fastclr.compat.pml``,
+    ``fastclr.compat.solo`` and ``fastclr.compat.supcon``.
 
     Args:
         temperature: τ > 0 (paper: 0.5 for CIFAR-size batches, 0.1 for large ImageNet batches).
@@ -387,13 +537,22 @@ class NTXentLoss(nn.Module):
         backend: ``"auto"`` (Triton for CUDA tensors, native C++ for CPU tensors, the reference
             for float64 inputs or where the fast backend is missing), ``"triton"``, ``"native"``
             or ``"reference"``. The fast backends accumulate in float32 whatever the input dtype.
-        gather_distributed: under ``torch.distributed``, use every rank's rows as keys (local
-            anchors against all keys, gradients flow back through the gather).
+        gather_distributed: under ``torch.distributed``, the rows of every rank are keys of the
+            local anchors (gradients flow back through the gather). Each rank's loss is the mean
+            over ITS anchors; the mean of the ranks' losses (what DDP's gradient averaging
+            optimises) equals the single-process loss on the concatenated batch.
         eps: smallest row norm used in the normalisation; a zero row gives a zero vector.
         check_finite: raise ``ValueError`` on NaN/Inf embeddings (costs one device sync; turn it
             off in tight loops once inputs are trusted). Inside ``torch.compile`` the check is
             skipped, since a compiled graph cannot branch on data; NaN inputs then give a NaN
             loss.
+        positives: ``"out"`` (default) or ``"in"``, the multi-positive rule above. ``"in"`` needs
+            every positive pair: M·(V−1) for V views, Σ n_c² over classes with labels.
+
+    The functional :func:`ntxent` also takes ``negatives=`` (K, D): extra keys in every anchor's
+    log-sum-exp (a memory bank), normalised like the embeddings, never positives, no gradient.
+    They go through the rectangular kernel (anchors against batch + K keys), without the
+    M×(M+K) matrix.
 
     Shape:
         - views: ``forward(z_i, z_j, *more_views)``, each (N, D), V ≥ 2 views, M = V·N.
@@ -414,6 +573,7 @@ class NTXentLoss(nn.Module):
         gather_distributed: bool = False,
         eps: float = 1e-8,
         check_finite: bool = True,
+        positives: Positives = "out",
     ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
@@ -421,11 +581,14 @@ class NTXentLoss(nn.Module):
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if positives not in _POSITIVES:
+            raise ValueError(f"positives must be one of {_POSITIVES}, got {positives!r}")
         self.reduction: Reduction = reduction
         self.backend: BackendName = backend
         self.gather_distributed = gather_distributed
         self.eps = eps
         self.check_finite = check_finite
+        self.positives: Positives = positives
 
     def forward(self, *views: Tensor, labels: Tensor | None = None) -> Tensor:
         return ntxent(
@@ -437,10 +600,12 @@ class NTXentLoss(nn.Module):
             gather_distributed=self.gather_distributed,
             eps=self.eps,
             check_finite=self.check_finite,
+            positives=self.positives,
         )
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, reduction={self.reduction!r}, "
-            f"backend={self.backend!r}, gather_distributed={self.gather_distributed}"
+            f"backend={self.backend!r}, gather_distributed={self.gather_distributed}, "
+            f"positives={self.positives!r}"
         )

@@ -1,7 +1,7 @@
 """Plain-torch references: the definitions every fast path is tested and benchmarked against.
 
 The loss here builds the full M×M similarity matrix on purpose: it is short enough to read against
-the maths in ../shared/DESIGN.md ("NT-Xent semantics") and it runs in float64 (``upcast=True``).
+the maths in ``fastclr.loss`` / ``NTXentLoss`` and it runs in float64 (``upcast=True``).
 Tests and ``bench/throughput.py`` import these functions; nothing else redefines them.
 """
 
@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ntxent_lse_reference", "ntxent_reference", "ntxent_reference_rows", "views_to_batch"]
+__all__ = [
+    "lightly_memory_bank_reference",
+    "ntxent_lse_reference",
+    "ntxent_reference",
+    "ntxent_reference_rows",
+    "pml_ntxent_reference",
+    "solo_simclr_reference",
+    "supcontrast_reference",
+    "views_to_batch",
+]
 
 
 def views_to_batch(views: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -51,8 +60,10 @@ def ntxent_reference(
     reduction: str = "mean",
     eps: float = 1e-8,
     upcast: bool = True,
+    positives: str = "out",
+    negatives: Tensor | None = None,
 ) -> Tensor:
-    """NT-Xent / SupCon (L_out) loss by the definition, building the full M×M matrix.
+    """NT-Xent / SupCon (L_out or L_in) loss by the definition, building the full M×M matrix.
 
     For anchor ``a`` with positives ``P(a) = {p ≠ a : labels[p] == labels[a]}``::
 
@@ -61,6 +72,13 @@ def ntxent_reference(
     with ``ẑ = z / max(‖z‖, eps)``. ``reduction="mean"`` averages over anchors that have at least
     one positive, ``"sum"`` sums over them, ``"none"`` returns the (M,) per-anchor losses with 0 for
     anchors without a positive. With two views this is the SimCLR paper's NT-Xent (Eq. 1).
+
+    ``positives="in"`` is SupCon's L_in (Khosla et al. 2020, Eq. 3), the mean taken inside the log::
+
+        loss_a = logsumexp_{k ≠ a} s_ak − log( mean_{p ∈ P(a)} exp(s_ap) )
+
+    (equal to L_out when every anchor has one positive). ``negatives`` (K, D) are extra keys, e.g.
+    a memory bank: normalised like ``z`` and added to every anchor's log-sum-exp, never positives.
 
     Args:
         z: (M, D) embeddings, any floating dtype.
@@ -77,12 +95,22 @@ def ntxent_reference(
     s = zn @ zn.T / temperature
     m = z.shape[0]
     self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
-    lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+    s_keys = s.masked_fill(self_mask, float("-inf"))
+    if negatives is not None:
+        neg = F.normalize(negatives.to(z.dtype), dim=1, eps=eps)
+        s_keys = torch.cat([s_keys, zn @ neg.T / temperature], dim=1)
+    lse = torch.logsumexp(s_keys, dim=1)
     pos = (labels[:, None] == labels[None, :]) & ~self_mask
     n_pos = pos.sum(dim=1)
-    pos_mean = (s * pos).sum(dim=1) / n_pos.clamp(min=1)
+    if positives == "out":
+        pos_term = (s * pos).sum(dim=1) / n_pos.clamp(min=1)
+    elif positives == "in":
+        pos_lse = torch.logsumexp(s.masked_fill(~pos, float("-inf")), dim=1)
+        pos_term = pos_lse - torch.log(n_pos.clamp(min=1).to(s.dtype))
+    else:
+        raise ValueError(f"positives must be 'out' or 'in', got {positives!r}")
     has_pos = n_pos > 0
-    per_anchor = torch.where(has_pos, lse - pos_mean, torch.zeros_like(lse))
+    per_anchor = torch.where(has_pos, lse - pos_term, torch.zeros_like(lse))
     if reduction == "none":
         out = per_anchor
     elif reduction == "sum":
@@ -114,3 +142,105 @@ def ntxent_reference_rows(
     n_pos = pos.sum(dim=1)
     per_anchor = lse - (s * pos).sum(dim=1) / n_pos.clamp(min=1)
     return torch.where(n_pos > 0, per_anchor, torch.zeros_like(per_anchor))
+
+
+# ------------------------------------------------------------------------------------------------
+# the peers' losses, by their published definitions (the fastclr.compat entry points match these)
+
+
+def _unit64(z: Tensor, eps: float) -> Tensor:
+    return F.normalize(z.double(), dim=1, eps=eps)
+
+
+def pml_ntxent_reference(
+    z: Tensor, labels: Tensor, temperature: float = 0.07, eps: float = 1e-12
+) -> Tensor:
+    """pytorch-metric-learning's ``NTXentLoss`` (default distance and reducer), in float64.
+
+    Every positive pair ``(a, p)`` is one term whose denominator holds that positive and the
+    anchor's negatives only (the anchor's other positives are left out)::
+
+        loss_ap = −log( exp(s_ap) / (exp(s_ap) + Σ_{n : label n ≠ label a} exp(s_an)) )
+
+    averaged over all positive pairs; 0 when the batch has no positive pair or no negative pair.
+    (PML adds the dtype's smallest normal number inside the log; that only matters for a pair
+    whose loss exceeds about 87 in float32, and is left out here.)
+    """
+    zn = _unit64(z, eps)
+    s = zn @ zn.T / temperature
+    m = z.shape[0]
+    self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~self_mask
+    neg = ~same
+    if not bool(pos.any()) or not bool(neg.any()):
+        return (z * 0).sum().double()
+    neg_lse = torch.logsumexp(s.masked_fill(~neg, float("-inf")), dim=1, keepdim=True)
+    pair_loss = torch.logaddexp(s, neg_lse) - s  # (M, M); only the positive entries are used
+    return pair_loss[pos].mean()
+
+
+def solo_simclr_reference(z: Tensor, indexes: Tensor, temperature: float = 0.1) -> Tensor:
+    """solo-learn's ``simclr_loss_func`` in float64: positives summed inside the log::
+
+        loss_a = −log( Σ_{p ∈ P(a)} exp(s_ap) / Σ_{k ≠ a} exp(s_ak) ),   mean over all anchors
+
+    (for one positive per anchor this is NT-Xent; with more it is L_in without its 1/|P(a)|).
+    """
+    zn = _unit64(z, 1e-12)
+    s = zn @ zn.T / temperature
+    self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    pos = (indexes[:, None] == indexes[None, :]) & ~self_mask
+    lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+    pos_lse = torch.logsumexp(s.masked_fill(~pos, float("-inf")), dim=1)
+    return (lse - pos_lse).mean()
+
+
+def supcontrast_reference(
+    features: Tensor,
+    labels: Tensor | None = None,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    contrast_mode: str = "all",
+) -> Tensor:
+    """SupContrast's ``SupConLoss`` (Khosla et al.'s code) in float64, on (bsz, V, D) features.
+
+    Rows are the V views stacked view-major; anchors are all rows (``"all"``) or view 0
+    (``"one"``); per anchor ``−(τ/τ_base) · mean_{p ∈ P(a)} (s_ap − logsumexp_{k ≠ a} s_ak)``,
+    0 for an anchor without a positive; the mean is over ALL anchors. The features are used as
+    given: SupContrast expects them already L2-normalised (its models normalise).
+    """
+    bsz, n_views = features.shape[0], features.shape[1]
+    keys = torch.cat(torch.unbind(features.reshape(bsz, n_views, -1).double(), dim=1), dim=0)
+    row_labels = (labels if labels is not None else torch.arange(bsz)).to(keys.device)
+    row_labels = row_labels.repeat(n_views)
+    n_anchors = bsz if contrast_mode == "one" else bsz * n_views
+    s = keys[:n_anchors] @ keys.T / temperature
+    idx = torch.arange(n_anchors, device=keys.device)
+    self_mask = torch.zeros_like(s, dtype=torch.bool)
+    self_mask[idx, idx] = True
+    lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+    pos = (row_labels[:n_anchors, None] == row_labels[None, :]) & ~self_mask
+    n_pos = pos.sum(dim=1)
+    mean_log_prob = ((s - lse[:, None]) * pos).sum(dim=1) / n_pos.clamp(min=1)
+    return -(temperature / base_temperature) * mean_log_prob.mean()
+
+
+def lightly_memory_bank_reference(
+    out0: Tensor, out1: Tensor, bank: Tensor, temperature: float = 0.5
+) -> Tensor:
+    """lightly's ``NTXentLoss`` with a memory bank (MoCo form), in float64, for a given bank.
+
+    Anchors are the rows of ``out0``; each one's logits are its positive ``out1[i]`` and every
+    row of ``bank`` (K, D) (the other rows of the batch are NOT keys)::
+
+        loss_i = −log( exp(s_i⁺) / (exp(s_i⁺) + Σ_j exp(s(out0_i, bank_j))) )
+
+    with ``s_i⁺ = s(out0_i, out1_i)``,
+
+    averaged over the N anchors.
+    """
+    q, p, b = _unit64(out0, 1e-12), _unit64(out1, 1e-12), _unit64(bank, 1e-12)
+    s_pos = (q * p).sum(dim=1, keepdim=True) / temperature
+    logits = torch.cat([s_pos, q @ b.T / temperature], dim=1)
+    return (torch.logsumexp(logits, dim=1) - s_pos[:, 0]).mean()

@@ -1,5 +1,7 @@
 """``gather_distributed=True`` on 2 CPU processes (gloo) equals the single-process loss.
 
+The workers turn FutureWarning into an error, so a gather through a deprecated torch API fails.
+
 Each rank holds a shard of the batch; with the usual DDP averaging (mean of the per-rank losses,
 gradients divided by the world size) loss and input gradients must equal those of the
 single-process loss on the concatenated batch, for every backend, in views and labels mode.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fastclr
-from fastclr.reference import ntxent_reference, views_to_batch
+from fastclr.compat.solo import simclr_loss_func
+from fastclr.reference import ntxent_reference, solo_simclr_reference, views_to_batch
 from fastclr.testing import assert_close_to_reference
 
 WORLD = 2
@@ -41,10 +45,12 @@ def _backends() -> list[str]:
 
 
 # (backend, mode, temperature); τ = 0.01 exercises the kernels' online (small-τ) path.
+# "labels-in": SupCon's L_in (positives="in"); "solo": fastclr.compat.solo, which gathers whenever
+# torch.distributed is initialised, as solo-learn does.
 def _cases() -> list[tuple[str, str, float]]:
     out = []
     for b in _backends():
-        for mode in ("views", "labels", "cross"):
+        for mode in ("views", "labels", "cross", "labels-in", "solo"):
             out.append((b, mode, 0.5))
         out.append((b, "views", 0.01))
     return out
@@ -64,7 +70,7 @@ def _labels(mode: str) -> torch.Tensor:
     """ "labels": every label occurs >= 2 times, within and across ranks; "cross": each rank's
     local labels are distinct, so every positive lives on the other rank (none locally)."""
     n = WORLD * N_LOCAL
-    return torch.arange(2 * n) % (n - 1 if mode == "labels" else n)
+    return torch.arange(2 * n) % (n if mode == "cross" else n - 1)
 
 
 def _shard(t: torch.Tensor, rank: int) -> torch.Tensor:
@@ -76,6 +82,8 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
+    # the gather must not go through a deprecated torch API (FutureWarning from torch 2.13 on)
+    warnings.simplefilter("error", FutureWarning)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         zi, zj, z = _global_data()
@@ -87,6 +95,11 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
                 loss = fastclr.ntxent(
                     *leaves, temperature=tau, backend=backend, gather_distributed=True
                 )
+            elif mode == "solo":
+                leaves = [_shard(z, rank).clone().requires_grad_()]
+                loss = simclr_loss_func(
+                    leaves[0], _shard(_labels(mode), rank), temperature=tau, backend=backend
+                )
             else:
                 leaves = [_shard(z, rank).clone().requires_grad_()]
                 loss = fastclr.ntxent(
@@ -95,6 +108,7 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
                     temperature=tau,
                     backend=backend,
                     gather_distributed=True,
+                    positives="in" if mode == "labels-in" else "out",
                 )
             loss.backward()
             results.append((loss.detach(), [t.grad.detach() for t in leaves]))  # type: ignore[union-attr]
@@ -129,7 +143,10 @@ def _single_process(mode: str, tau: float) -> tuple[torch.Tensor, list[torch.Ten
     else:
         leaves = [z.double().requires_grad_()]
         batch, lab = leaves[0], _labels(mode)
-    loss = ntxent_reference(batch, lab, tau)
+    if mode == "solo":
+        loss = solo_simclr_reference(batch, lab, tau)
+    else:
+        loss = ntxent_reference(batch, lab, tau, positives="in" if mode == "labels-in" else "out")
     loss.backward()
     return loss.detach(), [t.grad.detach() for t in leaves]  # type: ignore[union-attr]
 

@@ -1,0 +1,278 @@
+"""pytorch-metric-learning's ``NTXentLoss`` and ``SupConLoss`` on fastclr's fused backends.
+
+Change ``from pytorch_metric_learning.losses import NTXentLoss`` to
+``from fastclr.compat.pml import NTXentLoss``; the call stays ``loss(embeddings, labels)``.
+
+Reproduced (PML 2.x with its default ``CosineSimilarity`` distance and default reducers):
+
+* defaults: ``NTXentLoss(temperature=0.07)``, ``SupConLoss(temperature=0.1)``;
+* ``NTXentLoss``: every positive pair ``(a, p)`` is one term, and its denominator holds that
+  positive and the anchor's NEGATIVES only (the anchor's other positives are left out)::
+
+      loss_ap = −log( exp(s_ap) / (exp(s_ap) + Σ_{n : label n ≠ label a} exp(s_an)) )
+
+  averaged over all positive pairs. For two views (one positive per anchor) this is NT-Xent and
+  equals ``fastclr.NTXentLoss``; with several positives per anchor it is larger than SupCon.
+* ``SupConLoss``: SupCon's L_out, ``logsumexp_{k≠a} s_ak − mean_{p ∈ P(a)} s_ap``, averaged over
+  the anchors with a positive (PML: over the non-zero per-anchor losses, which are the same
+  anchors unless a loss rounds to exactly 0);
+* a batch with no positive pair or no negative pair gives 0 (still attached to the graph, so
+  ``backward()`` works), where ``fastclr.ntxent`` raises.
+
+Not reproduced, with a clear ``TypeError``: miners (``indices_tuple``), ``ref_emb``/``ref_labels``,
+and non-default ``distance``, ``reducer``, regularizers. PML adds the dtype's smallest normal
+number inside the log of each pair; that changes a pair's loss only above about 87 (float32) or
+9.7 (float16), and is left out. Computation is in float32 for float16/bfloat16 inputs.
+
+How the pair form is computed without the M×M matrix: the fused kernel gives
+``L_a = logsumexp_{k≠a} s_ak``; the positive pairs (M·(V−1) for V views, Σ n_c² for classes of
+n_c rows) give ``P_a = logsumexp_{p∈P(a)} s_ap``; the negatives' log-sum-exp is
+``L_a + log(1 − exp(P_a − L_a))``. An anchor with one positive needs no subtraction
+(``loss = L_a − s_ap`` exactly); with several, the subtraction costs precision only when the
+negatives hold a tiny part of the anchor's mass (absolute error about float32 epsilon times
+``Σ_p' exp(s_ap') / exp(s_ap)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastclr.compat._common import check_labels, check_rows, reject
+from fastclr.loss import (
+    BackendName,
+    FusedRows,
+    _check_finite,
+    _check_temperature,
+    fused_rows,
+    ntxent,
+    positive_pairs,
+    resolve_backend,
+    segment_logsumexp,
+)
+
+__all__ = ["NTXentLoss", "SupConLoss"]
+
+_PML_EPS = 1e-12  # PML normalises with torch.nn.functional.normalize's default eps
+
+
+def _prepare(loss: str, embeddings: Any, labels: Any) -> tuple[Tensor, Tensor] | None:
+    """Validate a PML-style call; None when PML would return 0 (no positive or no negative pair)."""
+    if labels is None:
+        raise ValueError(
+            f"{loss}(embeddings, labels): labels are required (PML's miner-only form, "
+            "indices_tuple without labels, is not supported)"
+        )
+    z = check_rows("embeddings", embeddings)
+    lab = check_labels("labels", labels, z.shape[0], z)
+    if z.shape[0] < 2:
+        return None
+    _, counts = torch.unique(lab, return_counts=True)
+    if counts.numel() < 2 or int(counts.max()) < 2:
+        return None  # every row its own class, or a single class: PML's "no valid pairs"
+    return z, lab
+
+
+def _zero(embeddings: Tensor) -> Tensor:
+    """PML's zero loss: 0, attached to the graph so that backward() works."""
+    return (embeddings * 0).sum()
+
+
+def pml_ntxent(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    temperature: float = 0.07,
+    backend: BackendName = "auto",
+    check_finite: bool = True,
+) -> Tensor:
+    """Functional form of :class:`NTXentLoss` (see the module docstring for the maths)."""
+    temperature = _check_temperature(temperature)
+    ready = _prepare("NTXentLoss", embeddings, labels)
+    if ready is None:
+        return _zero(embeddings)
+    z, lab = ready
+    if check_finite and not torch.compiler.is_compiling():
+        _check_finite(z)
+    name = resolve_backend(backend, z.device, z.dtype)
+    rows = fused_rows(z, lab, temperature, name, _PML_EPS)
+    m = z.shape[0]
+    a, p = positive_pairs(lab, 0, m)
+    s_pair = (rows.q[a] * rows.keys[p]).sum(dim=1) / temperature
+    n_pos = torch.bincount(a, minlength=m)
+    lse = rows.lse.to(s_pair.dtype)
+    pos_lse = segment_logsumexp(s_pair, a, m)
+    # log Σ_negatives = L + log(1 − exp(P − L)); P ≤ L up to rounding, so clamp just below 0.
+    tiny = torch.finfo(lse.dtype).eps
+    gap = torch.where(n_pos > 1, pos_lse - lse, torch.full_like(lse, -1.0)).clamp(max=-tiny)
+    neg_lse = lse + torch.log(-torch.expm1(gap))
+    neg_lse = _exact_where_ill_conditioned(
+        neg_lse, pos_lse, s_pair, a, n_pos, rows, lab, temperature
+    )
+    single = n_pos[a] == 1
+    pair_loss = torch.where(single, lse[a] - s_pair, torch.logaddexp(s_pair, neg_lse[a]) - s_pair)
+    return pair_loss.mean().to(z.dtype)
+
+
+# The subtraction above multiplies the kernel's relative error (~1e-7) by at most this factor
+# before an anchor's negatives are recomputed exactly: the loss error stays below ~1e-5.
+_MAX_AMPLIFICATION = 64.0
+# Anchors recomputed exactly are taken this many at a time (a chunk × M block of logits).
+_EXACT_CHUNK = 256
+
+
+def _exact_where_ill_conditioned(
+    neg_lse: Tensor,
+    pos_lse: Tensor,
+    s_pair: Tensor,
+    a: Tensor,
+    n_pos: Tensor,
+    rows: FusedRows,
+    labels: Tensor,
+    temperature: float,
+) -> Tensor:
+    """Recompute ``neg_lse`` directly for anchors whose subtraction lost precision.
+
+    The error of a pair's loss from the subtraction is about the kernel's relative error times
+    ``Σ_{p'} exp(s_ap') / (exp(N_a) + exp(s_ap))`` (the other positives' mass against this pair's
+    denominator). Where that factor exceeds ``_MAX_AMPLIFICATION`` for the anchor's weakest
+    positive, its negatives' log-sum-exp is recomputed from its row of logits, masked by label,
+    in chunks of rows (no M×M matrix). Well-separated batches (the usual case) recompute nothing.
+    """
+    weakest = torch.full_like(neg_lse, float("inf")).scatter_reduce(
+        0, a, s_pair.detach(), "amin", include_self=True
+    )
+    denom = torch.logaddexp(neg_lse.detach(), weakest)
+    amplification = (pos_lse.detach() - denom).exp()
+    bad = torch.nonzero((n_pos > 1) & (amplification > _MAX_AMPLIFICATION)).flatten()
+    if bad.numel() == 0:
+        return neg_lse
+    exact = []
+    for start in range(0, bad.numel(), _EXACT_CHUNK):
+        idx = bad[start : start + _EXACT_CHUNK]
+        logits = rows.q[idx] @ rows.keys.T / temperature
+        same = labels[idx, None] == labels[None, :]
+        exact.append(torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1))
+    return neg_lse.index_put((bad,), torch.cat(exact).to(neg_lse.dtype))
+
+
+def pml_supcon(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    temperature: float = 0.1,
+    backend: BackendName = "auto",
+    check_finite: bool = True,
+) -> Tensor:
+    """Functional form of :class:`SupConLoss` (SupCon's L_out, PML's zero-when-no-pair)."""
+    temperature = _check_temperature(temperature)
+    ready = _prepare("SupConLoss", embeddings, labels)
+    if ready is None:
+        return _zero(embeddings)
+    z, lab = ready
+    return ntxent(
+        z,
+        labels=lab,
+        temperature=temperature,
+        backend=backend,
+        eps=_PML_EPS,
+        check_finite=check_finite,
+    )
+
+
+class _PMLLoss(nn.Module):
+    """Shared constructor: PML's temperature plus fastclr's backend options."""
+
+    _name = ""
+
+    def __init__(
+        self,
+        temperature: float,
+        *,
+        backend: BackendName = "auto",
+        check_finite: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        reject(
+            f"pytorch-metric-learning {self._name}",
+            "the default CosineSimilarity distance and default reducer only",
+            **kwargs,
+        )
+        self.temperature = _check_temperature(temperature)
+        self.backend: BackendName = backend
+        self.check_finite = check_finite
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, backend={self.backend!r}"
+
+
+class NTXentLoss(_PMLLoss):
+    """pytorch-metric-learning's ``NTXentLoss``: ``loss(embeddings, labels)``, τ = 0.07.
+
+    Args:
+        temperature: τ > 0 (PML's default 0.07).
+        backend / check_finite: as in :class:`fastclr.NTXentLoss` (keyword-only).
+
+    Shape: embeddings (M, D), labels (M,) integers; output a scalar in the embeddings' dtype.
+
+    Example:
+        >>> loss_fn = NTXentLoss()
+        >>> z, labels = torch.randn(8, 16), torch.arange(4).repeat(2)
+        >>> loss = loss_fn(z, labels)
+    """
+
+    _name = "NTXentLoss"
+
+    def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
+        super().__init__(temperature, **kwargs)
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Any = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        reject(
+            "pytorch-metric-learning NTXentLoss",
+            "labels-only calls",
+            indices_tuple=indices_tuple,
+            ref_emb=ref_emb,
+            ref_labels=ref_labels,
+        )
+        return pml_ntxent(embeddings, labels, self.temperature, self.backend, self.check_finite)
+
+
+class SupConLoss(_PMLLoss):
+    """pytorch-metric-learning's ``SupConLoss``: ``loss(embeddings, labels)``, τ = 0.1.
+
+    Args:
+        temperature: τ > 0 (PML's default 0.1).
+        backend / check_finite: as in :class:`fastclr.NTXentLoss` (keyword-only).
+
+    Shape: embeddings (M, D), labels (M,) integers; output a scalar in the embeddings' dtype.
+    """
+
+    _name = "SupConLoss"
+
+    def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(temperature, **kwargs)
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Any = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        reject(
+            "pytorch-metric-learning SupConLoss",
+            "labels-only calls",
+            indices_tuple=indices_tuple,
+            ref_emb=ref_emb,
+            ref_labels=ref_labels,
+        )
+        return pml_supcon(embeddings, labels, self.temperature, self.backend, self.check_finite)

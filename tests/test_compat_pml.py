@@ -1,0 +1,211 @@
+"""fastclr.compat.pml against pytorch-metric-learning itself and the float64 definition.
+
+The fixed cases are PML's own test cases (tests/losses/test_ntxent_loss.py: 2-D unit embeddings at
+given angles, their labels, τ = 0.1, float16/32/64; its "no valid pairs" and backward cases). Values
+and input gradients are compared with PML's output on every fastclr backend; hypothesis-drawn
+shapes, labels and τ are compared with ``fastclr.reference.pml_ntxent_reference`` (NT-Xent's pair
+form) and ``ntxent_reference`` (SupCon). About 6 s on 2 cores (Triton runs in its interpreter).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastclr import available_backends
+from fastclr.compat import pml
+from fastclr.reference import ntxent_reference, pml_ntxent_reference
+
+pml_losses = pytest.importorskip(
+    "pytorch_metric_learning.losses",
+    reason="pytorch-metric-learning is in the `peers` extra (scripts/setup.sh installs it)",
+)
+
+
+def backends() -> list[str]:
+    names = ["reference"]
+    if "native" in available_backends():
+        names.append("native")
+    if "triton" in available_backends() and (
+        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    ):
+        names.append("triton")
+    return names
+
+
+BACKENDS = backends()
+DTYPES = [(torch.float16, 1e-2), (torch.float32, 1e-5), (torch.float64, 1e-5)]  # PML's rtols
+
+
+def angles(degrees: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unit 2-D embeddings at the given angles (PML's test fixture, re-derived)."""
+    rad = [math.radians(a) for a in degrees]
+    return torch.tensor([[math.cos(r), math.sin(r)] for r in rad], dtype=dtype)
+
+
+def run(loss: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+    leaf = z.detach().clone().requires_grad_()
+    out = loss(leaf, labels)
+    out.backward()
+    assert leaf.grad is not None
+    return float(out.detach()), leaf.grad.double()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("dtype", "rtol"), DTYPES)
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [(pml.NTXentLoss, "NTXentLoss"), (pml.SupConLoss, "SupConLoss")]
+)
+def test_pml_own_case(
+    backend: str, dtype: torch.dtype, rtol: float, ours: type, theirs: str
+) -> None:
+    """PML's test_ntxent_loss fixture: angles 0..80°, labels [0,0,0,1,1,2], τ = 0.1."""
+    z = angles([0, 10, 20, 50, 60, 80], dtype)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    want, want_grad = run(getattr(pml_losses, theirs)(temperature=0.1), z, labels)
+    got, got_grad = run(ours(0.1, backend=backend), z, labels)
+    assert got == pytest.approx(want, rel=rtol)
+    gtol = 5e-2 if dtype == torch.float16 else 1e-4
+    assert float((got_grad - want_grad).abs().max()) <= gtol * float(want_grad.abs().max())
+
+
+def test_multi_positive_rule_differs_between_ntxent_and_supcon() -> None:
+    """The issue's numbers: with 3 rows of one class, PML's NTXent leaves the other positives out
+    of each pair's denominator and is larger than SupCon; both match PML exactly."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 8, generator=g)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    nt = float(pml.NTXentLoss(0.1)(z, labels))
+    sc = float(pml.SupConLoss(0.1)(z, labels))
+    assert nt == pytest.approx(float(pml_losses.NTXentLoss(temperature=0.1)(z, labels)), rel=1e-5)
+    assert sc == pytest.approx(float(pml_losses.SupConLoss(temperature=0.1)(z, labels)), rel=1e-5)
+    assert nt > sc + 0.1
+
+
+@pytest.mark.parametrize("ours", [pml.NTXentLoss, pml.SupConLoss])
+@pytest.mark.parametrize(
+    ("degrees", "labels"),
+    [([0], [0]), ([0, 10, 20], [0, 0, 0]), ([0, 40, 60], [1, 2, 3])],
+)
+def test_no_valid_pairs_give_zero_with_backward(
+    ours: type, degrees: list[float], labels: list[int]
+) -> None:
+    """PML's test_with_no_valid_pairs: 0, and backward() still works."""
+    for dtype, _ in DTYPES:
+        z = angles(degrees, dtype).requires_grad_()
+        loss = ours(0.1)(z, torch.tensor(labels))
+        loss.backward()
+        assert float(loss) == 0.0
+        assert z.grad is not None and float(z.grad.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [(pml.NTXentLoss, "NTXentLoss"), (pml.SupConLoss, "SupConLoss")]
+)
+def test_pml_backward_case(backend: str, ours: type, theirs: str) -> None:
+    """PML's test_backward fixture (angles 0..80 step 20, labels [0,0,1,1,2]), gradients vs PML."""
+    z = angles([0, 20, 40, 60, 80])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    want, want_grad = run(getattr(pml_losses, theirs)(temperature=0.1), z, labels)
+    got, got_grad = run(ours(0.1, backend=backend), z, labels)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert float((got_grad - want_grad).abs().max()) <= 1e-4 * float(want_grad.abs().max())
+
+
+def test_defaults_are_pmls() -> None:
+    assert pml.NTXentLoss().temperature == pml_losses.NTXentLoss().temperature == 0.07
+    assert pml.SupConLoss().temperature == pml_losses.SupConLoss().temperature == 0.1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(
+    m=st.integers(2, 23),
+    d=st.integers(1, 19),
+    n_classes=st.integers(1, 8),
+    tau=st.sampled_from([0.05, 0.07, 0.1, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_drawn_cases_match_pml_and_the_definition(
+    backend: str, m: int, d: int, n_classes: int, tau: float, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, n_classes, (m,), generator=g)
+    for ours, theirs, definition in (
+        (pml.NTXentLoss, "NTXentLoss", lambda x: pml_ntxent_reference(x, labels, tau)),
+        (pml.SupConLoss, "SupConLoss", lambda x: _supcon_definition(x, labels, tau)),
+    ):
+        want, want_grad = run(_Fn(definition), z, labels)
+        got, got_grad = run(ours(tau, backend=backend), z.float(), labels)
+        peer, _ = run(getattr(pml_losses, theirs)(temperature=tau), z.float(), labels)
+        scale = max(1.0, abs(want))
+        assert abs(got - want) <= 2e-5 * scale, (theirs, got, want)
+        assert abs(got - peer) <= 2e-5 * scale, (theirs, got, peer)
+        # fp32 rounding of a ẑ-gradient of size ~1/τ, passed back through 1/‖z‖
+        floor = 1e-6 / (tau * float(z.norm(dim=1).min()))
+        gtol = 1e-4 * float(want_grad.abs().max()) + floor
+        assert float((got_grad - want_grad).abs().max()) <= gtol, theirs
+
+
+class _Fn(torch.nn.Module):
+    def __init__(self, fn: object) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.fn(z)  # type: ignore[operator]
+
+
+def _supcon_definition(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """PML SupCon: L_out over anchors with a positive, 0 without any positive or negative pair."""
+    counts = torch.unique(labels, return_counts=True)[1]
+    if counts.numel() < 2 or int(counts.max()) < 2:
+        return (z * 0).sum()
+    return ntxent_reference(z, labels, tau)
+
+
+def test_ntxent_and_supcon_agree_on_two_views() -> None:
+    """One positive per anchor: PML's pair form is plain NT-Xent, equal to SupCon's L_out."""
+    z = torch.randn(16, 8)
+    labels = torch.arange(8).repeat(2)
+    assert float(pml.NTXentLoss(0.2)(z, labels)) == pytest.approx(
+        float(pml.SupConLoss(0.2)(z, labels)), rel=1e-6
+    )
+
+
+def test_unsupported_pml_options_are_named() -> None:
+    with pytest.raises(TypeError, match="distance"):
+        pml.NTXentLoss(distance=object())
+    with pytest.raises(TypeError, match="reducer"):
+        pml.SupConLoss(reducer=object())
+    z, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(TypeError, match="indices_tuple"):
+        pml.NTXentLoss()(z, labels, indices_tuple=(labels, labels, labels, labels))
+    with pytest.raises(TypeError, match="ref_emb"):
+        pml.SupConLoss()(z, labels, ref_emb=z)
+    with pytest.raises(ValueError, match="labels are required"):
+        pml.NTXentLoss()(z)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        pml.NTXentLoss()(z, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="temperature"):
+        pml.NTXentLoss(temperature=0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ill_conditioned_anchor_is_recomputed_exactly(backend: str) -> None:
+    """Two near-identical positives and one opposite positive at τ = 0.05: the negatives' share
+    of the anchor's mass is ~e⁻⁴⁰, far below float32's resolution, so the subtraction alone
+    would be wrong by ~20; the flagged anchors are recomputed from their rows."""
+    z = angles([0, 0.5, 180, 90, 91])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    want = float(pml_ntxent_reference(z.double(), labels, 0.05))
+    got = float(pml.NTXentLoss(0.05, backend=backend)(z, labels))
+    peer = float(pml_losses.NTXentLoss(temperature=0.05)(z, labels))
+    assert got == pytest.approx(want, rel=1e-5)
+    assert peer == pytest.approx(want, rel=1e-4)
