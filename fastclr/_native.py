@@ -1,20 +1,25 @@
 """Loader for the native CPU library (``fastclr._cpu``, C++ built by CMakeLists.txt).
 
-fastclr imports without it: :func:`available` is then False, one warning says how to rebuild, and
-the loss falls back to the reference. Set ``FASTCLR_DISABLE_NATIVE=1`` to behave as if it were
-missing (the fallback test does).
+fastclr imports without it: :func:`available` is then False, and the loss and the augmentation
+fall back to slower backends with one warning (raised by :mod:`fastclr.backends` when an op first
+falls back, not here). Set ``FASTCLR_DISABLE_NATIVE=1`` to behave as if it were missing (the
+fallback tests do).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from types import ModuleType
 
-import torch
-from torch import Tensor
+__all__ = ["NATIVE_HINT", "NATIVE_LIBRARY", "available", "check", "load", "load_error", "require"]
 
-__all__ = ["available", "load", "load_error", "normalize_rows"]
+#: The requirement, in words, for messages (the backend registry's ``requires``).
+NATIVE_LIBRARY = "the native CPU library (fastclr._cpu)"
+#: How to get it.
+NATIVE_HINT = (
+    "Rebuild it with `pip install -e .` (needs cmake and a C++17 compiler) or `make setup` in the "
+    "repository."
+)
 
 _module: ModuleType | None = None
 _error: str | None = None
@@ -22,7 +27,7 @@ _loaded = False
 
 
 def load() -> ModuleType | None:
-    """The native extension module, or None (with one warning) when it cannot be imported."""
+    """The native extension module, or None when it cannot be imported (see :func:`load_error`)."""
     global _module, _error, _loaded
     if _loaded:
         return _module
@@ -33,14 +38,7 @@ def load() -> ModuleType | None:
     try:
         from fastclr import _cpu  # type: ignore[attr-defined]
     except ImportError as exc:
-        _error = str(exc)
-        warnings.warn(
-            f"fastclr: the native CPU library could not be loaded ({exc}); CPU losses fall back "
-            "to the slow reference. Rebuild it with `pip install -e .` (needs cmake and a C++17 "
-            "compiler) or `make setup`.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        _error = str(exc) or type(exc).__name__
         return None
     _module = _cpu
     return _module
@@ -57,30 +55,15 @@ def load_error() -> str | None:
     return _error
 
 
-def _require() -> ModuleType:
+def check() -> None:
+    """RuntimeError carrying only the reason the library is missing (for backend loaders)."""
+    if load() is None:
+        raise RuntimeError(str(_error))
+
+
+def require() -> ModuleType:
+    """The native module; RuntimeError with the reason and :data:`NATIVE_HINT` when missing."""
     mod = load()
     if mod is None:
-        raise RuntimeError(f"fastclr native CPU library unavailable: {_error}")
+        raise RuntimeError(f"{NATIVE_LIBRARY} is unavailable ({_error}). {NATIVE_HINT}")
     return mod
-
-
-def normalize_rows(z: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
-    """Row-wise L2 normalisation of a CPU fp32 (M, D) tensor by the native kernel.
-
-    Returns ``(z / max(‖z‖, eps), max(‖z‖, eps))``. A small, real use of the library that tests
-    the build end to end; the loss kernels share its calling convention.
-    """
-    if z.device.type != "cpu":
-        raise ValueError(f"z must be a CPU tensor, got device {z.device}")
-    if z.dtype != torch.float32:
-        raise TypeError(f"z must be float32, got {z.dtype}")
-    if z.dim() != 2:
-        raise ValueError(f"z must be 2-D, got shape {tuple(z.shape)}")
-    mod = _require()
-    src = z.contiguous()
-    out = torch.empty_like(src)
-    norms = torch.empty(src.shape[0], dtype=torch.float32)
-    mod.normalize_rows_f32(
-        src.data_ptr(), out.data_ptr(), norms.data_ptr(), src.shape[0], src.shape[1], float(eps)
-    )
-    return out, norms

@@ -13,7 +13,6 @@ The loss is split in two parts:
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastclr._native import NATIVE_HINT, NATIVE_LIBRARY
+from fastclr.backends import TRITON_HINT, Impl, Registry
 from fastclr.distributed import all_gather_no_grad, gather_rows, rank, world_size
 from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
 
@@ -31,7 +32,6 @@ BackendName = Literal["auto", "reference", "native", "triton"]
 Positives = Literal["out", "in"]
 _POSITIVES = ("out", "in")
 _REDUCTIONS = ("mean", "sum", "none")
-_BACKENDS = ("auto", "reference", "native", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -60,83 +60,73 @@ class _ReferenceLSE:
         return ntxent_lse_reference(q, k, temperature, q_offset=q_offset).float()
 
 
-_warned_native_fallback = False
-
-
-def _native_backend() -> LSEBackend | None:
+def _load_native() -> LSEBackend:
     from fastclr import _native
 
-    if not _native.available():
-        return None
-    try:
-        from fastclr.ops import native_ntxent
-    except ImportError:  # the native kernel's glue is not part of this build yet
-        return None
+    _native.check()
+    from fastclr.ops import native_ntxent
+
     return native_ntxent.BACKEND
 
 
-def _triton_backend() -> LSEBackend | None:
-    try:
-        from fastclr.ops import triton_ntxent
-    except ImportError:
-        return None
+def _load_triton() -> LSEBackend:
+    from fastclr.ops import triton_ntxent
+
     return triton_ntxent.BACKEND
+
+
+# The fused kernels accumulate in float32: "auto" keeps float64 inputs on the reference (asking
+# for float64 is asking for its precision; pass backend="native"/"triton" to trade it for speed).
+_FAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+#: The loss backends; "auto" prefers Triton on CUDA, then the native kernel on CPU, then the
+#: reference, which is always available.
+BACKENDS: Registry[LSEBackend] = Registry(
+    "the NT-Xent loss",
+    [
+        Impl("reference", _ReferenceLSE),
+        Impl(
+            "native",
+            _load_native,
+            devices=("cpu",),
+            dtypes=_FAST_DTYPES,
+            priority=1,
+            requires=NATIVE_LIBRARY,
+            hint=NATIVE_HINT,
+        ),
+        Impl(
+            "triton",
+            _load_triton,
+            devices=("cuda",),
+            dtypes=_FAST_DTYPES,
+            priority=2,
+            requires="triton",
+            hint=TRITON_HINT,
+        ),
+    ],
+)
+_BACKENDS = BACKENDS.names
 
 
 def available_backends() -> list[str]:
     """Names of the loss backends usable in this process (``reference`` always is)."""
-    names = ["reference"]
-    if _native_backend() is not None:
-        names.append("native")
-    if _triton_backend() is not None:
-        names.append("triton")
-    return names
+    return BACKENDS.available()
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend ``backend="auto"`` picks for tensors on ``device`` of ``dtype``.
 
     CUDA tensors go to Triton, CPU tensors to the native C++ kernel; where that is missing the
-    reference is used, with one warning that says how to get the fast path. float64 inputs stay
-    on the reference: the fused kernels accumulate in float32, and asking for float64 is asking
-    for its precision (pass ``backend="native"``/``"triton"`` to trade it for speed).
+    reference is used, with one warning that says how to get the fast path
+    (:mod:`fastclr.backends` holds the rule). float64 inputs stay on the reference: the fused
+    kernels accumulate in float32, and asking for float64 is asking for its precision (pass
+    ``backend="native"``/``"triton"`` to trade it for speed).
     """
-    global _warned_native_fallback
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        return backend
-    if dtype == torch.float64:
-        return "reference"
-    if device.type == "cuda" and _triton_backend() is not None:
-        return "triton"
-    if device.type == "cpu":
-        if _native_backend() is not None:
-            return "native"
-        if not _warned_native_fallback:
-            _warned_native_fallback = True
-            warnings.warn(
-                "fastclr: the native CPU NT-Xent kernel is unavailable, so the loss falls back to "
-                "the (slow, O(M²)-memory) reference. Rebuild it with `pip install -e .` (or "
-                "`make setup`) in the repository.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    return "reference"
+    return BACKENDS.resolve(backend, device, dtype)
 
 
 def _get_lse_backend(name: str) -> LSEBackend:
-    if name == "reference":
-        return _ReferenceLSE()
-    found = _native_backend() if name == "native" else _triton_backend()
-    if found is None:
-        hint = (
-            "rebuild the native library with `pip install -e .`"
-            if name == "native"
-            else "install triton (`pip install triton`)"
-        )
-        raise RuntimeError(f"backend={name!r} is not available in this process: {hint}")
-    return found
+    return BACKENDS.get(name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -471,9 +471,21 @@ def test_api_shapes_backends_and_auto() -> None:
 
 def test_auto_falls_back_to_torch_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     import fastclr.augment as aug_mod
+    from fastclr import backends
 
-    monkeypatch.setattr(aug_mod, "_triton_apply", lambda: None)
-    assert SimCLRAugmentation().resolve_backend(torch.device("cuda")) == "torch"
+    registry = aug_mod._REGISTRY
+    monkeypatch.delitem(registry._loaded, "triton", raising=False)
+    monkeypatch.setitem(registry._errors, "triton", "No module named 'triton'")
+    monkeypatch.setattr(backends, "_announced", set())
+    with pytest.warns(RuntimeWarning, match=r"augmentation on cuda falls back to backend='torch'"):
+        assert SimCLRAugmentation().resolve_backend(torch.device("cuda")) == "torch"
+    with pytest.raises(
+        RuntimeError, match=r"backend='triton' is not available.*pip install triton"
+    ):
+        SimCLRAugmentation(backend="triton").apply(
+            torch.zeros(1, 8, 8, 3, dtype=torch.uint8),
+            AugmentParams.identity(torch.tensor([[8, 8]])),
+        )
 
 
 @pytest.mark.parametrize(

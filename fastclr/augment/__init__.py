@@ -27,7 +27,8 @@ Backends (``backend=``):
   extra), DALI's operators on image tensors. Reading and decoding files with DALI is a loader:
   :mod:`fastclr.data.dali`;
 - ``"auto"``: ``"triton"`` for CUDA images when the Triton backend imports; ``"native"`` for a
-  dense CPU batch when the native library is built; else ``"torch"``.
+  dense CPU batch when the native library is built; else ``"torch"`` (the rule and its one
+  fallback warning are :mod:`fastclr.backends`'s, shared with the loss).
 
 Throughput next to kornia and DALI: ``python bench/throughput.py --only augment``.
 
@@ -43,14 +44,14 @@ kernel also refuses, by itself, any crop box or order that would make it read ou
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
+from fastclr import _native
+from fastclr._native import NATIVE_HINT, NATIVE_LIBRARY
 from fastclr.augment.inputs import (
     LAYOUTS,
     Images,
@@ -68,6 +69,7 @@ from fastclr.augment.params import (
 )
 from fastclr.augment.reference import apply_reference
 from fastclr.augment.torch_backend import apply_torch
+from fastclr.backends import TRITON_HINT, Impl, Registry
 
 __all__ = [
     "BACKENDS",
@@ -82,8 +84,6 @@ __all__ = [
     "kornia_pipeline",
     "sample_params",
 ]
-
-BACKENDS = ("auto", "reference", "torch", "native", "triton", "kornia", "dali")
 
 if TYPE_CHECKING:
     from fastclr.augment.kornia import KorniaAugmentation
@@ -114,21 +114,55 @@ def kornia_pipeline(config: AugmentConfig | None = None) -> Callable[[Images], T
     return make(config)
 
 
-def _import_backend(name: str, extra: str | None = None) -> ModuleType:
-    try:
-        return importlib.import_module(f"fastclr.augment.{name}")
-    except ImportError as e:
-        hint = f" (install the '{extra}' extra: pip install 'fastclr[{extra}]')" if extra else ""
-        raise ImportError(f"backend: fastclr.augment.{name} is not available{hint}: {e}") from e
+def _load_native() -> _Apply:
+    _native.check()
+    from fastclr.augment.native_backend import apply_native
+
+    return apply_native
 
 
-def _triton_apply() -> _Apply | None:
-    try:
-        mod = importlib.import_module("fastclr.augment.triton_backend")
-    except ImportError:
-        return None
-    fn = getattr(mod, "apply_triton", None)
-    return fn if callable(fn) else None
+def _load_triton() -> _Apply:
+    from fastclr.augment.triton_backend import apply_triton
+
+    return apply_triton
+
+
+def _load_dali() -> _Apply:
+    from fastclr.augment.dali import apply_dali  # imports DALI itself lazily, naming the extra
+
+    return apply_dali
+
+
+#: The augmentation backends (module docstring). ``None`` marks kornia, which draws its own
+#: parameters and so has no ``apply``. "auto": Triton for CUDA images, the native kernel for a
+#: dense CPU batch, else torch.
+_REGISTRY: Registry[_Apply | None] = Registry(
+    "the augmentation",
+    [
+        Impl("reference", lambda: apply_reference, auto=False),
+        Impl("torch", lambda: apply_torch),
+        Impl(
+            "native",
+            _load_native,
+            devices=("cpu",),
+            dense_only=True,
+            priority=1,
+            requires=NATIVE_LIBRARY,
+            hint=NATIVE_HINT,
+        ),
+        Impl(
+            "triton",
+            _load_triton,
+            devices=("cuda",),
+            priority=2,
+            requires="triton",
+            hint=TRITON_HINT,
+        ),
+        Impl("kornia", lambda: None, auto=False),
+        Impl("dali", _load_dali, auto=False),
+    ],
+)
+BACKENDS = _REGISTRY.names
 
 
 class SimCLRAugmentation:
@@ -164,8 +198,7 @@ class SimCLRAugmentation:
     ) -> None:
         if config is not None and not isinstance(config, AugmentConfig):
             raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        _REGISTRY.check_name(backend)
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be None or one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
@@ -196,38 +229,14 @@ class SimCLRAugmentation:
 
     def resolve_backend(self, device: torch.device, ragged: bool = False) -> str:
         """The concrete backend ``"auto"`` stands for on ``device`` (and for a ragged batch)."""
-        if self.backend != "auto":
-            return self.backend
-        if device.type == "cuda" and _triton_apply() is not None:
-            return "triton"
-        if device.type == "cpu" and not ragged:
-            from fastclr.augment import native_backend
-
-            if native_backend.available():
-                return "native"
-        return "torch"
+        return _REGISTRY.resolve(self.backend, device, dense=not ragged)
 
     def _apply_fn(self, device: torch.device, ragged: bool = False) -> _Apply:
         name = self.resolve_backend(device, ragged)
-        if name == "reference":
-            return apply_reference
-        if name == "torch":
-            return apply_torch
-        if name == "native":
-            from fastclr.augment.native_backend import apply_native
-
-            return apply_native
-        if name == "triton":
-            fn = _triton_apply()
-            if fn is None:
-                _import_backend("triton_backend")  # raises with the import error
-                raise ImportError("backend: fastclr.augment.triton_backend has no apply_triton")
-            return fn
-        if name == "dali":
-            from fastclr.augment.dali import apply_dali
-
-            return apply_dali
-        raise ValueError(f"backend={name!r} cannot apply explicit parameters")
+        fn = _REGISTRY.get(name)
+        if fn is None:
+            raise ValueError(f"backend={name!r} cannot apply explicit parameters")
+        return fn
 
     def sample(
         self, n: int, src_sizes: Tensor, device: torch.device | str | None = None

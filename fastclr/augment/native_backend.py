@@ -22,9 +22,8 @@ __all__ = ["apply_native", "available"]
 
 
 def available() -> bool:
-    """True when the native library (with the augmentation kernel) is loaded."""
-    mod = _native.load()
-    return mod is not None and hasattr(mod, "simclr_view_f32")
+    """True when the native library (which holds the augmentation kernel) is loaded."""
+    return _native.available()
 
 
 def apply_native(
@@ -49,12 +48,7 @@ def apply_native(
         )
     if imgs.device.type != "cpu":
         raise ValueError(f"backend='native' runs on CPU tensors, images are on {imgs.device}")
-    mod = _native.load()
-    if mod is None or not hasattr(mod, "simclr_view_f32"):
-        raise RuntimeError(
-            f"native augmentation kernel unavailable ({_native.load_error()}); rebuild with "
-            "`pip install -e .` or use backend='torch'"
-        )
+    mod = _native.require()
     n = imgs.shape[0]
     p = params
     src = to_rgb(imgs).contiguous()
