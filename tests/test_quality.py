@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastclr.cli import DIGITS_DEFAULTS
 from fastclr.data import load_digits
 from fastclr.evaluate import extract_features, knn_accuracy
 from fastclr.train import TrainConfig, build_model, load_checkpoint, pretrain
+from fastclr.train.config import cli_defaults
 
 EPOCHS = 15  # the CLI default; kNN is noisy in the first ~10 epochs (see the quality curves)
 # kNN top-1 over random weights; measured +8 points at 15 epochs (seed 0: 89.7% vs 81.6%)
@@ -25,17 +25,9 @@ MARGIN = 0.03
 def test_short_pretraining_beats_random_encoder(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = load_digits()
-    cfg = TrainConfig(
-        width=float(DIGITS_DEFAULTS["width"] or 0.25),
-        image_size=int(DIGITS_DEFAULTS["image_size"] or 16),
-        batch_size=int(DIGITS_DEFAULTS["batch_size"] or 128),
-        lr=DIGITS_DEFAULTS["lr"],
-        epochs=EPOCHS,
-        out=str(tmp_path),
-        seed=0,
-        progress=False,
-        device="cpu",
-    )
+    demo = cli_defaults("digits")  # the recipe `fastclr pretrain` uses on the digits
+    overrides = {"epochs": EPOCHS, "out": str(tmp_path), "progress": False, "device": "cpu"}
+    cfg = TrainConfig(**{**demo, **overrides})
     result = pretrain(cfg, data=data)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])

@@ -6,6 +6,8 @@ run takes a second or two on a busy CPU.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -362,6 +364,51 @@ def test_cli_pretrain_then_linear_eval(tmp_path: Path, capsys: Any) -> None:
     assert "linear top-1" in printed and "kNN top-1" in printed and "1438 train / 359" in printed
     assert main(["linear-eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _pretrain_parser() -> argparse.ArgumentParser:
+    from fastclr.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices["pretrain"]
+    return parser
+
+
+def test_cli_pretrain_has_a_flag_per_config_field_with_its_default_once() -> None:
+    parser = _pretrain_parser()
+    options = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
+    values = [a for a in options.values() if a.nargs != 0]  # not the on/off switches
+    text = " ".join(parser.format_help().split())  # unwrap the columns
+    assert text.count("(default:") == len(values) and "None" not in text
+    for a in values:
+        assert a.help is not None and a.help.count("(default:") == 1, a.dest
+        if a.choices is not None:
+            assert "{" + ",".join(a.choices) + "}" in text, a.dest
+    assert "--augment-backend {auto,reference,torch,native" in text
+    assert "(default: 16 for --data digits, else 224)" in text
+
+
+def test_cli_defaults_follow_the_data(tmp_path: Path) -> None:
+    from fastclr.cli import build_parser, pretrain_config
+
+    def cfg(*argv: str) -> TrainConfig:
+        return pretrain_config(build_parser().parse_args(["pretrain", *argv]))
+
+    demo = cfg()  # the digits demo recipe
+    assert (demo.width, demo.image_size, demo.batch_size, demo.epochs) == (0.25, 16, 128, 15)
+    assert (demo.lr, demo.threads, demo.stem) == (6.0, 1, "cifar")
+    folder = cfg("--data", str(tmp_path))  # the paper's settings, stem by size
+    assert (folder.width, folder.image_size, folder.lr, folder.threads) == (1.0, 224, None, None)
+    assert (
+        folder.stem == "imagenet"
+        and cfg("--data", str(tmp_path), "--image-size", "64").stem == "cifar"
+    )
+    given = cfg("--width", "0.5", "--no-progress", "--compile", "--stem", "imagenet", "--lr", "2")
+    assert (given.width, given.progress, given.compile, given.stem, given.lr) == (
+        0.5, False, True, "imagenet", 2.0,
+    )  # fmt: skip
+    assert cfg("--knn-k", "7", "--proj-dim", "64").knn_k == 7  # options the old CLI lacked
 
 
 @pytest.mark.slow

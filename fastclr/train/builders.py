@@ -36,6 +36,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_scheduler",
+    "build_simclr",
     "warmup_steps",
 ]
 
@@ -90,11 +91,17 @@ def augment_mean_std(aug: object) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def build_simclr(cfg: TrainConfig) -> SimCLR:
+    """The SimCLR model ``cfg`` describes (``stem="auto"`` resolved by the image size)."""
+    stem = recipe_for_size(cfg.image_size) if cfg.stem == "auto" else cfg.stem
+    return build_model(cfg.arch, stem, cfg.width, cfg.proj_dim, cfg.head_bn)
+
+
 def build_loss(cfg: TrainConfig, world_size: int) -> LossFn:
     """NT-Xent at ``cfg.temperature``; gathers every rank's embeddings on several ranks."""
     return NTXentLoss(
         cfg.temperature,
-        backend=cfg.loss_backend,  # type: ignore[arg-type]
+        backend=cfg.loss_backend,
         gather_distributed=world_size > 1,
         check_finite=False,  # checked by the loop without a per-step sync
     )

@@ -1,16 +1,24 @@
 """The configuration of a pretraining run: :class:`TrainConfig`, the one source of defaults.
 
-Each field carries its command-line help (and, for closed sets, its choices) in its metadata;
-``fastclr pretrain`` is generated from these fields. Rules that derive one setting from another
-(the CIFAR recipe for small images) live here too, so that every user of them agrees.
+Every field carries :func:`meta` in its metadata, which records its command-line help, its choices
+(for closed sets), what an unset (``None``) value means, and the defaults ``fastclr pretrain``
+uses instead of the dataclass one, by dataset: ``digits=`` for the embedded digits demo and
+``other_data=`` for everything else. ``fastclr pretrain`` is generated from these fields
+(:mod:`fastclr.cli`), so a default is written once, here. Rules that derive one setting from
+another (the CIFAR recipe for small images) live here too, so that every user of them agrees.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
 
+from fastclr.augment import BACKENDS as AUGMENT_BACKENDS
+from fastclr.evaluate import KNN_K, KNN_TEMPERATURE
+from fastclr.loss import BackendName
+from fastclr.models import ARCHS, STEMS
 from fastclr.optim import BASE_LR, MOMENTUM, WEIGHT_DECAY
 
 __all__ = [
@@ -21,6 +29,8 @@ __all__ = [
     "PRECISIONS",
     "Precision",
     "TrainConfig",
+    "cli_defaults",
+    "meta",
     "recipe_for_size",
 ]
 
@@ -29,11 +39,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_PRESETS = ("auto", "cifar", "imagenet", "digits")
 # Data loaders (fastclr.data.select): auto, the in-memory tensor, DataLoader workers, DALI.
 LOADERS = ("auto", "memory", "stream", "dali")
+Stem = Literal["auto", "cifar", "imagenet"]
 # Warm-up never takes more than this fraction of a run: the paper's 10 epochs assume >= 100.
 MAX_WARMUP_FRACTION = 0.1
 # Images up to this size get the CIFAR recipe (3×3 stem without max-pool, CIFAR augmentation);
 # larger ones the ImageNet recipe.
 CIFAR_MAX_SIZE = 64
+_UNSET: Any = object()
 
 
 def recipe_for_size(image_size: int) -> Literal["cifar", "imagenet"]:
@@ -41,48 +53,158 @@ def recipe_for_size(image_size: int) -> Literal["cifar", "imagenet"]:
     return "cifar" if image_size <= CIFAR_MAX_SIZE else "imagenet"
 
 
+def meta(
+    help: str,
+    *,
+    choices: Sequence[str] | None = None,
+    unset: str | None = None,
+    digits: Any = _UNSET,
+    other_data: Any = _UNSET,
+) -> dict[str, Any]:
+    """The metadata of a :class:`TrainConfig` field: how the command line presents it.
+
+    Args:
+        help: one line for ``--help`` (without the default; that is appended from here).
+        choices: the accepted values, for a closed set.
+        unset: what ``None`` means, for fields that may be left unset.
+        digits: the command line's default for ``--data digits``, where it differs.
+        other_data: the command line's default for any other ``--data``, where it differs.
+    """
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if unset is not None:
+        meta["unset"] = unset
+    if digits is not _UNSET:
+        meta["digits"] = digits
+    if other_data is not _UNSET:
+        meta["other_data"] = other_data
+    return meta
+
+
+# The digits demo (1,438 training images, 8×8 originals stored at 32 px) uses 16-px views of a
+# quarter-width ResNet-18, which keeps the whole run near a minute on two CPU cores. The paper's
+# LARS rate (0.3 × 128/256) moves the weights by ~0.005% a step, made for thousands of steps;
+# the ~165-step demo uses lr 6 so that the loss visibly falls. One intra-op thread: on ops this
+# small OpenMP barriers cost more than the work, and on a shared (oversubscribed) CPU two threads
+# made each step 5-10× slower in our measurements.
+
+
 @dataclass
 class TrainConfig:
-    """Everything a pretraining run depends on (the CLI flags map one to one).
+    """Everything a pretraining run depends on (``fastclr pretrain`` has one flag per field).
 
     ``batch_size`` is the global batch (all ranks together); ``lr=None`` means the paper's
     ``0.3 × batch / 256``. ``limit_steps`` caps the steps of every epoch (tests, smoke runs);
     ``stop_after_epochs`` ends this process after that many epochs while the schedule still
-    spans ``epochs`` (for time-limited jobs that resume).
+    spans ``epochs`` (for time-limited jobs that resume). ``stem="auto"`` is resolved when the
+    config is made: ``cifar`` for images of at most 64 px, else ``imagenet``.
     """
 
-    arch: str = "resnet18"
-    stem: Literal["cifar", "imagenet"] = "cifar"
-    width: float = 1.0
-    data: str = "digits"
-    image_size: int = 32
-    batch_size: int = 256
-    epochs: int = 100
-    lr: float | None = None
-    base_lr: float = BASE_LR
-    weight_decay: float = WEIGHT_DECAY
-    momentum: float = MOMENTUM
-    warmup_epochs: float = 10.0
-    temperature: float = 0.5
-    proj_dim: int = 128
-    head_bn: bool = False
-    precision: Precision = "auto"
-    augment_backend: str = "auto"
-    augment_preset: Literal["auto", "cifar", "imagenet", "digits"] = "auto"
-    loss_backend: str = "auto"
-    out: str = "runs/simclr"
-    seed: int = 0
-    resume: str | None = None
-    compile: bool = False
-    num_workers: int = 0
-    loader: Literal["auto", "memory", "stream", "dali"] = "auto"
-    limit_steps: int | None = None
-    stop_after_epochs: int | None = None
-    log_every: int = 10
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    progress: bool = True
-    device: str | None = None
+    arch: str = field(
+        default="resnet18", metadata=meta("encoder architecture", choices=sorted(ARCHS))
+    )
+    stem: Stem = field(
+        default="cifar",
+        metadata=meta(
+            "encoder stem; auto: cifar for images <= 64 px, else imagenet",
+            choices=("auto", *STEMS),
+            digits="auto",
+            other_data="auto",
+        ),
+    )
+    width: float = field(
+        default=1.0, metadata=meta("channel multiplier of the encoder", digits=0.25)
+    )
+    data: str = field(default="digits", metadata=meta("'digits' (embedded) or an image folder"))
+    image_size: int = field(
+        default=32, metadata=meta("size of the training views in px", digits=16, other_data=224)
+    )
+    batch_size: int = field(
+        default=256, metadata=meta("global batch (all ranks together)", digits=128)
+    )
+    epochs: int = field(default=100, metadata=meta("epochs of the schedule", digits=15))
+    lr: float | None = field(
+        default=None,
+        metadata=meta(
+            "peak learning rate", unset="base_lr × batch / 256 (the paper's)", digits=6.0
+        ),
+    )
+    base_lr: float = field(
+        default=BASE_LR, metadata=meta("learning rate per 256 images when --lr is unset")
+    )
+    weight_decay: float = field(default=WEIGHT_DECAY, metadata=meta("LARS weight decay"))
+    momentum: float = field(default=MOMENTUM, metadata=meta("LARS momentum"))
+    warmup_epochs: float = field(
+        default=10.0, metadata=meta("linear warm-up epochs (at most 10% of the run)")
+    )
+    temperature: float = field(default=0.5, metadata=meta("NT-Xent temperature"))
+    proj_dim: int = field(default=128, metadata=meta("output size of the projection head"))
+    head_bn: bool = field(default=False, metadata=meta("BatchNorm in the projection head"))
+    precision: Precision = field(
+        default="auto",
+        metadata=meta("auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU", choices=PRECISIONS),
+    )
+    augment_backend: str = field(
+        default="auto", metadata=meta("augmentation implementation", choices=AUGMENT_BACKENDS)
+    )
+    augment_preset: Literal["auto", "cifar", "imagenet", "digits"] = field(
+        default="auto",
+        metadata=meta(
+            "augmentation recipe; auto: digits for --data digits, else by size (cifar <= 64 px)",
+            choices=AUGMENT_PRESETS,
+        ),
+    )
+    loss_backend: BackendName = field(
+        default="auto", metadata=meta("NT-Xent implementation", choices=get_args(BackendName))
+    )
+    out: str = field(
+        default="runs/simclr", metadata=meta("run folder (checkpoint, CSV logs, loss plot)")
+    )
+    seed: int = field(default=0, metadata=meta("random seed (weights, data order, augmentation)"))
+    resume: str | None = field(
+        default=None, metadata=meta("checkpoint file or run folder to resume", unset="start afresh")
+    )
+    compile: bool = field(default=False, metadata=meta("torch.compile the model"))
+    num_workers: int = field(
+        default=0, metadata=meta("image-decoding worker processes (0: inline)")
+    )
+    loader: Literal["auto", "memory", "stream", "dali"] = field(
+        default="auto",
+        metadata=meta(
+            "memory: decode the folder once into RAM; stream: decode each batch in "
+            "--num-workers processes; dali: NVIDIA DALI (nvJPEG on CUDA); auto: memory for "
+            "digits and small folders of small square images, else dali on CUDA when "
+            "installed, else stream",
+            choices=LOADERS,
+        ),
+    )
+    limit_steps: int | None = field(
+        default=None, metadata=meta("cap on the steps of every epoch", unset="no cap")
+    )
+    stop_after_epochs: int | None = field(
+        default=None,
+        metadata=meta("end this run after N epochs (resume later)", unset="run to the end"),
+    )
+    log_every: int = field(
+        default=10, metadata=meta("steps between log rows (and loss finiteness checks)")
+    )
+    knn_k: int = field(default=KNN_K, metadata=meta("neighbours of the kNN monitor"))
+    knn_temperature: float = field(
+        default=KNN_TEMPERATURE, metadata=meta("temperature of the kNN monitor's vote")
+    )
+    progress: bool = field(default=True, metadata=meta("progress bar"))
+    device: str | None = field(
+        default=None, metadata=meta("cpu, cuda, cuda:1, ...", unset="cuda if present, else cpu")
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=meta("CPU intra-op threads (0: torch's choice)", unset="torch's choice", digits=1),
+    )
+
+    def __post_init__(self) -> None:
+        if self.stem == "auto":
+            self.stem = recipe_for_size(self.image_size)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field whose value cannot be used."""
@@ -105,3 +227,11 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.threads is not None and self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+def cli_defaults(data: str) -> dict[str, Any]:
+    """The default of every field for ``fastclr pretrain --data <data>``."""
+    key = "digits" if data == "digits" else "other_data"
+    return {f.name: f.metadata.get(key, f.default) for f in fields(TrainConfig)}

@@ -37,9 +37,9 @@ from fastclr.train.builders import (
     augment_preset_for,
     build_augmentation,
     build_loss,
-    build_model,
     build_optimizer,
     build_scheduler,
+    build_simclr,
     warmup_steps,
 )
 from fastclr.train.checkpoint import CheckpointSaver, Position, TrainingState, resume
@@ -164,6 +164,8 @@ def pretrain(
     :class:`~fastclr.checkpoint.CheckpointError` on a checkpoint that cannot be resumed.
     """
     cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ddp, device = setup_distributed(cfg.device)
     try:
         return fit(cfg, ddp, device, augment, loss_fn, data)
@@ -210,7 +212,7 @@ def _build_run(
         steps_per_epoch = min(steps_per_epoch, cfg.limit_steps)
     total_steps = steps_per_epoch * cfg.epochs
 
-    model = build_model(cfg.arch, cfg.stem, cfg.width, cfg.proj_dim, cfg.head_bn).to(device)
+    model = build_simclr(cfg).to(device)
     if loss_fn is None:
         loss_fn = build_loss(cfg, ddp.world_size)
     optimizer = build_optimizer(model, cfg)
