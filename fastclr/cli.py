@@ -94,20 +94,38 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "linear-eval",
         help="linear-probe and kNN accuracy of a pretrained encoder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Linear-probe and kNN top-1 of a pretraining checkpoint's frozen encoder.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    p.add_argument("--data", default="digits", help="'digits' or a labelled image folder")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' or a labelled image folder (default: %(default)s)",
+    )
     p.add_argument(
         "--arch",
         choices=sorted(ARCHS),
         default=None,
-        help="expected architecture (checked against the checkpoint)",
+        help="expected architecture, checked against the checkpoint (default: not checked)",
     )
-    p.add_argument("--knn-k", type=int, default=KNN_K)
-    p.add_argument("--knn-temperature", type=float, default=KNN_TEMPERATURE)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--knn-k", type=int, default=KNN_K, help="neighbours that vote (default: %(default)s)"
+    )
+    p.add_argument(
+        "--knn-temperature",
+        type=float,
+        default=KNN_TEMPERATURE,
+        help="temperature of the kNN vote (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="image-decoding worker processes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
