@@ -114,7 +114,13 @@ class TrainingStep:
 
 @dataclass
 class _Run:
-    """Everything one pretraining run works on, built by :func:`_build_run`."""
+    """Everything one pretraining run works on, built by :func:`_build_run`.
+
+    The fields after ``start`` change as the run goes: the step count, the device-side
+    "every loss so far was finite" flag, the last logged loss, the kNN monitor's last result and
+    the per-epoch history. The normalisation the kNN monitor applies is ``saver.mean/std``, the
+    one the checkpoint records for evaluation.
+    """
 
     cfg: TrainConfig
     ddp: DistInfo
@@ -235,11 +241,13 @@ def _build_run(
     if cfg.stop_after_epochs is not None:
         stop_epoch = min(cfg.epochs, start.epoch + cfg.stop_after_epochs)
     return _Run(
-        cfg, ddp, device, train_data, per_rank, steps_per_epoch, total_steps, stop_epoch,
-        state, step,
-        CheckpointSaver(out, cfg, ddp, device, *augment_mean_std(augment)),
-        RunLogger(out, ddp.is_main, append=bool(cfg.resume)),
-        start, start.global_step, torch.ones((), dtype=torch.bool, device=device),
+        cfg=cfg, ddp=ddp, device=device, data=train_data, per_rank=per_rank,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, stop_epoch=stop_epoch,
+        state=state, step=step,
+        saver=CheckpointSaver(out, cfg, ddp, device, *augment_mean_std(augment)),
+        logger=RunLogger(out, ddp.is_main, append=bool(cfg.resume)),
+        start=start, global_step=start.global_step,
+        finite=torch.ones((), dtype=torch.bool, device=device),
     )  # fmt: skip
 
 
