@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastclr-installed
 NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard kernels/cpu/*.cpp kernels/cpu/*.h)
 
-.PHONY: setup test lint format bench bench-quick gpu-check quality clean
+.PHONY: setup test lint format bench bench-quick gpu-check aot-check quality clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,15 @@ clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # On a CUDA machine: tests with compiled kernels + GPU benchmarks, results under bench/results/.
+# Works from a bare copy (no install); `bash scripts/gpu_check.sh --dry-run` stops before CUDA.
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# Every Triton kernel compiled for sm_90 without a GPU: bench/results/triton-sm90.{md,json}.
+# `make aot-check AOT_TRITON=3.6` runs it with triton 3.6.* from .venv/triton-3.6 instead.
+AOT_TRITON ?=
+aot-check: setup
+	bash scripts/aot_check.sh $(AOT_TRITON)
 
 # Representation quality on digits: 3 seeds, pretrained vs random-weight encoder vs raw pixels.
 quality: setup

@@ -127,8 +127,30 @@ def check_against_reference(
     # + 2× torch's own error in this dtype (fp32 too: for tiny rows or D = 1 the backward of the
     # fp32 normalisation cancels catastrophically, in torch and in the kernel alike)
     own, own_grads = _reference(views, labels, w, temperature, reduction, upcast=False)
-    assert_close_to_reference(loss, ref, own, atol=v_atol * _scale(ref), name="loss")
-    assert_close_to_reference(grads, ref_grads, own_grads, atol=g_atol * g_scale, name="grads")
+    bar_v, bar_g = v_atol * _scale(ref), g_atol * g_scale
+    if dtype == torch.float32:  # fp32 dots go through 3×TF32 on a GPU (exact under the interpreter)
+        tv, tg = fp32_dot_bound(temperature, per_anchor, m if reduction == "sum" else 1)
+        bar_v, bar_g = bar_v + tv, bar_g + tg
+    assert_close_to_reference(loss, ref, own, atol=bar_v, name="loss")
+    assert_close_to_reference(grads, ref_grads, own_grads, atol=bar_g, name="grads")
+
+
+def fp32_dot_bound(temperature: float, per_anchor: float, terms: int) -> tuple[float, float]:
+    """Extra error of fp32 inputs from the 3×TF32 tensor-core dots, on the loss and on a gradient.
+
+    Each s_ak = ẑ_a·ẑ_k/τ of unit rows is off by at most ε = FP32_DOT_REL_ERR/τ (the bound per
+    product, summed with Σ|a_i||b_i| ≤ 1 by Cauchy–Schwarz; test_tf32x3_emulation_obeys_the_bound
+    checks it). Then |ΔLSE_a| ≤ ε, so a loss value summing ``terms`` anchors (1 for a mean or per
+    anchor) moves ≤ ε·terms (doubled as a margin for the fp32 exp/log around it). In the
+    backward each P_ak = g(e^{s−L_a} + e^{s−L_k})/τ moves by a factor ≤ e^{2ε} − 1 ≈ 2ε relative,
+    and Σ_k |P_ak| ≤ 2 max g/τ, so dẑ_a moves ≤ (2ε + FP32_DOT_REL_ERR)·2·max g/τ, with the
+    P·ẑ dot's own FP32_DOT_REL_ERR; doubled for the two dots (Z and the normalisation).
+    """
+    ops = _ops()
+    eps = ops.FP32_DOT_REL_ERR / temperature
+    value = 2 * eps * terms
+    grad = 2 * (2 * eps + ops.FP32_DOT_REL_ERR) * 2 * per_anchor / temperature
+    return value, grad
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,3 +439,236 @@ def test_compiles_without_graph_breaks() -> None:
     f(x2).backward()
     assert x1.grad is not None and x2.grad is not None
     assert _err(x1.grad, x2.grad) < 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# many programs: ≥ 4 row blocks × ≥ 4 column blocks, key-range splits, scaling, 3×TF32, launches
+
+# 2 views × 131 rows: ≥ 4 row and column blocks at the interpreter's BLOCK_M = 32 and at the
+# compiled tests' pinned BLOCK_M = 64 (9 and 5 blocks).
+MANY_BLOCKS = (2, 131, 40)
+
+
+def _blocks(m: int) -> int:
+    bm = max(c.kwargs["BLOCK_M"] for c in _ops()._k.SYM_CONFIGS + _ops()._k.ROW_CONFIGS)
+    return -(-m // bm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("temperature", [0.2, 0.02])
+def test_many_row_and_column_blocks_with_splits(
+    dtype: torch.dtype, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The off-diagonal tiles, the pair schedule and several key-range splits per row block.
+
+    ~4 s each under the interpreter. SPLIT_ROWS = 32 lets 262 keys take 8 splits (some empty).
+    """
+    ops = _ops()
+    v, n, d = MANY_BLOCKS
+    assert _blocks(v * n) >= 4  # every config's row blocks, so also ≥ 4 column blocks
+    monkeypatch.setattr(ops, "SPLIT_ROWS", 32)
+    assert ops._splits(v * n, v * n, torch.device(DEVICE)) > 1
+    check_against_reference(_inputs(v, n, d, 21, dtype), None, temperature, "none", seed=21)
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.02])
+def test_splits_agree_with_one_split_and_repeat_bitwise(
+    temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S key-range splits sum to the S = 1 gradient; no atomics in the backward: bitwise repeats."""
+    ops = _ops()
+    z = F.normalize(torch.randn(150, 12, dtype=torch.float64), dim=1).float().to(DEVICE)
+    g = torch.rand(150, dtype=torch.float32).to(DEVICE) + 0.5
+
+    def grad() -> torch.Tensor:
+        x = z.clone().requires_grad_()
+        (ops.BACKEND.lse_sym(x, temperature) * g).sum().backward()
+        assert x.grad is not None
+        return x.grad
+
+    one = grad()
+    assert ops.LAST_WORKSPACE["lse_sym_backward"] == 150 * 12 * 4  # S = 1
+    monkeypatch.setattr(ops, "SPLIT_ROWS", 16)
+    s = ops._splits(150, 150, torch.device(DEVICE))
+    assert s > 1
+    many, again = grad(), grad()
+    assert ops.LAST_WORKSPACE["lse_sym_backward"] == s * 150 * 12 * 4
+    assert torch.equal(many, again)
+    assert _err(many, one) <= 1e-6 * _scale(one) + 1e-7
+
+
+def test_split_count_fills_the_gpu() -> None:
+    ops = _ops()
+    # M = 8192 rows on an H200: 64 row blocks of 128 → 2 splits, 128 programs on 132 SMs
+    assert ops.split_count(64, 8192, 132) == 2
+    assert ops.split_count(512, 65536, 132) == 1  # already 3.9 waves
+    for blocks in range(1, 140):
+        s = ops.split_count(blocks, 1 << 20, 132)
+        assert 1 <= s <= ops.MAX_SPLIT
+        if blocks < 132:  # never fewer programs than half the SMs when a split can help
+            assert blocks * s >= min(66, blocks * ops.MAX_SPLIT)
+    assert ops.split_count(1, 100, 132) == 1  # fewer keys than one split's worth
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.02])
+def test_fp16_backward_scales_p_before_the_cast(temperature: float) -> None:
+    """P ≈ g·softmax/τ rounded to fp16 flushes to zero for small g (at M = 262,144 and g = 1/M it
+    is ~1e-11); the kernel scales P by a power of two first. With g·2^-26 every unscaled P here
+    is below fp16's smallest subnormal (6e-8), so an unscaled kernel returns ~0 and fails."""
+    ops = _ops()
+    m, d = 96, 24
+    z16 = F.normalize(torch.randn(m, d, dtype=torch.float64), dim=1).half()
+    z = z16.double()
+    w = torch.rand(m, dtype=torch.float64) + 0.5
+    s = z @ z.T / temperature
+    s.fill_diagonal_(float("-inf"))
+    lse = torch.logsumexp(s, dim=1)
+    wmat = w[:, None] * torch.exp(s - lse[:, None])
+    want = (wmat + wmat.T) @ z / temperature
+    tiny = 2.0**-26
+    meta = ops._meta(m, d, torch.float16)
+    lse32, g = lse.float().to(DEVICE), (w * tiny).float().to(DEVICE)
+    zd = z16.to(DEVICE)
+    got, _ = ops._rows_backward(
+        zd, zd, lse32, g, lse32, g, (0, 0), (True, True), temperature,
+        ops.select_path(temperature).online, meta, out_dtype=torch.float32,
+    )  # fmt: skip
+    got = got.cpu().double() / tiny
+    # each σP entry is rounded to fp16 (≤ 2^-11 relative), Σ_k |P_ak| ≤ 2 max w/τ
+    bar = 2.0**-11 * 2 * float(w.max()) / temperature * 2
+    assert _err(got, want) <= bar, (_err(got, want), bar)
+    assert float(want.abs().max()) > 10 * bar  # the check is not vacuous
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 → TF32 (10 mantissa bits), round to nearest with ties away, as cvt.rna.tf32.f32."""
+    bits = x.float().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _dot_3xtf32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise a·b as the tensor cores compute it in 3×TF32 (products exact, summed in fp64)."""
+    ah, bh = _tf32(a), _tf32(b)
+    al, bl = _tf32(a.float() - ah), _tf32(b.float() - bh)
+    ah, bh, al, bl = (t.double() for t in (ah, bh, al, bl))
+    return (ah * bh + ah * bl + al * bh).sum(-1)
+
+
+@pytest.mark.parametrize("d", [1, 7, 128, 2048])
+def test_tf32x3_emulation_obeys_the_bound(d: int) -> None:
+    """|3×TF32(a·b) − a·b| ≤ FP32_DOT_REL_ERR·Σ|a_i b_i| on random and rounding-edge inputs."""
+    ops = _ops()
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(4000, d, generator=g)
+    b = torch.randn(4000, d, generator=g)
+    # values whose low mantissa bits sit at the TF32 rounding midpoints (worst case of rounding)
+    edge = (torch.randint(0, 2**22, (4000, d), generator=g, dtype=torch.int32) | 0x3F801000).view(
+        torch.float32
+    )
+    for x, y in ((a, b), (edge, b), (edge, edge.flip(0))):
+        exact = (x.double() * y.double()).sum(-1)
+        err = (_dot_3xtf32(x, y) - exact).abs()
+        bound = ops.FP32_DOT_REL_ERR * (x.double() * y.double()).abs().sum(-1)
+        assert bool((err <= bound).all()), float((err / bound.clamp_min(1e-300)).max())
+    # and the bound is not loose by orders of magnitude: the dropped lo·lo term shows up
+    err = (_dot_3xtf32(edge, edge) - (edge.double() ** 2).sum(-1)).abs()
+    assert float((err / (edge.double() ** 2).sum(-1)).max()) > ops.FP32_DOT_REL_ERR / 64
+
+
+# dispatch-level ops that launch no kernel: allocations, views and aliasing
+_NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "detach", "alias", "lift_fresh"}
+
+
+def _count_launches(fn):  # type: ignore[no-untyped-def]
+    """(kernel launches, op names) of ``fn()``: Triton launches through the launcher plus every
+    torch op that runs a kernel (views and allocations excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = _ops()
+    names: list[str] = []
+    inside = [False]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            base = func.overloadpacket.__name__
+            if not inside[0] and not func.is_view and base not in _NO_KERNEL:
+                names.append(base)
+            return func(*args, **(kwargs or {}))
+
+    real = ops._launch
+
+    def launch(kernel, grid, *a, **kw):  # type: ignore[no-untyped-def]
+        names.append("triton:" + kernel.fn.__name__)
+        inside[0] = True  # the interpreter's own tensor traffic is not a GPU launch
+        try:
+            real(kernel, grid, *a, **kw)
+        finally:
+            inside[0] = False
+
+    ops._launch = launch
+    try:
+        with Count():
+            fn()
+    finally:
+        ops._launch = real
+    return names
+
+
+# One forward+backward of the triton LSE op (symmetric path): forward = zero the column sums,
+# the kernel, the sum over splits, + column sums, log, + c (6); backward = the fp32 gradient view or
+# copy (≤ 1), the kernel, the sum over splits (S > 1 only), the cast to the input dtype (≤ 1) (≤ 4).
+OP_LAUNCHES = 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_launch_count_is_bounded_and_sync_free(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fixed number of launches whatever M (and S), no host sync, no data-dependent shapes:
+    what a CUDA graph capture needs."""
+    ops = _ops()
+    counts = []
+    for m, split_rows in ((40, 128), (300, 128), (300, 16)):
+        monkeypatch.setattr(ops, "SPLIT_ROWS", split_rows)
+        z = F.normalize(torch.randn(m, 16), dim=1).to(dtype).to(DEVICE).requires_grad_()
+        g = torch.rand(m, device=DEVICE)
+
+        def step(z: torch.Tensor = z, g: torch.Tensor = g) -> None:
+            (ops.BACKEND.lse_sym(z, 0.3) * g).sum().backward()
+
+        names = _count_launches(step)
+        op_names = [n for n in names if n.startswith("triton:")]
+        assert op_names == ["triton:ntxent_sym_fwd_kernel", "triton:ntxent_rows_bwd_kernel"]
+        for sync in ("_local_scalar_dense", "item", "nonzero", "masked_select", "unique"):
+            assert sync not in names, names
+        counts.append(len(names))
+    # the caller's own ops (mul, sum, ones_like for backward, the grad accumulation) are included
+    assert max(counts) <= OP_LAUNCHES + 6, counts
+    assert counts[0] <= counts[2] <= counts[0] + 1  # S > 1 adds only the sum over splits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_forward_backward_captures_in_a_cuda_graph() -> None:
+    ops = _ops()
+    z = F.normalize(torch.randn(520, 64, device="cuda"), dim=1).bfloat16().requires_grad_()
+    g = torch.rand(520, device="cuda")
+
+    def step() -> None:
+        z.grad = None
+        (ops.BACKEND.lse_sym(z, 0.2) * g).sum().backward()
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile (and tune) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    eager = z.grad.clone()  # type: ignore[union-attr]
+    graph = torch.cuda.CUDAGraph()
+    z.grad = None
+    with torch.cuda.graph(graph):
+        (ops.BACKEND.lse_sym(z, 0.2) * g).sum().backward()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert z.grad is not None
+    assert _err(z.grad, eager) <= 1e-2 * _scale(eager)

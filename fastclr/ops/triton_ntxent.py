@@ -13,15 +13,23 @@ Extra memory is O(M·D + M): nothing M×M is ever allocated. The launchers alloc
 buffers listed by :func:`workspace_bytes` (fp32 row sums and fp32 gradient accumulators) and record
 what they allocated in :data:`LAST_WORKSPACE` so tests can check it.
 
-Paths. The symmetric kernels (one exp per unordered pair, fp32 atomics for the transposed
-contributions) run when τ ≥ 1/32 (2/τ ≤ ``CONST_SHIFT_LIMIT``, a rule on τ alone) and
-``torch.are_deterministic_algorithms_enabled()`` is False. Otherwise the row-block kernels run:
-no atomics (bitwise reproducible), and with an online running max when τ < 1/32 so that exp
-never underflows fp32.
+Paths. The forward takes the symmetric kernel (one exp per unordered pair, relaxed fp32 atomics
+for the transposed sums) when τ ≥ 1/32 (2/τ ≤ ``CONST_SHIFT_LIMIT``, a rule on τ alone) and
+``torch.are_deterministic_algorithms_enabled()`` is False; otherwise the row-block kernel (no
+atomics, bitwise reproducible; with an online running max when τ < 1/32 so that exp never
+underflows fp32). Every backward is the row-block kernel split over key ranges (no atomics).
+
+Launches. One forward+backward of ``triton_lse_sym`` is at most ``10`` kernel launches whatever
+M: forward = zero the column sums, the kernel, the sum over splits, + column sums, log, + c;
+backward = the fp32 gradient copy (when it is not one already), the kernel, the sum over splits
+(S > 1), the cast to the input dtype (16-bit inputs). Every buffer's shape depends on M, D and
+the device's SM count only, and nothing reads a value back to the host, so it captures in a CUDA
+graph (tests/test_triton_ntxent.py checks both).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -43,6 +51,25 @@ __all__ = [
 
 # Op name -> bytes of workspace (every buffer other than the op's own output) of its last call.
 LAST_WORKSPACE: dict[str, int] = {}
+# Triton kernel launches made by this module since import (tests count launches per call).
+LAUNCHES: list[str] = []
+
+# The dot precision of fp32 operands: three TF32 tensor-core products per product (a = a_hi +
+# a_lo, both TF32; a·b ≈ a_hi b_hi + a_hi b_lo + a_lo b_hi). Each product's error is at most
+# FP32_DOT_REL_ERR·|a||b| (the dropped a_lo b_lo ≤ 2^-22, plus the TF32 rounding of the two cross
+# terms ≤ 2·2^-11·2^-11; TF32 keeps 10 mantissa bits, rounding error ≤ 2^-11 relative), so for
+# unit rows |Δ(ẑ_a·ẑ_k)| ≤ FP32_DOT_REL_ERR + the fp32 accumulation (tests/test_triton_ntxent.py
+# checks this bound against an emulation of the rounding).
+FP32_DOT_PRECISION = "tf32x3"
+FP32_DOT_REL_ERR = 3.0 * 2.0**-22
+# Multiprocessors of the target GPU (H200/H100 SXM), used to size splits under the interpreter.
+H200_SMS = 132
+# At most this many key-range splits (the (S, M, D) fp32 partial buffer is S·M·D·4 bytes).
+MAX_SPLIT = 8
+# Each split covers at least this many keys (one 128-row key block).
+SPLIT_ROWS = 128
+# Splits are sized for this row-block height (the bf16/fp16 configs' largest BLOCK_M).
+SPLIT_BLOCK_M = 128
 
 _F32 = 4  # bytes per fp32 element
 
@@ -67,21 +94,21 @@ def select_path(temperature: float, deterministic: bool | None = None) -> Path:
     return Path(symmetric=not online and not deterministic, online=online)
 
 
-def workspace_bytes(m: int, d: int, op: str, path: Path) -> int:
+def workspace_bytes(m: int, d: int, op: str, path: Path, splits: int = 1) -> int:
     """Bytes the launcher of ``op`` allocates besides its output, for an (m, d) input.
 
     ``op`` is one of "lse_sym", "lse_sym_backward", "lse_rect", "lse_rect_backward" (for rect,
-    ``m`` is Mq + Mk rows in total). Always ≤ 2·m·d·4 + 2·m·4 bytes: O(M·D + M).
+    ``m`` is Mq + Mk rows in total); ``splits`` is the op's key-range split count S
+    (:func:`split_count`). Not counted: a dense fp32 copy of the upstream gradient (m·4 bytes)
+    when it arrives expanded or in another dtype. At most ``MAX_SPLIT``·m·d·4 + (S + 1)·m·4:
+    O(M·D + M), nothing M×M.
     """
     if op == "lse_sym":
-        return 2 * m * _F32 if path.symmetric else 0  # row sums + transposed (atomic) sums
-    if op == "lse_sym_backward":
-        # fp32 gradient accumulators (two for the symmetric split) + fp32 upstream gradient copy
-        return (2 if path.symmetric else 1) * m * d * _F32 + m * _F32
+        return (splits + 1) * m * _F32 if path.symmetric else 0  # split row sums + column sums
+    if op in ("lse_sym_backward", "lse_rect_backward"):
+        return splits * m * d * _F32  # the (S, M, D) fp32 partial gradients
     if op == "lse_rect":
         return 0
-    if op == "lse_rect_backward":
-        return m * d * _F32 + m * _F32  # dq and dk accumulators (Mq + Mk rows) + gradient copy
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -134,14 +161,57 @@ def _meta(m: int, d: int, dtype: torch.dtype) -> _Meta:
         single_chunk=single,
         # The interpreter's bf16 tl.dot is wrong (DESIGN.md, build notes): upcast tiles there.
         upcast=_interpreting() and dtype == torch.bfloat16,
-        dot_prec="ieee",  # fp32 operands stay fp32 (no TF32); ignored for bf16/fp16 operands
+        # fp32 operands go through the tensor cores as three TF32 products (hi·hi + hi·lo + lo·hi,
+        # error bound in FP32_DOT_REL_ERR); ignored for bf16/fp16 operands
+        dot_prec=FP32_DOT_PRECISION,
         m_key=max(_k.MIN_DOT, triton.next_power_of_2(m)),
         d_key=max(_k.MIN_DOT, triton.next_power_of_2(d)),
     )
 
 
-def _grid_rows(m: int):  # type: ignore[no-untyped-def]
-    return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)
+def _grid_rows(m: int, splits: int = 1):  # type: ignore[no-untyped-def]
+    return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _sm_count_cuda(device.index if device.index is not None else 0)
+    return H200_SMS  # the interpreter: split as the target GPU would
+
+
+@functools.cache
+def _sm_count_cuda(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def split_count(row_blocks: int, key_rows: int, sms: int) -> int:
+    """Key-range splits S for ``row_blocks`` programs per split: fill ``sms`` multiprocessors.
+
+    Picks the S ≤ ``MAX_SPLIT`` (and ≤ one split per ``SPLIT_ROWS`` keys) whose programs
+    ``row_blocks·S`` waste the least of their last wave (one program per SM: the bf16/fp16
+    configs hold 8 warps per SM at BLOCK_M = 128), the smallest S among equals. Depends on the
+    shape and the device only, never on data.
+    """
+    most = max(1, min(MAX_SPLIT, key_rows // SPLIT_ROWS))
+    if row_blocks >= sms:
+        return 1
+
+    def waste(s: int) -> float:
+        programs = row_blocks * s
+        waves = -(-programs // sms)
+        return 1.0 - programs / (waves * sms)
+
+    return min(range(1, most + 1), key=lambda s: (round(waste(s), 2), s))
+
+
+def _launch(kernel, grid, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Every Triton launch of this module goes through here (counted in :data:`LAUNCHES`)."""
+    LAUNCHES.append(kernel.fn.__name__)
+    kernel[grid](*args, **kwargs)
+
+
+def _splits(m_rows: int, m_keys: int, device: torch.device) -> int:
+    return split_count(triton.cdiv(m_rows, SPLIT_BLOCK_M), m_keys, _sm_count(device))
 
 
 def _lse_sym_forward(zhat: Tensor, temperature: float) -> Tensor:
@@ -150,17 +220,20 @@ def _lse_sym_forward(zhat: Tensor, temperature: float) -> Tensor:
     path = select_path(temperature)
     meta = _meta(m, d, z.dtype)
     inv_tau = 1.0 / temperature
-    lse = torch.empty(m, device=z.device, dtype=torch.float32)
     if path.symmetric:
-        sum_row = torch.empty(m, device=z.device, dtype=torch.float32)
+        # each program visits about T/2 key blocks, so split as for half the keys
+        splits = _splits(m, m // 2, z.device)
+        sum_row = torch.empty(splits, m, device=z.device, dtype=torch.float32)
         sum_col = torch.zeros(m, device=z.device, dtype=torch.float32)
         LAST_WORKSPACE["lse_sym"] = sum_row.nbytes + sum_col.nbytes
-        _k.ntxent_sym_fwd_kernel[_grid_rows(m)](
-            z, sum_row, sum_col, m, d, z.stride(0), z.stride(1), inv_tau, inv_tau, **meta.kwargs()
-        )
-        torch.add(sum_row, sum_col, out=lse)
-        lse.log_().add_(inv_tau)
+        _launch(
+            _k.ntxent_sym_fwd_kernel, _grid_rows(m, splits), z, sum_row, sum_col, m, d,
+            z.stride(0), z.stride(1), inv_tau, inv_tau, **meta.kwargs(),
+        )  # fmt: skip
+        lse = torch.sum(sum_row, dim=0)
+        lse.add_(sum_col).log_().add_(inv_tau)
         return lse
+    lse = torch.empty(m, device=z.device, dtype=torch.float32)
     LAST_WORKSPACE["lse_sym"] = 0
     _rows_forward(z, z, lse, 0, temperature, path.online, meta)
     return lse
@@ -171,9 +244,10 @@ def _rows_forward(
 ) -> None:
     mq, d = q.shape
     inv_tau = 1.0 / temperature
-    _k.ntxent_rows_fwd_kernel[_grid_rows(mq)](
-        q, k, lse, mq, k.shape[0], d, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        q_offset, inv_tau, inv_tau, ONLINE=online, **meta.kwargs(),
+    _launch(
+        _k.ntxent_rows_fwd_kernel, _grid_rows(mq), q, k, lse, mq, k.shape[0], d, q.stride(0),
+        q.stride(1), k.stride(0), k.stride(1), q_offset, inv_tau, inv_tau, ONLINE=online,
+        **meta.kwargs(),
     )  # fmt: skip
 
 
@@ -184,20 +258,33 @@ def _rows_backward(
     gx: Tensor,
     ly: Tensor,
     gy: Tensor,
-    dx: Tensor,
     offsets: tuple[int, int],
     terms: tuple[bool, bool],
     temperature: float,
     online: bool,
     meta: _Meta,
-) -> None:
+    out_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, int]:
+    """Σ over the key splits of the rows backward kernel, (MX, D) in ``out_dtype`` (default x's
+    dtype), and the bytes of its fp32 partial buffer."""
     mx, d = x.shape
+    splits = _splits(mx, y.shape[0], x.device)
+    alloc = torch.empty if meta.single_chunk else torch.zeros  # chunked D read-modify-writes
+    part = alloc(splits, mx, d, device=x.device, dtype=torch.float32)
     inv_tau = 1.0 / temperature
-    _k.ntxent_rows_bwd_kernel[_grid_rows(mx)](
-        x, y, lx, gx, ly, gy, dx, mx, y.shape[0], d, x.stride(0), x.stride(1), y.stride(0),
-        y.stride(1), offsets[0], offsets[1], inv_tau, inv_tau, ONLINE=online,
-        ROW_TERM=terms[0], COL_TERM=terms[1], **meta.kwargs(),
+    _launch(
+        _k.ntxent_rows_bwd_kernel, _grid_rows(mx, splits), x, y, lx, gx, ly, gy, part, mx,
+        y.shape[0], d, x.stride(0), x.stride(1), y.stride(0), y.stride(1), offsets[0],
+        offsets[1], inv_tau, inv_tau, ONLINE=online, ROW_TERM=terms[0], COL_TERM=terms[1],
+        **meta.kwargs(),
     )  # fmt: skip
+    total = part[0] if splits == 1 else part.sum(dim=0)  # fp32 sum of the splits
+    return total.to(out_dtype or x.dtype), part.nbytes
+
+
+def _grad_f32(grad: Tensor) -> Tensor:
+    """The upstream gradient as a dense fp32 vector (it may arrive expanded or in low precision)."""
+    return grad.to(torch.float32).contiguous()
 
 
 def _lse_sym_backward(zhat: Tensor, lse: Tensor, grad: Tensor, temperature: float) -> Tensor:
@@ -205,22 +292,13 @@ def _lse_sym_backward(zhat: Tensor, lse: Tensor, grad: Tensor, temperature: floa
     m, d = z.shape
     path = select_path(temperature)
     meta = _meta(m, d, z.dtype)
-    inv_tau = 1.0 / temperature
-    g = grad.to(torch.float32).contiguous().clone()  # an owned, dense fp32 copy (may be expanded)
+    g = _grad_f32(grad)
     lse = lse.contiguous()
-    if path.symmetric:
-        dz_row = torch.zeros(m, d, device=z.device, dtype=torch.float32)
-        dz_col = torch.zeros(m, d, device=z.device, dtype=torch.float32)
-        LAST_WORKSPACE["lse_sym_backward"] = dz_row.nbytes + dz_col.nbytes + g.nbytes
-        _k.ntxent_sym_bwd_kernel[_grid_rows(m)](
-            z, lse, g, dz_row, dz_col, m, d, z.stride(0), z.stride(1), inv_tau, inv_tau,
-            **meta.kwargs(),
-        )  # fmt: skip
-        dz_row += dz_col
-        return dz_row.to(zhat.dtype)
-    dz = torch.zeros(m, d, device=z.device, dtype=torch.float32)
-    LAST_WORKSPACE["lse_sym_backward"] = dz.nbytes + g.nbytes
-    _rows_backward(z, z, lse, g, lse, g, dz, (0, 0), (True, True), temperature, path.online, meta)
+    # P is symmetric, so the row-block kernel with both terms gives (W + Wᵀ) ẑ / τ with no atomics
+    dz, nbytes = _rows_backward(
+        z, z, lse, g, lse, g, (0, 0), (True, True), temperature, path.online, meta
+    )
+    LAST_WORKSPACE["lse_sym_backward"] = nbytes
     return dz.to(zhat.dtype)
 
 
@@ -250,18 +328,16 @@ def _lse_rect_backward(
     mk = kk.shape[0]
     path = select_path(temperature, deterministic=True)
     meta = _meta(max(mq, mk), d, qq.dtype)
-    g = grad.to(torch.float32).contiguous().clone()
+    g = _grad_f32(grad)
     lse = lse.contiguous()
-    dq = torch.zeros(mq, d, device=qq.device, dtype=torch.float32)
-    dk = torch.zeros(mk, d, device=qq.device, dtype=torch.float32)
-    LAST_WORKSPACE["lse_rect_backward"] = dq.nbytes + dk.nbytes + g.nbytes
     # dq = W k / τ (row term of the queries); dk = Wᵀ q / τ (column term, keys as the X side).
-    _rows_backward(
-        qq, kk, lse, g, lse, g, dq, (q_offset, 0), (True, False), temperature, path.online, meta
+    dq, nq = _rows_backward(
+        qq, kk, lse, g, lse, g, (q_offset, 0), (True, False), temperature, path.online, meta
     )
-    _rows_backward(
-        kk, qq, lse, g, lse, g, dk, (0, q_offset), (False, True), temperature, path.online, meta
+    dk, nk = _rows_backward(
+        kk, qq, lse, g, lse, g, (0, q_offset), (False, True), temperature, path.online, meta
     )
+    LAST_WORKSPACE["lse_rect_backward"] = nq + nk
     return dq.to(q.dtype), dk.to(k.dtype)
 
 

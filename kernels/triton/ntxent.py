@@ -1,6 +1,6 @@
 """Fused NT-Xent log-sum-exp kernels (pure ``@triton.jit``; launchers in fastclr.ops.triton_ntxent).
 
-Maths (../shared/DESIGN.md, "NT-Xent semantics"). Rows ẑ_a are already L2-normalised, so
+Maths (the loss's definition is in fastclr/reference.py). Rows ẑ_a are already L2-normalised, so
 ``s_ak = ẑ_a·ẑ_k / τ`` lies in [−1/τ, 1/τ]. The kernels compute, never storing anything M×M:
 
     forward   LSE_a = log Σ_{k≠a} exp(s_ak)                (natural log, base e, stored in fp32)
@@ -17,16 +17,23 @@ Two ways to keep exp() in range:
 
 Kernels:
 
-* ``ntxent_sym_fwd_kernel`` / ``ntxent_sym_bwd_kernel``: symmetric, constant shift. Program ``i``
-  owns row block I and visits the T//2 + 1 blocks J = (i + d) mod T, d = 0..T//2 (when T is even,
-  the pair at d = T//2 is taken by the lower of its two programs only). Every unordered block pair
-  is visited exactly once and every program does the same amount of work. Contributions to its own
-  rows stay in registers and are stored without atomics; contributions to the rows of J (the
-  transposed tile) are added with fp32 ``tl.atomic_add`` into a separate buffer, so the result's
-  last bits depend on the order atomics land (not bitwise deterministic).
-* ``ntxent_rows_fwd_kernel`` / ``ntxent_rows_bwd_kernel``: one program per query row block, loop
-  over all key blocks, no atomics (bitwise deterministic). Used for the rectangular (distributed)
-  op, under ``torch.use_deterministic_algorithms(True)``, and whenever the online path is needed.
+* ``ntxent_sym_fwd_kernel``: symmetric forward, constant shift. Row block ``i`` has the
+  T//2 + 1 blocks J = (i + d) mod T, d = 0..T//2 (when T is even, the pair at d = T//2 is taken
+  by the lower of its two blocks only), so every unordered block pair is visited exactly once
+  and every row block has the same work; a second grid axis splits that list into S shares
+  (enough programs for 132 SMs at M = 8192). Sums into its own rows stay in registers and go to
+  the split's own slot; sums into the rows of J (the transposed tile) are fp32 atomic adds with
+  ``sem="relaxed"``: a plain L2 reduction with no memory fence (the default acq_rel put a
+  GPU-wide MEMBAR before every atomic). Their order of arrival sets the last bits (not bitwise
+  deterministic).
+* ``ntxent_rows_fwd_kernel``: one program per query row block, all key blocks, no atomics
+  (bitwise deterministic). Used for the rectangular (distributed) op, under
+  ``torch.use_deterministic_algorithms(True)``, and whenever the online path is needed.
+* ``ntxent_rows_bwd_kernel``: every backward. Program (i, s) takes row block i against the s-th
+  key range and writes its own (S, M, D) fp32 slot; the launcher sums the S slots. No atomics,
+  so the backward is bitwise deterministic; P is symmetric, so the symmetric loss needs only this
+  row-side product (2·M²·D multiply-adds and M² exps instead of the symmetric 1.5·M²·D and
+  M²/2, but no M²·D/BLOCK_M atomic traffic to L2 and no fences).
 
 Tiles are ``BLOCK_M × BLOCK_M`` (symmetric) or ``BLOCK_M × BLOCK_N`` (rows). The feature dimension
 D is either one padded chunk (``SINGLE_CHUNK``, BLOCK_D = next power of two ≥ D: operand tiles and
@@ -38,8 +45,10 @@ gradient is then read-modify-written in global memory by the program that owns t
 every ``tl.dot``; on a GPU it is False and bf16 goes to the tensor cores. The backward's softmax
 tile P is always rounded to the input dtype first (``p.to(Z.dtype.element_ty)``), so the upcast
 interpreter run sees the same rounding as the GPU's bf16 dot (products of bf16 values are exact
-in fp32; only the accumulation order differs). ``DOT_PREC`` is "ieee"
-for fp32 operands (no silent TF32) and ignored for 16-bit ones. Accumulation is always fp32.
+in fp32; only the accumulation order differs). ``DOT_PREC`` is the launcher's fp32 precision
+("tf32x3": three TF32 tensor-core products per product, error bound in
+fastclr.ops.triton_ntxent.FP32_DOT_REL_ERR) and ignored for 16-bit operands. Accumulation is
+always fp32.
 """
 
 from __future__ import annotations
@@ -54,13 +63,20 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("FASTCLR_TRITON_AUTOTUNE", "1") != "0"
 
 # 2/τ above this switches to the online path: exp(−64) = 1.6e−28 is far above fp32's smallest
-# normal (1.2e−38) and exp(64)·g stays finite for any plausible upstream gradient g.
+# normal (1.2e−38), and the backward's r = σ·g/τ·exp(c − LSE) ≤ 2^14·e^64 = 1e32 stays finite
+# (σ·g/τ ≤ 2^14 by the P scale; fp32 overflows at 3.4e38 ≈ 2^14·e^79). The native CPU kernel
+# (kernels/cpu/ntxent.h, kConstShiftMaxSpan) switches at 80 instead: its fp32 backward has no P
+# scale, so it may go closer to the limit; both sides of each switch are tested.
 CONST_SHIFT_LIMIT = 64.0
 # Largest D handled as one register-resident chunk; above it D is looped in MULTI_CHUNK_D pieces.
 MAX_SINGLE_CHUNK_D = 256
 MULTI_CHUNK_D = 128 if INTERPRET else 64
 # Smallest tile side tl.dot accepts.
 MIN_DOT = 16
+# The backward scales its softmax tile P so that |σP| ≤ 2^LOG2_PSCALE before rounding it to the
+# operand dtype: 2^14 leaves a factor 4 below fp16's largest finite value (65504), and entries down
+# to 2^-28 of the largest stay in fp16's normal range (see ntxent_rows_bwd_kernel).
+LOG2_PSCALE: tl.constexpr = tl.constexpr(14.0)
 
 
 def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -174,17 +190,17 @@ def _pair_count(pid, T):
     prune_configs_by={"early_config_prune": _prune},
     reset_to_zero=["SUM_COL"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["M_KEY", "D_KEY"])
 def ntxent_sym_fwd_kernel(
     Z,  # (M, D) ẑ, fp32/bf16/fp16, strides (stride_zm, stride_zd)
-    SUM_ROW,  # (M,) fp32 out: Σ exp(s_ak − c) over the blocks program a visits (plain store)
-    SUM_COL,  # (M,) fp32 out, zero-initialised: the transposed contributions (atomic adds)
+    SUM_ROW,  # (S, M) fp32 out: split s's Σ exp(s_ak − c) over the blocks it visits (plain store)
+    SUM_COL,  # (M,) fp32 out, zero-initialised: the transposed contributions (relaxed atomics)
     M,
     D,
     stride_zm,
     stride_zd,
     inv_tau,  # 1/τ
-    shift,  # c = 1/τ (the launcher's LSE is c + log(SUM_ROW + SUM_COL))
+    shift,  # c = 1/τ (the launcher's LSE is c + log(Σ_s SUM_ROW[s] + SUM_COL))
     M_KEY,  # autotune bucket of M (unused in the body)
     D_KEY,  # autotune bucket of D (unused in the body)
     BLOCK_D: tl.constexpr,
@@ -196,20 +212,27 @@ def ntxent_sym_fwd_kernel(
 ):
     """Per-row Σ_{k≠a} exp(s_ak − c) with each exp computed once for (a,k) and (k,a).
 
-    Grid: (T,), T = cdiv(M, BLOCK_M). Program i owns rows I; exp tiles e_IJ feed row sums of I
-    (registers) and column sums of J (fp32 atomics, skipped on the diagonal tile J = I where the
+    Grid: (T, S), T = cdiv(M, BLOCK_M), S splits. Program (i, s) owns rows I and the s-th
+    contiguous share of the T//2 + 1 block pairs of row block i; exp tiles e_IJ feed row sums of
+    I (registers, stored to split s's slot) and column sums of J (fp32 atomics with relaxed
+    ordering: a plain L2 reduction, no memory fence; skipped on the diagonal tile J = I where the
     row sums already cover both orientations).
     """
     pid = tl.program_id(0).to(tl.int64)
+    sid = tl.program_id(1).to(tl.int64)
     T = tl.cdiv(M, BLOCK_M)
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < M
     row_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    count = _pair_count(pid, T)
+    per = tl.cdiv(count, tl.num_programs(1))
+    d_lo = sid * per
+    d_hi = tl.minimum(d_lo + per, count)
     if SINGLE_CHUNK:  # the row block's operand tile is loaded once
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
         z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-    for d in range(0, _pair_count(pid, T)):
+    for d in range(d_lo, d_hi):
         offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_j = offs_j < M
         if SINGLE_CHUNK:
@@ -224,112 +247,8 @@ def ntxent_sym_fwd_kernel(
         e = tl.where(valid, tl.exp(s - shift), 0.0)
         row_acc += tl.sum(e, axis=1)
         off_diag = offs_j != offs_i  # all False on the diagonal tile (d = 0), else all True
-        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag)
-    tl.store(SUM_ROW + offs_i, row_acc, mask=mask_i)
-
-
-@triton.autotune(
-    configs=SYM_CONFIGS,
-    key=_TUNE_KEY,
-    prune_configs_by={"early_config_prune": _prune},
-    reset_to_zero=["DZ_ROW", "DZ_COL"],
-)
-@triton.jit
-def ntxent_sym_bwd_kernel(
-    Z,  # (M, D) ẑ, fp32/bf16/fp16, strides (stride_zm, stride_zd)
-    LSE,  # (M,) fp32 forward LSE (natural log)
-    G,  # (M,) fp32 upstream gradient of LSE
-    DZ_ROW,  # (M, D) fp32 out, contiguous, zero-initialised: row-side part of (W + Wᵀ) ẑ / τ
-    DZ_COL,  # (M, D) fp32 out, contiguous, zero-initialised: transposed part (atomic adds)
-    M,
-    D,
-    stride_zm,
-    stride_zd,
-    inv_tau,
-    shift,  # c = 1/τ
-    M_KEY,
-    D_KEY,
-    BLOCK_D: tl.constexpr,
-    SINGLE_CHUNK: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """dẑ = (W + Wᵀ) ẑ / τ as P ẑ, P_ak = e_ak (r_a + r_k), r_a = g_a e^{c − LSE_a} / τ.
-
-    Same grid and block pairing as the forward. For a pair (I, J): DZ_ROW[I] += P_IJ ẑ_J (owned,
-    no atomics) and, off the diagonal, DZ_COL[J] += P_IJᵀ ẑ_I (fp32 atomics). P is cast to the
-    operand dtype for the tensor-core dot; accumulation is fp32. The caller adds the two buffers.
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    T = tl.cdiv(M, BLOCK_M)
-    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_i = offs_i < M
-    r_i = tl.load(G + offs_i, mask=mask_i, other=0.0) * tl.exp(
-        shift - tl.load(LSE + offs_i, mask=mask_i, other=0.0)
-    )
-    r_i = r_i * inv_tau
-    if SINGLE_CHUNK:
-        offs_d = tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for d in range(0, _pair_count(pid, T)):
-            offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
-            mask_j = offs_j < M
-            z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-            s = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * inv_tau
-            r_j = tl.load(G + offs_j, mask=mask_j, other=0.0) * tl.exp(
-                shift - tl.load(LSE + offs_j, mask=mask_j, other=0.0)
-            )
-            r_j = r_j * inv_tau
-            valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
-            p = tl.where(valid, tl.exp(s - shift) * (r_i[:, None] + r_j[None, :]), 0.0)
-            p = p.to(Z.dtype.element_ty).to(z_j.dtype)  # see UPCAST in the module doc
-            acc = tl.dot(p, z_j, acc, input_precision=DOT_PREC)
-            col = tl.dot(tl.trans(p), z_i, input_precision=DOT_PREC)
-            tl.atomic_add(
-                DZ_COL + offs_j[:, None] * D + offs_d[None, :],
-                col,
-                mask=mask_j[:, None] & mask_d[None, :] & (offs_j != offs_i)[:, None],
-            )
-        tl.store(
-            DZ_ROW + offs_i[:, None] * D + offs_d[None, :],
-            acc,
-            mask=mask_i[:, None] & mask_d[None, :],
-        )
-    else:
-        for d in range(0, _pair_count(pid, T)):
-            offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
-            mask_j = offs_j < M
-            s = _sim_tile(
-                Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm,
-                stride_zd, inv_tau, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
-            )  # fmt: skip
-            r_j = tl.load(G + offs_j, mask=mask_j, other=0.0) * tl.exp(
-                shift - tl.load(LSE + offs_j, mask=mask_j, other=0.0)
-            )
-            r_j = r_j * inv_tau
-            valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
-            p = tl.where(valid, tl.exp(s - shift) * (r_i[:, None] + r_j[None, :]), 0.0)
-            for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < D
-                z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-                z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-                pc = p.to(Z.dtype.element_ty).to(z_j.dtype)
-                row_ptr = DZ_ROW + offs_i[:, None] * D + offs_d[None, :]
-                row_mask = mask_i[:, None] & mask_d[None, :]
-                row = tl.load(row_ptr, mask=row_mask, other=0.0)
-                row = tl.dot(pc, z_j, row, input_precision=DOT_PREC)
-                tl.store(row_ptr, row, mask=row_mask)
-                col = tl.dot(tl.trans(pc), z_i, input_precision=DOT_PREC)
-                tl.atomic_add(
-                    DZ_COL + offs_j[:, None] * D + offs_d[None, :],
-                    col,
-                    mask=mask_j[:, None] & mask_d[None, :] & (offs_j != offs_i)[:, None],
-                )
+        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag, sem="relaxed")
+    tl.store(SUM_ROW + sid * M + offs_i, row_acc, mask=mask_i)
 
 
 @triton.autotune(
@@ -408,7 +327,7 @@ def ntxent_rows_fwd_kernel(
     prune_configs_by={"early_config_prune": _prune},
     reset_to_zero=["DX"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["x_self_off", "y_self_off", "M_KEY", "D_KEY"])
 def ntxent_rows_bwd_kernel(
     X,  # (MX, D) rows whose gradient this computes, strides (stride_xm, stride_xd)
     Y,  # (MY, D) the other side, same dtype, strides (stride_ym, stride_yd)
@@ -416,7 +335,7 @@ def ntxent_rows_bwd_kernel(
     GX,  # (MX,) fp32 upstream gradient of LX (read when ROW_TERM)
     LY,  # (MY,) fp32 LSE of Y rows (read when COL_TERM)
     GY,  # (MY,) fp32 upstream gradient of LY (read when COL_TERM)
-    DX,  # (MX, D) fp32 out, contiguous, zero-initialised
+    DX,  # (S, MX, D) fp32 out, contiguous: split s's share; zero-initialised unless SINGLE_CHUNK
     MX,
     MY,
     D,
@@ -440,31 +359,58 @@ def ntxent_rows_bwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """DX_i = Σ_n P_in Y_n, no atomics. Grid: (cdiv(MX, BLOCK_M),), one program per X row block.
+    """DX[s, i] = Σ_{n in split s} P_in Y_n; no atomics. Grid: (cdiv(MX, BLOCK_M), S).
 
     P_in = [ROW_TERM] GX_i e^{s_in − LX_i} / τ + [COL_TERM] GY_n e^{s_in − LY_n} / τ, self pairs 0.
     Not ONLINE: e^{s − L} = e^{s − c} e^{c − L}, one exp per element. ONLINE: two exps, each ≤ 1.
       symmetric dẑ (X = Y = ẑ):     ROW_TERM and COL_TERM → (W + Wᵀ) ẑ / τ
       rectangular dq (X = q, Y = k): ROW_TERM            → W k / τ
       rectangular dk (X = k, Y = q): COL_TERM            → Wᵀ q / τ
+    Program (i, s) covers the s-th contiguous range of key blocks, so S splits multiply the
+    programs (enough to fill the GPU at moderate M) and the launcher sums the S slots.
+
+    Scaling before the cast: every e^{s − L} ≤ 1 (L is the log-sum over the same s), so
+    |P_in| ≤ B = (max|GX_I| + max|GY_range|) / τ. P is multiplied by σ = 2^⌊14 − log2 B⌋
+    (``LOG2_PSCALE`` = 14) before it is rounded to the operand dtype, so |σP| ≤ 2^14 sits in
+    fp16's range whatever M and the upstream gradient are (P ~ g/(M τ) would otherwise flush to
+    zero in fp16 at large M); the fp32 accumulator is divided by σ before it is stored.
     """
     pid = tl.program_id(0).to(tl.int64)
+    sid = tl.program_id(1).to(tl.int64)
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < MX
     self_i = offs_i + x_self_off
+    per = tl.cdiv(tl.cdiv(MY, BLOCK_N), tl.num_programs(1)) * BLOCK_N
+    n_lo = sid * per
+    n_hi = tl.minimum(n_lo + per, MY)
+    # bound on |P| over this program's tile range, for the scale σ
+    bound = tl.zeros((), dtype=tl.float32)
     if ROW_TERM:
         l_x = tl.load(LX + offs_i, mask=mask_i, other=0.0)
         g_x = tl.load(GX + offs_i, mask=mask_i, other=0.0) * inv_tau
+        bound += tl.max(tl.abs(g_x), axis=0)
+    if COL_TERM:
+        g_max = tl.zeros((), dtype=tl.float32)
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
+            g_n = tl.load(GY + offs_n, mask=offs_n < n_hi, other=0.0)
+            g_max = tl.maximum(g_max, tl.max(tl.abs(g_n), axis=0))
+        bound += g_max * inv_tau
+    # (tensor first: constexpr − tensor would wrap the tensor in a constexpr in the interpreter)
+    sigma = tl.exp2(tl.floor(-tl.log2(tl.maximum(bound, 1.0e-30)) + LOG2_PSCALE))
+    if ROW_TERM:
+        g_x = g_x * sigma
         if not ONLINE:
             r_x = g_x * tl.exp(shift - l_x)
+    out = DX + sid * MX * D
     if SINGLE_CHUNK:
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
         x = _load_rows(X, offs_i, mask_i, offs_d, mask_d, stride_xm, stride_xd, UPCAST)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for n0 in range(0, MY, BLOCK_N):
+    for n0 in range(n_lo, n_hi, BLOCK_N):
         offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
-        mask_n = offs_n < MY
+        mask_n = offs_n < n_hi
         if SINGLE_CHUNK:
             y = _load_rows(Y, offs_n, mask_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST)
             s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * inv_tau
@@ -478,7 +424,7 @@ def ntxent_rows_bwd_kernel(
         )
         if COL_TERM:
             l_y = tl.load(LY + offs_n, mask=mask_n, other=0.0)
-            g_y = tl.load(GY + offs_n, mask=mask_n, other=0.0) * inv_tau
+            g_y = tl.load(GY + offs_n, mask=mask_n, other=0.0) * (inv_tau * sigma)
         if ONLINE:
             p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             # s − LSE ≤ 0 on every valid pair; the clamp keeps masked pairs from overflowing.
@@ -501,13 +447,22 @@ def ntxent_rows_bwd_kernel(
                 offs_dc = d0 + tl.arange(0, BLOCK_D)
                 mask_dc = offs_dc < D
                 yc = _load_rows(Y, offs_n, mask_n, offs_dc, mask_dc, stride_ym, stride_yd, UPCAST)
-                out_ptr = DX + offs_i[:, None] * D + offs_dc[None, :]
+                out_ptr = out + offs_i[:, None] * D + offs_dc[None, :]
                 out_mask = mask_i[:, None] & mask_dc[None, :]
-                out = tl.load(out_ptr, mask=out_mask, other=0.0)
+                part = tl.load(out_ptr, mask=out_mask, other=0.0)
                 pc = p.to(Y.dtype.element_ty).to(yc.dtype)
-                out = tl.dot(pc, yc, out, input_precision=DOT_PREC)
-                tl.store(out_ptr, out, mask=out_mask)
+                part = tl.dot(pc, yc, part, input_precision=DOT_PREC)
+                tl.store(out_ptr, part, mask=out_mask)
+    inv_sigma = 1.0 / sigma
     if SINGLE_CHUNK:
         tl.store(
-            DX + offs_i[:, None] * D + offs_d[None, :], acc, mask=mask_i[:, None] & mask_d[None, :]
+            out + offs_i[:, None] * D + offs_d[None, :],
+            acc * inv_sigma,
+            mask=mask_i[:, None] & mask_d[None, :],
         )
+    else:  # undo the scale on this program's rows of its slot
+        for d0 in range(0, D, BLOCK_D):
+            offs_dc = d0 + tl.arange(0, BLOCK_D)
+            out_ptr = out + offs_i[:, None] * D + offs_dc[None, :]
+            out_mask = mask_i[:, None] & (offs_dc < D)[None, :]
+            tl.store(out_ptr, tl.load(out_ptr, mask=out_mask, other=0.0) * inv_sigma, mask=out_mask)
