@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastclr-installed
 NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard kernels/cpu/*.cpp kernels/cpu/*.h)
 
-.PHONY: setup test lint format bench bench-quick gpu-check aot-check quality clean
+.PHONY: setup setup-peers test test-peers lint format bench bench-quick gpu-check aot-check quality clean
 
 setup: $(STAMP)
 
@@ -12,9 +12,22 @@ $(STAMP): $(NATIVE_SRC) scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
-# The tests, lint and type checks CI runs (.ci/run calls `make test`).
+# The tests, lint and type checks CI runs (.ci/run calls `make test`). Tests marked `peers` need
+# lightly/torchvision, which .venv cannot hold; `make test-peers` runs them.
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not peers"
+
+# .venv-peers: torch 2.14.1 + torchvision 0.29.1 + lightly + pytorch-metric-learning + fastclr.
+PEERS_STAMP := .venv-peers/.fastclr-installed
+setup-peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(NATIVE_SRC) scripts/setup_peers.sh
+	bash scripts/setup_peers.sh
+	touch $(PEERS_STAMP)
+
+# fastclr.compat against lightly itself, and the augmentations against torchvision.
+test-peers: setup-peers
+	.venv-peers/bin/python -m pytest -q -m peers
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -126,6 +126,7 @@ def test_crop_area_and_ratio() -> None:
     assert abs(float((x0 / (hw[1] - w).clamp_min(1)).mean()) - 0.5) < 0.01
 
 
+@pytest.mark.peers
 def test_crop_matches_torchvision_distribution() -> None:
     tv = pytest.importorskip("torchvision.transforms")
     hw = (300, 500)
@@ -151,9 +152,15 @@ def test_crop_fallback_is_torchvision_centre_crop(
 ) -> None:
     p = _draw(AugmentConfig.imagenet(), n=64, hw=hw)
     assert torch.equal(p.crop, torch.tensor(box, dtype=torch.int32).expand(64, 4))
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("hw", [(10, 1000), (1000, 10), (2000, 4)])
+def test_crop_fallback_box_is_torchvisions(hw: tuple[int, int]) -> None:
     tv = pytest.importorskip("torchvision.transforms")
+    p = _draw(AugmentConfig.imagenet(), n=4, hw=hw)
     expected = tv.RandomResizedCrop.get_params(torch.zeros(1, *hw), [0.08, 1.0], [3 / 4, 4 / 3])
-    assert tuple(expected) == box
+    assert tuple(expected) == tuple(int(v) for v in p.crop[0])
 
 
 def test_sampling_is_deterministic_and_views_differ() -> None:
@@ -244,6 +251,7 @@ def test_blur_of_constant_is_constant() -> None:
     assert torch.allclose(_blur(x, 0.9, 5)[0, 3:8, 3:8], torch.outer(taps, taps), atol=1e-12)
 
 
+@pytest.mark.peers
 def test_blur_matches_torchvision() -> None:
     tvf = pytest.importorskip("torchvision.transforms.functional")
     x = torch.rand(3, 20, 20, dtype=torch.float64)
@@ -295,6 +303,7 @@ def test_hue_zero_and_hsv_round_trip() -> None:
         (3, "adjust_hue", -0.31),
     ],
 )
+@pytest.mark.peers
 def test_jitter_ops_match_torchvision(op: int, fn: str, factor: float) -> None:
     tvf = pytest.importorskip("torchvision.transforms.functional")
     from fastclr.augment.reference import _jitter_op

@@ -17,8 +17,9 @@ Reproduced (lightly 1.5/1.6):
 
   The bank starts as K random unit vectors drawn with ``torch.randn`` from the global generator
   (at construction for a tuple, at the first call for an int, as lightly does, so the same seed
-  gives the same bank), is read before it is updated, and is updated with the normalised
-  ``out1`` only when ``out0.requires_grad`` (so evaluation does not change it). The queue
+  gives the same bank; lightly 1.6 requires the tuple, earlier versions also took an int). It
+  is read before it is updated, and is updated with the normalised ``out1`` only when
+  ``out0.requires_grad`` (so evaluation does not change it). The queue
   pointer wraps like lightly's: a batch that reaches the end fills it and the rest of that batch
   is dropped. With ``gather_distributed=True`` every rank's ``out1`` is enqueued.
 
