@@ -28,6 +28,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import augment_bench
+import compat_bench
 import loss_bench
 import train_bench
 
@@ -126,7 +127,7 @@ def plot_loss(rows: list[loss_bench.LossRow], path: Path, title: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for CI (< 1 minute)")
-    p.add_argument("--only", choices=["loss", "augment", "train"], action="append")
+    p.add_argument("--only", choices=["loss", "compat", "augment", "train"], action="append")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON/Markdown/PNG")
     p.add_argument("--no-save", action="store_true", help="print only, write no files")
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         # of small implementations; a fixed threshold makes every large block its own mapping.
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    sections = args.only or ["loss", "augment", "train"]
+    sections = args.only or ["loss", "compat", "augment", "train"]
     tag = machine_tag(device)
     print(
         f"fastclr benchmark on {tag['device']} ({device.type}, {tag['threads']} threads), "
@@ -188,6 +189,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.mkdir(parents=True, exist_ok=True)
                 stem = f"{device.type}{'-quick' if args.quick else ''}"
                 plot_loss(rows, args.out / f"loss-{stem}.png", f"{title} — {tag['device']}")
+
+        if "compat" in sections:
+            cdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            crows = compat_bench.run(device, cdtype, args.quick, progress)
+            failed |= any(r.status.startswith("CHECK FAILED") for r in crows)
+            lines = compat_bench.table(crows)
+            ctitle = f"Switching from a peer: its loss vs fastclr.compat, D = 128, {cdtype}"
+            bar.clear()
+            print(f"\n## {ctitle}\n")
+            print("\n".join(lines))
+            record["sections"]["compat"] = {"rows": [asdict(r) for r in crows]}
+            md += [f"## {ctitle}", "", *lines, ""]
 
         if "augment" in sections:
             arows = augment_bench.run(

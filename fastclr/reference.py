@@ -227,7 +227,7 @@ def supcontrast_reference(
 
 
 def lightly_memory_bank_reference(
-    out0: Tensor, out1: Tensor, bank: Tensor, temperature: float = 0.5
+    out0: Tensor, out1: Tensor, bank: Tensor, temperature: float = 0.5, upcast: bool = True
 ) -> Tensor:
     """lightly's ``NTXentLoss`` with a memory bank (MoCo form), in float64, for a given bank.
 
@@ -238,9 +238,14 @@ def lightly_memory_bank_reference(
 
     with ``s_i⁺ = s(out0_i, out1_i)``,
 
-    averaged over the N anchors.
+    averaged over the N anchors. ``upcast=False`` computes in the inputs' dtype (for timing),
+    building the (N, K) logits as lightly does.
     """
-    q, p, b = _unit64(out0, 1e-12), _unit64(out1, 1e-12), _unit64(bank, 1e-12)
+    if upcast:
+        q, p, b = _unit64(out0, 1e-12), _unit64(out1, 1e-12), _unit64(bank, 1e-12)
+    else:
+        q, p = F.normalize(out0, dim=1), F.normalize(out1, dim=1)
+        b = F.normalize(bank.to(out0.dtype), dim=1)
     s_pos = (q * p).sum(dim=1, keepdim=True) / temperature
     logits = torch.cat([s_pos, q @ b.T / temperature], dim=1)
     return (torch.logsumexp(logits, dim=1) - s_pos[:, 0]).mean()
