@@ -4,30 +4,54 @@ A leaf module (torch only) so that both training (:mod:`fastclr.train`) and eval
 (:mod:`fastclr.evaluate`) can read checkpoints without importing each other. What goes *into* a
 training checkpoint (optimiser, RNG streams, position) is decided by
 :class:`fastclr.train.checkpoint.CheckpointSaver`; this module only knows the file.
+
+Guarantees:
+
+* **atomic**: the state is serialised in memory, written to ``.NAME.tmp-PID`` in the same folder,
+  fsynced and renamed over the old file; a crash or a full disk at any point leaves the previous
+  checkpoint or the new one, never a torn file. Temporary files left by killed writers are
+  removed by :func:`remove_stale_temps` (a run calls it when it starts).
+* **verified**: every file carries ``format_version`` and a SHA-256 ``digest`` of its contents
+  (:func:`fastclr.digest.state_digest`); :func:`load_checkpoint` recomputes it, so a flipped byte
+  in the weights is refused instead of loaded.
+* **one sentence per failure**: a missing, foreign (text, image, a pickled module), truncated,
+  corrupted or too-new file raises :class:`CheckpointError` with one sentence naming the file.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from fastclr.digest import DIGEST_ALGORITHM, state_digest
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
+    "FORMAT_VERSION",
     "CheckpointError",
     "check_spec",
     "load_checkpoint",
     "load_model_state",
     "model_spec",
+    "remove_stale_temps",
     "save_checkpoint_atomic",
 ]
 
 CHECKPOINT_FORMAT = "fastclr-simclr-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Version of the file layout. 1: no digest (fastclr before the integrity check; still read,
+#: unverified); 2: ``format_version`` and ``digest`` fields, verified on load.
+FORMAT_VERSION = 2
+_DIGEST_KEY = "digest"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) serialisation
+_PICKLE_MAGIC = b"\x80"  # torch.save's legacy serialisation starts with a pickle protocol byte
 
 
 class CheckpointError(RuntimeError):
@@ -49,42 +73,184 @@ class ModelFields(Protocol):
     def head_bn(self) -> bool: ...
 
 
-def save_checkpoint_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+def _temp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp-{pid}")
 
-    A crash at any point leaves either the previous checkpoint or the new one, never a torn file.
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` and fsync it (the byte-level step of a save)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` plus ``format_version`` and ``digest`` to ``path`` atomically.
+
+    Serialised in memory, written to a temporary file in the same folder, fsynced, then renamed
+    over ``path`` (``os.replace``). A crash or an ``OSError`` (disk full, read-only folder) at any
+    point leaves the previous file untouched and no temporary file behind (a SIGKILL can leave
+    the temporary file; :func:`remove_stale_temps` clears it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    body = {k: v for k, v in state.items() if k != _DIGEST_KEY}
+    body["format_version"] = FORMAT_VERSION
+    body[_DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": state_digest(body)}
+    buf = io.BytesIO()
+    torch.save(body, buf)
+    tmp = _temp_name(path, os.getpid())
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_durably(tmp, buf.getbuffer().tobytes())
         os.replace(tmp, path)
+    except OSError as e:
+        kept = "the previous checkpoint is unchanged" if path.exists() else "nothing was saved"
+        raise OSError(
+            e.errno, f"could not write checkpoint {path}: {e.strerror or e}; {kept}"
+        ) from e
     finally:
         if tmp.exists():
             tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], name: str = CHECKPOINT_NAME) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` files in ``folder`` whose writer is no longer running.
+
+    A writer killed (SIGKILL, power loss) between creating its temporary file and renaming it
+    leaves the file behind. Files whose PID is a live process other than this one are kept (a
+    writer may still be busy). Returns the removed paths.
+    """
+    pattern = re.compile(rf"^\.{re.escape(name)}\.tmp-(\d+)$")
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.match(p.name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _what_is(p: Path) -> str:
+    """A few words on what a file that is not a PyTorch checkpoint looks like."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return "an unreadable file"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head[:3] == b"\xff\xd8\xff":
+        return "a JPEG image"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\x00"
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+        return "a binary file of another kind"
+    return "a text file"
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a fastclr checkpoint (a file, or a run folder holding ``checkpoint.pt``)."""
+    """Read and verify a fastclr checkpoint (a file, or a run folder holding ``checkpoint.pt``).
+
+    Raises :class:`CheckpointError`, one sentence naming the file, when it is missing, not a
+    PyTorch file, holds pickled Python objects (``weights_only`` loading refuses those: a whole
+    ``nn.Module``, for instance), is truncated, is not a fastclr checkpoint, was written by a
+    newer fastclr, or does not match its digest.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT_NAME
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} is not a regular file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {p} cannot be read: {e.strerror or e}") from e
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        raise CheckpointError(
+            f"{p} is not a fastclr checkpoint: it is {_what_is(p)}, not a PyTorch file"
+        )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise CheckpointError(
+                f"{p} is not a fastclr checkpoint: it holds pickled Python objects (such as a "
+                "whole nn.Module), which fastclr never loads"
+            ) from e
         raise CheckpointError(
-            f"could not read checkpoint {p}: {type(e).__name__}: {e}".split("\n")[0]
+            f"checkpoint {p} is truncated or corrupted: PyTorch cannot read it ({type(e).__name__})"
         ) from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{p} is not a fastclr SimCLR checkpoint (expected format {CHECKPOINT_FORMAT!r})"
         )
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {p} has format version {version!r}; this fastclr reads versions up to "
+            f"{FORMAT_VERSION} (upgrade fastclr)"
+        )
+    if version >= 2:
+        stored = state.pop(_DIGEST_KEY, None)
+        try:
+            ok = (
+                isinstance(stored, dict)
+                and stored.get("algorithm") == DIGEST_ALGORITHM
+                and stored.get("value") == state_digest(state)
+            )
+        except TypeError:
+            ok = False
+        if not ok:
+            raise CheckpointError(
+                f"checkpoint {p} is corrupted: its contents do not match the {DIGEST_ALGORITHM} "
+                "digest stored in it"
+            )
     return state
 
 

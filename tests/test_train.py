@@ -193,7 +193,7 @@ def test_unreadable_and_foreign_checkpoints(tmp_path: Path, small_digits: ImageD
         load_checkpoint(tmp_path / "missing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint")
-    with pytest.raises(CheckpointError, match="could not read checkpoint"):
+    with pytest.raises(CheckpointError, match="binary file of another kind, not a PyTorch file"):
         load_checkpoint(garbage)
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
