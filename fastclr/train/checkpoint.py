@@ -118,14 +118,16 @@ def resume(
     state: TrainingState,
     ddp: DistInfo,
     schedule: WarmupCosine,
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[Position, dict[str, Any]]:
     """Load a checkpoint into ``state``; return its position and this rank's RNG state.
 
     The RNG state is returned rather than restored so that the caller restores it last, after
     everything that may still draw random numbers during set-up. ``schedule`` replaces the saved
     one: the schedule follows this run's ``epochs`` (a resumed run may be extended).
+    ``checkpoint``: the file's contents when already read (and verified) by the caller.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
     check_spec(ckpt["model_spec"], model_spec(cfg), path)
     load_model_state(state.model, ckpt["model"], f"checkpoint {path}")
     state.optimizer.load_state_dict(ckpt["optimizer"])

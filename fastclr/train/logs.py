@@ -1,5 +1,11 @@
 """Run logs: ``steps.csv`` and ``epochs.csv``, TensorBoard when installed, and the loss plot.
 
+A resumed run first cuts its logs back to the checkpoint it resumes from (:func:`cut_back_logs`):
+rows written after that checkpoint by the interrupted process (a kill between checkpoints, or
+inside a checkpoint write) are dropped, and so is a torn last row, so that every step and every
+epoch appears once, in order, and the loss plot is monotone in step. TensorBoard events past the
+checkpoint are purged the same way (``purge_step``).
+
 (Named ``logs`` rather than ``logging`` so that it never shadows the standard library module.)
 """
 
@@ -7,32 +13,85 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EPOCH_FIELDS", "STEP_FIELDS", "RunLogger", "plot_loss"]
+__all__ = ["EPOCH_FIELDS", "STEP_FIELDS", "RunLogger", "cut_back_logs", "plot_loss"]
 
 STEP_FIELDS = ("epoch", "step", "global_step", "loss", "lr", "images_per_s")
 EPOCH_FIELDS = ("epoch", "loss", "lr", "knn_top1", "images_per_s", "seconds")
 
 
+def _cut_back(path: Path, fields: tuple[str, ...], key: str, keep_below: int) -> None:
+    """Rewrite ``path`` (atomically) with its well-formed rows whose ``key`` < ``keep_below``.
+
+    Rows are keyed by ``key``: a key seen twice (logs of a run resumed by an older fastclr) keeps
+    its last row; the output is sorted by key. A missing file or a foreign header is left alone.
+    """
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or tuple(header) != fields:
+                return
+            rows = list(reader)
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return
+    idx = fields.index(key)
+    kept: dict[int, list[str]] = {}
+    for row in rows:
+        if len(row) != len(fields):
+            continue  # a row torn by a kill mid-write
+        try:
+            k = int(row[idx])
+            [float(v) for v in row]
+        except ValueError:
+            continue
+        if k < keep_below:
+            kept[k] = row
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows(kept[k] for k in sorted(kept))
+    os.replace(tmp, path)
+
+
+def cut_back_logs(out: Path, global_step: int, epochs_done: int) -> None:
+    """Keep the rows of ``steps.csv`` up to ``global_step`` and of ``epochs.csv`` below
+    ``epochs_done``: the logs as they were when the resumed checkpoint was written."""
+    _cut_back(out / "steps.csv", STEP_FIELDS, "global_step", global_step + 1)
+    _cut_back(out / "epochs.csv", EPOCH_FIELDS, "epoch", epochs_done)
+
+
 class RunLogger:
     """CSV per step and per epoch, TensorBoard when installed; silent off rank 0.
 
-    ``append=True`` (a resumed run) keeps existing CSV files and adds rows to them.
+    ``append=True`` (a resumed run) keeps existing CSV files and adds rows to them; with
+    ``resume_at=(global_step, epochs_done)`` they are first cut back to that point
+    (:func:`cut_back_logs`).
     """
 
     STEP_FIELDS = STEP_FIELDS
     EPOCH_FIELDS = EPOCH_FIELDS
 
-    def __init__(self, out: Path, enabled: bool, append: bool) -> None:
+    def __init__(
+        self,
+        out: Path,
+        enabled: bool,
+        append: bool,
+        resume_at: tuple[int, int] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.tb: Any = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
         self.step_path, self.epoch_path = out / "steps.csv", out / "epochs.csv"
+        if append and resume_at is not None:
+            cut_back_logs(out, *resume_at)
         for path, fields in (
             (self.step_path, self.STEP_FIELDS),
             (self.epoch_path, self.EPOCH_FIELDS),
@@ -45,7 +104,8 @@ class RunLogger:
         except ImportError:
             self.tb = None
         else:
-            self.tb = SummaryWriter(str(out / "tb"))
+            purge = resume_at[0] + 1 if append and resume_at is not None else None
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=purge)
 
     def steps(self, rows: list[dict[str, float]]) -> None:
         """Append per-step rows (keys :data:`STEP_FIELDS`)."""
