@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -134,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)
     _eval_parser(sub)
+    for p in sub.choices.values():
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            help=f"print the traceback of an error (or set {DEBUG_ENV}=1)",
+        )
     return parser
 
 
@@ -147,8 +156,15 @@ def pretrain_config(args: argparse.Namespace) -> TrainConfig:
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    result = pretrain(pretrain_config(args))
-    if result.out and _is_main():
+    cfg = pretrain_config(args)
+    result = pretrain(cfg)
+    if result.already_finished and _is_main():
+        print(
+            f"the run in {result.out} is already finished ({result.epochs_done}/{cfg.epochs} "
+            f"epochs, {result.global_step} steps); nothing to do. Pass a larger --epochs to "
+            "train it further."
+        )
+    elif result.out and _is_main():
         knn = "n/a" if result.knn_top1 is None else f"{result.knn_top1:.2%}"
         print(
             f"done: {result.epochs_done} epochs, {result.global_step} steps in "
@@ -183,22 +199,67 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Exit statuses: a user mistake (bad argument, foreign or corrupted file, existing run) is 2,
+#: like argparse's own errors; a failure while running (disk full, read-only folder, a NaN loss,
+#: a bug) is 1; Ctrl-C is 130.
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+DEBUG_ENV = "FASTCLR_DEBUG"
+
+
+def _explain(e: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message for an exception that ends a command."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, CheckpointError | ValueError | ImportError):
+        return EXIT_USAGE, first
+    if isinstance(e, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        return EXIT_USAGE, first
+    if isinstance(e, NonFiniteLossError):
+        return EXIT_FAILURE, first
+    if isinstance(e, OSError):
+        text = e.strerror or first
+        if e.filename and str(e.filename) not in text:
+            text = f"{text}: {e.filename}"
+        return EXIT_FAILURE, text
+    return EXIT_FAILURE, (
+        f"unexpected {type(e).__name__}: {first} (a fastclr bug? run again with --debug or "
+        f"{DEBUG_ENV}=1 for the traceback)"
+    )
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    return f"fastclr: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fastclr`` console script; returns the exit status."""
+    """Entry point of the ``fastclr`` console script; returns the exit status.
+
+    Errors end the command with one line on stderr (``fastclr <command>: error: ...``) and the
+    status :data:`EXIT_USAGE` or :data:`EXIT_FAILURE`; the traceback is printed too with
+    ``--debug`` or ``FASTCLR_DEBUG=1``.
+    """
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    format_warning = warnings.formatwarning
+    if not debug:  # warnings as one line each, without the source line that raised them
+        warnings.formatwarning = _one_line_warning
     try:
         if args.command == "pretrain":
             return _run_pretrain(args)
         return _run_eval(args)
-    except (
-        CheckpointError,
-        NonFiniteLossError,
-        FileNotFoundError,
-        NotADirectoryError,
-        ValueError,
-    ) as e:
-        print(f"fastclr {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("fastclr: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        code, message = _explain(e)
+        print(f"fastclr {args.command}: error: {message}", file=sys.stderr)
+        return code
+    finally:
+        warnings.formatwarning = format_warning

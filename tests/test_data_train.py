@@ -82,10 +82,11 @@ def test_stream_run_logs_loader_and_monitors(
 ) -> None:
     cfg = TrainConfig(**TINY, data=str(photos), out=str(tmp_path / "run"), limit_steps=2)
     result = pretrain(cfg, augment=_aug())
-    err = capsys.readouterr().err
+    header = capsys.readouterr().out  # the run header (fastclr/train/header.py)
     # 24 files, 1 per class held out for the monitor
-    assert "data: 22 training images, 2 classes; loader stream" in err
-    assert "device cpu; precision fp32" in err
+    assert "images:      22 training images, 2 classes" in header
+    assert "loader:      stream" in header
+    assert "device:      cpu" in header and "precision:   fp32" in header
     assert result.global_step == 2 and result.knn_top1 is not None
 
 
@@ -127,7 +128,7 @@ def test_cli_loader_option(
             "--batch-size", "4", "--width", "0.125", "--epochs", "1", "--limit-steps", "1",
             "--no-progress", "--out", str(tmp_path / "cli")]  # fmt: skip
     assert main(argv) == 0
-    assert "loader stream" in capsys.readouterr().err
+    assert "loader:      stream" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*argv[:3], "--loader", "disk"])
     assert "invalid choice: 'disk'" in capsys.readouterr().err

@@ -10,7 +10,6 @@ another (the CIFAR recipe for small images) live here too, so that every user of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -165,6 +164,10 @@ class TrainConfig:
     resume: str | None = field(
         default=None, metadata=meta("checkpoint file or run folder to resume", unset="start afresh")
     )
+    overwrite: bool = field(
+        default=False,
+        metadata=meta("replace a run already in --out (deletes its checkpoint and logs)"),
+    )
     compile: bool = field(default=False, metadata=meta("torch.compile the model"))
     num_workers: int = field(
         default=0, metadata=meta("image-decoding worker processes (0: inline)")
@@ -207,28 +210,11 @@ class TrainConfig:
             self.stem = recipe_for_size(self.image_size)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field whose value cannot be used."""
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("batch_size", "epochs", "image_size", "log_every", "proj_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.limit_steps is not None and self.limit_steps < 1:
-            raise ValueError(f"limit_steps must be >= 1, got {self.limit_steps}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
-        if self.augment_preset not in AUGMENT_PRESETS:
-            raise ValueError(
-                f"augment_preset must be one of {AUGMENT_PRESETS}, got {self.augment_preset!r}"
-            )
-        if self.loader not in LOADERS:
-            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.threads is not None and self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        """Raise ``ValueError`` naming the first flag whose value cannot be used
+        (:func:`fastclr.train.validation.check_config`)."""
+        from fastclr.train.validation import check_config
+
+        check_config(self)
 
 
 def cli_defaults(data: str) -> dict[str, Any]:

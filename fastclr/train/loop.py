@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from fastclr.augment.params import AugmentConfig
 from fastclr.augment.presets import preset_config
+from fastclr.checkpoint import load_model_state
 from fastclr.data import ImageData
 from fastclr.data.select import TrainData, build_train_data
 from fastclr.data.stream import ViewBatch, augment_views
@@ -45,11 +47,14 @@ from fastclr.train.builders import (
 from fastclr.train.checkpoint import CheckpointSaver, Position, TrainingState, resume
 from fastclr.train.config import TrainConfig
 from fastclr.train.distributed import DistInfo, agree, setup_distributed, teardown, wrap_model
+from fastclr.train.header import format_header, run_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
 from fastclr.train.monitor import knn_monitor
 from fastclr.train.precision import autocast, make_scaler, resolve_precision
 from fastclr.train.rng import restore_rng, seed_everything
+from fastclr.train.rundir import ResumePlan, prepare_run_folder
+from fastclr.train.validation import check_device, check_environment
 
 __all__ = [
     "NonFiniteLossError",
@@ -68,7 +73,11 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    """What :func:`pretrain` returns (on every rank; files exist only from rank 0)."""
+    """What :func:`pretrain` returns (on every rank; files exist only from rank 0).
+
+    ``already_finished``: the resumed checkpoint had reached ``epochs`` already, so nothing was
+    trained or written (``model`` holds the checkpoint's weights).
+    """
 
     model: SimCLR
     epochs_done: int
@@ -77,6 +86,7 @@ class TrainResult:
     knn_top1: float | None
     out: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    already_finished: bool = False
 
 
 class TrainingStep:
@@ -170,10 +180,12 @@ def pretrain(
     :class:`~fastclr.checkpoint.CheckpointError` on a checkpoint that cannot be resumed.
     """
     cfg.validate()
+    check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ddp, device = setup_distributed(cfg.device)
     try:
+        check_environment(cfg, device)
         return fit(cfg, ddp, device, augment, loss_fn, data)
     finally:
         teardown(ddp)
@@ -185,7 +197,14 @@ def _check_setup(cfg: TrainConfig, ddp: DistInfo, device: torch.device) -> str:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: pick the fastest convs
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision='bf16' needs a GPU with bf16 support; use fp16")
+        raise ValueError("--precision bf16 needs a GPU with bf16 support; use fp16")
+    if precision == "fp16" and device.type == "cpu":
+        warnings.warn(
+            "--precision fp16 on the CPU is emulated (CPUs have no fp16 matrix units) and much "
+            "slower than fp32; use --precision fp32 (or bf16) on the CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if cfg.batch_size % ddp.world_size:
         raise ValueError(
             f"batch size {cfg.batch_size} does not split evenly over {ddp.world_size} ranks"
@@ -200,6 +219,7 @@ def _build_run(
     augment: Augmentation | None,
     loss_fn: LossFn | None,
     data: ImageData | None,
+    plan: ResumePlan | None = None,
 ) -> _Run:
     """Seed, load the data, build every component, resume if asked: the run, ready to train."""
     precision = _check_setup(cfg, ddp, device)
@@ -211,8 +231,6 @@ def _build_run(
             cfg.seed + ddp.rank, device,
         )  # fmt: skip
     train_data = _load_data(cfg, ddp, device, augment, data, per_rank)
-    if ddp.is_main:
-        print(train_data.describe(device, precision), file=sys.stderr)
     steps_per_epoch = train_data.loader.steps_per_epoch
     if cfg.limit_steps is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.limit_steps)
@@ -230,12 +248,23 @@ def _build_run(
 
     start, rng = Position(), None
     if cfg.resume:
-        start, rng = resume(cfg.resume, cfg, state, ddp, WarmupCosine(warmup, total_steps))
+        ckpt = plan.checkpoint if plan is not None else None
+        schedule = WarmupCosine(warmup, total_steps)
+        start, rng = resume(cfg.resume, cfg, state, ddp, schedule, checkpoint=ckpt)
     train_model = wrap_model(model, ddp, device, cfg.compile)
     step = TrainingStep(train_model, loss_fn, optimizer, scaler, precision, device)
     if rng is not None:
         restore_rng(rng, augment, device)
 
+    if ddp.is_main:
+        lines = run_header(
+            cfg, train_data, device, precision, model,
+            data_name=data.name if data is not None else cfg.data,
+            steps_per_epoch=steps_per_epoch, lr=float(optimizer.defaults["lr"]),
+            world_size=ddp.world_size,
+            resume_from=(str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None,
+        )  # fmt: skip
+        print(format_header(lines), flush=True)
     out = Path(cfg.out)
     stop_epoch = cfg.epochs
     if cfg.stop_after_epochs is not None:
@@ -245,7 +274,10 @@ def _build_run(
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, stop_epoch=stop_epoch,
         state=state, step=step,
         saver=CheckpointSaver(out, cfg, ddp, device, *augment_mean_std(augment)),
-        logger=RunLogger(out, ddp.is_main, append=bool(cfg.resume)),
+        logger=RunLogger(
+            out, ddp.is_main, append=bool(cfg.resume),
+            resume_at=(start.global_step, start.epoch) if cfg.resume else None,
+        ),
         start=start, global_step=start.global_step,
         finite=torch.ones((), dtype=torch.bool, device=device),
     )  # fmt: skip
@@ -291,7 +323,10 @@ def fit(
     """Set up (and resume) a run, train its epochs, plot the loss; see :func:`pretrain`."""
     from tqdm import tqdm
 
-    run = _build_run(cfg, ddp, device, augment, loss_fn, data)
+    plan = prepare_run_folder(cfg, ddp.is_main)
+    if plan.finished:
+        return _finished(cfg, plan)
+    run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan)
     run.bar = tqdm(
         total=run.total_steps,
         initial=run.global_step,
@@ -320,6 +355,17 @@ def fit(
     return TrainResult(
         model, run.stop_epoch, run.global_step, run.last_loss, run.knn_top1, out, run.history
     )
+
+
+def _finished(cfg: TrainConfig, plan: ResumePlan) -> TrainResult:
+    """The result of resuming a run that has already reached its last epoch (nothing written)."""
+    ck = plan.checkpoint
+    assert ck is not None
+    model = build_simclr(cfg)
+    load_model_state(model, ck["model"], f"checkpoint {plan.path}")
+    epochs, step = int(ck["epoch"]), int(ck["global_step"])
+    out = Path(cfg.out)
+    return TrainResult(model, epochs, step, math.nan, None, out, [], already_finished=True)
 
 
 def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
