@@ -259,3 +259,66 @@ def test_simclr_augmentation_triton_matches_reference_for_same_seed() -> None:
     assert not torch.equal(v1, v2)
     assert_close_to_reference(v1.cpu(), r1, atol=AUGMENT_ATOL, name="view 1")
     assert_close_to_reference(v2.cpu(), r2, atol=AUGMENT_ATOL, name="view 2")
+
+
+def test_sigma_zero_and_degenerate_params_give_finite_output() -> None:
+    """σ → 0 blurs to the identity: σ = 1e-30 is accepted (finite, > 0) but σ² underflows fp32,
+    and the centre tap's 0·∞ was NaN before σ was clamped in the kernel; σ = 0 itself is refused
+    with a message. Zero jitter factors and a full hue turn stay finite too."""
+    config = AugmentConfig.imagenet(size=20, blur_p=1.0)  # blur kernel side 3
+    assert config.blur_kernel_size > 1
+    images = _sources(3, 15, 17, seed=30)
+    p = _params(images, config, seed=31, blur_apply=True, jitter_apply=True)
+    zero = torch.zeros_like(p.sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        apply_triton(images, replace(p, sigma=zero), config)
+    degenerate = replace(
+        p, sigma=torch.full_like(p.sigma, 1e-30), brightness=zero, contrast=zero, saturation=zero,
+        hue=torch.full_like(p.hue, 0.5),
+    )  # fmt: skip
+    out = apply_triton(images, degenerate, config)
+    assert torch.isfinite(out).all()
+    # the same as σ = 1e-3 in the reference (only the centre tap survives): no blur
+    tiny = replace(degenerate, sigma=torch.full_like(p.sigma, 1e-3))
+    ref = apply_reference(images, tiny, replace(config, dtype=torch.float64))
+    assert_close_to_reference(out.cpu(), ref.cpu(), atol=AUGMENT_ATOL, elementwise=True)
+    no_blur = replace(degenerate, blur_apply=torch.zeros_like(p.blur_apply))
+    torch.testing.assert_close(out, apply_triton(images, no_blur, config), rtol=0, atol=1e-6)
+
+
+def test_launch_grids_are_one_dimensional(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows (views × images) never sit on grid axis y or z, which stop at 65,535."""
+    from fastclr.augment import triton_backend
+
+    grids: list[tuple[int, ...]] = []
+
+    class Recorder:
+        def __init__(self, kernel: object) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, grid: tuple[int, ...]):  # type: ignore[no-untyped-def]
+            grids.append(tuple(grid))
+            return self.kernel[grid]  # type: ignore[index]
+
+    for name in ("augment_contrast_mean_kernel", "augment_color_kernel", "augment_blur_kernel"):
+        monkeypatch.setattr(triton_backend, name, Recorder(getattr(triton_backend, name)))
+    config = AugmentConfig.imagenet(size=20, blur_p=1.0)  # kernel side 3: both blur passes
+    images = _sources(3, 12, 10, seed=40)
+    views = [_params(images, config, seed=41), _params(images, config, seed=42)]
+    triton_backend.apply_triton_views(images, views, config)
+    assert len(grids) == 4 and all(len(g) == 1 for g in grids), grids
+    assert all(g[0] % 6 == 0 for g in grids)  # 2 views × 3 images, whole rows of programs
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="70,000 rows are minutes in the interpreter"
+)
+def test_more_rows_than_a_grid_axis_y_holds() -> None:
+    config = AugmentConfig.cifar(size=2)
+    images = torch.randint(0, 256, (70_000, 2, 2, 3), dtype=torch.uint8, device=DEVICE)
+    params = AugmentParams.identity(_sizes(images).to(DEVICE))
+    out = apply_triton(images, params, config)
+    mean = torch.tensor(config.mean, device=DEVICE).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=DEVICE).view(1, 3, 1, 1)
+    want = (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    torch.testing.assert_close(out[-5:].float(), want[-5:], rtol=0, atol=1e-5)

@@ -182,12 +182,12 @@ def apply_triton_views(
     else:
         block = BLOCK_PIXELS
         block_mean = BLOCK_MEAN
-    grid = ((npix + block - 1) // block, rows)
+    grid = (rows * ((npix + block - 1) // block),)  # 1-D: rows are not capped at 65,535
     n_chunks = (npix + block_mean - 1) // block_mean
     partials = torch.empty((rows, n_chunks), dtype=torch.float32, device=dev)
     chunks = _next_pow2(n_chunks)
 
-    augment_contrast_mean_kernel[(n_chunks, rows)](
+    augment_contrast_mean_kernel[(rows * n_chunks,)](
         src, img_rows, prm, partials, s, n_chunks, BLOCK=block_mean
     )
     if not blur:

@@ -29,21 +29,26 @@ out_ptr    out dtype (R, S, S, 3)   the result; the launcher views it as (R, 3, 
 
 Pass structure
 --------------
-1. ``augment_contrast_mean_kernel``, grid (n_chunks, R): each program takes BLOCK output pixels
+Every grid is one-dimensional, R × chunks programs (program p: row p // chunks, chunk p % chunks),
+so no axis is limited to 65,535 by the batch size (grid axes y and z are; x holds 2^31 − 1).
+
+1. ``augment_contrast_mean_kernel``, grid (R · n_chunks,): each program takes BLOCK output pixels
    of a row, recomputes crop + resize + flip and the jitter ops that come BEFORE contrast in that
    row's order, and stores the sum of gray(x). This is exact for any order: torchvision takes the
    contrast mean on the image as it is at that step, and every op before it is pixel-wise, so
    recomputing them is cheaper than storing the intermediate image. Rows without jitter skip the
    work. Partial sums reduced in a fixed order keep the mean deterministic (no atomics) while a
    small batch still fills the GPU.
-2. ``augment_color_kernel``, grid (cdiv(S², BLOCK), R): crop + resize + flip, the four jitter ops
+2. ``augment_color_kernel``, grid (R · cdiv(S², BLOCK),): crop + resize + flip, the four jitter ops
    in the row's order (clamp after each, contrast using the mean of pass 1's partial sums),
    grayscale; then either solarize + normalise + cast straight to ``out`` (FUSE_TAIL, when the
    blur kernel side is 1) or a store of the fp32 [0, 1] image to ``tmp``.
 3. ``augment_blur_kernel`` twice (when the blur kernel side is > 1): AXIS=0 (rows, vertical taps)
    tmp → tmp2, then AXIS=1 (columns) tmp2 → out with solarize + normalise + cast (FINISH). Taps
    exp(−t²/2σ²), t = −RADIUS … RADIUS, normalised by their sum, reflect padding (edge not
-   repeated); rows without blur copy the centre tap.
+   repeated); rows without blur copy the centre tap. σ is clamped to ≥ ``SIGMA_MIN`` (σ = 0
+   would give 0·∞ = NaN at the centre tap; a σ that small leaves only the centre tap, the
+   identity, which is the σ → 0 limit).
 """
 
 import triton
@@ -63,6 +68,8 @@ PRM_HUE = tl.constexpr(9)
 PRM_GRAY = tl.constexpr(10)
 PRM_BLUR = tl.constexpr(11)
 PRM_SIGMA = tl.constexpr(12)
+# Smallest σ the blur uses: exp(−1/(2·SIGMA_MIN²)) underflows to 0, so only the centre tap is left.
+SIGMA_MIN = tl.constexpr(1e-3)
 PRM_SOLARIZE = tl.constexpr(13)
 PRM_CONTRAST_POS = tl.constexpr(14)
 PRM_ORDER = tl.constexpr(15)  # four columns: 15..18
@@ -278,8 +285,9 @@ def augment_contrast_mean_kernel(
     BLOCK: tl.constexpr,
 ):
     """Pass 1: per (chunk, row), the sum of gray(x) just before the contrast step."""
-    chunk = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // n_chunks
+    chunk = (pid % n_chunks).to(tl.int32)
     img_row = img_ptr + row * 4
     prm_row = prm_ptr + row * PRM_COLS
     total = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -317,9 +325,11 @@ def augment_color_kernel(
     dst_ptr is ``out`` (FUSE_TAIL) or ``tmp`` (fp32, for the blur passes); both (R, S, S, 3).
     CHUNKS: a power of two ≥ n_chunks, the width of the partial-sum load.
     """
-    row = tl.program_id(1).to(tl.int64)
-    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     npix = S * S
+    pid = tl.program_id(0).to(tl.int64)
+    per_row = tl.cdiv(npix, BLOCK)
+    row = pid // per_row
+    pix = (pid % per_row).to(tl.int32) * BLOCK + tl.arange(0, BLOCK)
     mask = pix < npix
     img_row = img_ptr + row * 4
     prm_row = prm_ptr + row * PRM_COLS
@@ -368,9 +378,11 @@ def augment_blur_kernel(
     normalise and cast follow). Reflect padding: index −t ↦ t, S − 1 + t ↦ S − 1 − t (needs
     RADIUS < S, true for a kernel side of 10% of S).
     """
-    row = tl.program_id(1).to(tl.int64)
-    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     npix = S * S
+    pid = tl.program_id(0).to(tl.int64)
+    per_row = tl.cdiv(npix, BLOCK)
+    row = pid // per_row
+    pix = (pid % per_row).to(tl.int32) * BLOCK + tl.arange(0, BLOCK)
     mask = pix < npix
     prm_row = prm_ptr + row * PRM_COLS
     oy = pix // S
@@ -382,7 +394,7 @@ def augment_blur_kernel(
     src_row = src_ptr + row * npix * 3
 
     if tl.load(prm_row + PRM_BLUR) != 0.0:
-        sigma = tl.load(prm_row + PRM_SIGMA)
+        sigma = tl.maximum(tl.abs(tl.load(prm_row + PRM_SIGMA)), SIGMA_MIN)
         neg_half_inv_var = -0.5 / (sigma * sigma)
         acc_r = tl.zeros((BLOCK,), dtype=tl.float32)
         acc_g = tl.zeros((BLOCK,), dtype=tl.float32)
