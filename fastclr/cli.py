@@ -129,6 +129,12 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)"
     )
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="turn off the progress bars (feature extraction, probe fitting)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +196,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature,
         num_workers=args.num_workers,
+        progress=args.progress,
     )
     print(
         f"{r.arch} on {r.data} ({r.n_train} train / {r.n_test} held-out): "

@@ -7,12 +7,16 @@
   full-batch L-BFGS in torch (fp64, small L2 penalty); top-1 on the held-out split.
 
 Inputs are the clean images (no augmentation): uint8 → [0, 1] → the pretraining normalisation,
-channels_last, resized to the model's image size where needed.
+channels_last, resized to the model's image size where needed. :func:`evaluate_checkpoint` shows
+its progress (feature extraction per batch, the probe's L-BFGS evaluations) on stderr, and says
+what it needs when the data cannot be evaluated (labels: at least two class subfolders).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,7 @@ from torch import Tensor, nn
 
 from fastclr.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from fastclr.data import ImageData, TensorImageDataset, load_data
+from fastclr.device import resolve_device
 from fastclr.models import build_model
 
 __all__ = [
@@ -47,8 +52,14 @@ def extract_features(
     image_size: int,
     device: torch.device | str,
     batch_size: int = 512,
+    progress: str | None = None,
 ) -> Tensor:
-    """Encoder features (N, F) in fp32 of every image of ``dataset``, in eval mode."""
+    """Encoder features (N, F) in fp32 of every image of ``dataset``, in eval mode.
+
+    ``progress``: the label of a tqdm bar over the batches (on stderr); None shows none.
+    """
+    from tqdm import tqdm
+
     device = torch.device(device)
     was_training = encoder.training
     encoder.eval()
@@ -56,7 +67,9 @@ def extract_features(
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     feats: list[Tensor] = []
     try:
-        for i in range(0, len(dataset), batch_size):
+        starts = range(0, len(dataset), batch_size)
+        bar = tqdm(starts, desc=progress, disable=progress is None, file=sys.stderr, leave=False)
+        for i in bar:
             x = dataset.images[i : i + batch_size].to(device)
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
             if x.shape[-1] != image_size or x.shape[-2] != image_size:
@@ -109,8 +122,14 @@ def linear_probe_accuracy(
     test_labels: Tensor,
     l2: float = LINEAR_L2,
     max_iter: int = LINEAR_MAX_ITER,
+    progress: bool = False,
 ) -> float:
-    """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features."""
+    """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features.
+
+    ``progress``: a tqdm bar (stderr) over the loss evaluations L-BFGS may make.
+    """
+    from tqdm import tqdm
+
     xtr = train_features.double()
     mu, sd = xtr.mean(0), xtr.std(0).clamp(min=1e-6)
     xtr = (xtr - mu) / sd
@@ -124,8 +143,11 @@ def linear_probe_accuracy(
     opt = torch.optim.LBFGS(
         [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
+    evals = max_iter * 5 // 4  # LBFGS's default max_eval
+    bar = tqdm(total=evals, desc="linear probe", disable=not progress, file=sys.stderr, leave=False)
 
     def closure() -> Tensor:
+        bar.update(1)
         opt.zero_grad()
         loss = F.cross_entropy(xtr @ w + b, ytr) + l2 * (w * w).sum()
         loss.backward()
@@ -133,6 +155,7 @@ def linear_probe_accuracy(
 
     with torch.enable_grad():
         opt.step(closure)
+    bar.close()
     with torch.no_grad():
         pred = (xte @ w + b).argmax(1)
     return float((pred == test_labels.to(pred.device)).double().mean())
@@ -156,11 +179,15 @@ def evaluate_checkpoint(
     knn_k: int = KNN_K,
     knn_temperature: float = KNN_TEMPERATURE,
     num_workers: int = 0,
+    progress: bool = True,
 ) -> EvalResult:
     """Linear-probe and kNN top-1 of a pretraining checkpoint's encoder on a labelled dataset.
 
     ``arch``, when given, must match the checkpoint's (a :class:`CheckpointError` names both).
+    Arguments are checked first (``ValueError`` naming the flag); ``progress`` shows tqdm bars.
     """
+    _check_args(knn_k, knn_temperature, num_workers)
+    dev = resolve_device(device)
     state = load_checkpoint(checkpoint)
     spec: dict[str, Any] = dict(state["model_spec"])
     if arch is not None and arch != spec["arch"]:
@@ -171,23 +198,52 @@ def evaluate_checkpoint(
         spec["arch"], spec["stem"], spec["width"], spec["proj_dim"], spec["head_bn"]
     )
     load_model_state(model, state["model"], f"checkpoint {checkpoint} ({spec['arch']})")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     image_size = int(state["image_size"])
     ds = load_data(data, image_size, num_workers) if isinstance(data, str) else data
-    if ds.heldout is None or ds.heldout.labels is None or ds.train.labels is None:
-        raise ValueError(
-            f"{ds.name} has no labels (image folders need class subfolders) for evaluation"
-        )
+    train, held = _labelled_split(ds)
     mean, std = tuple(state["mean"]), tuple(state["std"])
-    f_tr = extract_features(model.encoder, ds.train, mean, std, image_size, dev)
-    f_te = extract_features(model.encoder, ds.heldout, mean, std, image_size, dev)
-    y_tr, y_te = ds.train.labels.to(dev), ds.heldout.labels.to(dev)
+    bars = ("features (train)", "features (held-out)") if progress else (None, None)
+    f_tr = extract_features(model.encoder, train, mean, std, image_size, dev, progress=bars[0])
+    f_te = extract_features(model.encoder, held, mean, std, image_size, dev, progress=bars[1])
+    assert train.labels is not None and held.labels is not None
+    y_tr, y_te = train.labels.to(dev), held.labels.to(dev)
     return EvalResult(
-        linear_top1=linear_probe_accuracy(f_tr, y_tr, f_te, y_te),
+        linear_top1=linear_probe_accuracy(f_tr, y_tr, f_te, y_te, progress=progress),
         knn_top1=knn_accuracy(f_tr, y_tr, f_te, y_te, k=knn_k, temperature=knn_temperature),
-        n_train=len(ds.train),
-        n_test=len(ds.heldout),
+        n_train=len(train),
+        n_test=len(held),
         arch=spec["arch"],
         data=ds.name,
     )
+
+
+def _check_args(knn_k: int, knn_temperature: float, num_workers: int) -> None:
+    """``ValueError`` naming the ``linear-eval`` flag whose value cannot be used."""
+    if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
+        raise ValueError(f"--knn-k must be an integer >= 1, got {knn_k!r}")
+    if not (math.isfinite(knn_temperature) and knn_temperature > 0):
+        raise ValueError(f"--knn-temperature must be a finite number > 0, got {knn_temperature!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"--num-workers must be an integer >= 0, got {num_workers!r}")
+
+
+def _labelled_split(ds: ImageData) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """The (train, held-out) sets of labelled data, or a ``ValueError`` saying what is needed."""
+    layout = "ROOT/<class>/<image>, one subfolder per class"
+    if ds.train.labels is None or not ds.classes:
+        raise ValueError(
+            f"linear-eval needs labelled images, and {ds.name} has no class subfolders "
+            f"(arrange it as {layout}, at least two classes)"
+        )
+    if len(ds.classes) < 2:
+        raise ValueError(
+            f"linear-eval needs at least two classes to tell apart, and {ds.name} has one "
+            f"({ds.classes[0]!r}); add a subfolder for each other class ({layout})"
+        )
+    if ds.heldout is None or ds.heldout.labels is None or len(ds.heldout) == 0:
+        raise ValueError(
+            f"{ds.name} has too few images per class to hold some out for evaluation "
+            "(each class needs at least two)"
+        )
+    return ds.train, ds.heldout

@@ -89,3 +89,114 @@ def test_internal_errors_say_how_to_get_the_traceback(
     assert "Traceback" not in err
     assert main(["pretrain", "--out", str(tmp_path / "r"), "--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+# ---- linear-eval ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid checkpoint of an untrained 1/8-width ResNet-18 (evaluation reads nothing else)."""
+    from types import SimpleNamespace
+
+    from fastclr.checkpoint import CHECKPOINT_FORMAT, model_spec, save_checkpoint_atomic
+    from fastclr.models import build_model
+
+    spec = SimpleNamespace(arch="resnet18", stem="cifar", width=0.125, proj_dim=16, head_bn=False)
+    model = build_model("resnet18", "cifar", 0.125, 16)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    save_checkpoint_atomic(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_spec": model_spec(spec),
+            "image_size": 8,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "model": model.state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def _folder(root: Path, classes: list[str], per_class: int = 4) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        d = root / c if c else root
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            px = torch.randint(0, 256, (10, 10, 3), dtype=torch.uint8, generator=g).numpy()
+            Image.fromarray(px).save(d / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("classes", "needle"),
+    [
+        (["cat"], "needs at least two classes to tell apart, and {root} has one ('cat')"),
+        ([""], "needs labelled images, and {root} has no class subfolders"),
+    ],
+    ids=["one-class", "flat"],
+)
+def test_linear_eval_says_what_it_needs(
+    classes: list[str],
+    needle: str,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = _folder(tmp_path / "data", classes)
+    assert main(["linear-eval", "--checkpoint", str(tiny_checkpoint), "--data", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert needle.format(root=root) in err and "Traceback" not in err
+
+
+def test_linear_eval_shows_progress_and_runs_on_two_classes(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _folder(tmp_path / "data", ["a", "b"])
+    assert main(["linear-eval", "--checkpoint", str(tiny_checkpoint), "--data", str(root)]) == 0
+    out = capsys.readouterr()
+    assert "features (train)" in out.err and "linear probe" in out.err  # the tqdm bars
+    assert "linear top-1" in out.out
+    argv = ["linear-eval", "--checkpoint", str(tiny_checkpoint), "--data", str(root)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "features (train)" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--knn-k", "0"], "--knn-k"),
+        (["--knn-temperature", "0"], "--knn-temperature"),
+        (["--num-workers", "-1"], "--num-workers"),
+        (["--device", "gpu"], "--device"),
+    ],
+)
+def test_linear_eval_arguments_are_checked(
+    args: list[str], needle: str, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["linear-eval", "--checkpoint", str(tiny_checkpoint), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["text", "png", "pickled-module"])
+def test_linear_eval_on_foreign_files(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / f"x.{kind}"
+    if kind == "text":
+        path.write_text("hello\n")
+    elif kind == "png":
+        _folder(tmp_path / "img", ["c"], per_class=1)
+        path = tmp_path / "img" / "c" / "0.png"
+    else:
+        torch.save(torch.nn.Linear(2, 2), path)
+    assert main(["linear-eval", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and str(path) in lines[0] and "not a fastclr checkpoint" in lines[0]
+    assert "KeyError" not in err and "Weights only" not in err and "Traceback" not in err

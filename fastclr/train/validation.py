@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fastclr.device import check_device
+
 if TYPE_CHECKING:
     from fastclr.train.config import TrainConfig
 
@@ -97,33 +99,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise _bad("momentum", "in [0, 1)", cfg.momentum)
     if not isinstance(cfg.out, str) or not cfg.out.strip():
         raise _bad("out", "a folder path", cfg.out)
-
-
-def check_device(device: str | None) -> None:
-    """Refuse a ``--device`` this process cannot use, with what it can use instead."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"--device must be cpu, cuda or cuda:N, got {device!r} ({str(e).splitlines()[0]})"
-        ) from e
-    if dev.type == "cpu":
-        return
-    if dev.type != "cuda":
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    if not torch.cuda.is_available():
-        reason = (
-            "this torch build has no CUDA support"
-            if torch.version.cuda is None
-            else "no CUDA device is visible"
-        )
-        raise ValueError(f"--device {device}: {reason}; use --device cpu")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-        )
 
 
 def _interpreting() -> bool:
