@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import augment_bench
 import compat_bench
+import data_bench
 import loss_bench
 import train_bench
 
@@ -127,7 +128,9 @@ def plot_loss(rows: list[loss_bench.LossRow], path: Path, title: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for CI (< 1 minute)")
-    p.add_argument("--only", choices=["loss", "compat", "augment", "train"], action="append")
+    p.add_argument(
+        "--only", choices=["loss", "compat", "augment", "train", "data"], action="append"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON/Markdown/PNG")
     p.add_argument("--no-save", action="store_true", help="print only, write no files")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         # of small implementations; a fixed threshold makes every large block its own mapping.
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    sections = args.only or ["loss", "compat", "augment", "train"]
+    sections = args.only or ["loss", "compat", "augment", "train", "data"]
     tag = machine_tag(device)
     print(
         f"fastclr benchmark on {tag['device']} ({device.type}, {tag['threads']} threads), "
@@ -223,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines))
             record["sections"]["train"] = tres
             md += ["## End to end: pretraining step vs model-only step", "", *lines, ""]
+
+        if "data" in sections:
+            dres = data_bench.run(device, args.quick, progress)
+            failed |= str(dres.get("status", "")).startswith(("CHECK FAILED", "error"))
+            lines = data_bench.table(dres)
+            bar.clear()
+            print("\n## Data: loaders from JPEG files vs the model step\n")
+            print("\n".join(lines))
+            record["sections"]["data"] = dres
+            md += ["## Data: loaders from JPEG files vs the model step", "", *lines, ""]
 
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if not args.no_save:

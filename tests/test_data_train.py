@@ -132,3 +132,23 @@ def test_cli_loader_option(
     with pytest.raises(SystemExit):
         main([*argv[:3], "--loader", "disk"])
     assert "invalid choice: 'disk'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_stream_a_folder(tmp_path: Path, photos: Path) -> None:
+    """2 gloo ranks train from a streamed folder; only rank 0 decodes the kNN monitor's subset
+    (the other rank must still meet it at the barrier: no hang). About 15 s."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "fastclr", "pretrain", "--data", str(photos), "--loader", "stream",
+           "--epochs", "1", "--limit-steps", "2", "--width", "0.125", "--image-size", "8",
+           "--batch-size", "8", "--out", str(out), "--no-progress", "--loss-backend", "reference",
+           "--num-workers", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stderr.count("loader stream") == 1  # rank 0 says it, once
+    assert "done: 1 epochs, 2 steps" in proc.stdout and "kNN top-1 n/a" not in proc.stdout
