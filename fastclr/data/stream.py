@@ -197,6 +197,9 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
         epoch, step, idx = key
         b, s, v = len(idx), self.crop.size, self.views
         out = torch.empty(v, b, s, s, 3, dtype=torch.uint8)
+        # written through NumPy: a plain memcpy (a torch copy per image may fan out to OpenMP
+        # threads, which costs more than the copy on a busy machine)
+        out_np = out.numpy()
         labels = torch.empty(b, dtype=torch.int64)
         events: list[tuple[int, str, str]] = []
         current = [int(i) for i in idx]
@@ -224,7 +227,7 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
                         self.bad.add(i)
                         events.append((i, "skipped", f"{type(e).__name__}: {e}"))
                     else:
-                        out[:, j] = torch.from_numpy(arr)
+                        out_np[:, j] = arr
                         labels[j] = int(self.labels[i])
                         if conversion is not None:
                             events.append((i, "converted", conversion))
