@@ -10,7 +10,8 @@ Modules, one job each:
 * :mod:`~fastclr.data.stream`: the streaming loader (DataLoader workers decode each batch);
 * :mod:`~fastclr.data.dali`: the same loader with NVIDIA DALI (nvJPEG on a GPU), lazily imported;
 * :mod:`~fastclr.data.select`: which loader ``auto`` picks, and building it;
-* :mod:`~fastclr.data.summary`: counts of skipped, converted and left-out files.
+* :mod:`~fastclr.data.summary`: counts of skipped, converted and left-out files;
+* :mod:`~fastclr.data.validate`: up-front decode checks with a cache (for DALI's own pipeline).
 """
 
 from fastclr.data.files import IMAGE_EXTENSIONS, FileList, FolderListing, list_image_folder
@@ -21,17 +22,26 @@ from fastclr.data.memory import (
     load_digits,
     load_image_folder,
 )
+from fastclr.data.select import LOADERS, TrainData, build_train_data, resolve_loader
+from fastclr.data.stream import StreamingLoader, ViewBatch, augment_views
 from fastclr.data.summary import DataSummary
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LOADERS",
     "DataSummary",
     "FileList",
     "FolderListing",
     "ImageData",
+    "StreamingLoader",
     "TensorImageDataset",
+    "TrainData",
+    "ViewBatch",
+    "augment_views",
+    "build_train_data",
     "list_image_folder",
     "load_data",
     "load_digits",
     "load_image_folder",
+    "resolve_loader",
 ]
