@@ -49,6 +49,7 @@ def digits_config(seed: int, out: Path, epochs: int | None = None) -> TrainConfi
             **DEMO,
             "epochs": epochs or DEMO["epochs"],
             "out": str(out),
+            "overwrite": True,  # each `make quality` replaces the previous runs of its seeds
             "seed": seed,
             "progress": False,
             "device": "cpu" if not torch.cuda.is_available() else None,

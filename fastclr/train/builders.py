@@ -79,7 +79,11 @@ def build_augmentation(
             f"augmentation preset must be one of {AUGMENT_PRESETS[1:]}, got {preset!r}"
         )
     config = preset_config(preset, size, AMP_DTYPES[precision])
-    aug: Augmentation = SimCLRAugmentation(config, backend=backend, seed=seed, device=device)
+    # the loaders always yield channels-last batches: say so, so that tiny images (height 1, 3
+    # or 4, which could also read as channels-first) are not refused as ambiguous
+    aug: Augmentation = SimCLRAugmentation(
+        config, backend=backend, seed=seed, device=device, layout="NHWC"
+    )
     return aug
 
 
