@@ -1,8 +1,8 @@
-"""The DALI SimCLR pipeline, run on the CPU (device_id=None) on small folders this test writes.
+"""DALI's augmentation operators: the all-DALI pipeline from files (fastclr.data.dali_pipeline)
+run on the CPU (device_id=None) on small folders this test writes, and apply_dali on tensors.
 
 DALI differs from the reference by design (fixed jitter order, YIQ hue, uint8 rounding, its own
-crop sampler; see fastclr/augment/dali.py; file listing and validation live in fastclr.data), so
-these tests check what it promises: shapes, dtype,
+crop sampler; see fastclr/augment/dali.py), so these tests check what it promises: shapes, dtype,
 channels_last, normalisation, independent views, flip/gray rates, labels, and that corrupt files
 are reported, skipped and counted instead of killing the run.
 """
@@ -88,7 +88,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_shapes_dtype_layout_and_independent_views(folder: Path, dtype: torch.dtype) -> None:
     _dali()
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     config = AugmentConfig.imagenet(size=12, dtype=dtype)
     loader = DaliSimCLRLoader(folder, config, batch_size=4, num_threads=1, seed=1)
@@ -116,7 +116,7 @@ def test_normalisation_range_and_identity(folder: Path) -> None:
     _dali()
     from PIL import Image
 
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     config = _plain()
     loader = DaliSimCLRLoader(folder, config, 4, num_threads=1, shuffle=False, drop_last=False)
@@ -150,7 +150,7 @@ def _is_gray(x: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
 
 def test_flip_and_gray_rates(tmp_path: Path) -> None:
     _dali()
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     _write_images(tmp_path, N_RATE)
     config = _plain(flip_p=0.5, gray_p=0.2)
@@ -168,7 +168,7 @@ def test_flip_and_gray_rates(tmp_path: Path) -> None:
 
 def test_corrupt_files_are_reported_skipped_and_counted(tmp_path: Path) -> None:
     _dali()
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     good = _write_images(tmp_path, 6, classes=0)
     garbage = tmp_path / "garbage.jpg"
@@ -195,7 +195,7 @@ def test_header_validation_lets_truncation_through_to_a_clear_error(tmp_path: Pa
     _dali()
     from PIL import Image
 
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     rng = np.random.default_rng(4)
     for i in range(3):
@@ -214,7 +214,7 @@ def test_header_validation_lets_truncation_through_to_a_clear_error(tmp_path: Pa
 
 def test_too_few_files_for_one_batch(tmp_path: Path) -> None:
     _dali()
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     _write_images(tmp_path, 3, classes=0)
     with pytest.raises(ValueError, match="no full batch of 5"):
@@ -225,7 +225,7 @@ def test_too_few_files_for_one_batch(tmp_path: Path) -> None:
 
 def test_all_files_corrupt_is_an_error(tmp_path: Path) -> None:
     _dali()
-    from fastclr.augment.dali import DaliSimCLRLoader
+    from fastclr.data.dali_pipeline import DaliSimCLRLoader
 
     (tmp_path / "a.jpg").write_bytes(b"nope")
     with warnings.catch_warnings():
@@ -256,11 +256,11 @@ def test_list_images_folder_layouts_and_file_lists(tmp_path: Path) -> None:
 
 
 def test_missing_dali_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastclr.augment import dali
+    from fastclr.data import dali_pipeline
 
     monkeypatch.setitem(sys.modules, "nvidia.dali.fn", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"pip install fastclr\[dali\]"):
-        dali.build_simclr_pipeline(["x.jpg"], [0], AugmentConfig.cifar(), 1)
+        dali_pipeline.build_simclr_pipeline(["x.jpg"], [0], AugmentConfig.cifar(), 1)
 
 
 def _fixed_order_params(images, config: AugmentConfig, seed: int):

@@ -9,6 +9,7 @@ Modules, one job each:
 * :mod:`~fastclr.data.memory`: the in-memory path (digits, small folders as one uint8 tensor);
 * :mod:`~fastclr.data.stream`: the streaming loader (DataLoader workers decode each batch);
 * :mod:`~fastclr.data.dali`: the same loader with NVIDIA DALI (nvJPEG on a GPU), lazily imported;
+* :mod:`~fastclr.data.dali_pipeline`: an all-DALI pipeline (DALI's own augmentation ops too);
 * :mod:`~fastclr.data.select`: which loader ``auto`` picks, and building it;
 * :mod:`~fastclr.data.summary`: counts of skipped, converted and left-out files;
 * :mod:`~fastclr.data.validate`: up-front decode checks with a cache (for DALI's own pipeline).

@@ -1,8 +1,8 @@
 """Up-front checks that image files decode, with a cache so a data set is checked once.
 
 Used by loaders whose decoder stops on a corrupt file (DALI's, in
-:class:`fastclr.augment.dali.DaliSimCLRLoader`). The streaming loaders do not need it: they skip
-unreadable files as they meet them.
+:class:`fastclr.data.dali_pipeline.DaliSimCLRLoader`). The streaming loaders do not need it: they
+skip unreadable files as they meet them.
 """
 
 from __future__ import annotations
