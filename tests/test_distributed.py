@@ -21,16 +21,24 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 import fastclr
+from fastclr.compat.lightly import NTXentLoss as LightlyNTXentLoss
 from fastclr.compat.solo import simclr_loss_func
-from fastclr.reference import ntxent_reference, solo_simclr_reference, views_to_batch
+from fastclr.reference import (
+    lightly_memory_bank_reference,
+    ntxent_reference,
+    solo_simclr_reference,
+    views_to_batch,
+)
 from fastclr.testing import assert_close_to_reference
 
 WORLD = 2
 N_LOCAL = 5  # samples per rank (views mode); rows per rank in labels mode: 2·N_LOCAL
 D = 12
 SEED = 1234
+BANK = 16  # memory bank rows in "lightly-bank" (more than the 10 rows of one gathered step)
 
 
 def _backends() -> list[str]:
@@ -46,11 +54,12 @@ def _backends() -> list[str]:
 
 # (backend, mode, temperature); τ = 0.01 exercises the kernels' online (small-τ) path.
 # "labels-in": SupCon's L_in (positives="in"); "solo": fastclr.compat.solo, which gathers whenever
-# torch.distributed is initialised, as solo-learn does.
+# torch.distributed is initialised, as solo-learn does; "lightly-bank": fastclr.compat.lightly with
+# a memory bank and gather_distributed=True (local anchors, every rank's out1 enqueued).
 def _cases() -> list[tuple[str, str, float]]:
     out = []
     for b in _backends():
-        for mode in ("views", "labels", "cross", "labels-in", "solo"):
+        for mode in ("views", "labels", "cross", "labels-in", "solo", "lightly-bank"):
             out.append((b, mode, 0.5))
         out.append((b, "views", 0.01))
     return out
@@ -89,7 +98,15 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
         zi, zj, z = _global_data()
         results = []
         for backend, mode, tau in cases:
-            if mode == "views":
+            extra = None
+            if mode == "lightly-bank":
+                torch.manual_seed(SEED)  # the same initial bank on every rank
+                fn = LightlyNTXentLoss(tau, (BANK, D), gather_distributed=True, backend=backend)
+                leaves = [_shard(zi, rank).clone().requires_grad_(), _shard(zj, rank).clone()]
+                leaves[1].requires_grad_()
+                loss = fn(*leaves)
+                extra = fn.bank.clone()
+            elif mode == "views":
                 leaves = [_shard(zi, rank).clone().requires_grad_(), _shard(zj, rank).clone()]
                 leaves[1].requires_grad_()
                 loss = fastclr.ntxent(
@@ -111,7 +128,8 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
                     positives="in" if mode == "labels-in" else "out",
                 )
             loss.backward()
-            results.append((loss.detach(), [t.grad.detach() for t in leaves]))  # type: ignore[union-attr]
+            grads = [t.grad.detach() for t in leaves]  # type: ignore[union-attr]
+            results.append((loss.detach(), grads, extra))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -137,6 +155,13 @@ def distributed_results() -> dict[tuple[str, str, float], list]:
 def _single_process(mode: str, tau: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The float64 definition on the concatenated batch, and its input gradients."""
     zi, zj, z = _global_data()
+    if mode == "lightly-bank":
+        torch.manual_seed(SEED)
+        bank = F.normalize(torch.randn(BANK, D), dim=-1)
+        leaves = [zi.double().requires_grad_(), zj.double().requires_grad_()]
+        loss = lightly_memory_bank_reference(leaves[0], leaves[1], bank, tau)
+        loss.backward()
+        return loss.detach(), [t.grad.detach() for t in leaves]  # type: ignore[union-attr]
     if mode == "views":
         leaves = [zi.double().requires_grad_(), zj.double().requires_grad_()]
         batch, lab = views_to_batch(leaves)
@@ -160,13 +185,27 @@ def test_gather_distributed_matches_single_process(
     ranks = distributed_results[case]
     want_loss, want_grads = _single_process(mode, tau)
     # DDP averaging: mean of the per-rank losses, per-rank gradients divided by the world size
-    got_loss = torch.stack([loss.double() for loss, _ in ranks]).mean()
+    got_loss = torch.stack([loss.double() for loss, _, _ in ranks]).mean()
     scale = max(1.0, abs(float(want_loss)))
     assert_close_to_reference(got_loss, want_loss, atol=2e-5 * scale, name=f"{case} loss")
     for v, want in enumerate(want_grads):
-        got = torch.cat([grads[v] for _, grads in ranks]) / WORLD
+        got = torch.cat([grads[v] for _, grads, _ in ranks]) / WORLD
         gscale = max(1e-3, float(want.abs().max()))
         assert_close_to_reference(got, want, atol=5e-5 * gscale, name=f"{case} grad {v}")
+
+
+def test_lightly_bank_enqueues_every_ranks_keys(distributed_results: dict) -> None:
+    """With gather_distributed=True lightly enqueues the gathered out1 of all ranks, in rank
+    order, so every rank holds the same bank: the initial one with its first rows replaced."""
+    _, zj, _ = _global_data()
+    torch.manual_seed(SEED)
+    want = F.normalize(torch.randn(BANK, D), dim=-1)
+    want[: zj.shape[0]] = F.normalize(zj, dim=1)
+    for case, ranks in distributed_results.items():
+        if case[1] != "lightly-bank":
+            continue
+        for _, _, bank in ranks:
+            assert_close_to_reference(bank, want, atol=1e-6, name=f"{case} bank")
 
 
 def test_distributed_cases_cover_every_backend() -> None:
