@@ -538,6 +538,12 @@ class NTXentLoss(nn.Module):
             loss.
         positives: ``"out"`` (default) or ``"in"``, the multi-positive rule above. ``"in"`` needs
             every positive pair: M·(V−1) for V views, Σ n_c² over classes with labels.
+        memory_bank_size: K > 0 keeps a queue of the last K samples' keys (the normalised rows of
+            the LAST view of each training call, every rank's under ``gather_distributed``) and
+            adds them to every anchor's denominator as negatives (``negatives=`` below). The queue
+            starts empty and is pushed only when an input requires grad (evaluation leaves it
+            alone); views only. lightly's MoCo form, which differs, is
+            ``fastclr.compat.lightly.NTXentLoss``.
 
     The functional :func:`ntxent` also takes ``negatives=`` (K, D): extra keys in every anchor's
     log-sum-exp (a memory bank), normalised like the embeddings, never positives, no gradient.
@@ -564,9 +570,16 @@ class NTXentLoss(nn.Module):
         eps: float = 1e-8,
         check_finite: bool = True,
         positives: Positives = "out",
+        memory_bank_size: int = 0,
     ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
+        if (
+            isinstance(memory_bank_size, bool)
+            or not isinstance(memory_bank_size, int)
+            or memory_bank_size < 0
+        ):
+            raise ValueError(f"memory_bank_size must be an int >= 0, got {memory_bank_size!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if backend not in _BACKENDS:
@@ -579,9 +592,21 @@ class NTXentLoss(nn.Module):
         self.eps = eps
         self.check_finite = check_finite
         self.positives: Positives = positives
+        self.memory_bank_size = memory_bank_size
+        # the queue's filled rows, oldest first once full (ring order starts at self._ptr)
+        self.bank: Tensor
+        self.register_buffer("bank", torch.empty(0, 0), persistent=False)
+        self._ptr = 0
 
     def forward(self, *views: Tensor, labels: Tensor | None = None) -> Tensor:
-        return ntxent(
+        banked = self.memory_bank_size > 0
+        if banked and labels is not None:
+            raise ValueError(
+                "memory_bank_size needs views (forward(z_i, z_j, ...)): the bank holds past "
+                "samples' keys, which have no place among labels"
+            )
+        negatives = self.bank if banked and self.bank.shape[0] > 0 else None
+        loss = ntxent(
             *views,
             labels=labels,
             temperature=self.temperature,
@@ -591,11 +616,32 @@ class NTXentLoss(nn.Module):
             eps=self.eps,
             check_finite=self.check_finite,
             positives=self.positives,
+            negatives=negatives,
         )
+        if banked and torch.is_grad_enabled() and any(v.requires_grad for v in views):
+            self._enqueue(views[-1])
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, keys: Tensor) -> None:
+        """Push the normalised rows of the last view (all ranks' under a gather); keep the newest
+        ``memory_bank_size`` rows."""
+        keys = F.normalize(keys.detach().float(), dim=1, eps=self.eps)
+        if self.gather_distributed and world_size() > 1:
+            keys = all_gather_no_grad(keys)
+        k = self.memory_bank_size
+        keys = keys[-k:]
+        if self.bank.shape[0] < k:  # still filling: append, then the ring starts at row 0
+            self.bank = torch.cat([self.bank.to(keys).reshape(-1, keys.shape[1]), keys])[-k:]
+            self._ptr = 0
+            return
+        idx = (self._ptr + torch.arange(keys.shape[0], device=keys.device)) % k
+        self.bank[idx] = keys
+        self._ptr = (self._ptr + keys.shape[0]) % k
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, reduction={self.reduction!r}, "
             f"backend={self.backend!r}, gather_distributed={self.gather_distributed}, "
-            f"positives={self.positives!r}"
+            f"positives={self.positives!r}, memory_bank_size={self.memory_bank_size}"
         )
