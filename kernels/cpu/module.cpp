@@ -1,6 +1,8 @@
-// nanobind bindings of the native CPU kernels. Every function takes raw addresses (uintptr_t) of
-// contiguous tensor storage plus sizes; the Python side (fastclr/_native.py) checks dtypes, shapes,
-// contiguity and devices before calling. The GIL is released while a kernel runs.
+// nanobind bindings of the native CPU kernels (module fastclr._cpu, loaded by fastclr/_native.py).
+// Every function takes raw addresses (uintptr_t) of contiguous tensor storage plus sizes; the
+// callers, fastclr/ops/native_ntxent.py (loss) and fastclr/augment/native_backend.py
+// (augmentation), check dtypes, shapes, contiguity and devices first. The GIL is released while a
+// kernel runs.
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
@@ -10,7 +12,6 @@
 #endif
 
 #include "augment.h"
-#include "normalize.h"
 #include "ntxent.h"
 
 namespace nb = nanobind;
@@ -20,43 +21,15 @@ namespace {
 const float* cptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
 float* mptr(uintptr_t p) { return reinterpret_cast<float*>(p); }
 
-int max_threads() {
-#ifdef FASTCLR_HAVE_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-void set_threads(int n) {
-#ifdef FASTCLR_HAVE_OPENMP
-  if (n > 0) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
-
 }  // namespace
 
 NB_MODULE(_cpu, m) {
   m.doc() = "fastclr native CPU kernels (C++, OpenMP), called on raw tensor storage.";
-  m.def("max_threads", &max_threads, "Threads an OpenMP region uses by default.");
-  m.def("set_threads", &set_threads, nb::arg("n"), "Set the OpenMP thread count (n > 0).");
 #ifdef FASTCLR_HAVE_OPENMP
   m.attr("has_openmp") = true;
 #else
   m.attr("has_openmp") = false;
 #endif
-  m.def(
-      "normalize_rows_f32",
-      [](uintptr_t src, uintptr_t dst, uintptr_t norms, int64_t M, int64_t D, float eps) {
-        fastclr::normalize_rows_f32(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst),
-                                    reinterpret_cast<float*>(norms), M, D, eps);
-      },
-      nb::arg("src"), nb::arg("dst"), nb::arg("norms"), nb::arg("M"), nb::arg("D"), nb::arg("eps"),
-      nb::call_guard<nb::gil_scoped_release>(),
-      "Row-wise L2 normalisation of an (M, D) fp32 matrix; norms may be 0 (null).");
-
   // NT-Xent log-sum-exp kernels (ntxent.h): dense row-major fp32 storage, natural-log LSE.
   m.attr("ntxent_const_shift_max_span") = fastclr::kConstShiftMaxSpan;
   m.def("ntxent_uses_constant_shift", &fastclr::ntxent_uses_constant_shift, nb::arg("inv_tau"),
