@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -93,3 +94,122 @@ def test_wheel_layout(tmp_path: os.PathLike[str]) -> None:
     }
     assert any(n.startswith("fastclr/_cpu") and n.endswith(".so") for n in names)
     assert "fastclr/kernels/triton/__init__.py" in names
+
+
+# ------------------------------------------------------------------------------------------------
+# portable build: instruction-set copies chosen at run time (kernels/cpu/isa.h)
+
+ISAS = ("baseline", "avx2", "avx512")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_best_supported_copy_is_chosen() -> None:
+    mod = _native.require()
+    compiled = mod.compiled_isas.split(",")
+    assert compiled[0] == "baseline" and set(compiled) <= set(ISAS)
+    flags = _cpu_flags()
+    want = "baseline"
+    if "avx2" in compiled and {"avx2", "fma"} <= flags:
+        want = "avx2"
+    if "avx512" in compiled and {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"} <= (
+        flags
+    ):
+        want = "avx512"
+    if os.environ.get("FASTCLR_ISA"):
+        pytest.skip("FASTCLR_ISA is set in this environment")
+    assert mod.active_isa() == want
+
+
+_ISA_CHECK = """
+import sys, torch
+from dataclasses import replace
+import fastclr
+from fastclr import _native
+from fastclr.augment import AugmentConfig, apply_reference, sample_params
+from fastclr.augment.native_backend import apply_native
+from fastclr.reference import ntxent_reference, views_to_batch
+from fastclr.testing import AUGMENT_ATOL, assert_close_to_reference
+print(_native.require().active_isa())
+g = torch.Generator().manual_seed(0)
+views = [torch.randn(101, 33, generator=g, dtype=torch.float64) for _ in range(2)]
+for tau in (0.5, 0.02):  # both sides of the constant-shift switch
+    leaves = [v.float().requires_grad_() for v in views]
+    fastclr.ntxent(*leaves, temperature=tau, backend="native").backward()
+    ref_leaves = [v.clone().requires_grad_() for v in views]
+    ref = ntxent_reference(*views_to_batch(ref_leaves), tau)
+    ref.backward()
+    got = fastclr.ntxent(*[v.float() for v in views], temperature=tau, backend="native")
+    assert_close_to_reference(got, ref, rtol=2e-5, atol=1e-5, name="loss")
+    assert_close_to_reference([t.grad for t in leaves], [t.grad for t in ref_leaves],
+                              rtol=2e-4, atol=1e-6, name="grad")
+cfg = AugmentConfig.imagenet(17, jitter_p=1.0, blur_p=1.0)
+imgs = torch.randint(0, 256, (5, 30, 23, 3), dtype=torch.uint8, generator=g)
+p = sample_params(5, torch.tensor([[30, 23]] * 5), cfg, g)
+ref64 = apply_reference(imgs, p, replace(cfg, dtype=torch.float64))
+assert_close_to_reference(apply_native(imgs, p, cfg), ref64, atol=AUGMENT_ATOL, elementwise=True)
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_each_instruction_set_copy_matches_the_reference(isa: str) -> None:
+    """Each compiled copy the CPU can run, forced by FASTCLR_ISA (about 4 s per copy)."""
+    mod = _native.require()
+    if isa not in mod.compiled_isas.split(","):
+        pytest.skip(f"no {isa} copy in this build ({mod.compiled_isas})")
+    env = dict(os.environ, FASTCLR_ISA=isa)
+    out = subprocess.run(
+        [sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    active = out.stdout.split()[0]
+    if active != isa:
+        pytest.skip(f"this CPU cannot run the {isa} copy (best: {active})")
+
+
+def test_unknown_instruction_set_names_the_variable() -> None:
+    code = "from fastclr import _native\n_native.require().active_isa()\n"
+    env = dict(os.environ, FASTCLR_ISA="avx9000")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "FASTCLR_ISA must be one of baseline, avx2, avx512; got 'avx9000'" in out.stderr
+
+
+@pytest.mark.slow
+def test_default_build_compiles_a_baseline_copy_without_avx(tmp_path: os.PathLike[str]) -> None:
+    """Configure CMakeLists.txt with its defaults (FASTCLR_NATIVE_ARCH off) and build the baseline
+    copy of the kernels: its object code must use no AVX register (about 30 s)."""
+    import pathlib
+    import shutil
+
+    cmake, objdump = shutil.which("cmake"), shutil.which("objdump")
+    if cmake is None or objdump is None:
+        pytest.skip("needs cmake and objdump")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the AVX copies exist on x86-64 only")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    build = pathlib.Path(tmp_path)
+    configure = [cmake, "-S", str(root), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}"]
+    out = subprocess.run(configure, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "FASTCLR_NATIVE_ARCH:BOOL=OFF" in (build / "CMakeCache.txt").read_text()
+    assert "copies for baseline" in out.stdout
+    target = ["--target", "fastclr_kernels_baseline"]
+    out = subprocess.run([cmake, "--build", str(build), *target], capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    objects = sorted(build.glob("CMakeFiles/fastclr_kernels_baseline.dir/**/*.o"))
+    assert {o.name for o in objects} == {"ntxent.cpp.o", "augment.cpp.o"}
+    for obj in objects:
+        asm = subprocess.run([objdump, "-d", str(obj)], capture_output=True, text=True).stdout
+        assert "%xmm" in asm  # SSE2 is the x86-64 baseline: the disassembly is real
+        assert "%ymm" not in asm and "%zmm" not in asm, f"{obj.name} uses AVX registers"

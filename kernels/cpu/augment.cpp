@@ -1,4 +1,5 @@
 #include "augment.h"
+#include "isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace fastclr {
+namespace fastclr::FASTCLR_ISA_NS {  // one copy per instruction set (isa.h)
 namespace {
 
 constexpr float kGrayR = 0.299f, kGrayG = 0.587f, kGrayB = 0.114f;  // ITU-R BT.601 luma
@@ -220,4 +221,4 @@ void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const 
   }
 }
 
-}  // namespace fastclr
+}  // namespace fastclr::FASTCLR_ISA_NS

@@ -12,6 +12,7 @@
 #endif
 
 #include "augment.h"
+#include "isa.h"
 #include "ntxent.h"
 
 namespace nb = nanobind;
@@ -30,6 +31,10 @@ NB_MODULE(_cpu, m) {
 #else
   m.attr("has_openmp") = false;
 #endif
+  // Instruction-set copies of the kernels (isa.h).
+  m.attr("compiled_isas") = fastclr::compiled_isas();
+  m.def("active_isa", &fastclr::active_isa,
+        "Instruction set the kernels run with here (best supported, lowered by FASTCLR_ISA).");
   // NT-Xent log-sum-exp kernels (ntxent.h): dense row-major fp32 storage, natural-log LSE.
   m.attr("ntxent_const_shift_max_span") = fastclr::kConstShiftMaxSpan;
   m.def("ntxent_uses_constant_shift", &fastclr::ntxent_uses_constant_shift, nb::arg("inv_tau"),

@@ -6,8 +6,10 @@
 // into a per-thread buffer, an epilogue turns it into exps / gradient weights (vectorised exp
 // polynomial below), and the backwards push the weight tile through a second register-blocked
 // micro-kernel (kMR2 rows × up to 64 columns of D). The vector code uses GCC/Clang vector
-// extensions, so it compiles for any target; with -march=native it becomes AVX-512.
+// extensions, so it compiles for any target: the AVX-512 copy of this file (isa.h) keeps a v16 in
+// one zmm register, the AVX2 and baseline copies split it into ymm/xmm halves and quarters.
 #include "ntxent.h"
+#include "isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,7 +24,7 @@
 #include <omp.h>
 #endif
 
-namespace fastclr {
+namespace fastclr::FASTCLR_ISA_NS {  // one copy per instruction set (isa.h)
 namespace {
 
 // Tile side. A multiple of kMR, kNR and kMR2; a 96×96 fp32 tile (36 KiB) and its two 96×128
@@ -567,4 +569,4 @@ void ntxent_lse_rect_bwd_f32(const float* q, int64_t Mq, const float* k, int64_t
   rect_bwd(q, Mq, k, Mk, D, q_offset, inv_tau, lse, g, dq, dk, std::max(nthreads, 1));
 }
 
-}  // namespace fastclr
+}  // namespace fastclr::FASTCLR_ISA_NS
