@@ -159,7 +159,7 @@ def _meta(m: int, d: int, dtype: torch.dtype) -> _Meta:
     return _Meta(
         block_d=block_d,
         single_chunk=single,
-        # The interpreter's bf16 tl.dot is wrong (DESIGN.md, build notes): upcast tiles there.
+        # The interpreter's bf16 tl.dot is wrong (docs/design.md, build notes): upcast tiles there.
         upcast=_interpreting() and dtype == torch.bfloat16,
         # fp32 operands go through the tensor cores as three TF32 products (hi·hi + hi·lo + lo·hi,
         # error bound in FP32_DOT_REL_ERR); ignored for bf16/fp16 operands

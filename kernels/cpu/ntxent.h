@@ -1,6 +1,6 @@
 // Tiled NT-Xent log-sum-exp on the CPU: fp32, OpenMP, nothing M×M stored.
 //
-// Maths (../shared/DESIGN.md, "NT-Xent semantics"). Rows ẑ_a are already L2-normalised (the
+// Maths (docs/design.md, "The NT-Xent loss"). Rows ẑ_a are already L2-normalised (the
 // precondition every function below relies on: |s_ak| ≤ 1/τ). With s_ak = ẑ_a·ẑ_k / τ:
 //
 //   forward   LSE_a = log Σ_{k≠a} exp(s_ak)                 natural log (base e), fp32 out
