@@ -237,10 +237,11 @@ def build_train_data(
         return _memory_data(loaded, name, batch_size, seed, rank, world_size, device)
     assert listing is not None
     summary = DataSummary()
-    summary.add_listing(listing)
+    main = rank == 0  # the listing and its summary are the same on every rank: said once
+    summary.add_listing(listing, warn=main)
     files, labels = listing.files, listing.labels
     if held_listing is not None:
-        summary.add_listing(held_listing)
+        summary.add_listing(held_listing, warn=main)
         if held_listing.classes != listing.classes:
             raise ValueError(f"{data}/train and {data}/val have different class subfolders")
         held_files, held_labels = held_listing.files, held_listing.labels
@@ -276,7 +277,8 @@ def build_train_data(
         mon_tr, mon_ho = _monitor_sets(
             files, labels, held_files, held_labels, image_size, num_workers, summary
         )
-    summary.report(str(data))
+    if main:
+        summary.report(str(data))
     return TrainData(name, batches, len(files), listing.classes, mon_tr, mon_ho, summary, monitored)
 
 

@@ -49,9 +49,10 @@ class DataSummary:
         else:
             raise ValueError(f"unknown event kind {kind!r}")
 
-    def add_listing(self, listing: FolderListing) -> None:
-        """Count (and warn about) what the folder listing left out."""
-        listing.report()
+    def add_listing(self, listing: FolderListing, warn: bool = True) -> None:
+        """Count (and, with ``warn``, warn about) what the folder listing left out."""
+        if warn:
+            listing.report()
         self.listed += len(listing) + len(listing.skipped)
         self.top_level += len(listing.top_level)
         self.links_skipped += len(listing.links_skipped)
