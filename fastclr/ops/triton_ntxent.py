@@ -6,7 +6,9 @@ Ops (registered with ``torch.library.custom_op``, so ``torch.compile`` sees them
 * ``fastclr::triton_lse_rect(q, k, q_offset, temperature) -> (Mq,) fp32``: queries against keys,
   query ``i`` being key ``q_offset + i`` (used with ``gather_distributed=True``);
 
-each with a backward op and autograd registration. Rows must already be L2-normalised; dtypes
+each with a backward op (``grad`` first, then the forward's inputs and output) and autograd,
+all defined by ``fastclr.ops._register`` exactly as for the native backend (the same
+validation and exception types). Rows must already be L2-normalised; dtypes
 fp32, bf16, fp16 (fp64 is computed in fp32). The kernels live in ``fastclr.kernels.triton.ntxent``.
 
 Extra memory is O(M·D + M): nothing M×M is ever allocated. The launchers allocate only the
@@ -38,11 +40,12 @@ import triton
 from torch import Tensor
 
 from fastclr.kernels.triton import ntxent as _k
+from fastclr.ops._register import LSEKernels, register_lse_ops
 
 __all__ = [
     "BACKEND",
+    "KERNELS",
     "LAST_WORKSPACE",
-    "TritonLSE",
     "select_path",
     "triton_lse_rect",
     "triton_lse_sym",
@@ -116,19 +119,18 @@ def workspace_bytes(m: int, d: int, op: str, path: Path, splits: int = 1) -> int
 # launch helpers
 
 
+def _device_error(name: str, t: Tensor) -> str | None:
+    if t.device.type == "cuda" or (t.device.type == "cpu" and _interpreting()):
+        return None
+    return (
+        f"the Triton NT-Xent kernel needs CUDA tensors ({name} is on {t.device}); on CPU use "
+        "backend='native' or 'reference', or set TRITON_INTERPRET=1 before importing triton"
+    )
+
+
 def _check_input(name: str, t: Tensor) -> Tensor:
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(t.shape)}")
-    if t.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"the Triton NT-Xent kernel needs CUDA tensors ({name} is on {t.device}); on CPU use "
-            "backend='native' or 'reference', or set TRITON_INTERPRET=1 before importing triton"
-        )
-    if t.dtype == torch.float64:
-        t = t.float()
-    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-    return t
+    """The tensor the kernels read (validated by the op layer): fp64 is computed in fp32."""
+    return t.float() if t.dtype == torch.float64 else t
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def _grad_f32(grad: Tensor) -> Tensor:
     return grad.to(torch.float32).contiguous()
 
 
-def _lse_sym_backward(zhat: Tensor, lse: Tensor, grad: Tensor, temperature: float) -> Tensor:
+def _lse_sym_backward(grad: Tensor, zhat: Tensor, lse: Tensor, temperature: float) -> Tensor:
     z = _check_input("zhat", zhat)
     m, d = z.shape
     path = select_path(temperature)
@@ -304,13 +306,6 @@ def _lse_sym_backward(zhat: Tensor, lse: Tensor, grad: Tensor, temperature: floa
 
 def _lse_rect_forward(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
     qq, kk = _check_input("q", q), _check_input("k", k)
-    if qq.dtype != kk.dtype or qq.shape[1] != kk.shape[1]:
-        raise ValueError(
-            f"q and k must share dtype and width, got {qq.dtype} {tuple(qq.shape)} and "
-            f"{kk.dtype} {tuple(kk.shape)}"
-        )
-    if not 0 <= q_offset <= kk.shape[0] - qq.shape[0]:
-        raise ValueError(f"q_offset={q_offset} puts the queries outside the {kk.shape[0]} keys")
     mq, d = qq.shape
     path = select_path(temperature, deterministic=True)
     meta = _meta(max(mq, kk.shape[0]), d, qq.dtype)
@@ -321,7 +316,7 @@ def _lse_rect_forward(q: Tensor, k: Tensor, q_offset: int, temperature: float) -
 
 
 def _lse_rect_backward(
-    q: Tensor, k: Tensor, lse: Tensor, grad: Tensor, q_offset: int, temperature: float
+    grad: Tensor, q: Tensor, k: Tensor, lse: Tensor, q_offset: int, temperature: float
 ) -> tuple[Tensor, Tensor]:
     qq, kk = _check_input("q", q), _check_input("k", k)
     mq, d = qq.shape
@@ -342,95 +337,16 @@ def _lse_rect_backward(
 
 
 # --------------------------------------------------------------------------------------------
-# custom ops
+# custom ops (defined by fastclr.ops._register, shared with the native backend)
 
+KERNELS = LSEKernels(
+    "triton", _device_error, _lse_sym_forward, _lse_sym_backward, _lse_rect_forward,
+    _lse_rect_backward,
+)  # fmt: skip
+BACKEND = register_lse_ops(KERNELS)
+"""The ``triton`` LSE backend used by :func:`fastclr.ntxent` (see ``LSEBackend`` there)."""
 
-@torch.library.custom_op("fastclr::triton_lse_sym", mutates_args=())
-def triton_lse_sym(zhat: Tensor, temperature: float) -> Tensor:
-    """(M,) fp32 natural-log LSE over k ≠ a of ẑ_a·ẑ_k/τ; ``zhat`` rows already normalised."""
-    return _lse_sym_forward(zhat, temperature)
-
-
-@triton_lse_sym.register_fake
-def _(zhat: Tensor, temperature: float) -> Tensor:
-    return zhat.new_empty((zhat.shape[0],), dtype=torch.float32)
-
-
-@torch.library.custom_op("fastclr::triton_lse_sym_backward", mutates_args=())
-def triton_lse_sym_backward(zhat: Tensor, lse: Tensor, grad: Tensor, temperature: float) -> Tensor:
-    """Gradient of ``triton_lse_sym`` w.r.t. ``zhat``: (W + Wᵀ) ẑ / τ, W_ak = g_a softmax_ak."""
-    return _lse_sym_backward(zhat, lse, grad, temperature)
-
-
-@triton_lse_sym_backward.register_fake
-def _(zhat: Tensor, lse: Tensor, grad: Tensor, temperature: float) -> Tensor:
-    return torch.empty_like(zhat)
-
-
-def _sym_setup(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-    zhat, temperature = inputs
-    ctx.save_for_backward(zhat, output)
-    ctx.temperature = temperature  # type: ignore[attr-defined]
-
-
-def _sym_backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
-    zhat, lse = ctx.saved_tensors  # type: ignore[attr-defined]
-    return triton_lse_sym_backward(zhat, lse, grad, ctx.temperature), None  # type: ignore[attr-defined]
-
-
-triton_lse_sym.register_autograd(_sym_backward, setup_context=_sym_setup)
-
-
-@torch.library.custom_op("fastclr::triton_lse_rect", mutates_args=())
-def triton_lse_rect(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
-    """(Mq,) fp32 LSE of query rows against key rows, query ``i`` being key ``q_offset + i``."""
-    return _lse_rect_forward(q, k, q_offset, temperature)
-
-
-@triton_lse_rect.register_fake
-def _(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
-    return q.new_empty((q.shape[0],), dtype=torch.float32)
-
-
-@torch.library.custom_op("fastclr::triton_lse_rect_backward", mutates_args=())
-def triton_lse_rect_backward(
-    q: Tensor, k: Tensor, lse: Tensor, grad: Tensor, q_offset: int, temperature: float
-) -> tuple[Tensor, Tensor]:
-    """Gradients of ``triton_lse_rect`` w.r.t. ``q`` (W k / τ) and ``k`` (Wᵀ q / τ)."""
-    return _lse_rect_backward(q, k, lse, grad, q_offset, temperature)
-
-
-@triton_lse_rect_backward.register_fake
-def _(
-    q: Tensor, k: Tensor, lse: Tensor, grad: Tensor, q_offset: int, temperature: float
-) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(q), torch.empty_like(k)
-
-
-def _rect_setup(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-    q, k, q_offset, temperature = inputs
-    ctx.save_for_backward(q, k, output)
-    ctx.q_offset = q_offset  # type: ignore[attr-defined]
-    ctx.temperature = temperature  # type: ignore[attr-defined]
-
-
-def _rect_backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
-    q, k, lse = ctx.saved_tensors  # type: ignore[attr-defined]
-    dq, dk = triton_lse_rect_backward(q, k, lse, grad, ctx.q_offset, ctx.temperature)  # type: ignore[attr-defined]
-    return dq, dk, None, None
-
-
-triton_lse_rect.register_autograd(_rect_backward, setup_context=_rect_setup)
-
-
-class TritonLSE:
-    """The ``triton`` LSE backend used by :func:`fastclr.ntxent` (see ``LSEBackend`` there)."""
-
-    def lse_sym(self, zhat: Tensor, temperature: float) -> Tensor:
-        return torch.ops.fastclr.triton_lse_sym(zhat, float(temperature))
-
-    def lse_rect(self, q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
-        return torch.ops.fastclr.triton_lse_rect(q, k, int(q_offset), float(temperature))
-
-
-BACKEND = TritonLSE()
+triton_lse_sym = BACKEND.sym
+triton_lse_sym_backward = BACKEND.sym_backward
+triton_lse_rect = BACKEND.rect
+triton_lse_rect_backward = BACKEND.rect_backward
