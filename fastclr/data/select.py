@@ -174,15 +174,6 @@ class TrainData:
     #: whether the kNN monitor runs (the same on every rank; the sets exist on rank 0 at least)
     monitored: bool = False
 
-    def describe(self, device: torch.device, precision: str) -> str:
-        """One line for the log: which loader, how many images, device and precision."""
-        labelled = f", {len(self.classes)} classes" if self.classes else ""
-        return (
-            f"data: {self.n_images} training images{labelled}; loader {self.loader_name} "
-            f"({self.loader.steps_per_epoch} steps/epoch per rank); device {device}; "
-            f"precision {precision}"
-        )
-
 
 def _monitor_sets(
     train: FileList,
