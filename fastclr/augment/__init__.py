@@ -258,9 +258,14 @@ class SimCLRAugmentation:
             sample_params(n, sizes, self.config, g),
         )
 
-    def apply(self, images: Images, params: AugmentParams) -> Tensor:
-        """Apply ONE view's ``params`` with this backend, after the shared parameter check."""
-        imgs, params = check_apply_args(images, params, layout=self.layout)
+    def apply(self, images: Images, params: AugmentParams, *, validate: bool = True) -> Tensor:
+        """Apply ONE view's ``params`` with this backend, after the shared parameter check.
+
+        ``validate=False`` skips the check (a host sync) for parameters valid by construction,
+        e.g. drawn by :meth:`sample` for these very sources (the streaming loaders' full-image
+        crops in :func:`fastclr.data.augment_views`).
+        """
+        imgs, params = check_apply_args(images, params, layout=self.layout, validate=validate)
         fn = self._apply_fn(images_device(imgs), not isinstance(imgs, Tensor))
         return fn(imgs, params, self.config, layout="NHWC", validate=False)
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastclr.augment import SimCLRAugmentation
 from fastclr.augment.params import AugmentConfig, AugmentParams, sample_params
 from fastclr.data.decode import BoxDraw, decode_views
 from fastclr.data.files import FileList
@@ -147,7 +148,13 @@ def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
     p1, p2 = augment.sample(n, sizes, device=views.device)
     full = torch.tensor([0, 0, s, s], dtype=torch.int32, device=p1.device).expand(n, 4)
     params = AugmentParams.cat([replace(p1, crop=full), replace(p2, crop=full.clone())])
-    out = augment.apply(views.reshape(2 * n, s, s, views.shape[-1]), params)
+    flat = views.reshape(2 * n, s, s, views.shape[-1])
+    if isinstance(augment, SimCLRAugmentation):
+        # drawn by sample() for (S, S) sources with the full box: valid by construction, so no
+        # parameter check (a host sync per step on a GPU)
+        out = augment.apply(flat, params, validate=False)
+    else:
+        out = augment.apply(flat, params)
     v1, v2 = out.chunk(2)
     return v1, v2
 
