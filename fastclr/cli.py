@@ -112,7 +112,11 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="expected architecture, checked against the checkpoint (default: not checked)",
     )
     p.add_argument(
-        "--knn-k", type=int, default=KNN_K, help="neighbours that vote (default: %(default)s)"
+        "--knn-k",
+        type=int,
+        default=None,
+        help=f"neighbours that vote (default: 15%% of the smallest class's training images, "
+        f"at most {KNN_K})",
     )
     p.add_argument(
         "--knn-temperature",

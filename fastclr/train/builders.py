@@ -20,11 +20,11 @@ from fastclr.models import SimCLR, build_model
 from fastclr.optim import (
     LARS,
     lars_param_groups,
-    scaled_lr,
     warmup_cosine_schedule,
 )
 from fastclr.train.config import AUGMENT_PRESETS, MAX_WARMUP_FRACTION, TrainConfig, recipe_for_size
 from fastclr.train.precision import AMP_DTYPES
+from fastclr.train.recipe import lr_for, preset_for, warmup_for
 
 __all__ = [
     "Augmentation",
@@ -51,12 +51,13 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def augment_preset_for(cfg: TrainConfig) -> str:
-    """The preset ``cfg.augment_preset`` names; ``auto``: digits for the digits, else by size."""
+    """The preset ``cfg.augment_preset`` names; ``auto``: digits for the digits, else the
+    recipe's rule by view size (:func:`fastclr.train.recipe.preset_for`)."""
     if cfg.augment_preset != "auto":
         return cfg.augment_preset
     if cfg.data == "digits":
         return "digits"
-    return recipe_for_size(cfg.image_size)
+    return preset_for(cfg.image_size)[0]
 
 
 def build_augmentation(
@@ -112,13 +113,16 @@ def build_loss(cfg: TrainConfig, world_size: int) -> LossFn:
 
 
 def build_optimizer(model: SimCLR, cfg: TrainConfig) -> LARS:
-    """LARS at ``cfg.lr`` (default: the paper's ``base_lr × batch / 256``)."""
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.batch_size, cfg.base_lr)
+    """LARS at ``cfg.lr``, or the recipe's rule (:func:`fastclr.train.recipe.lr_for`)."""
+    lr = cfg.lr if cfg.lr is not None else lr_for(cfg.batch_size, cfg.epochs)[0]
     return LARS(lars_param_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum)
 
 
 def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total: int) -> int:
-    """``warmup_epochs`` in steps, at most :data:`MAX_WARMUP_FRACTION` of the run."""
+    """``warmup_epochs`` in steps, at most :data:`MAX_WARMUP_FRACTION` of the run; unset: the
+    recipe's 10% of the run, at most 10 epochs (:func:`fastclr.train.recipe.warmup_for`)."""
+    if cfg.warmup_epochs is None:
+        return warmup_for(steps_per_epoch, total)[0]
     want = round(cfg.warmup_epochs * steps_per_epoch)
     return min(want, int(total * MAX_WARMUP_FRACTION))
 

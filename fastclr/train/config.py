@@ -35,7 +35,7 @@ __all__ = [
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENT_PRESETS = ("auto", "cifar", "imagenet", "digits")
+AUGMENT_PRESETS = ("auto", "small", "cifar", "imagenet", "digits")
 # Data loaders (fastclr.data.select): auto, the in-memory tensor, DataLoader workers, DALI.
 LOADERS = ("auto", "memory", "stream", "dali")
 Stem = Literal["auto", "cifar", "imagenet"]
@@ -93,8 +93,11 @@ def meta(
 class TrainConfig:
     """Everything a pretraining run depends on (``fastclr pretrain`` has one flag per field).
 
-    ``batch_size`` is the global batch (all ranks together); ``lr=None`` means the paper's
-    ``0.3 × batch / 256``. ``limit_steps`` caps the steps of every epoch (tests, smoke runs);
+    ``batch_size`` is the global batch (all ranks together). ``lr``, ``warmup_epochs`` and
+    ``knn_k`` left at ``None``, and ``augment_preset="auto"``, are chosen by the recipe
+    (:mod:`fastclr.train.recipe`: the paper's square-root or linear lr rule, 10% warm-up, a
+    preset from the view size, k from the class sizes), which the run prints with its reasons.
+    ``limit_steps`` caps the steps of every epoch (tests, smoke runs);
     ``stop_after_epochs`` ends this process after that many epochs while the schedule still
     spans ``epochs`` (for time-limited jobs that resume). ``stem="auto"`` is resolved when the
     config is made: ``cifar`` for images of at most 64 px, else ``imagenet``.
@@ -126,16 +129,24 @@ class TrainConfig:
     lr: float | None = field(
         default=None,
         metadata=meta(
-            "peak learning rate", unset="base_lr × batch / 256 (the paper's)", digits=6.0
+            "peak learning rate",
+            unset="the paper's rule: 0.3 × batch / 256 when batch >= 4096 and epochs >= 100, "
+            "else 0.075 × √batch (fastclr.train.recipe)",
+            digits=6.0,
         ),
     )
     base_lr: float = field(
-        default=BASE_LR, metadata=meta("learning rate per 256 images when --lr is unset")
+        default=BASE_LR,
+        metadata=meta("learning rate per 256 images of the linear rule (when it applies)"),
     )
     weight_decay: float = field(default=WEIGHT_DECAY, metadata=meta("LARS weight decay"))
     momentum: float = field(default=MOMENTUM, metadata=meta("LARS momentum"))
-    warmup_epochs: float = field(
-        default=10.0, metadata=meta("linear warm-up epochs (at most 10% of the run)")
+    warmup_epochs: float | None = field(
+        default=None,
+        metadata=meta(
+            "linear warm-up epochs (at most 10% of the run)",
+            unset="10% of the run, at most 10 epochs",
+        ),
     )
     temperature: float = field(default=0.5, metadata=meta("NT-Xent temperature"))
     proj_dim: int = field(default=128, metadata=meta("output size of the projection head"))
@@ -147,10 +158,11 @@ class TrainConfig:
     augment_backend: str = field(
         default="auto", metadata=meta("augmentation implementation", choices=AUGMENT_BACKENDS)
     )
-    augment_preset: Literal["auto", "cifar", "imagenet", "digits"] = field(
+    augment_preset: Literal["auto", "small", "cifar", "imagenet", "digits"] = field(
         default="auto",
         metadata=meta(
-            "augmentation recipe; auto: digits for --data digits, else by size (cifar <= 64 px)",
+            "augmentation recipe; auto: digits for --data digits, else by view size: small "
+            "(< 32 px: crops >= 30%), cifar (<= 64 px), imagenet",
             choices=AUGMENT_PRESETS,
         ),
     )
@@ -192,7 +204,13 @@ class TrainConfig:
     log_every: int = field(
         default=10, metadata=meta("steps between log rows (and loss finiteness checks)")
     )
-    knn_k: int = field(default=KNN_K, metadata=meta("neighbours of the kNN monitor"))
+    knn_k: int | None = field(
+        default=None,
+        metadata=meta(
+            "neighbours of the kNN monitor",
+            unset=f"15% of the smallest class's training images, at most {KNN_K}",
+        ),
+    )
     knn_temperature: float = field(
         default=KNN_TEMPERATURE, metadata=meta("temperature of the kNN monitor's vote")
     )

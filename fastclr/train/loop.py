@@ -47,14 +47,16 @@ from fastclr.train.builders import (
 from fastclr.train.checkpoint import CheckpointSaver, Position, TrainingState, resume
 from fastclr.train.config import TrainConfig
 from fastclr.train.distributed import DistInfo, agree, setup_distributed, teardown, wrap_model
-from fastclr.train.header import format_header, run_header
+from fastclr.train.header import HeaderLine, format_header, run_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
 from fastclr.train.monitor import knn_monitor
 from fastclr.train.precision import autocast, make_scaler, resolve_precision
+from fastclr.train.recipe import lr_for, run_recipe
 from fastclr.train.rng import restore_rng, seed_everything
 from fastclr.train.rundir import ResumePlan, prepare_run_folder
 from fastclr.train.validation import check_device, check_environment
+from fastclr.train.watch import PlateauWatcher
 
 __all__ = [
     "NonFiniteLossError",
@@ -147,6 +149,8 @@ class _Run:
     start: Position
     global_step: int
     finite: Tensor
+    knn_k: int
+    watcher: PlateauWatcher
     last_loss: float = math.nan
     knn_top1: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -256,6 +260,8 @@ def _build_run(
     if rng is not None:
         restore_rng(rng, augment, device)
 
+    recipe, knn_k = run_recipe(cfg, steps_per_epoch, total_steps, train_data.monitor_train)
+    lr = float(optimizer.defaults["lr"])
     if ddp.is_main:
         lines = run_header(
             cfg, train_data, device, precision, model,
@@ -264,6 +270,7 @@ def _build_run(
             world_size=ddp.world_size,
             resume_from=(str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None,
         )  # fmt: skip
+        lines += [HeaderLine(c.name, f"{c.value} ({c.reason})") for c in recipe]
         print(format_header(lines), flush=True)
     out = Path(cfg.out)
     stop_epoch = cfg.epochs
@@ -280,6 +287,11 @@ def _build_run(
         ),
         start=start, global_step=start.global_step,
         finite=torch.ones((), dtype=torch.bool, device=device),
+        knn_k=knn_k,
+        watcher=PlateauWatcher(
+            cfg.epochs, warmup / max(steps_per_epoch, 1), lr,
+            lr_for(cfg.batch_size, cfg.epochs)[0], math.log(2 * cfg.batch_size - 1),
+        ),
     )  # fmt: skip
 
 
@@ -446,7 +458,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
         mean, std = run.saver.mean, run.saver.std
         run.knn_top1 = knn_monitor(
             run.state.model, train, heldout, mean, std, cfg.image_size,
-            cfg.knn_k, cfg.knn_temperature, run.device, run.ddp,
+            run.knn_k, cfg.knn_temperature, run.device, run.ddp,
         )  # fmt: skip
     row = {
         "epoch": epoch,
@@ -464,4 +476,6 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
             f"epoch {epoch + 1}/{cfg.epochs}  loss {epoch_loss:.4f}{knn_txt}  "
             f"{row['images_per_s']:.0f} img/s  {seconds:.1f}s"
         )
+        for warning in run.watcher.update(epoch, epoch_loss, run.knn_top1):
+            run.bar.write(warning)
     run.saver.save(run.state, Position(epoch + 1, 0, run.global_step))

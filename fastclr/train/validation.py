@@ -81,9 +81,9 @@ def check_config(cfg: TrainConfig) -> None:
             f"--batch-size must be >= 2, got {cfg.batch_size}: with one image per batch NT-Xent "
             "has no negatives and its loss is always 0"
         )
-    for name in ("epochs", "image_size", "log_every", "proj_dim", "knn_k"):
+    for name in ("epochs", "image_size", "log_every", "proj_dim"):
         _int_at_least(cfg, name, 1)
-    for name in ("limit_steps", "stop_after_epochs"):
+    for name in ("limit_steps", "stop_after_epochs", "knn_k"):
         _int_at_least(cfg, name, 1, optional=True)
     _int_at_least(cfg, "num_workers", 0)
 
@@ -92,8 +92,8 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("width", "temperature", "base_lr", "knn_temperature"):
         _float(cfg, name, positive=True)
     _float(cfg, "lr", positive=True, optional=True)
-    for name in ("weight_decay", "warmup_epochs"):
-        _float(cfg, name, positive=False)
+    _float(cfg, "weight_decay", positive=False)
+    _float(cfg, "warmup_epochs", positive=False, optional=True)
     _float(cfg, "momentum", positive=False)
     if cfg.momentum >= 1:
         raise _bad("momentum", "in [0, 1)", cfg.momentum)

@@ -1,0 +1,193 @@
+"""The default recipe: learning rate, warm-up, augmentation preset and kNN k for the run the user
+asked for, each chosen by a stated rule and printed with its reason when the run starts.
+
+SimCLR's published defaults (lr = 0.3 × B/256, 10 warm-up epochs) were made for ImageNet at batch
+4,096 over 100 to 1,000 epochs. A CPU run of 20 epochs on a few thousand 28-px images is far from
+that; each rule says which setting of the paper applies to which run. A value the user set is
+kept (and printed as theirs).
+
+* **Learning rate** (Chen et al. 2020, *A Simple Framework for Contrastive Learning of Visual
+  Representations*, Appendix B.1 and Figure B.1): linear scaling ``0.3 × B / 256`` for large
+  batches and long schedules; square-root scaling ``0.075 × √B``, which the paper finds better
+  with small batches and short training, otherwise. The switch, stated here: **linear when
+  B ≥ 4096 and epochs ≥ 100, square-root otherwise.** 4,096 is the paper's main batch, where both
+  rules give 4.8; 100 epochs is its shortest ImageNet schedule. Measured on a 28-px folder (bench/
+  results/quality.md): at B = 256 over 100 steps the linear rule's 0.3 gives 89.4% linear top-1,
+  the square-root rule's 1.2 gives 97.5%.
+* **Warm-up**: 10% of the run's steps, at most the paper's 10 epochs (10 epochs are 10% of its
+  100-epoch schedule and 1% of its 1,000-epoch one), at least one step.
+* **Augmentation preset**, from the images: views smaller than CIFAR's 32 px get ``small`` (the
+  CIFAR recipe with crops of at least 30% of the area: an 8% crop of a 28-px image is an 8-px
+  patch blown up 3.5×; measured +8.7 kNN points); 32 to 64 px the paper's ``cifar`` recipe; larger
+  the ``imagenet`` one. The embedded digits keep their demo preset. Channels: grayscale data
+  (R = G = B in the images looked at) keep their preset, and the run says that saturation, hue
+  and the random grayscale leave them unchanged, so only crops, flips, brightness and contrast
+  make their views differ.
+* **kNN k** (the monitor, and ``linear-eval``'s default): 15% of the smallest class's training
+  images, at most Wu et al. (2018)'s 200 (:func:`fastclr.evaluate.knn_k_for`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from fastclr.data import TensorImageDataset
+    from fastclr.train.config import TrainConfig
+
+__all__ = [
+    "Choice",
+    "grey_images",
+    "linear_lr",
+    "lr_for",
+    "preset_for",
+    "run_recipe",
+    "sqrt_lr",
+    "warmup_for",
+]
+
+LINEAR_BASE_LR = 0.3  # × batch / 256 (paper, B.1)
+SQRT_BASE_LR = 0.075  # × √batch (paper, B.1)
+LINEAR_MIN_BATCH = 4096  # the paper's main batch; both rules give 4.8 there
+LINEAR_MIN_EPOCHS = 100  # the paper's shortest ImageNet schedule
+WARMUP_FRACTION = 0.1
+WARMUP_MAX_EPOCHS = 10.0  # the paper's warm-up
+SMALL_BELOW = 32  # CIFAR's size: smaller views get the "small" preset
+CIFAR_MAX_SIZE = 64
+GREY_SAMPLE = 256  # images looked at to call the data grayscale
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting of the run: its value and why (``user`` when the user set it)."""
+
+    name: str
+    value: str
+    reason: str
+
+    def line(self) -> str:
+        """``NAME: VALUE (REASON)``, as the run header prints it."""
+        return f"{self.name}: {self.value} ({self.reason})"
+
+
+def linear_lr(batch: int) -> float:
+    """The paper's linear rule, ``0.3 × batch / 256``."""
+    return LINEAR_BASE_LR * batch / 256
+
+
+def sqrt_lr(batch: int) -> float:
+    """The paper's square-root rule, ``0.075 × √batch``."""
+    return SQRT_BASE_LR * math.sqrt(batch)
+
+
+def lr_for(batch: int, epochs: int) -> tuple[float, str]:
+    """(learning rate, reason) by the rule: linear iff batch ≥ 4096 and epochs ≥ 100."""
+    if batch >= LINEAR_MIN_BATCH and epochs >= LINEAR_MIN_EPOCHS:
+        return linear_lr(batch), (
+            f"linear rule 0.3 × {batch}/256: batch >= {LINEAR_MIN_BATCH} and "
+            f"{epochs} epochs >= {LINEAR_MIN_EPOCHS}, large and long (SimCLR paper, App. B.1)"
+        )
+    why = f"batch {batch} < {LINEAR_MIN_BATCH}" if batch < LINEAR_MIN_BATCH else ""
+    if epochs < LINEAR_MIN_EPOCHS:
+        why += (" and " if why else "") + f"{epochs} epochs < {LINEAR_MIN_EPOCHS}"
+    return sqrt_lr(batch), (
+        f"square-root rule 0.075 × √{batch}: {why}, small or short "
+        f"(SimCLR paper, App. B.1; the linear rule would give {linear_lr(batch):.3g})"
+    )
+
+
+def warmup_for(steps_per_epoch: int, total_steps: int) -> tuple[int, str]:
+    """(warm-up steps, reason): 10% of the run, at most 10 epochs, at least one step."""
+    tenth = round(WARMUP_FRACTION * total_steps)
+    cap = round(WARMUP_MAX_EPOCHS * steps_per_epoch)
+    steps = max(1, min(tenth, cap))
+    if cap < tenth:
+        why = f"the paper's {WARMUP_MAX_EPOCHS:g} epochs, less than 10% of this run"
+    else:
+        why = f"10% of the run's {total_steps} steps (at most {WARMUP_MAX_EPOCHS:g} epochs)"
+    return steps, f"{steps / max(steps_per_epoch, 1):.3g} epochs; {why}"
+
+
+def preset_for(size: int) -> tuple[str, str]:
+    """(augmentation preset, reason) from the size of the training views."""
+    if size < SMALL_BELOW:
+        patch = max(1, round(size * math.sqrt(0.08)))
+        return "small", (
+            f"{size}-px views < {SMALL_BELOW}: the CIFAR recipe with crops of at least 30% of the "
+            f"area; an 8% crop would be a {patch}-px patch"
+        )
+    if size <= CIFAR_MAX_SIZE:
+        return (
+            "cifar",
+            f"{size}-px views, {SMALL_BELOW} to {CIFAR_MAX_SIZE}: the paper's CIFAR recipe",
+        )
+    return "imagenet", f"{size}-px views > {CIFAR_MAX_SIZE}: the paper's ImageNet recipe"
+
+
+def grey_images(images: Tensor) -> bool:
+    """Whether every one of up to GREY_SAMPLE evenly spaced (N, H, W, 3) images has R = G = B."""
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        return False
+    sample = images[:: max(1, len(images) // GREY_SAMPLE)][:GREY_SAMPLE]
+    return bool(((sample[..., 0] == sample[..., 1]) & (sample[..., 1] == sample[..., 2])).all())
+
+
+def run_recipe(
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    total_steps: int,
+    sample: TensorImageDataset | None,
+) -> tuple[list[Choice], int]:
+    """The run's recipe lines and its kNN k, for ``cfg`` on data of which ``sample`` is a part.
+
+    ``sample`` is the kNN monitor's training set (its labels give k, its pixels the colour); the
+    learning rate, warm-up and preset printed are the ones the builders use.
+    """
+    from fastclr.evaluate import knn_k_for
+    from fastclr.train.builders import augment_preset_for, warmup_steps
+
+    rule_lr, rule_why = lr_for(cfg.batch_size, cfg.epochs)
+    choices = [
+        Choice("lr", f"{cfg.lr:.4g}", f"yours; the rule gives {rule_lr:.3g}")
+        if cfg.lr is not None
+        else Choice("lr", f"{rule_lr:.4g}", rule_why)
+    ]
+    warm = warmup_steps(cfg, steps_per_epoch, total_steps)
+    if cfg.warmup_epochs is None:
+        choices.append(
+            Choice("warm-up", f"{warm} steps", warmup_for(steps_per_epoch, total_steps)[1])
+        )
+    else:
+        choices.append(
+            Choice(
+                "warm-up",
+                f"{warm} steps",
+                f"yours ({cfg.warmup_epochs:g} epochs, at most 10% of the run)",
+            )
+        )
+    preset = augment_preset_for(cfg)
+    if cfg.augment_preset != "auto":
+        why = "yours"
+    elif cfg.data == "digits":
+        why = "the embedded digits' demo preset: crops of at least 30%, no flips"
+    else:
+        why = preset_for(cfg.image_size)[1]
+    if sample is not None and grey_images(sample.images):
+        why += (
+            "; grayscale images: saturation, hue and random grayscale leave them unchanged, "
+            "crops, flips, brightness and contrast make the views differ"
+        )
+    choices.append(Choice("augmentation", preset, why))
+    labels = sample.labels if sample is not None else None
+    if cfg.knn_k is not None:
+        k = cfg.knn_k
+        choices.append(Choice("kNN k", str(k), "yours"))
+    else:
+        k, k_why = knn_k_for(labels)
+        if labels is not None:
+            choices.append(Choice("kNN k", str(k), k_why))
+    return choices, k

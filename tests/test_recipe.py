@@ -1,0 +1,147 @@
+"""The default recipe's rules (lr switch, warm-up, preset, kNN k) and the plateau watcher."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastclr.augment.presets import SMALL_CROP_SCALE, preset_config
+from fastclr.evaluate import knn_accuracy, knn_k_for
+from fastclr.train import TrainConfig
+from fastclr.train.builders import augment_preset_for, warmup_steps
+from fastclr.train.recipe import grey_images, linear_lr, lr_for, preset_for, sqrt_lr, warmup_for
+from fastclr.train.watch import PlateauWatcher, patience_for
+
+
+@pytest.mark.parametrize(
+    ("batch", "epochs", "rule"),
+    [
+        (256, 20, "sqrt"),
+        (256, 1000, "sqrt"),  # small batch, long run
+        (4096, 99, "sqrt"),  # large batch, short run
+        (4096, 100, "linear"),  # both sides of each threshold
+        (4095, 100, "sqrt"),
+        (8192, 800, "linear"),
+    ],
+)
+def test_lr_rule_switch(batch: int, epochs: int, rule: str) -> None:
+    lr, why = lr_for(batch, epochs)
+    want = linear_lr(batch) if rule == "linear" else sqrt_lr(batch)
+    assert lr == pytest.approx(want)
+    assert ("linear rule" if rule == "linear" else "square-root rule") in why
+
+
+def test_lr_rules_are_the_papers() -> None:
+    assert sqrt_lr(256) == pytest.approx(1.2)  # 0.075 × 16
+    assert linear_lr(256) == pytest.approx(0.3)
+    assert sqrt_lr(4096) == pytest.approx(linear_lr(4096)) == pytest.approx(4.8)  # they meet
+
+
+@pytest.mark.parametrize(
+    ("spe", "epochs", "want"),
+    [
+        (5, 20, 10),  # 10% of 100 steps
+        (100, 1000, 1000),  # capped at 10 epochs (1% of the run)
+        (100, 100, 1000),  # exactly 10 epochs = 10%
+        (1, 3, 1),  # at least one step
+    ],
+)
+def test_warmup_is_a_tenth_capped_at_ten_epochs(spe: int, epochs: int, want: int) -> None:
+    assert warmup_for(spe, spe * epochs)[0] == want
+    cfg = TrainConfig(epochs=epochs)
+    assert warmup_steps(cfg, spe, spe * epochs) == want
+    cfg.warmup_epochs = 2.0  # a user's value is kept, capped at 10% of the run
+    assert warmup_steps(cfg, spe, spe * epochs) == min(2 * spe, int(0.1 * spe * epochs))
+
+
+@pytest.mark.parametrize(
+    ("size", "preset"),
+    [
+        (16, "small"),
+        (28, "small"),
+        (31, "small"),
+        (32, "cifar"),
+        (64, "cifar"),
+        (65, "imagenet"),
+        (224, "imagenet"),
+    ],
+)
+def test_preset_rule(size: int, preset: str) -> None:
+    assert preset_for(size)[0] == preset
+    assert augment_preset_for(TrainConfig(data="/some/folder", image_size=size)) == preset
+    assert augment_preset_for(TrainConfig(data="digits", image_size=size)) == "digits"
+    user = TrainConfig(data="/some/folder", image_size=size, augment_preset="imagenet")
+    assert augment_preset_for(user) == "imagenet"
+
+
+def test_small_preset_is_cifar_with_milder_crops() -> None:
+    small, cifar = preset_config("small", 28), preset_config("cifar", 28)
+    assert small.scale == SMALL_CROP_SCALE and cifar.scale == (0.08, 1.0)
+    assert small.flip_p == cifar.flip_p and small.strength == cifar.strength
+
+
+def test_grey_detection() -> None:
+    g = torch.randint(0, 256, (10, 8, 8, 1), dtype=torch.uint8).expand(-1, -1, -1, 3)
+    assert grey_images(g)
+    c = g.clone()
+    c[3, 2, 2, 1] ^= 1
+    assert not grey_images(c)
+
+
+def test_knn_k_rule() -> None:
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate([140, 300, 2000])])
+    assert knn_k_for(labels)[0] == 21  # 15% of the smallest class
+    assert knn_k_for(torch.arange(10).repeat(5000))[0] == 200  # capped (CIFAR-10: 5,000 a class)
+    assert knn_k_for(torch.arange(10))[0] == 1
+    assert knn_k_for(None)[0] == 200
+
+
+def test_knn_default_k_follows_the_rule() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat(40)  # 40 a class → k = 6
+    f = torch.randn(160, 8, generator=g) + 2 * torch.nn.functional.one_hot(y, 8)
+    ft = torch.randn(40, 8, generator=g) + 2 * torch.nn.functional.one_hot(y[:40], 8)
+    assert knn_accuracy(f, y, ft, y[:40]) == knn_accuracy(f, y, ft, y[:40], k=6)
+
+
+def _watcher(**kw: float) -> PlateauWatcher:
+    args = {"epochs": 20, "warmup_epochs": 2.0, "lr": 1.2, "rule_lr": 1.2, "chance_loss": 6.24}
+    args.update(kw)
+    return PlateauWatcher(**args)  # type: ignore[arg-type]
+
+
+def test_watcher_quiet_while_improving_and_during_warmup() -> None:
+    w = _watcher()
+    for e in range(18):
+        assert w.update(e, 6.0 - 0.1 * e, 0.5 + 0.01 * e) == []
+
+
+def test_watcher_reports_a_knn_plateau_once_per_patience() -> None:
+    w = _watcher()
+    assert w.patience == patience_for(20) == 5
+    msgs = [(e, m) for e in range(18) for m in w.update(e, 6.0 - 0.1 * e, 0.64)]
+    # kNN best at epoch 0; judged after warm-up (epoch 2 ends it): flat 5 epochs → epoch 6, 11, 16
+    assert [e for e, _ in msgs] == [6, 11, 16]
+    assert "kNN has not improved" in msgs[0][1]
+    assert "loss still falls" in msgs[0][1]  # the likely cause when only kNN is flat
+
+
+def test_watcher_names_a_learning_rate_far_below_the_rule() -> None:
+    w = _watcher(lr=0.3, rule_lr=1.5)
+    msgs = [m for e in range(18) for m in w.update(e, 5.9, 0.6)]
+    assert any("loss has not improved" in m for m in msgs)
+    assert all("far below the rule's 1.5" in m for m in msgs)
+
+
+def test_watcher_names_a_loss_at_chance_and_skips_the_tail() -> None:
+    w = _watcher(epochs=40)
+    msgs = {e: m for e in range(40) for m in w.update(e, 6.2, None)}
+    assert msgs and all("near chance" in m for m in msgs.values())
+    assert max(msgs) < 36  # the last 10% of the cosine schedule is not judged
+
+
+def test_watcher_ignores_non_finite() -> None:
+    w = _watcher()
+    assert w.update(0, math.nan, None) == []
