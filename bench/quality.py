@@ -366,7 +366,7 @@ def suite_table(title: str, suite: dict[str, Any], v: dict[str, Any], label: str
         f"{secs:.0f} s of pretraining per seed.",
         "",
     ]
-    keys = ("lr:", "warm-up:", "augmentation:", "kNN k:")
+    keys = ("lr:", "warm-up:", "augment:", "kNN k:")
     recipe = [ln.strip() for ln in rows[0]["log"] if ln.strip().startswith(keys)]
     watcher = sorted({ln for r in rows for ln in r["log"] if ln.startswith("watch")})
     if recipe:

@@ -62,7 +62,7 @@ def test_general_folder_path_learns_with_default_recipe(tmp_path: Path) -> None:
     assert rc == 0, log[-2000:]
     # the recipe is printed in the run's header, each choice with its reason
     assert re.search(r"lr:\s+1\.2 \(square-root rule", log), log[:3000]
-    assert re.search(r"augmentation:\s+small \(28-px views", log)
+    assert re.search(r"augment:\s+small \(28-px views", log)
     assert re.search(r"kNN k:\s+21 \(15% of the smallest class", log)
     epochs = q.read_csv(run / "epochs.csv")
     assert epochs[-1]["loss"] < epochs[0]["loss"] - LOSS_FALL, [e["loss"] for e in epochs]

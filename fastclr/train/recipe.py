@@ -152,7 +152,7 @@ def run_recipe(
 
     rule_lr, rule_why = lr_for(cfg.batch_size, cfg.epochs)
     choices = [
-        Choice("lr", f"{cfg.lr:.4g}", f"yours; the rule gives {rule_lr:.3g}")
+        Choice("lr", f"{cfg.lr:.4g}", f"given; the rule would give {rule_lr:.3g}")
         if cfg.lr is not None
         else Choice("lr", f"{rule_lr:.4g}", rule_why)
     ]
@@ -166,12 +166,12 @@ def run_recipe(
             Choice(
                 "warm-up",
                 f"{warm} steps",
-                f"yours ({cfg.warmup_epochs:g} epochs, at most 10% of the run)",
+                f"given: {cfg.warmup_epochs:g} epochs, at most 10% of the run",
             )
         )
     preset = augment_preset_for(cfg)
     if cfg.augment_preset != "auto":
-        why = "yours"
+        why = "given"
     elif cfg.data == "digits":
         why = "the embedded digits' demo preset: crops of at least 30%, no flips"
     else:
@@ -181,11 +181,11 @@ def run_recipe(
             "; grayscale images: saturation, hue and random grayscale leave them unchanged, "
             "crops, flips, brightness and contrast make the views differ"
         )
-    choices.append(Choice("augmentation", preset, why))
+    choices.append(Choice("augment", preset, why))
     labels = sample.labels if sample is not None else None
     if cfg.knn_k is not None:
         k = cfg.knn_k
-        choices.append(Choice("kNN k", str(k), "yours"))
+        choices.append(Choice("kNN k", str(k), "given"))
     else:
         k, k_why = knn_k_for(labels)
         if labels is not None:
