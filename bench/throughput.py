@@ -95,13 +95,11 @@ def loss_table(rows: list[loss_bench.LossRow], matmul: dict[int, float], gpu: bo
 
 
 def plot_loss(rows: list[loss_bench.LossRow], path: Path, title: str) -> bool:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for impl in dict.fromkeys(r.impl for r in rows):
         ok = [r for r in rows if r.impl == impl and r.status == "ok"]

@@ -23,11 +23,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
-__all__ = ["TRITON_HINT", "Impl", "Registry", "fallback_warning"]
+from fastclr import _native
+
+__all__ = ["TRITON_HINT", "Impl", "Registry", "fallback_warning", "native_impl", "triton_impl"]
 
 T = TypeVar("T")
 
@@ -178,3 +180,32 @@ class Registry(Generic[T]):
                 + (f": {impl.hint}" if impl.hint else "")
             )
         return self._loaded[name]
+
+
+def native_impl(load: Callable[[], T], **kw: Any) -> Impl[T]:
+    """The ``"native"`` entry of an op: CPU tensors, the native library, preferred over plain torch.
+
+    ``load`` returns the op's implementation; it runs only once the library has loaded. ``kw``
+    adds the op's own restrictions (``dtypes``, ``dense_only``).
+    """
+
+    def checked() -> T:
+        _native.check()
+        return load()
+
+    return Impl(
+        "native",
+        checked,
+        devices=("cpu",),
+        priority=1,
+        requires=_native.NATIVE_LIBRARY,
+        hint=_native.NATIVE_HINT,
+        **kw,
+    )
+
+
+def triton_impl(load: Callable[[], T], **kw: Any) -> Impl[T]:
+    """The ``"triton"`` entry of an op: CUDA tensors through Triton, preferred over everything."""
+    return Impl(
+        "triton", load, devices=("cuda",), priority=2, requires="triton", hint=TRITON_HINT, **kw
+    )

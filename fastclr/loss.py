@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastclr._native import NATIVE_HINT, NATIVE_LIBRARY
-from fastclr.backends import TRITON_HINT, Impl, Registry
+from fastclr.backends import Impl, Registry, native_impl, triton_impl
 from fastclr.distributed import all_gather_no_grad, gather_rows, rank, world_size
 from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
 
@@ -61,9 +60,6 @@ class _ReferenceLSE:
 
 
 def _load_native() -> LSEBackend:
-    from fastclr import _native
-
-    _native.check()
     from fastclr.ops import native_ntxent
 
     return native_ntxent.BACKEND
@@ -85,24 +81,8 @@ BACKENDS: Registry[LSEBackend] = Registry(
     "the NT-Xent loss",
     [
         Impl("reference", _ReferenceLSE),
-        Impl(
-            "native",
-            _load_native,
-            devices=("cpu",),
-            dtypes=_FAST_DTYPES,
-            priority=1,
-            requires=NATIVE_LIBRARY,
-            hint=NATIVE_HINT,
-        ),
-        Impl(
-            "triton",
-            _load_triton,
-            devices=("cuda",),
-            dtypes=_FAST_DTYPES,
-            priority=2,
-            requires="triton",
-            hint=TRITON_HINT,
-        ),
+        native_impl(_load_native, dtypes=_FAST_DTYPES),
+        triton_impl(_load_triton, dtypes=_FAST_DTYPES),
     ],
 )
 _BACKENDS = BACKENDS.names

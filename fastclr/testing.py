@@ -29,6 +29,7 @@ rule, so tests and benchmarks import the same numbers and production code import
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "AUGMENT_ATOL",
     "assert_close_to_reference",
     "error_ratio",
+    "loss_backends",
     "reference_error",
     "ulp",
 ]
@@ -179,3 +181,17 @@ def assert_close_to_reference(
             f"{name}: error {e:.3g}{where} > bound {b:.3g} "
             f"(= {k:g} × reference's own error {o:.3g} + atol {atol:.3g} + rtol {rtol:.3g} × |ref|)"
         )
+
+
+def loss_backends() -> list[str]:
+    """The loss backends a test can run in this process, for ``pytest.mark.parametrize``.
+
+    ``reference`` always; ``native`` when the library is built; ``triton`` when it imports and
+    there is a CUDA device or the CPU interpreter (``TRITON_INTERPRET=1``) to run it.
+    """
+    from fastclr.loss import available_backends
+
+    triton_runs = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    wanted = ("reference", "native", "triton") if triton_runs else ("reference", "native")
+    names = available_backends()
+    return [n for n in wanted if n in names]

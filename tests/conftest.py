@@ -7,19 +7,14 @@ needs TRITON_INTERPRET=1 before triton is first imported, so it is set here, at 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
-if not os.environ.get("FASTCLR_TEST_COMPILED"):
-    try:
-        import torch as _torch
+import torch
 
-        _has_cuda = _torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        _has_cuda = False
-    if not _has_cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+if not os.environ.get("FASTCLR_TEST_COMPILED") and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 
 # Small, deterministic example budgets: the Triton interpreter is slow and CI has 2 cores.
@@ -34,6 +29,16 @@ settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for tests on tiny tensors (OpenMP barriers cost more than the work,
+    and far more on a shared, oversubscribed CPU); use with ``pytest.mark.usefixtures``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ gradients) on every backend over several steps. About 8 s on 2 cores.
 from __future__ import annotations
 
 import math
-import os
 from unittest import mock
 
 import pytest
@@ -22,9 +21,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastclr import available_backends, ntxent
+from fastclr import ntxent
 from fastclr.compat.lightly import NTXentLoss
 from fastclr.reference import lightly_memory_bank_reference
+from fastclr.testing import loss_backends
 
 try:
     from lightly.loss import NTXentLoss as LightlyNTXentLoss
@@ -35,18 +35,7 @@ except ImportError:  # lightly needs torchvision; see `make test-peers`
 needs_lightly = pytest.mark.peers
 
 
-def backends() -> list[str]:
-    names = ["reference"]
-    if "native" in available_backends():
-        names.append("native")
-    if "triton" in available_backends() and (
-        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    ):
-        names.append("triton")
-    return names
-
-
-BACKENDS = backends()
+BACKENDS = loss_backends()
 
 
 def queue_rule(bank: torch.Tensor, ptr: int, keys: torch.Tensor) -> int:

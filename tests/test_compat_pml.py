@@ -10,16 +10,15 @@ form) and ``ntxent_reference`` (SupCon). About 6 s on 2 cores (Triton runs in it
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastclr import available_backends
 from fastclr.compat import pml
 from fastclr.reference import ntxent_reference, pml_ntxent_reference
+from fastclr.testing import loss_backends
 
 pml_losses = pytest.importorskip(
     "pytorch_metric_learning.losses",
@@ -27,18 +26,7 @@ pml_losses = pytest.importorskip(
 )
 
 
-def backends() -> list[str]:
-    names = ["reference"]
-    if "native" in available_backends():
-        names.append("native")
-    if "triton" in available_backends() and (
-        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    ):
-        names.append("triton")
-    return names
-
-
-BACKENDS = backends()
+BACKENDS = loss_backends()
 DTYPES = [(torch.float16, 1e-2), (torch.float32, 1e-5), (torch.float64, 1e-5)]  # PML's rtols
 
 

@@ -10,30 +10,18 @@ and through solo-learn's own test case (tests/losses/test_simclr.py: b = 32, f =
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastclr import available_backends, ntxent
+from fastclr import ntxent
 from fastclr.compat.solo import simclr_loss_func
 from fastclr.reference import solo_simclr_reference
+from fastclr.testing import loss_backends
 
-
-def backends() -> list[str]:
-    names = ["reference"]
-    if "native" in available_backends():
-        names.append("native")
-    if "triton" in available_backends() and (
-        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    ):
-        names.append("triton")
-    return names
-
-
-BACKENDS = backends()
+BACKENDS = loss_backends()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

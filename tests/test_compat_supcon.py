@@ -10,31 +10,18 @@ About 3 s on 2 cores.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastclr import available_backends, ntxent
+from fastclr import ntxent
 from fastclr.compat.supcon import SupConLoss
 from fastclr.reference import supcontrast_reference
+from fastclr.testing import loss_backends
 
-
-def backends() -> list[str]:
-    names = ["reference"]
-    if "native" in available_backends():
-        names.append("native")
-    if "triton" in available_backends() and (
-        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    ):
-        names.append("triton")
-    return names
-
-
-BACKENDS = backends()
+BACKENDS = loss_backends()
 
 
 def check(

@@ -9,30 +9,16 @@ on 2 cores (the Triton backend runs in its interpreter).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastclr import NTXentLoss, available_backends, ntxent
+from fastclr import NTXentLoss, ntxent
 from fastclr.reference import ntxent_reference, views_to_batch
-from fastclr.testing import assert_close_to_reference
+from fastclr.testing import assert_close_to_reference, loss_backends
 
-
-def backends() -> list[str]:
-    names = ["reference"]
-    if "native" in available_backends():
-        names.append("native")
-    if "triton" in available_backends() and (
-        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    ):
-        names.append("triton")
-    return names
-
-
-BACKENDS = backends()
+BACKENDS = loss_backends()
 # dtype -> floor on values / gradients relative to their scale, added to 2× torch's own error
 DTYPES = {torch.float32: 2e-5, torch.bfloat16: 2**-7, torch.float16: 2**-9}
 

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from fastclr.augment import AugmentConfig, SimCLRAugmentation
 from fastclr.data import ImageData, TensorImageDataset, load_digits, load_image_folder
 from fastclr.evaluate import evaluate_checkpoint, knn_accuracy, linear_probe_accuracy
 from fastclr.loss import NTXentLoss
@@ -37,21 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"width": 0.125, "image_size": 8, "batch_size": 32, "log_every": 10, "progress": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (OpenMP barriers cost more than the work, and far
-    more on a shared, oversubscribed CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _augment_or_skip(seed: int = 0) -> Any:
-    try:
-        from fastclr.augment import AugmentConfig, SimCLRAugmentation
-    except ImportError as e:
-        pytest.skip(f"fastclr.augment.SimCLRAugmentation is not available: {e}")
+def _augment(seed: int = 0) -> SimCLRAugmentation:
     return SimCLRAugmentation(AugmentConfig.cifar(size=8), backend="torch", seed=seed)
 
 
@@ -74,7 +64,7 @@ def _cfg(out: Path, **kw: Any) -> TrainConfig:
 
 
 def _run(cfg: TrainConfig, data: ImageData, loss_fn: Any = None) -> dict[str, Tensor]:
-    result = pretrain(cfg, augment=_augment_or_skip(cfg.seed), data=data, loss_fn=loss_fn)
+    result = pretrain(cfg, augment=_augment(cfg.seed), data=data, loss_fn=loss_fn)
     return {k: v.detach().clone() for k, v in result.model.state_dict().items()}
 
 
@@ -292,7 +282,7 @@ def test_pretrain_and_evaluate_on_an_image_folder(tmp_path: Path) -> None:
     _write_folder(folder, n_per_class=6)
     out = tmp_path / "run"
     cfg = _cfg(out, data=str(folder), batch_size=4, epochs=1, limit_steps=1)
-    result = pretrain(cfg, augment=_augment_or_skip())
+    result = pretrain(cfg, augment=_augment())
     assert result.knn_top1 is not None  # labelled folder: the monitor ran on the held-out split
     r = evaluate_checkpoint(out, data=str(folder))
     assert (r.n_train, r.n_test, r.arch) == (10, 2, "resnet18")
@@ -324,7 +314,6 @@ def _env() -> dict[str, str]:
 
 
 def test_cli_pretrain_then_linear_eval(tmp_path: Path, capsys: Any) -> None:
-    _augment_or_skip()
     out = tmp_path / "run"
     args = [
         "pretrain",
@@ -413,7 +402,6 @@ def test_cli_defaults_follow_the_data(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
-    _augment_or_skip()
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -461,7 +449,7 @@ def test_step_rates_reports_both_rates(monkeypatch: Any) -> None:
     monkeypatch.syspath_prepend(str(REPO / "bench"))  # the benchmark helper lives in bench/
     from train_bench import step_rates
 
-    aug = _augment_or_skip()
+    aug = _augment()
     r = step_rates(
         batch_size=16,
         image_size=8,
@@ -479,10 +467,6 @@ def test_step_rates_reports_both_rates(monkeypatch: Any) -> None:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_runs_on_cpu(tmp_path: Path, small_digits: ImageData, precision: str) -> None:
-    try:
-        from fastclr.augment import AugmentConfig, SimCLRAugmentation
-    except ImportError as e:
-        pytest.skip(f"fastclr.augment.SimCLRAugmentation is not available: {e}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     aug = SimCLRAugmentation(AugmentConfig.cifar(size=8, dtype=dtype), backend="torch", seed=0)
     cfg = _cfg(tmp_path, epochs=1, limit_steps=1, precision=precision)

@@ -50,8 +50,6 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor
 
-from fastclr import _native
-from fastclr._native import NATIVE_HINT, NATIVE_LIBRARY
 from fastclr.augment.inputs import (
     LAYOUTS,
     Images,
@@ -69,7 +67,7 @@ from fastclr.augment.params import (
 )
 from fastclr.augment.reference import apply_reference
 from fastclr.augment.torch_backend import apply_torch
-from fastclr.backends import TRITON_HINT, Impl, Registry
+from fastclr.backends import Impl, Registry, native_impl, triton_impl
 
 __all__ = [
     "BACKENDS",
@@ -115,7 +113,6 @@ def kornia_pipeline(config: AugmentConfig | None = None) -> Callable[[Images], T
 
 
 def _load_native() -> _Apply:
-    _native.check()
     from fastclr.augment.native_backend import apply_native
 
     return apply_native
@@ -141,23 +138,8 @@ _REGISTRY: Registry[_Apply | None] = Registry(
     [
         Impl("reference", lambda: apply_reference, auto=False),
         Impl("torch", lambda: apply_torch),
-        Impl(
-            "native",
-            _load_native,
-            devices=("cpu",),
-            dense_only=True,
-            priority=1,
-            requires=NATIVE_LIBRARY,
-            hint=NATIVE_HINT,
-        ),
-        Impl(
-            "triton",
-            _load_triton,
-            devices=("cuda",),
-            priority=2,
-            requires="triton",
-            hint=TRITON_HINT,
-        ),
+        native_impl(_load_native, dense_only=True),
+        triton_impl(_load_triton),
         Impl("kornia", lambda: None, auto=False),
         Impl("dali", _load_dali, auto=False),
     ],

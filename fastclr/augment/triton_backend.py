@@ -46,7 +46,7 @@ from fastclr.kernels.triton.augment import (
     augment_contrast_mean_kernel,
 )
 
-__all__ = ["apply_triton", "apply_triton_views", "pack_sources", "triton_available"]
+__all__ = ["apply_triton", "apply_triton_views", "pack_sources"]
 
 #: Output pixels per program in the colour and blur passes: 256 px × 3 channels keeps 4 warps busy
 #: on the gathers without spilling the fp32 RGB/HSV temporaries.
@@ -62,13 +62,6 @@ _PRM_COLS = 19
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def triton_available(device: torch.device) -> bool:
-    """True where the kernel can run on ``device``: CUDA, or CPU under TRITON_INTERPRET=1."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and _interpreting()
 
 
 def pack_sources(images: Tensor | list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -150,7 +143,7 @@ def apply_triton_views(
     """
     imgs = check_images(images, layout)
     dev = images_device(imgs)
-    if not triton_available(dev):
+    if not (dev.type == "cuda" or (dev.type == "cpu" and _interpreting())):
         raise RuntimeError(
             f"the Triton augmentation backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU "
             f"tensors), got images on {dev}; use backend='torch' or 'reference' on the CPU"

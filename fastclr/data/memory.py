@@ -147,12 +147,8 @@ def _stratified_split(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
 
 def load_digits(size: int = 32) -> ImageData:
     """scikit-learn's digits as ``size``×``size`` RGB uint8 with a fixed 80/20 stratified split."""
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the digits dataset needs scikit-learn: pip install 'fastclr[eval]'"
-        ) from e
+    from sklearn.datasets import load_digits as sk_load_digits
+
     bunch = sk_load_digits()
     grey = torch.as_tensor(bunch.images, dtype=torch.float32) * (255.0 / 16.0)  # (N, 8, 8)
     up = F.interpolate(grey.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +137,11 @@ class RunLogger:
 
 def plot_loss(steps_csv: Path, png: Path) -> None:
     """Loss against step from ``steps.csv`` into ``png`` (matplotlib, Agg backend)."""
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        warnings.warn("matplotlib is not installed: no loss plot", RuntimeWarning, stacklevel=2)
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     xs: list[int] = []
     ys: list[float] = []
     with open(steps_csv, newline="") as f:
