@@ -335,7 +335,7 @@ def fit(
     """Set up (and resume) a run, train its epochs, plot the loss; see :func:`pretrain`."""
     from tqdm import tqdm
 
-    plan = prepare_run_folder(cfg, ddp.is_main)
+    plan = _prepare_on_every_rank(cfg, ddp)
     if plan.finished:
         return _finished(cfg, plan)
     run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan)
@@ -367,6 +367,32 @@ def fit(
     return TrainResult(
         model, run.stop_epoch, run.global_step, run.last_loss, run.knn_top1, out, run.history
     )
+
+
+def _prepare_on_every_rank(cfg: TrainConfig, ddp: DistInfo) -> ResumePlan:
+    """:func:`prepare_run_folder` on rank 0 first; its failure, if any, is raised on every rank.
+
+    Rank 0 alone checks for an existing run and probes the folder; the other ranks wait for its
+    verdict (so none trains alone or hangs in a collective), then read the checkpoint.
+    """
+    if ddp.world_size == 1:
+        return prepare_run_folder(cfg, True)
+    import torch.distributed as dist
+
+    verdict: list[Any] = [None]
+    plan: ResumePlan | None = None
+    if ddp.is_main:
+        try:
+            plan = prepare_run_folder(cfg, True)
+        except Exception as e:
+            verdict[0] = (type(e).__name__, str(e))
+            dist.broadcast_object_list(verdict, src=0)
+            raise
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        name, message = verdict[0]
+        raise (OSError if name.endswith(("FolderError", "OSError")) else ValueError)(message)
+    return plan if plan is not None else prepare_run_folder(cfg, False)
 
 
 def _finished(cfg: TrainConfig, plan: ResumePlan) -> TrainResult:

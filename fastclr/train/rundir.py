@@ -85,17 +85,18 @@ def _same_folder(checkpoint: Path, out: Path) -> bool:
 def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
     """Check ``cfg.out`` and ``cfg.resume`` (module docstring); return what to resume.
 
-    Only the main rank deletes or probes files; every rank reads the checkpoint and raises the
-    same errors, so no rank goes on alone. Raises :class:`RunExistsError`,
-    :class:`OutputFolderError` or :class:`~fastclr.checkpoint.CheckpointError`.
+    Only the main rank looks for an existing run, probes, deletes or cleans files (other ranks
+    may start when rank 0 has already begun writing the new run); every rank reads and verifies
+    the checkpoint it resumes. Raises :class:`RunExistsError`, :class:`OutputFolderError` or
+    :class:`~fastclr.checkpoint.CheckpointError`.
     """
     out = Path(cfg.out)
     overwrite = bool(getattr(cfg, "overwrite", False))
     if cfg.resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pass one of them")
-    if out.exists() and not out.is_dir():
+    if is_main and out.exists() and not out.is_dir():
         raise OutputFolderError(f"--out {out} is a file, not a folder")
-    existing = _existing_run(out) if out.is_dir() else []
+    existing = _existing_run(out) if is_main and out.is_dir() else []
     plan = ResumePlan()
     if cfg.resume:
         src = Path(cfg.resume)
