@@ -66,6 +66,9 @@ def test_run_folder_decisions(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert prepare_run_folder(_cfg(out)).checkpoint is None  # fresh: created and probed
     assert out.is_dir() and not list(out.iterdir())
+    (out / "steps.csv").write_text("x\n")  # killed before its first checkpoint
+    with pytest.raises(RunExistsError, match=r"never saved a checkpoint .*--overwrite"):
+        prepare_run_folder(_cfg(out))
     _checkpoint(out, epoch=1)
     (out / "steps.csv").write_text("x\n")
     stale = out / f".{CHECKPOINT_NAME}.tmp-999999999"

@@ -9,7 +9,7 @@
   last epoch is reported as finished (the loop then returns without touching any file);
 * the folder must be creatable and writable (a probe file is created and removed), so a read-only
   or missing location fails at once with one message naming ``--out``;
-* temporary files left by a checkpoint writer that was killed are removed.
+* temporary files left by a checkpoint (or log) writer that was killed are removed.
 """
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
         if plan.finished:
             return plan  # nothing will be written: no probe, no clean-up
     elif existing and not overwrite:
+        if CHECKPOINT_NAME not in existing:
+            raise RunExistsError(
+                f"--out {out} holds a run that never saved a checkpoint ({', '.join(existing)}), "
+                "so there is nothing to --resume; replace it with --overwrite, or choose another "
+                "--out"
+            )
         raise RunExistsError(
             f"--out {out} already holds a run ({', '.join(existing)}); continue it with "
             f"--resume {out}, replace it with --overwrite, or choose another --out"
@@ -127,5 +133,6 @@ def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
         _check_writable(out)
         if overwrite and existing:
             _remove_run(out)
-        remove_stale_temps(out)
+        for name in (CHECKPOINT_NAME, "steps.csv", "epochs.csv"):  # the files written via temps
+            remove_stale_temps(out, name)
     return plan
