@@ -41,8 +41,14 @@ __all__ = [
     "load_model_state",
     "model_spec",
     "remove_stale_temps",
+    "require_fields",
     "save_checkpoint_atomic",
 ]
+
+#: What evaluation reads from a checkpoint, and what resuming a run reads besides.
+EVAL_FIELDS = ("model_spec", "model", "image_size", "mean", "std")
+RESUME_FIELDS = (*EVAL_FIELDS, "config", "epoch", "step_in_epoch", "global_step", "optimizer",
+                 "scheduler", "scaler", "rng")  # fmt: skip
 
 CHECKPOINT_FORMAT = "fastclr-simclr-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -252,6 +258,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "digest stored in it"
             )
     return state
+
+
+def require_fields(
+    state: dict[str, Any], fields: tuple[str, ...], path: str | os.PathLike[str], purpose: str
+) -> None:
+    """Raise :class:`CheckpointError` naming the first of ``fields`` that ``state`` lacks."""
+    missing = [f for f in fields if f not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be used for {purpose}: it lacks {', '.join(missing)} "
+            "(it was not written by fastclr pretrain)"
+        )
 
 
 def model_spec(cfg: ModelFields) -> dict[str, Any]:

@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastclr.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from fastclr.checkpoint import (
+    EVAL_FIELDS,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    require_fields,
+)
 from fastclr.data import ImageData, TensorImageDataset, load_data
 from fastclr.device import resolve_device
 from fastclr.models import build_model
@@ -214,6 +220,7 @@ def evaluate_checkpoint(
     _check_args(knn_k, knn_temperature, num_workers)
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint)
+    require_fields(state, EVAL_FIELDS, checkpoint, "evaluation")
     spec: dict[str, Any] = dict(state["model_spec"])
     if arch is not None and arch != spec["arch"]:
         raise CheckpointError(

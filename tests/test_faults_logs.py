@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fastclr.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, save_checkpoint_atomic
+from fastclr.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    RESUME_FIELDS,
+    CheckpointError,
+    save_checkpoint_atomic,
+)
 from fastclr.train import TrainConfig
 from fastclr.train.logs import EPOCH_FIELDS, STEP_FIELDS, RunLogger, cut_back_logs
 from fastclr.train.rundir import OutputFolderError, RunExistsError, prepare_run_folder
@@ -57,9 +63,13 @@ def _cfg(out: Path, **kw: object) -> TrainConfig:
     return TrainConfig(out=str(out), batch_size=16, epochs=3, **kw)  # type: ignore[arg-type]
 
 
-def _checkpoint(out: Path, epoch: int, batch: int = 16) -> None:
-    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "step_in_epoch": 0, "global_step": 3}
-    save_checkpoint_atomic({**state, "config": {"batch_size": batch}}, out / CHECKPOINT_NAME)
+def _checkpoint(out: Path, epoch: int, batch: int = 16, drop: str = "") -> None:
+    """A checkpoint with every field resuming reads (placeholder values: nothing is built)."""
+    state: dict[str, object] = {name: {} for name in RESUME_FIELDS}
+    state.update(format=CHECKPOINT_FORMAT, epoch=epoch, step_in_epoch=0, global_step=3)
+    state["config"] = {"batch_size": batch}
+    state.pop(drop, None)
+    save_checkpoint_atomic(state, out / CHECKPOINT_NAME)
 
 
 def test_run_folder_decisions(tmp_path: Path) -> None:
@@ -81,6 +91,9 @@ def test_run_folder_decisions(tmp_path: Path) -> None:
         prepare_run_folder(TrainConfig(out=str(out), batch_size=32, resume=str(out)))
     _checkpoint(out, epoch=3)
     assert prepare_run_folder(_cfg(out, resume=str(out))).finished
+    _checkpoint(out, epoch=1, drop="optimizer")
+    with pytest.raises(CheckpointError, match=r"cannot be used for --resume: it lacks optimizer"):
+        prepare_run_folder(_cfg(out, resume=str(out)))
     prepare_run_folder(_cfg(out, overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == []  # the old run's files, and only those
     (out / "notes.txt").write_text("mine")

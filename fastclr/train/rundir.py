@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastclr.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_stale_temps
+from fastclr.checkpoint import (
+    CHECKPOINT_NAME,
+    RESUME_FIELDS,
+    load_checkpoint,
+    remove_stale_temps,
+    require_fields,
+)
 from fastclr.train.config import TrainConfig
 
 __all__ = ["RUN_FILES", "OutputFolderError", "ResumePlan", "RunExistsError", "prepare_run_folder"]
@@ -108,6 +114,7 @@ def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
             )
         plan.checkpoint = load_checkpoint(plan.path)
         ck = plan.checkpoint
+        require_fields(ck, RESUME_FIELDS, plan.path, "--resume")
         trained = ck.get("config", {}).get("batch_size")
         if trained is not None and int(trained) != cfg.batch_size:
             raise ValueError(
