@@ -35,7 +35,9 @@ Kernels:
   row-side product (2·M²·D multiply-adds and M² exps instead of the symmetric 1.5·M²·D and
   M²/2, but no M²·D/BLOCK_M atomic traffic to L2 and no fences).
 
-Tiles are ``BLOCK_M × BLOCK_M`` (symmetric) or ``BLOCK_M × BLOCK_N`` (rows). The feature dimension
+Inside the tile loops the logits are base 2 (s2 = ẑ_a·ẑ_k·log2(e)/τ from one FFMA on the dot,
+then one ``ex2.approx.ftz`` per element); the stored LSE stays natural-log. Tiles are
+``BLOCK_M × BLOCK_M`` (symmetric) or ``BLOCK_M × BLOCK_N`` (rows). The feature dimension
 D is either one padded chunk (``SINGLE_CHUNK``, BLOCK_D = next power of two ≥ D: operand tiles and
 the gradient accumulator live in registers) or a loop over BLOCK_D chunks for large D (the row-side
 gradient is then read-modify-written in global memory by the program that owns those rows).
@@ -73,6 +75,12 @@ MAX_SINGLE_CHUNK_D = 256
 MULTI_CHUNK_D = 128 if INTERPRET else 64
 # Smallest tile side tl.dot accepts.
 MIN_DOT = 16
+# Tiles work in base 2: s2 = s·log2(e), e^s = 2^s2, so one FFMA (dot·k2 − c2) feeds one MUFU.EX2.
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+# On a GPU 2^x is one ex2.approx.ftz (tl.exp2 adds a compare and two multiplies per element to
+# keep subnormal results, which no sum here needs); the interpreter cannot run inline PTX.
+FAST_EXP2: tl.constexpr = tl.constexpr(not INTERPRET)
 # The backward scales its softmax tile P so that |σP| ≤ 2^LOG2_PSCALE before rounding it to the
 # operand dtype: 2^14 leaves a factor 4 below fp16's largest finite value (65504), and entries down
 # to 2^-28 of the largest stay in fp16's normal range (see ntxent_rows_bwd_kernel).
@@ -146,6 +154,17 @@ def _load_rows(
 
 
 @triton.jit
+def _ex2(x):
+    """2^x; on a GPU one MUFU.EX2 that flushes subnormal results to zero."""
+    if FAST_EXP2:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
 def _sim_tile(
     A,
     B,
@@ -158,14 +177,14 @@ def _sim_tile(
     stride_ad,
     stride_bm,
     stride_bd,
-    inv_tau,
+    scale,
     BLOCK_A: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """s = A[offs_a] · B[offs_b]ᵀ / τ as a (BLOCK_A, BLOCK_B) fp32 tile, looping D in BLOCK_D."""
+    """``scale``·A[offs_a]·B[offs_b]ᵀ as a (BLOCK_A, BLOCK_B) fp32 tile, looping D in BLOCK_D."""
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -173,7 +192,7 @@ def _sim_tile(
         a = _load_rows(A, offs_a, mask_a, offs_d, mask_d, stride_am, stride_ad, UPCAST)
         b = _load_rows(B, offs_b, mask_b, offs_d, mask_d, stride_bm, stride_bd, UPCAST)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PREC)
-    return acc * inv_tau
+    return acc * scale
 
 
 @triton.jit
@@ -224,6 +243,8 @@ def ntxent_sym_fwd_kernel(
     """
     pid = tl.program_id(0).to(tl.int64)
     sid = tl.program_id(1).to(tl.int64)
+    k2 = inv_tau * LOG2E  # base-2 logits s2 = dot·k2, shift c2
+    c2 = shift * LOG2E
     T = tl.cdiv(M, BLOCK_M)
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < M
@@ -241,14 +262,14 @@ def ntxent_sym_fwd_kernel(
         mask_j = offs_j < M
         if SINGLE_CHUNK:
             z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-            s = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * inv_tau
+            s2 = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * k2
         else:
-            s = _sim_tile(
+            s2 = _sim_tile(
                 Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm,
-                stride_zd, inv_tau, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
+                stride_zd, k2, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
             )  # fmt: skip
         valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
-        e = tl.where(valid, tl.exp(s - shift), 0.0)
+        e = tl.where(valid, _ex2(s2 - c2), 0.0)
         row_acc += tl.sum(e, axis=1)
         off_diag = offs_j != offs_i  # all False on the diagonal tile (d = 0), else all True
         tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag, sem="relaxed")
@@ -289,6 +310,8 @@ def ntxent_rows_fwd_kernel(
     Otherwise l ← l + Σ_k e^{s_ik − c}, LSE = c + log l.
     """
     pid = tl.program_id(0).to(tl.int64)
+    k2 = inv_tau * LOG2E  # base-2 logits s2 = dot·k2, shift c2
+    c2 = shift * LOG2E
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < MQ
     self_i = offs_i + q_offset
@@ -303,23 +326,23 @@ def ntxent_rows_fwd_kernel(
         mask_n = offs_n < MK
         if SINGLE_CHUNK:
             k = _load_rows(K, offs_n, mask_n, offs_d, mask_d, stride_km, stride_kd, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * inv_tau
+            s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * k2
         else:
-            s = _sim_tile(
+            s2 = _sim_tile(
                 Q, K, offs_i, mask_i, offs_n, mask_n, D, stride_qm, stride_qd, stride_km,
-                stride_kd, inv_tau, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
+                stride_kd, k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
             )  # fmt: skip
         valid = mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :])
-        if ONLINE:
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+        if ONLINE:  # m_i in base-2 units
+            s2 = tl.where(valid, s2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s2, axis=1))
+            l_i = l_i * _ex2(m_i - m_new) + tl.sum(_ex2(s2 - m_new[:, None]), axis=1)
             m_i = m_new
         else:
-            l_i += tl.sum(tl.where(valid, tl.exp(s - shift), 0.0), axis=1)
+            l_i += tl.sum(tl.where(valid, _ex2(s2 - c2), 0.0), axis=1)
     l_i = tl.where(mask_i, l_i, 1.0)  # padding rows: keep log() finite (they are not stored)
     if ONLINE:
-        lse = m_i + tl.log(l_i)
+        lse = m_i * LN2 + tl.log(l_i)
     else:
         lse = shift + tl.log(l_i)
     tl.store(LSE + offs_i, lse, mask=mask_i)
@@ -381,6 +404,8 @@ def ntxent_rows_bwd_kernel(
     """
     pid = tl.program_id(0).to(tl.int64)
     sid = tl.program_id(1).to(tl.int64)
+    k2 = inv_tau * LOG2E  # base-2 logits s2 = dot·k2, shift c2
+    c2 = shift * LOG2E
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < MX
     self_i = offs_i + x_self_off
@@ -417,11 +442,11 @@ def ntxent_rows_bwd_kernel(
         mask_n = offs_n < n_hi
         if SINGLE_CHUNK:
             y = _load_rows(Y, offs_n, mask_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST)
-            s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * inv_tau
+            s2 = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * k2
         else:
-            s = _sim_tile(
+            s2 = _sim_tile(
                 X, Y, offs_i, mask_i, offs_n, mask_n, D, stride_xm, stride_xd, stride_ym,
-                stride_yd, inv_tau, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
+                stride_yd, k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
             )  # fmt: skip
         valid = (
             mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :] + y_self_off)
@@ -433,16 +458,16 @@ def ntxent_rows_bwd_kernel(
             p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             # s − LSE ≤ 0 on every valid pair; the clamp keeps masked pairs from overflowing.
             if ROW_TERM:
-                p += g_x[:, None] * tl.exp(tl.minimum(s - l_x[:, None], 0.0))
+                p += g_x[:, None] * _ex2(tl.minimum(s2 - (l_x * LOG2E)[:, None], 0.0))
             if COL_TERM:
-                p += g_y[None, :] * tl.exp(tl.minimum(s - l_y[None, :], 0.0))
+                p += g_y[None, :] * _ex2(tl.minimum(s2 - (l_y * LOG2E)[None, :], 0.0))
         else:
             coef = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             if ROW_TERM:
                 coef += r_x[:, None]
             if COL_TERM:
                 coef += (g_y * tl.exp(shift - l_y))[None, :]
-            p = tl.exp(s - shift) * coef
+            p = _ex2(s2 - c2) * coef
         p = tl.where(valid, p, 0.0)
         if SINGLE_CHUNK:
             acc = tl.dot(p.to(Y.dtype.element_ty).to(y.dtype), y, acc, input_precision=DOT_PREC)
