@@ -116,6 +116,9 @@ def _cpu_flags() -> set[str]:
 def test_best_supported_copy_is_chosen() -> None:
     mod = _native.require()
     compiled = mod.compiled_isas.split(",")
+    if compiled == ["native"]:  # a local FASTCLR_NATIVE_ARCH=ON build: one copy
+        assert mod.active_isa() == "native"
+        return
     assert compiled[0] == "baseline" and set(compiled) <= set(ISAS)
     flags = _cpu_flags()
     want = "baseline"

@@ -42,13 +42,7 @@ __all__ = [
 
 
 def _lib() -> ModuleType:
-    mod = _native.load()
-    if mod is None:
-        raise RuntimeError(
-            f"fastclr native CPU library unavailable ({_native.load_error()}); rebuild it with "
-            "`pip install --no-build-isolation -e .` or use backend='reference'"
-        )
-    return mod
+    return _native.require()  # RuntimeError with the reason and how to rebuild
 
 
 def _device_error(name: str, t: Tensor) -> str | None:

@@ -26,6 +26,13 @@
                        const float* taps, int64_t K, float solarize_threshold, const float* mean, \
                        const float* std, int64_t S, float* out);
 
+// The baseline copy's name: with FASTCLR_NATIVE_ARCH it is the one copy, built for this machine.
+#ifdef FASTCLR_NATIVE_ARCH
+#define FASTCLR_BASELINE_NAME "native"
+#else
+#define FASTCLR_BASELINE_NAME "baseline"
+#endif
+
 namespace fastclr {
 namespace baseline {
 FASTCLR_KERNEL_DECLARATIONS
@@ -52,7 +59,7 @@ const char* name_of(Isa isa) {
     case Isa::kAvx2:
       return "avx2";
     default:
-      return "baseline";
+      return FASTCLR_BASELINE_NAME;
   }
 }
 
@@ -128,7 +135,7 @@ Isa active() {
 const char* active_isa() { return name_of(active()); }
 
 const char* compiled_isas() {
-  return "baseline"
+  return FASTCLR_BASELINE_NAME
 #ifdef FASTCLR_HAVE_AVX2
          ",avx2"
 #endif

@@ -12,7 +12,7 @@
 // the best set the running CPU supports (cpuid, checked once), which the environment variable
 // FASTCLR_ISA=baseline|avx2|avx512 can lower, never raise (tests run the lower copies that way).
 // With the CMake option FASTCLR_NATIVE_ARCH=ON only the baseline copy is built, with
-// -march=native: a local build for this machine alone.
+// -march=native, and it reports itself as "native": a local build for this machine alone.
 #pragma once
 
 #ifndef FASTCLR_ISA_NS
@@ -22,7 +22,8 @@
 namespace fastclr {
 
 // Name of the instruction set the kernels run with in this process ("baseline", "avx2",
-// "avx512"); std::invalid_argument if FASTCLR_ISA holds anything else.
+// "avx512", or "native" for a FASTCLR_NATIVE_ARCH build); std::invalid_argument if FASTCLR_ISA
+// holds anything but baseline, avx2 or avx512.
 const char* active_isa();
 
 // Names of the instruction-set copies compiled into this library, comma-separated.
