@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,8 @@ __all__ = [
 
 # Op name -> bytes of workspace (every buffer other than the op's own output) of its last call.
 LAST_WORKSPACE: dict[str, int] = {}
-# Triton kernel launches made by this module since import (tests count launches per call).
-LAUNCHES: list[str] = []
+# Triton kernel launches made by this module since import, by kernel name (bounded: a counter).
+LAUNCHES: Counter[str] = Counter()
 
 # The dot precision of fp32 operands: three TF32 tensor-core products per product (a = a_hi +
 # a_lo, both TF32; a·b ≈ a_hi b_hi + a_hi b_lo + a_lo b_hi). Each product's error is at most
@@ -208,7 +209,7 @@ def split_count(row_blocks: int, key_rows: int, sms: int) -> int:
 
 def _launch(kernel, grid, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
     """Every Triton launch of this module goes through here (counted in :data:`LAUNCHES`)."""
-    LAUNCHES.append(kernel.fn.__name__)
+    LAUNCHES[kernel.fn.__name__] += 1
     kernel[grid](*args, **kwargs)
 
 
