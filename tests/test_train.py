@@ -313,24 +313,15 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _tiny_cli_args(out: Path, steps: int) -> list[str]:
+    """``fastclr pretrain`` options for a one-epoch run of ``steps`` steps of a tiny model."""
+    return ["--epochs", "1", "--limit-steps", str(steps), "--width", "0.125", "--image-size", "8",
+            "--batch-size", "32", "--out", str(out), "--no-progress"]  # fmt: skip
+
+
 def test_cli_pretrain_then_linear_eval(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "run"
-    args = [
-        "pretrain",
-        "--epochs",
-        "1",
-        "--limit-steps",
-        "1",
-        "--width",
-        "0.125",
-        "--image-size",
-        "8",
-        "--batch-size",
-        "32",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    args = ["pretrain", *_tiny_cli_args(out, steps=1)]
     proc = subprocess.run(
         [sys.executable, "-m", "fastclr", *args],
         cwd=REPO,
@@ -413,19 +404,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         "-m",
         "fastclr",
         "pretrain",
-        "--epochs",
-        "1",
-        "--limit-steps",
-        "2",
-        "--width",
-        "0.125",
-        "--image-size",
-        "8",
-        "--batch-size",
-        "32",
-        "--out",
-        str(out),
-        "--no-progress",
+        *_tiny_cli_args(out, steps=2),
         "--loss-backend",
         "reference",
     ]

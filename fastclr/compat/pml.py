@@ -206,6 +206,30 @@ class _PMLLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, backend={self.backend!r}"
 
+    def _loss(
+        self, embeddings: Tensor, labels: Tensor | None, temperature: float,
+        backend: BackendName, check_finite: bool,
+    ) -> Tensor:  # fmt: skip
+        """The functional form each subclass computes (pml_ntxent, pml_supcon)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Any = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        reject(
+            f"pytorch-metric-learning {self._name}",
+            "labels-only calls",
+            indices_tuple=indices_tuple,
+            ref_emb=ref_emb,
+            ref_labels=ref_labels,
+        )
+        return self._loss(embeddings, labels, self.temperature, self.backend, self.check_finite)
+
 
 class NTXentLoss(_PMLLoss):
     """pytorch-metric-learning's ``NTXentLoss``: ``loss(embeddings, labels)``, τ = 0.07.
@@ -227,22 +251,7 @@ class NTXentLoss(_PMLLoss):
     def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(temperature, **kwargs)
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: Any = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        reject(
-            "pytorch-metric-learning NTXentLoss",
-            "labels-only calls",
-            indices_tuple=indices_tuple,
-            ref_emb=ref_emb,
-            ref_labels=ref_labels,
-        )
-        return pml_ntxent(embeddings, labels, self.temperature, self.backend, self.check_finite)
+    _loss = staticmethod(pml_ntxent)
 
 
 class SupConLoss(_PMLLoss):
@@ -260,19 +269,4 @@ class SupConLoss(_PMLLoss):
     def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
         super().__init__(temperature, **kwargs)
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: Any = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        reject(
-            "pytorch-metric-learning SupConLoss",
-            "labels-only calls",
-            indices_tuple=indices_tuple,
-            ref_emb=ref_emb,
-            ref_labels=ref_labels,
-        )
-        return pml_supcon(embeddings, labels, self.temperature, self.backend, self.check_finite)
+    _loss = staticmethod(pml_supcon)
