@@ -73,3 +73,17 @@ def test_gpu_check_dry_run_from_a_bare_copy(tmp_path: Path) -> None:
     assert "imports and collection ok" in out
     collected = next(line for line in out.splitlines() if "collected" in line or "tests" in line)
     assert "error" not in collected.lower(), out[-3000:]
+
+
+@pytest.mark.slow
+def test_gpu_loss_benchmark_smoke(tmp_path: Path) -> None:
+    """bench/gpu_loss.py (run by gpu-check on the GPU) checks, times and writes its record on CPU
+    under the interpreter at tiny sizes (~12 s)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_loss.py"), "--smoke", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "| triton | 96 | 128 |" in result.stdout
+    assert list(tmp_path.glob("gpu_loss-smoke-*.json"))

@@ -333,14 +333,15 @@ def test_identical_views_swap_symmetry() -> None:
     kw = {"backend": "triton", "temperature": 0.2}
     ab = fastclr.ntxent(a.to(DEVICE), b.to(DEVICE), **kw)  # type: ignore[arg-type]
     ba = fastclr.ntxent(b.to(DEVICE), a.to(DEVICE), **kw)  # type: ignore[arg-type]
-    assert abs(float(ab) - float(ba)) < 1e-6
+    tv, _ = fp32_dot_bound(0.2, 1.0, 1)  # 3×TF32 dots on a GPU; exact under the interpreter
+    assert abs(float(ab) - float(ba)) < 1e-6 + 2 * tv
     # identical views: each anchor's positive is itself, s_ap = 1/τ
     same = fastclr.ntxent(a.to(DEVICE), a.clone().to(DEVICE), reduction="none", **kw)  # type: ignore[arg-type]
     zz = F.normalize(torch.cat([a, a]).double(), dim=1)
     s = zz @ zz.T / 0.2
     s.fill_diagonal_(float("-inf"))
     expected = torch.logsumexp(s, dim=1) - 1 / 0.2
-    assert_close_to_reference(same.cpu(), expected, atol=1e-5, name="identical views")
+    assert_close_to_reference(same.cpu(), expected, atol=1e-5 + tv, name="identical views")
 
 
 @pytest.mark.parametrize("temperature", [0.5, 0.01])
@@ -382,10 +383,13 @@ def test_lse_rect_values_and_grads(temperature: float, mq: int, mk: int, off: in
     kt = k.float().to(DEVICE).requires_grad_()
     got = ops.BACKEND.lse_rect(qt, kt, off, temperature)
     (got * g.float().to(DEVICE)).sum().backward()
-    assert_close_to_reference(got.cpu(), ref, atol=1e-5 * _scale(ref), name="lse")
+    # + the 3×TF32 bound of fp32 dots on a GPU (the interpreter's dots are exact fp32)
+    tv, tg = fp32_dot_bound(temperature, float(g.abs().max()), 1)
+    assert_close_to_reference(got.cpu(), ref, atol=1e-5 * _scale(ref) + tv, name="lse")
     for t, r in ((qt, qr), (kt, kr)):
         assert t.grad is not None and r.grad is not None
-        assert_close_to_reference(t.grad.cpu(), r.grad, atol=1e-5 * _scale(r.grad), name="grad")
+        bar = 1e-5 * _scale(r.grad) + tg
+        assert_close_to_reference(t.grad.cpu(), r.grad, atol=bar, name="grad")
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
