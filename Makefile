@@ -58,6 +58,7 @@ AOT_TRITON ?=
 aot-check: setup
 	bash scripts/aot_check.sh $(AOT_TRITON)
 
-# Representation quality on digits: 3 seeds, pretrained vs random-weight encoder vs raw pixels.
+# Representation quality: digits as a PNG folder through the default recipe, and the digits demo;
+# 3 seeds each, pretrained vs random-weight encoder vs raw pixels (bench/results/quality.md).
 quality: setup
 	$(PY) bench/quality.py

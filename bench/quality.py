@@ -368,7 +368,8 @@ def suite_table(title: str, suite: dict[str, Any], v: dict[str, Any], label: str
     ]
     keys = ("lr:", "warm-up:", "augment:", "kNN k:")
     recipe = [ln.strip() for ln in rows[0]["log"] if ln.strip().startswith(keys)]
-    watcher = sorted({ln for r in rows for ln in r["log"] if ln.startswith("watch")})
+    seen = {ln for r in rows for ln in r["log"] if ln.startswith("watch")}
+    watcher = sorted(seen, key=lambda ln: (int(ln.split()[2].rstrip(":")), ln))
     if recipe:
         lines += ["What the run printed about its recipe (seed 0):", "", "```", *recipe, "```", ""]
     if watcher:
@@ -385,9 +386,43 @@ def ablation_lines(path: Path) -> list[str]:
     return ablation_table(path)
 
 
+def carry_over(
+    paths: list[Path], suites: dict[str, dict[str, Any]], verdicts: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """Put the suites this run did not train back from earlier ``quality.json`` records (with
+    the command and date that measured them), so a one-suite run keeps the other's record."""
+    carried: dict[str, str] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        old = json.loads(path.read_text())
+        for name in ("folder", "demo"):
+            if name in suites or name not in old.get("suites", {}):
+                continue
+            rec = old["suites"][name]
+            suites[name] = {"per_seed": rec["per_seed"], "pixels": rec["pixels"]}
+            verdicts[name] = {"summary": rec["summary"], "checks": rec["checks"]}
+            carried[name] = old.get("carried_over", {}).get(name) or (
+                f"{old.get('command', '?')}, {old.get('date', '?')}"
+            )
+    return carried
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--suite", choices=("all", "folder", "demo"), default="all")
+    p.add_argument(
+        "--suite",
+        choices=("all", "folder", "demo", "none"),
+        default="all",
+        help="suites to train; the others are carried over from --carry",
+    )
+    p.add_argument(
+        "--carry",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="quality.json records to take untrained suites from (default: --out's)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--epochs", type=int, default=FOLDER_EPOCHS, help="folder suite's epochs")
     p.add_argument("--demo-epochs", type=int, default=DEMO_EPOCHS)
@@ -416,17 +451,22 @@ def main(argv: list[str] | None = None) -> int:
         verdicts["demo"] = verdict(suites["demo"], against_pixels=False)
         plot_pairs(args.out / "digits-pairs.png", 16)
     total = time.perf_counter() - t0
+    carried = carry_over(args.carry or [args.out / "quality.json"], suites, verdicts)
     plot_curves(suites, args.out / "quality-curves.png")
 
-    n = len(args.seeds)
+    n = max(len(v["per_seed"]) for v in suites.values()) if suites else 0
+    train_min = sum(r["train_seconds"] for v in suites.values() for r in v["per_seed"]) / 60
     lines = [
         "# Representation quality",
         "",
-        f"`python bench/quality.py` ({n} seeds, mean ± std; {total / 60:.1f} min on "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared). "
+        f"`make quality` = `python bench/quality.py` ({n} seeds, mean ± std; {train_min:.0f} min "
+        f"of pretraining on {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        "cores shared with other jobs). "
         "Linear probe and kNN exactly as `fastclr linear-eval` computes them.",
         "",
     ]
+    for name, source in carried.items():
+        lines += [f"The `{name}` suite below is carried over from `{source}`.", ""]
     if "folder" in suites:
         lines += suite_table(
             f"The general path: digits as a {FOLDER_SIZE}-px PNG folder, default recipe",
@@ -453,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "total_seconds": total,
+        "carried_over": carried,
         "suites": {k: {**suites[k], **verdicts[k]} for k in suites},
     }
     (args.out / "quality.json").write_text(json.dumps(record, indent=1, default=float))
