@@ -122,9 +122,11 @@ class PlateauWatcher:
             )
         if knn_flat_loss_falling:
             return (
-                "the loss still falls but the features stop helping kNN: the views may be easy "
-                "to match without the class (e.g. crops too large or colours as a shortcut), "
-                "or the data are too small for more epochs to help."
+                "the loss still falls but kNN does not follow. Early on this is usual: kNN "
+                "first dips below the random encoder's and recovers only after a few hundred "
+                "steps (bench/results/quality.md), so a short run may need more epochs or a "
+                "smaller --batch-size (more steps). Later, the views may be matched without "
+                "the class (crops too large, colour as a shortcut)."
             )
         return (
             "the run may have converged for this model and data, or the learning rate (within "
