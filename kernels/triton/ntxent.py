@@ -408,7 +408,6 @@ def ntxent_rows_bwd_kernel(
     c2 = shift * LOG2E
     offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_i = offs_i < MX
-    self_i = offs_i + x_self_off
     per = tl.cdiv(tl.cdiv(MY, BLOCK_N), tl.num_programs(1)) * BLOCK_N
     n_lo = sid * per
     n_hi = tl.minimum(n_lo + per, MY)
@@ -432,6 +431,7 @@ def ntxent_rows_bwd_kernel(
         if not ONLINE:
             r_x = g_x * tl.exp(shift - l_x)
     out = DX + sid * MX * D
+    rel = tl.arange(0, BLOCK_M)[:, None] - tl.arange(0, BLOCK_N)[None, :]  # i − n within a tile
     if SINGLE_CHUNK:
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
@@ -448,9 +448,13 @@ def ntxent_rows_bwd_kernel(
                 X, Y, offs_i, mask_i, offs_n, mask_n, D, stride_xm, stride_xd, stride_ym,
                 stride_yd, k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
             )  # fmt: skip
-        valid = (
-            mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :] + y_self_off)
-        )
+        # keep = not the self pair and a real key. In int32 on a loop-invariant (i − n) tile: row
+        # i meets key n as itself iff i − n equals this tile's diagonal offset (clamped: any value
+        # outside (−BLOCK_N, BLOCK_M) matches nothing). Padding rows (≥ MX) need no mask: their
+        # gradient rows are never stored and stay finite (their g is 0).
+        diag = n0 + y_self_off - (pid * BLOCK_M + x_self_off)
+        diag = tl.minimum(tl.maximum(diag, -BLOCK_N), BLOCK_M).to(tl.int32)
+        keep = (rel != diag) & (tl.arange(0, BLOCK_N) < n_hi - n0)[None, :]
         if COL_TERM:
             l_y = tl.load(LY + offs_n, mask=mask_n, other=0.0)
             g_y = tl.load(GY + offs_n, mask=mask_n, other=0.0) * (inv_tau * sigma)
@@ -468,7 +472,7 @@ def ntxent_rows_bwd_kernel(
             if COL_TERM:
                 coef += (g_y * tl.exp(shift - l_y))[None, :]
             p = _ex2(s2 - c2) * coef
-        p = tl.where(valid, p, 0.0)
+        p = tl.where(keep, p, 0.0)
         if SINGLE_CHUNK:
             acc = tl.dot(p.to(Y.dtype.element_ty).to(y.dtype), y, acc, input_precision=DOT_PREC)
         else:
