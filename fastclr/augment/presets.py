@@ -23,9 +23,10 @@ __all__ = [
 PRESETS = ("small", "cifar", "imagenet", "digits")
 
 # small (views below CIFAR's 32 px): the CIFAR recipe with crops of at least 30% of the area. An
-# 8% crop of a 28-px image is an 8-px patch blown up 3.5x; measured on 28-px digits (one seed,
-# bench/results/quality.md) the 30% floor raised kNN from 77% to 86%. Flips are kept: whether a
-# mirrored image is the same thing is a property of the data, not of its size.
+# 8% crop of a 28-px image is an 8-px patch blown up 3.5x; on 28-px digits (one seed,
+# bench/results/quality.md) the 30% floor together with no flips raised kNN from 77% to 86%; the
+# crop alone was not measured separately. Flips are kept: whether a mirrored image is the same
+# thing is a property of the data, not of its size.
 SMALL_CROP_SCALE = (0.3, 1.0)
 
 # digits: the CIFAR recipe with crops of at least 30% of the area and no flips. An 8×8 digit
