@@ -20,15 +20,16 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError
+from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from fastclr.evaluate import KNN_K, KNN_TEMPERATURE, evaluate_checkpoint
 from fastclr.models import ARCHS
 from fastclr.train import NonFiniteLossError, TrainConfig, pretrain
-from fastclr.train.config import cli_defaults
+from fastclr.train.config import cli_defaults, resumed_config
 
-__all__ = ["build_parser", "main", "pretrain_config"]
+__all__ = ["build_parser", "main", "pretrain_config", "resume_config"]
 
 
 def _option_type(hint: Any) -> type:
@@ -56,6 +57,10 @@ def _default_text(f: dataclasses.Field[Any]) -> str:
     return f"{_show(digits, meta)} for --data digits, else {_show(other, meta)}"
 
 
+#: ``--resume`` given without a value: resume the ``--out`` folder.
+_RESUME_OUT = ""
+
+
 def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], hint: Any) -> None:
     """One ``--flag`` for a :class:`TrainConfig` field (given flags only reach the namespace)."""
     meta, flag = f.metadata, f.name.replace("_", "-")
@@ -71,6 +76,7 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], hint: Any
         )
         return
     text = f"{meta['help']} (default: {_default_text(f)})"
+    bare: dict[str, Any] = {"nargs": "?", "const": _RESUME_OUT} if f.name == "resume" else {}
     p.add_argument(
         f"--{flag}",
         dest=f.name,
@@ -78,6 +84,7 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], hint: Any
         choices=meta.get("choices"),
         default=argparse.SUPPRESS,
         help=text.replace("%", "%%"),
+        **bare,
     )
 
 
@@ -157,16 +164,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pretrain_config(args: argparse.Namespace) -> TrainConfig:
-    """The run ``fastclr pretrain`` makes: given flags over the defaults for their ``--data``."""
+    """The run ``fastclr pretrain`` makes: given flags over the defaults for their ``--data``.
+
+    With ``--resume``, the flags not given are the checkpoint's (:func:`resume_config`).
+    """
+    return resume_config(args)[0]
+
+
+def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
+    """:func:`pretrain_config`, and on resume the settings it changes from the checkpoint's.
+
+    ``--resume`` alone resumes ``--out``; ``--resume PATH`` without ``--out`` resumes into the
+    checkpoint's own folder. Every option not given is taken from the checkpoint's saved
+    configuration; given ones are checked against it
+    (:func:`~fastclr.train.config.resumed_config`).
+    """
     given = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name in args
     }
-    return TrainConfig(**{**cli_defaults(given.get("data", TrainConfig.data)), **given})
+    if given.get("resume") is None:
+        return TrainConfig(**{**cli_defaults(given.get("data", TrainConfig.data)), **given}), []
+    if given.get("overwrite"):
+        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+    if given["resume"] == _RESUME_OUT:
+        given["resume"] = given.get("out", TrainConfig.out)
+    src = Path(given["resume"])
+    path = src / CHECKPOINT_NAME if src.is_dir() else src
+    given.setdefault("out", str(path.parent))
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no run configuration to --resume")
+    return resumed_config(given, saved, str(path))
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    cfg = pretrain_config(args)
+    cfg, changes = resume_config(args)
+    if cfg.resume and _is_main():
+        changed = f"; changed: {', '.join(changes)}" if changes else ""
+        print(f"resuming {cfg.resume} with the settings it was started with{changed}")
     result = pretrain(cfg)
     if result.already_finished and _is_main():
         print(

@@ -391,6 +391,81 @@ def test_cli_defaults_follow_the_data(tmp_path: Path) -> None:
     assert cfg("--knn-k", "7", "--proj-dim", "64").knn_k == 7  # options the old CLI lacked
 
 
+def _steps(out: Path) -> list[tuple[str, str]]:
+    import csv
+
+    with open(out / "steps.csv", newline="") as f:
+        return [(r["global_step"], r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_cli_resume_takes_the_saved_options(tmp_path: Path, capsys: Any) -> None:
+    """``--out RUN --resume`` alone continues with the settings the run was started with (not
+    the command line's defaults) and ends equal to an uninterrupted run; a larger ``--epochs``
+    extends it (said in the log); a different batch size is refused naming both values."""
+    from fastclr.cli import main
+
+    started = ["pretrain", "--epochs", "2", "--limit-steps", "2", "--width", "0.125",
+               "--image-size", "8", "--batch-size", "24", "--lr", "0.5", "--seed", "3",
+               "--log-every", "1", "--no-progress", "--threads", "1"]  # fmt: skip
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*started, "--out", str(a)]) == 0
+    assert main([*started, "--stop-after-epochs", "1", "--out", str(b)]) == 0
+    assert load_checkpoint(b)["epoch"] == 1
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(b), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "with the settings it was started with\n" in printed
+    assert "batch 24" in printed and "lr 0.5" in printed, printed
+    assert _steps(b) == _steps(a) and len(_steps(a)) == 4
+    ck_a, ck_b = load_checkpoint(a), load_checkpoint(b)
+    assert ck_b["epoch"] == 2
+    _assert_identical(ck_a["model"], ck_b["model"])
+
+    assert main(["pretrain", "--resume", str(b), "--epochs", "3"]) == 0  # --out: its folder
+    printed = capsys.readouterr().out
+    assert "changed: --epochs 2 → 3" in printed, printed
+    ck = load_checkpoint(b)
+    assert ck["epoch"] == 3 and len(_steps(b)) == 6
+    assert (ck["config"]["batch_size"], ck["config"]["lr"], ck["config"]["seed"]) == (24, 0.5, 3)
+
+    assert main(["pretrain", "--out", str(b), "--resume", "--batch-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 32 differs from the 24" in err and "leave --batch-size out" in err, err
+    assert main(["pretrain", "--out", str(b), "--resume", "--stem", "imagenet"]) == 2
+    assert "--stem imagenet differs from the cifar" in capsys.readouterr().err
+    assert load_checkpoint(b)["epoch"] == 3  # refused before anything was written
+
+
+def test_num_workers_auto_rule(tmp_path: Path) -> None:
+    from fastclr.data.select import MAX_AUTO_WORKERS, build_train_data, resolve_num_workers
+
+    assert resolve_num_workers(None, "stream", cpus=16, local_ranks=1)[0] == MAX_AUTO_WORKERS
+    assert resolve_num_workers(None, "stream", cpus=16, local_ranks=4)[0] == 3
+    n, why = resolve_num_workers(None, "stream", cpus=2, local_ranks=1)
+    assert n == 1 and "2 usable CPUs per local rank" in why
+    assert resolve_num_workers(None, "stream", cpus=1, local_ranks=1)[0] == 0
+    assert resolve_num_workers(None, "stream", cpus=2, local_ranks=8)[0] == 0
+    assert resolve_num_workers(None, "memory", cpus=64)[0] == 0
+    assert resolve_num_workers(None, "dali", cpus=64)[0] == 0
+    assert resolve_num_workers(5, "stream", cpus=2) == (5, "--num-workers")
+
+    folder = tmp_path / "images"
+    _write_folder(folder)
+    common: dict[str, Any] = {
+        "crop": AugmentConfig.cifar(size=8), "image_size": 8, "batch_size": 2, "seed": 0,
+        "rank": 0, "world_size": 1, "device": torch.device("cpu"), "monitor": False,
+    }  # fmt: skip
+    streamed = build_train_data(str(folder), loader="stream", num_workers=None, **common)
+    assert (streamed.num_workers, streamed.num_workers_reason) == resolve_num_workers(
+        None, "stream"
+    )
+    memory = build_train_data("digits", loader="auto", num_workers=None, **common)
+    assert memory.num_workers == 0 and "in-memory" in memory.num_workers_reason
+    assert build_train_data(str(folder), loader="stream", num_workers=0, **common).num_workers == 0
+    with pytest.raises(ValueError, match="--num-workers"):
+        TrainConfig(num_workers=-1).validate()
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"

@@ -12,11 +12,19 @@ Rule for ``auto`` (:func:`resolve_loader`):
 
 Every loader yields :class:`~fastclr.data.stream.ViewBatch` from ``epoch(epoch, start_step)``,
 draws its order from ``(seed, epoch)``, shards by rank and resumes mid-epoch exactly.
+
+Decode workers (``num_workers=None``, the default, is ``auto``; :func:`resolve_num_workers`):
+the streaming loader gets ``min(8, usable CPUs per local rank - 1)`` worker processes (the CPUs
+this process may run on, ``os.sched_getaffinity``, split over torchrun's ``LOCAL_WORLD_SIZE``
+ranks, one left for the training process itself); the in-memory and DALI loaders get 0 (the first
+decodes once and then only indexes a tensor, the second decodes with DALI's own threads). An
+explicit count is used as given.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +49,7 @@ from fastclr.data.summary import DataSummary
 __all__ = [
     "HEADER_PROBES",
     "LOADERS",
+    "MAX_AUTO_WORKERS",
     "MEMORY_AUTO_BYTES",
     "MONITOR_BYTES",
     "BatchLoader",
@@ -49,9 +58,14 @@ __all__ = [
     "build_train_data",
     "dali_available",
     "resolve_loader",
+    "resolve_num_workers",
+    "usable_cpus",
 ]
 
 LOADERS = ("auto", "memory", "stream", "dali")
+#: Most decode workers ``auto`` starts per rank (beyond this the step, not decoding, is the limit
+#: on the machines we target, and each worker holds its own prefetched batches).
+MAX_AUTO_WORKERS = 8
 #: Largest decoded set (bytes) that ``auto`` keeps in memory.
 MEMORY_AUTO_BYTES = 1 << 30
 #: Files whose headers ``auto`` reads to see whether they are small squares.
@@ -132,6 +146,44 @@ def _train_root(spec: str) -> tuple[Path, Path | None]:
     return root, None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def resolve_num_workers(
+    requested: int | None,
+    loader_name: str,
+    cpus: int | None = None,
+    local_ranks: int | None = None,
+) -> tuple[int, str]:
+    """The decode workers of a run and why (module docstring): ``(count, reason)``.
+
+    Args:
+        requested: ``--num-workers`` (``None``: auto).
+        loader_name: the resolved loader (``memory``, ``stream`` or ``dali``).
+        cpus: usable CPUs (default :func:`usable_cpus`).
+        local_ranks: processes on this machine (default ``$LOCAL_WORLD_SIZE``, else 1).
+    """
+    if requested is not None:
+        return requested, "--num-workers"
+    if loader_name == "memory":
+        return 0, "auto: 0 for the in-memory loader"
+    if loader_name == "dali":
+        return 0, "auto: DALI decodes in its own threads"
+    cpus = usable_cpus() if cpus is None else cpus
+    if local_ranks is None:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    per_rank = max(1, cpus // max(1, local_ranks))
+    n = max(0, min(MAX_AUTO_WORKERS, per_rank - 1))
+    return n, (
+        f"auto: min({MAX_AUTO_WORKERS}, {per_rank} usable CPU{'s' if per_rank != 1 else ''} "
+        "per local rank - 1)"
+    )
+
+
 def resolve_loader(
     choice: str, data: str, image_size: int, device: torch.device, listing: FolderListing | None
 ) -> str:
@@ -173,6 +225,9 @@ class TrainData:
     summary: DataSummary = field(default_factory=DataSummary)
     #: whether the kNN monitor runs (the same on every rank; the sets exist on rank 0 at least)
     monitored: bool = False
+    #: decode worker processes of this loader, and why that many (:func:`resolve_num_workers`)
+    num_workers: int = 0
+    num_workers_reason: str = ""
 
 
 def _monitor_sets(
@@ -209,10 +264,13 @@ def build_train_data(
     rank: int,
     world_size: int,
     device: torch.device,
-    num_workers: int,
+    num_workers: int | None,
     monitor: bool = True,
 ) -> TrainData:
-    """Resolve ``loader`` and build it for this rank (``batch_size`` is per rank)."""
+    """Resolve ``loader`` and build it for this rank (``batch_size`` is per rank).
+
+    ``num_workers=None``: as many decode workers as :func:`resolve_num_workers` says.
+    """
     if isinstance(data, ImageData):
         if loader not in ("auto", "memory"):
             raise ValueError(f"loader={loader!r} needs an image folder, not an in-memory ImageData")
@@ -223,9 +281,12 @@ def build_train_data(
         listing = list_image_folder(train_root)
         held_listing = list_image_folder(held_root) if held_root is not None else None
     name = resolve_loader(loader, data, image_size, device, listing)
+    workers, why = resolve_num_workers(num_workers, name)
     if name == "memory":
-        loaded = load_data(data, image_size, num_workers)
-        return _memory_data(loaded, name, batch_size, seed, rank, world_size, device)
+        loaded = load_data(data, image_size, workers)
+        mem = _memory_data(loaded, name, batch_size, seed, rank, world_size, device)
+        mem.num_workers, mem.num_workers_reason = workers, why
+        return mem
     assert listing is not None
     summary = DataSummary()
     main = rank == 0  # the listing and its summary are the same on every rank: said once
@@ -256,7 +317,7 @@ def build_train_data(
             labels,
             crop,
             batch_size,
-            num_workers=num_workers,
+            num_workers=workers,
             pin_memory=device.type == "cuda",
             summary=summary,
             **common,
@@ -266,11 +327,14 @@ def build_train_data(
     if monitored and rank == 0:
         assert held_files is not None and held_labels is not None
         mon_tr, mon_ho = _monitor_sets(
-            files, labels, held_files, held_labels, image_size, num_workers, summary
+            files, labels, held_files, held_labels, image_size, workers, summary
         )
     if main:
         summary.report(str(data))
-    return TrainData(name, batches, len(files), listing.classes, mon_tr, mon_ho, summary, monitored)
+    return TrainData(
+        name, batches, len(files), listing.classes, mon_tr, mon_ho, summary, monitored,
+        workers, why,
+    )  # fmt: skip
 
 
 _HELD = FOLDER_HELDOUT_FRACTION

@@ -10,6 +10,7 @@ another (the CIFAR recipe for small images) live here too, so that every user of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -25,12 +26,15 @@ __all__ = [
     "CIFAR_MAX_SIZE",
     "LOADERS",
     "MAX_WARMUP_FRACTION",
+    "PER_INVOCATION",
     "PRECISIONS",
+    "RESUME_MAY_CHANGE",
     "Precision",
     "TrainConfig",
     "cli_defaults",
     "meta",
     "recipe_for_size",
+    "resumed_config",
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -45,6 +49,16 @@ MAX_WARMUP_FRACTION = 0.1
 # larger ones the ImageNet recipe.
 CIFAR_MAX_SIZE = 64
 _UNSET: Any = object()
+#: Settings a resumed run may change without losing exactness: the length of the schedule (to
+#: extend a run), how and where it computes (workers, threads, device, compilation, the loss
+#: implementation, numerically equal up to rounding) and what it reports. Every other setting
+#: shapes the batches, the model or the optimisation, so a resume must keep the saved value.
+RESUME_MAY_CHANGE = frozenset(
+    {"epochs", "num_workers", "threads", "device", "compile", "loss_backend", "log_every",
+     "progress", "knn_k", "knn_temperature"}
+)  # fmt: skip
+#: Settings of this invocation only, never taken from a checkpoint.
+PER_INVOCATION = frozenset({"out", "resume", "overwrite", "stop_after_epochs"})
 
 
 def recipe_for_size(image_size: int) -> Literal["cifar", "imagenet"]:
@@ -174,15 +188,25 @@ class TrainConfig:
     )
     seed: int = field(default=0, metadata=meta("random seed (weights, data order, augmentation)"))
     resume: str | None = field(
-        default=None, metadata=meta("checkpoint file or run folder to resume", unset="start afresh")
+        default=None,
+        metadata=meta(
+            "checkpoint file or run folder to resume (alone: the --out folder); options not "
+            "given are the checkpoint's",
+            unset="start afresh",
+        ),
     )
     overwrite: bool = field(
         default=False,
         metadata=meta("replace a run already in --out (deletes its checkpoint and logs)"),
     )
     compile: bool = field(default=False, metadata=meta("torch.compile the model"))
-    num_workers: int = field(
-        default=0, metadata=meta("image-decoding worker processes (0: inline)")
+    num_workers: int | None = field(
+        default=None,
+        metadata=meta(
+            "image-decoding worker processes (0: inline)",
+            unset="auto: min(8, usable CPUs per local rank - 1) for the stream loader, 0 for "
+            "memory and dali",
+        ),
     )
     loader: Literal["auto", "memory", "stream", "dali"] = field(
         default="auto",
@@ -239,3 +263,49 @@ def cli_defaults(data: str) -> dict[str, Any]:
     """The default of every field for ``fastclr pretrain --data <data>``."""
     key = "digits" if data == "digits" else "other_data"
     return {f.name: f.metadata.get(key, f.default) for f in fields(TrainConfig)}
+
+
+def _shown(name: str, value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _same(name: str, a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if name == "data" and isinstance(a, str) and isinstance(b, str) and "digits" not in (a, b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return False
+
+
+def resumed_config(
+    given: dict[str, Any], saved: dict[str, Any], checkpoint: str
+) -> tuple[TrainConfig, list[str]]:
+    """The configuration of a resumed run and the changes it makes to the saved one.
+
+    Every setting not in ``given`` (the options passed explicitly) is the checkpoint's ``saved``
+    one (the command line's default where an older checkpoint lacks it), except those in
+    :data:`PER_INVOCATION`. A given setting that differs from the saved one is refused with a
+    ``ValueError`` naming the flag and both values, unless it is in :data:`RESUME_MAY_CHANGE`;
+    those are returned as ``--flag old → new`` notes.
+    """
+    names = {f.name for f in fields(TrainConfig)}
+    inherited = {k: v for k, v in saved.items() if k in names and k not in PER_INVOCATION}
+    base = cli_defaults(str(inherited.get("data", given.get("data", TrainConfig.data))))
+    cfg = TrainConfig(**{**base, **inherited, **given})
+    notes = []
+    for name in sorted(given):
+        if name in PER_INVOCATION or name not in inherited:
+            continue
+        old, new = inherited[name], getattr(cfg, name)
+        if _same(name, old, new):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in RESUME_MAY_CHANGE:
+            notes.append(f"{flag} {_shown(name, old)} → {_shown(name, new)}")
+            continue
+        raise ValueError(
+            f"{flag} {_shown(name, new)} differs from the {_shown(name, old)} that checkpoint "
+            f"{checkpoint} was trained with; an exact resume keeps it: leave {flag} out (the "
+            "saved value is used), or start a new run with --out elsewhere"
+        )
+    return cfg, notes

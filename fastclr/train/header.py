@@ -76,7 +76,9 @@ def run_header(
         images += f" ({'; '.join(notes)})"
     loader = f"{train_data.loader_name}, {steps_per_epoch} steps/epoch per rank"
     if train_data.loader_name == "stream":
-        loader += f", {cfg.num_workers} decode workers" if cfg.num_workers else ", decoded inline"
+        n, why = train_data.num_workers, train_data.num_workers_reason
+        loader += f", {n} decode worker{'s' if n != 1 else ''}" if n else ", decoded inline"
+        loader += f" ({why})" if why else ""
     params = count_parameters(model)
     size = _millions(params)
     encoder = getattr(model, "encoder", None)

@@ -5,7 +5,8 @@
 * a folder that already holds a run (a checkpoint or CSV logs) is refused unless the run is
   resumed (``--resume``) or explicitly replaced (``--overwrite``, which deletes the old run's
   files and nothing else);
-* ``--resume`` reads and verifies the checkpoint once, here; a run that has already reached its
+* ``--resume`` reads and verifies the checkpoint here (``fastclr pretrain`` has read its saved
+  settings before, to fill in the options not given); a run that has already reached its
   last epoch is reported as finished (the loop then returns without touching any file);
 * the folder must be creatable and writable (a probe file is created and removed), so a read-only
   or missing location fails at once with one message naming ``--out``;

@@ -85,7 +85,7 @@ def check_config(cfg: TrainConfig) -> None:
         _int_at_least(cfg, name, 1)
     for name in ("limit_steps", "stop_after_epochs", "knn_k"):
         _int_at_least(cfg, name, 1, optional=True)
-    _int_at_least(cfg, "num_workers", 0)
+    _int_at_least(cfg, "num_workers", 0, optional=True)
 
     _int_at_least(cfg, "seed", 0)
     _int_at_least(cfg, "threads", 0, optional=True)
