@@ -19,10 +19,10 @@ kept (and printed as theirs).
 * **Augmentation preset**, from the images: views smaller than CIFAR's 32 px get ``small`` (the
   CIFAR recipe with crops of at least 30% of the area: an 8% crop of a 28-px image is an 8-px
   patch blown up 3.5×; with flips also off, one seed gained 8.7 kNN points); 32 to 64 px the
-  paper's ``cifar`` recipe; larger the ``imagenet`` one. The embedded digits keep their demo preset. Channels: grayscale data
-  (R = G = B in the images looked at) keep their preset, and the run says that saturation, hue
-  and the random grayscale leave them unchanged, so only crops, flips, brightness and contrast
-  make their views differ.
+  paper's ``cifar`` recipe; larger the ``imagenet`` one. The embedded digits keep their demo
+  preset. Channels: grayscale data (R = G = B in the images looked at) keep their preset, and the
+  run says that saturation, hue and the random grayscale leave them unchanged, so only crops,
+  flips, brightness and contrast make their views differ.
 * **kNN k** (the monitor, and ``linear-eval``'s default): 15% of the smallest class's training
   images, at most Wu et al. (2018)'s 200 (:func:`fastclr.evaluate.knn_k_for`).
 """
