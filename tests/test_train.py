@@ -465,6 +465,21 @@ def test_num_workers_auto_rule(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--num-workers"):
         TrainConfig(num_workers=-1).validate()
 
+    from fastclr.train.header import run_header
+
+    def loader_line(data: Any) -> str:
+        lines = run_header(
+            TrainConfig(), data, torch.device("cpu"), "fp32", torch.nn.Linear(2, 2),
+            data_name=str(folder), steps_per_epoch=3, lr=0.1,
+        )  # fmt: skip
+        return next(line.value for line in lines if line.key == "loader")
+
+    n, why = streamed.num_workers, streamed.num_workers_reason
+    text = f"{n} decode worker{'s' if n != 1 else ''} ({why})" if n else f"decoded inline ({why})"
+    assert text in loader_line(streamed)
+    streamed.num_workers, streamed.num_workers_reason = 4, "--num-workers"
+    assert "4 decode workers (--num-workers)" in loader_line(streamed)
+
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
