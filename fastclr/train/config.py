@@ -266,7 +266,9 @@ def cli_defaults(data: str) -> dict[str, Any]:
 
 
 def _shown(name: str, value: Any) -> str:
-    return "unset" if value is None else str(value)
+    if value is None:
+        return "auto" if name == "num_workers" else "unset"
+    return str(value)
 
 
 def _same(name: str, a: Any, b: Any) -> bool:
