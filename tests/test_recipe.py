@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,20 @@ from fastclr.augment.presets import SMALL_CROP_SCALE, preset_config
 from fastclr.evaluate import knn_accuracy, knn_k_for
 from fastclr.train import TrainConfig
 from fastclr.train.builders import augment_preset_for, warmup_steps
-from fastclr.train.recipe import grey_images, linear_lr, lr_for, preset_for, sqrt_lr, warmup_for
+from fastclr.train.loop import resolve_batch
+from fastclr.train.recipe import (
+    DEFAULT_BATCH,
+    MIN_AUTO_BATCH,
+    MIN_STEPS_PER_EPOCH,
+    batch_for,
+    grey_images,
+    linear_lr,
+    lr_for,
+    preset_for,
+    sqrt_lr,
+    warmup_for,
+)
+from fastclr.train.rundir import ResumePlan
 from fastclr.train.watch import PlateauWatcher, patience_for
 
 
@@ -31,6 +45,74 @@ def test_lr_rule_switch(batch: int, epochs: int, rule: str) -> None:
     want = linear_lr(batch) if rule == "linear" else sqrt_lr(batch)
     assert lr == pytest.approx(want)
     assert ("linear rule" if rule == "linear" else "square-root rule") in why
+
+
+@pytest.mark.parametrize(
+    ("n", "want"),
+    [
+        (1_281_167, 256),  # ImageNet: the default
+        (4000, 256),  # the folder: 15 steps at 256
+        (2048, 256),  # exactly 8 steps at 256
+        (2047, 128),
+        (1437, 128),  # the 28-px digits folder: 5 steps at 256, 11 at 128
+        (1023, 64),  # 7 steps at 128, 15 at 64
+        (511, 32),  # 7 steps at 64: the rule's floor
+        (100, 32),  # the floor, whatever the steps
+    ],
+)
+def test_batch_rule_for_small_data(n: int, want: int) -> None:
+    batch, why = batch_for(n)
+    assert batch == want
+    assert str(n) in why
+    # the largest power of two <= the default with >= 16 steps an epoch, at least the floor
+    assert batch & (batch - 1) == 0 and MIN_AUTO_BATCH <= batch <= DEFAULT_BATCH
+    assert n // batch >= MIN_STEPS_PER_EPOCH or batch == MIN_AUTO_BATCH
+    assert batch == DEFAULT_BATCH or n // (2 * batch) < MIN_STEPS_PER_EPOCH
+
+
+def test_batch_rule_splits_over_ranks() -> None:
+    assert batch_for(1437, world_size=4)[0] == 128
+    assert batch_for(1437, world_size=3)[0] % 3 == 0
+    assert batch_for(100, world_size=48)[0] == 48  # every rank gets at least one image
+
+
+def test_resolve_batch_given_checkpoint_then_rule() -> None:
+    from fastclr.data import load_digits
+
+    digits = load_digits(8)
+    cfg, line = resolve_batch(TrainConfig(batch_size=24), None, digits, 1)
+    assert (cfg.batch_size, line.reason) == (24, "given")  # an explicit --batch-size always wins
+    plan = ResumePlan(checkpoint={"config": {"batch_size": 40}})
+    cfg, line = resolve_batch(TrainConfig(), plan, digits, 1)
+    assert (cfg.batch_size, line.reason) == (40, "the checkpoint's")  # resume keeps its batch
+    cfg, line = resolve_batch(TrainConfig(), None, digits, 1)
+    assert cfg.batch_size == batch_for(len(digits.train))[0] == 128
+    assert line.line().startswith(f"batch: 128 ({len(digits.train)} images")
+    with pytest.raises(RuntimeError, match="not resolved"):
+        TrainConfig().batch()
+
+
+def test_count_train_images_leaves_out_the_held_out_part(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fastclr.data.select import build_train_data, count_train_images
+
+    def fill(root: Path, per_class: int) -> None:
+        for c in ("a", "b"):
+            (root / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (4, 4), (i, 0, 0)).save(root / c / f"{i}.png")
+
+    fill(tmp_path / "flat", 10)  # no val/: 10% of each class is held out for the monitor
+    fill(tmp_path / "split" / "train", 7)
+    fill(tmp_path / "split" / "val", 2)
+    for root, want in ((tmp_path / "flat", 18), (tmp_path / "split", 14)):
+        assert count_train_images(str(root)) == want
+        built = build_train_data(
+            str(root), loader="auto", crop=preset_config("small", 4), image_size=4, batch_size=2,
+            seed=0, rank=0, world_size=1, device=torch.device("cpu"), num_workers=0,
+        )  # fmt: skip
+        assert built.n_images == want  # the count is the one the loader trains on
 
 
 def test_lr_rules_are_the_papers() -> None:

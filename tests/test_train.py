@@ -469,7 +469,7 @@ def test_num_workers_auto_rule(tmp_path: Path) -> None:
 
     def loader_line(data: Any) -> str:
         lines = run_header(
-            TrainConfig(), data, torch.device("cpu"), "fp32", torch.nn.Linear(2, 2),
+            TrainConfig(batch_size=256), data, torch.device("cpu"), "fp32", torch.nn.Linear(2, 2),
             data_name=str(folder), steps_per_epoch=3, lr=0.1,
         )  # fmt: skip
         return next(line.value for line in lines if line.key == "loader")

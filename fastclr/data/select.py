@@ -42,6 +42,7 @@ from fastclr.data.memory import (
     _decode_all,
     _stratified_split,
     load_data,
+    load_digits,
 )
 from fastclr.data.stream import StreamingLoader, ViewBatch
 from fastclr.data.summary import DataSummary
@@ -56,6 +57,7 @@ __all__ = [
     "MemoryLoader",
     "TrainData",
     "build_train_data",
+    "count_train_images",
     "dali_available",
     "resolve_loader",
     "resolve_num_workers",
@@ -251,6 +253,21 @@ def _monitor_sets(
     )
     x_ho, y_ho = _decode_all(held.select(pick_ho), held_labels[pick_ho], size, num_workers, summary)
     return TensorImageDataset(x_tr, y_tr), TensorImageDataset(x_ho, y_ho)
+
+
+def count_train_images(data: str | ImageData) -> int:
+    """How many images a run on ``data`` trains on (the held-out part excluded), from the listing
+    alone: nothing is decoded, so the batch size can be chosen before any loader is built."""
+    if isinstance(data, ImageData):
+        return len(data.train)
+    if data == "digits":
+        return len(load_digits().train)
+    train_root, held_root = _train_root(data)
+    listing = list_image_folder(train_root)
+    n = len(listing.files)
+    if held_root is None and len(listing.classes) >= 2:
+        n -= int(_stratified_split(torch.from_numpy(listing.labels), _HELD)[1].numel())
+    return n
 
 
 def build_train_data(

@@ -114,7 +114,7 @@ def build_loss(cfg: TrainConfig, world_size: int) -> LossFn:
 
 def build_optimizer(model: SimCLR, cfg: TrainConfig) -> LARS:
     """LARS at ``cfg.lr``, or the recipe's rule (:func:`fastclr.train.recipe.lr_for`)."""
-    lr = cfg.lr if cfg.lr is not None else lr_for(cfg.batch_size, cfg.epochs)[0]
+    lr = cfg.lr if cfg.lr is not None else lr_for(cfg.batch(), cfg.epochs)[0]
     return LARS(lars_param_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum)
 
 

@@ -107,10 +107,11 @@ def meta(
 class TrainConfig:
     """Everything a pretraining run depends on (``fastclr pretrain`` has one flag per field).
 
-    ``batch_size`` is the global batch (all ranks together). ``lr``, ``warmup_epochs`` and
-    ``knn_k`` left at ``None``, and ``augment_preset="auto"``, are chosen by the recipe
-    (:mod:`fastclr.train.recipe`: the paper's square-root or linear lr rule, 10% warm-up, a
-    preset from the view size, k from the class sizes), which the run prints with its reasons.
+    ``batch_size`` is the global batch (all ranks together). ``batch_size``, ``lr``,
+    ``warmup_epochs`` and ``knn_k`` left at ``None``, and ``augment_preset="auto"``, are chosen
+    by the recipe (:mod:`fastclr.train.recipe`: 256 or smaller for a small data set, the
+    paper's square-root or linear lr rule, 10% warm-up, a preset from the view size, k from the
+    class sizes), which the run prints with its reasons.
     ``limit_steps`` caps the steps of every epoch (tests, smoke runs);
     ``stop_after_epochs`` ends this process after that many epochs while the schedule still
     spans ``epochs`` (for time-limited jobs that resume). ``stem="auto"`` is resolved when the
@@ -136,8 +137,14 @@ class TrainConfig:
     image_size: int = field(
         default=32, metadata=meta("size of the training views in px", digits=16, other_data=224)
     )
-    batch_size: int = field(
-        default=256, metadata=meta("global batch (all ranks together)", digits=128)
+    batch_size: int | None = field(
+        default=None,
+        metadata=meta(
+            "global batch (all ranks together)",
+            unset="256, halved (down to 32) while an epoch would have fewer than 8 steps "
+            "(fastclr.train.recipe)",
+            digits=128,
+        ),
     )
     epochs: int = field(default=100, metadata=meta("epochs of the schedule", digits=15))
     lr: float | None = field(
@@ -250,6 +257,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stem == "auto":
             self.stem = recipe_for_size(self.image_size)
+
+    def batch(self) -> int:
+        """The global batch; the recipe resolves an unset one before a run builds anything."""
+        if self.batch_size is None:
+            raise RuntimeError("the batch size is not resolved yet (fastclr.train.recipe)")
+        return self.batch_size
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first flag whose value cannot be used

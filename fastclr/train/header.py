@@ -104,7 +104,7 @@ def run_header(
         HeaderLine("parameters", size),
         HeaderLine(
             "schedule",
-            f"{cfg.epochs} epochs × {steps_per_epoch} steps, batch {cfg.batch_size}, "
+            f"{cfg.epochs} epochs × {steps_per_epoch} steps, batch {cfg.batch()}, "
             f"{cfg.image_size}-px views, lr {lr:.4g}",
         ),
         HeaderLine("out", str(Path(cfg.out))),

@@ -13,6 +13,7 @@ the next step boundary: a checkpoint is written, then ``KeyboardInterrupt`` is r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -28,7 +29,7 @@ from fastclr.augment.params import AugmentConfig
 from fastclr.augment.presets import preset_config
 from fastclr.checkpoint import load_model_state
 from fastclr.data import ImageData
-from fastclr.data.select import TrainData, build_train_data
+from fastclr.data.select import TrainData, build_train_data, count_train_images
 from fastclr.data.stream import ViewBatch, augment_views
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
@@ -52,7 +53,7 @@ from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
 from fastclr.train.monitor import knn_monitor
 from fastclr.train.precision import autocast, make_scaler, resolve_precision
-from fastclr.train.recipe import lr_for, run_recipe
+from fastclr.train.recipe import Choice, batch_for, lr_for, run_recipe
 from fastclr.train.rng import restore_rng, seed_everything
 from fastclr.train.rundir import ResumePlan, prepare_run_folder
 from fastclr.train.validation import check_device, check_environment
@@ -209,9 +210,9 @@ def _check_setup(cfg: TrainConfig, ddp: DistInfo, device: torch.device) -> str:
             RuntimeWarning,
             stacklevel=3,
         )
-    if cfg.batch_size % ddp.world_size:
+    if cfg.batch() % ddp.world_size:
         raise ValueError(
-            f"batch size {cfg.batch_size} does not split evenly over {ddp.world_size} ranks"
+            f"batch size {cfg.batch()} does not split evenly over {ddp.world_size} ranks"
         )
     return precision
 
@@ -224,10 +225,11 @@ def _build_run(
     loss_fn: LossFn | None,
     data: ImageData | None,
     plan: ResumePlan | None = None,
+    batch: Choice | None = None,
 ) -> _Run:
     """Seed, load the data, build every component, resume if asked: the run, ready to train."""
     precision = _check_setup(cfg, ddp, device)
-    per_rank = cfg.batch_size // ddp.world_size
+    per_rank = cfg.batch() // ddp.world_size
     seed_everything(cfg.seed, ddp.rank)
     if augment is None:
         augment = build_augmentation(
@@ -270,6 +272,8 @@ def _build_run(
             world_size=ddp.world_size,
             resume_from=(str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None,
         )  # fmt: skip
+        if batch is not None:
+            recipe = [batch, *recipe]
         lines += [HeaderLine(c.name, f"{c.value} ({c.reason})") for c in recipe]
         print(format_header(lines), flush=True)
     out = Path(cfg.out)
@@ -290,7 +294,7 @@ def _build_run(
         knn_k=knn_k,
         watcher=PlateauWatcher(
             cfg.epochs, warmup / max(steps_per_epoch, 1), lr,
-            lr_for(cfg.batch_size, cfg.epochs)[0], math.log(2 * cfg.batch_size - 1),
+            lr_for(cfg.batch(), cfg.epochs)[0], math.log(2 * cfg.batch() - 1),
         ),
     )  # fmt: skip
 
@@ -338,7 +342,8 @@ def fit(
     plan = _prepare_on_every_rank(cfg, ddp)
     if plan.finished:
         return _finished(cfg, plan)
-    run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan)
+    cfg, batch = resolve_batch(cfg, plan, data, ddp.world_size)
+    run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan, batch)
     run.bar = tqdm(
         total=run.total_steps,
         initial=run.global_step,
@@ -367,6 +372,27 @@ def fit(
     return TrainResult(
         model, run.stop_epoch, run.global_step, run.last_loss, run.knn_top1, out, run.history
     )
+
+
+def resolve_batch(
+    cfg: TrainConfig, plan: ResumePlan | None, data: ImageData | None, world_size: int
+) -> tuple[TrainConfig, Choice]:
+    """``cfg`` with its batch size fixed, and the header line that says why.
+
+    Given: kept. Unset: a resumed run's checkpoint's, else :func:`~fastclr.train.recipe.batch_for`
+    of the number of training images (counted from the listing, before any loader is built).
+    """
+    if cfg.batch_size is not None:
+        return cfg, Choice("batch", str(cfg.batch_size), "given")
+    ck = plan.checkpoint if plan is not None else None
+    trained = ck.get("config", {}).get("batch_size") if ck is not None else None
+    if trained is not None:
+        batch, why = int(trained), "the checkpoint's"
+    else:
+        batch, why = batch_for(
+            count_train_images(data if data is not None else cfg.data), world_size
+        )
+    return dataclasses.replace(cfg, batch_size=batch), Choice("batch", str(batch), why)
 
 
 def _prepare_on_every_rank(cfg: TrainConfig, ddp: DistInfo) -> ResumePlan:
@@ -461,7 +487,7 @@ def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
             f"({run.saver.path}) was kept. Lower --lr, or use --precision fp32."
         )
     n = len(log.pending)
-    ips = n * run.cfg.batch_size / max(time.perf_counter() - log.t0, 1e-9)
+    ips = n * run.cfg.batch() / max(time.perf_counter() - log.t0, 1e-9)
     values = torch.stack([p[2] for p in log.pending]).tolist()  # one sync
     rows = [
         {"epoch": epoch, "step": s, "global_step": g, "loss": v, "lr": lr, "images_per_s": ips}
@@ -491,7 +517,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
         "loss": epoch_loss,
         "lr": run.state.optimizer.param_groups[0]["lr"],
         "knn_top1": math.nan if run.knn_top1 is None else run.knn_top1,
-        "images_per_s": steps * cfg.batch_size / seconds,
+        "images_per_s": steps * cfg.batch() / seconds,
         "seconds": seconds,
     }
     run.history.append(row)

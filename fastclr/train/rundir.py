@@ -117,7 +117,7 @@ def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
         ck = plan.checkpoint
         require_fields(ck, RESUME_FIELDS, plan.path, "--resume")
         trained = ck.get("config", {}).get("batch_size")
-        if trained is not None and int(trained) != cfg.batch_size:
+        if trained is not None and cfg.batch_size is not None and int(trained) != cfg.batch_size:
             raise ValueError(
                 f"--batch-size {cfg.batch_size} differs from the batch size {trained} that "
                 f"checkpoint {plan.path} was trained with; an exact resume needs the same one "

@@ -75,8 +75,8 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v not in choices and not (name == "stem" and v == "auto"):
             raise ValueError(f"{flag(name)} must be one of {', '.join(choices)}; got {v!r}")
-    _int_at_least(cfg, "batch_size", 1)
-    if cfg.batch_size < 2:
+    _int_at_least(cfg, "batch_size", 1, optional=True)
+    if cfg.batch_size is not None and cfg.batch_size < 2:
         raise ValueError(
             f"--batch-size must be >= 2, got {cfg.batch_size}: with one image per batch NT-Xent "
             "has no negatives and its loss is always 0"
