@@ -143,6 +143,23 @@ def apply_triton_views(
     """
     imgs = check_images(images, layout)
     dev = images_device(imgs)
+    views = _checked_views(imgs, dev, views, validate)
+    n = imgs.shape[0] if isinstance(imgs, Tensor) else len(imgs)
+    src, img_table = pack_sources(imgs)
+    prm = torch.cat([_param_table(p.to(dev)) for p in views]).contiguous()
+    img_rows = img_table.repeat(len(views), 1).contiguous()
+    out_nhwc = _launch(src, img_rows, prm, config)
+    out = out_nhwc.permute(0, 3, 1, 2)  # (R, 3, S, S) with channels_last strides, no copy
+    return list(out.split(n, dim=0))
+
+
+def _checked_views(
+    imgs: Tensor | list[Tensor],
+    dev: torch.device,
+    views: Sequence[AugmentParams],
+    validate: bool,
+) -> list[AugmentParams]:
+    """The views checked against ``imgs`` (one clear error for a wrong device, count or value)."""
     if not (dev.type == "cuda" or (dev.type == "cpu" and _interpreting())):
         raise RuntimeError(
             f"the Triton augmentation backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU "
@@ -154,12 +171,17 @@ def apply_triton_views(
     for v, p in enumerate(views):
         if len(p) != n:
             raise ValueError(f"views[{v}] has {len(p)} images, images has {n}")
-    views = [check_apply_args(imgs, p, layout="NHWC", validate=validate)[1] for p in views]
+    return [check_apply_args(imgs, p, layout="NHWC", validate=validate)[1] for p in views]
 
-    src, img_table = pack_sources(imgs)
-    prm = torch.cat([_param_table(p.to(dev)) for p in views]).contiguous()
+
+def _launch(src: Tensor, img_rows: Tensor, prm: Tensor, config: AugmentConfig) -> Tensor:
+    """Run the mean, colour and (if ``config.blur_kernel_size`` > 1) two blur kernels.
+
+    ``prm`` holds one parameter row per output image and ``img_rows`` its source's row of the
+    :func:`pack_sources` table; returns the (rows, S, S, 3) output in ``config.dtype``.
+    """
+    dev = prm.device
     rows = prm.shape[0]
-    img_rows = img_table.repeat(len(views), 1).contiguous()
     s = config.size
     k = config.blur_kernel_size
     blur = k > 1  # as the reference: blur_apply decides per row, whatever config.blur_p says
@@ -188,24 +210,23 @@ def apply_triton_views(
             src, img_rows, prm, partials, out_nhwc, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
             FUSE_TAIL=True, CHUNKS=chunks, BLOCK=block,
         )  # fmt: skip
-    else:
-        tmp = torch.empty((rows, s, s, 3), dtype=torch.float32, device=dev)
-        tmp2 = torch.empty_like(tmp)
-        augment_color_kernel[grid](
-            src, img_rows, prm, partials, tmp, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
-            FUSE_TAIL=False, CHUNKS=chunks, BLOCK=block,
-        )  # fmt: skip
-        radius = k // 2
-        augment_blur_kernel[grid](
-            tmp, prm, tmp2, s, thr, m0, m1, m2, s0, s1, s2,
-            RADIUS=radius, AXIS=0, FINISH=False, BLOCK=block,
-        )  # fmt: skip
-        augment_blur_kernel[grid](
-            tmp2, prm, out_nhwc, s, thr, m0, m1, m2, s0, s1, s2,
-            RADIUS=radius, AXIS=1, FINISH=True, BLOCK=block,
-        )  # fmt: skip
-    out = out_nhwc.permute(0, 3, 1, 2)  # (R, 3, S, S) with channels_last strides, no copy
-    return list(out.split(n, dim=0))
+        return out_nhwc
+    tmp = torch.empty((rows, s, s, 3), dtype=torch.float32, device=dev)
+    tmp2 = torch.empty_like(tmp)
+    augment_color_kernel[grid](
+        src, img_rows, prm, partials, tmp, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
+        FUSE_TAIL=False, CHUNKS=chunks, BLOCK=block,
+    )  # fmt: skip
+    radius = k // 2
+    augment_blur_kernel[grid](
+        tmp, prm, tmp2, s, thr, m0, m1, m2, s0, s1, s2,
+        RADIUS=radius, AXIS=0, FINISH=False, BLOCK=block,
+    )  # fmt: skip
+    augment_blur_kernel[grid](
+        tmp2, prm, out_nhwc, s, thr, m0, m1, m2, s0, s1, s2,
+        RADIUS=radius, AXIS=1, FINISH=True, BLOCK=block,
+    )  # fmt: skip
+    return out_nhwc
 
 
 def apply_triton(
