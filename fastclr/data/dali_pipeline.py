@@ -71,38 +71,6 @@ def build_simclr_pipeline(
     """
     fn, types, dmath, pipeline_def, _ = import_dali()
     on_gpu = device_id is not None
-    s = config.size
-    b_lo, b_hi = config.brightness_range
-    h_lo, h_hi = config.hue_range
-    jitter = config.jitter_p > 0 and config.strength > 0
-
-    def coin(p: float) -> Any:
-        return fn.random.coin_flip(probability=float(p), dtype=types.BOOL)
-
-    def one_view(img: Any) -> Any:
-        x = fn.random_resized_crop(
-            img,
-            size=(s, s),
-            random_area=list(config.scale),
-            random_aspect_ratio=list(config.ratio),
-            num_attempts=config.max_tries,
-            antialias=False,
-        )
-        gates = {
-            "jitter": coin(config.jitter_p) if jitter else None,
-            "gray": coin(config.gray_p) if config.gray_p > 0 else None,
-            "blur": coin(config.blur_p) if can_blur(config) else None,
-            "solarize": coin(config.solarize_p) if config.solarize_p > 0 else None,
-        }
-        factors = {
-            "brightness": uniform_draw(fn, b_lo, b_hi),
-            "contrast": uniform_draw(fn, b_lo, b_hi),
-            "saturation": uniform_draw(fn, b_lo, b_hi),
-            "hue": uniform_draw(fn, h_lo, h_hi),
-            "sigma": uniform_draw(fn, *config.sigma),
-        }
-        mirror = fn.random.coin_flip(probability=float(config.flip_p))
-        return colour_and_tail((fn, types, dmath), config, on_gpu, x, gates, factors, mirror)
 
     @pipeline_def(enable_conditionals=True)
     def simclr_pipeline() -> tuple[Any, ...]:
@@ -117,7 +85,7 @@ def build_simclr_pipeline(
         img = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
         outputs = []
         for _ in range(views):
-            outputs.append(one_view(img))
+            outputs.append(_one_view((fn, types, dmath), config, on_gpu, img))
         outputs.append(label)
         return tuple(outputs)
 
@@ -129,6 +97,75 @@ def build_simclr_pipeline(
     )
     pipe.build()
     return pipe
+
+
+def _readable_files(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    labels: Sequence[int] | None,
+    validate: Validate,
+    num_threads: int,
+    validate_cache: str | os.PathLike[str] | None,
+) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+    """The files of ``source`` that pass validation, their labels, and (path, reason) per reject.
+
+    Warns once per rejected file and once with the count (pointing at the loader's caller);
+    raises RuntimeError when no file is readable.
+    """
+    all_files, all_labels = list_images(source, labels)
+    good, bad = validate_images(all_files, validate, num_threads, validate_cache)
+    for path, reason in bad:
+        warnings.warn(
+            f"fastclr: skipping unreadable image {path} ({reason})", RuntimeWarning, stacklevel=3
+        )
+    if bad:
+        warnings.warn(
+            f"fastclr: skipped {len(bad)} of {len(all_files)} files that could not be decoded",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if not good:
+        raise RuntimeError(f"none of the {len(all_files)} image files could be decoded")
+    return [all_files[i] for i in good], [all_labels[i] for i in good], bad
+
+
+def _one_view(dali: tuple[Any, Any, Any], config: AugmentConfig, on_gpu: bool, img: Any) -> Any:
+    """One augmented view of the decoded ``img`` inside the pipeline definition.
+
+    ``dali`` is DALI's (fn, types, math) modules; the crop is DALI's, the colour part and the tail
+    are :func:`~fastclr.augment.dali.colour_and_tail`.
+    """
+    fn, types, _ = dali
+    s = config.size
+    b_lo, b_hi = config.brightness_range
+    h_lo, h_hi = config.hue_range
+    jitter = config.jitter_p > 0 and config.strength > 0
+
+    def coin(p: float) -> Any:
+        return fn.random.coin_flip(probability=float(p), dtype=types.BOOL)
+
+    x = fn.random_resized_crop(
+        img,
+        size=(s, s),
+        random_area=list(config.scale),
+        random_aspect_ratio=list(config.ratio),
+        num_attempts=config.max_tries,
+        antialias=False,
+    )
+    gates = {
+        "jitter": coin(config.jitter_p) if jitter else None,
+        "gray": coin(config.gray_p) if config.gray_p > 0 else None,
+        "blur": coin(config.blur_p) if can_blur(config) else None,
+        "solarize": coin(config.solarize_p) if config.solarize_p > 0 else None,
+    }
+    factors = {
+        "brightness": uniform_draw(fn, b_lo, b_hi),
+        "contrast": uniform_draw(fn, b_lo, b_hi),
+        "saturation": uniform_draw(fn, b_lo, b_hi),
+        "hue": uniform_draw(fn, h_lo, h_hi),
+        "sigma": uniform_draw(fn, *config.sigma),
+    }
+    mirror = fn.random.coin_flip(probability=float(config.flip_p))
+    return colour_and_tail(dali, config, on_gpu, x, gates, factors, mirror)
 
 
 @dataclass(frozen=True)
@@ -193,30 +230,15 @@ class DaliSimCLRLoader:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
         _, _, _, _, dali_torch = import_dali()
-        all_files, all_labels = list_images(source, labels)
-        good, bad = validate_images(all_files, validate, num_threads, validate_cache)
-        for path, reason in bad:
-            warnings.warn(
-                f"fastclr: skipping unreadable image {path} ({reason})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if bad:
-            warnings.warn(
-                f"fastclr: skipped {len(bad)} of {len(all_files)} files that could not be decoded",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if not good:
-            raise RuntimeError(f"none of the {len(all_files)} image files could be decoded")
-        if drop_last and len(good) // num_shards < batch_size:
+        self.files, self.labels, bad = _readable_files(
+            source, labels, validate, num_threads, validate_cache
+        )
+        if drop_last and len(self.files) // num_shards < batch_size:
             raise ValueError(
-                f"{len(good)} readable files over {num_shards} shard(s) give no full batch of "
-                f"{batch_size}; lower batch_size or pass drop_last=False"
+                f"{len(self.files)} readable files over {num_shards} shard(s) give no full batch "
+                f"of {batch_size}; lower batch_size or pass drop_last=False"
             )
         self.skipped: list[tuple[str, str]] = bad
-        self.files = [all_files[i] for i in good]
-        self.labels = [all_labels[i] for i in good]
         self.config = config
         self.batch_size = batch_size
         self.views = views
