@@ -265,17 +265,11 @@ def _build_run(
     recipe, knn_k = run_recipe(cfg, steps_per_epoch, total_steps, train_data.monitor_train)
     lr = float(optimizer.defaults["lr"])
     if ddp.is_main:
-        lines = run_header(
-            cfg, train_data, device, precision, model,
-            data_name=data.name if data is not None else cfg.data,
-            steps_per_epoch=steps_per_epoch, lr=float(optimizer.defaults["lr"]),
-            world_size=ddp.world_size,
-            resume_from=(str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None,
+        choices = recipe if batch is None else [batch, *recipe]
+        _print_header(
+            cfg, train_data, device, precision, model, data, steps_per_epoch, lr, ddp, start,
+            choices,
         )  # fmt: skip
-        if batch is not None:
-            recipe = [batch, *recipe]
-        lines += [HeaderLine(c.name, f"{c.value} ({c.reason})") for c in recipe]
-        print(format_header(lines), flush=True)
     out = Path(cfg.out)
     stop_epoch = cfg.epochs
     if cfg.stop_after_epochs is not None:
@@ -297,6 +291,30 @@ def _build_run(
             lr_for(cfg.batch(), cfg.epochs)[0], math.log(2 * cfg.batch() - 1),
         ),
     )  # fmt: skip
+
+
+def _print_header(
+    cfg: TrainConfig,
+    train_data: TrainData,
+    device: torch.device,
+    precision: str,
+    model: nn.Module,
+    data: ImageData | None,
+    steps_per_epoch: int,
+    lr: float,
+    ddp: DistInfo,
+    start: Position,
+    choices: list[Choice],
+) -> None:
+    """Print the run's header: its setup, then every recipe choice with the reason for it."""
+    lines = run_header(
+        cfg, train_data, device, precision, model,
+        data_name=data.name if data is not None else cfg.data,
+        steps_per_epoch=steps_per_epoch, lr=lr, world_size=ddp.world_size,
+        resume_from=(str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None,
+    )  # fmt: skip
+    lines += [HeaderLine(c.name, f"{c.value} ({c.reason})") for c in choices]
+    print(format_header(lines), flush=True)
 
 
 def _load_data(
