@@ -321,24 +321,7 @@ def build_train_data(
     else:
         held_files, held_labels = None, None
     common: dict[str, Any] = {"seed": seed, "rank": rank, "world_size": world_size}
-    batches: BatchLoader
-    if name == "dali":
-        from fastclr.data.dali import DaliLoader
-
-        batches = DaliLoader(
-            files, labels, crop, batch_size, device=device, summary=summary, **common
-        )
-    else:
-        batches = StreamingLoader(
-            files,
-            labels,
-            crop,
-            batch_size,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            summary=summary,
-            **common,
-        )
+    batches = _file_loader(name, files, labels, crop, batch_size, device, workers, summary, common)
     mon_tr = mon_ho = None
     monitored = monitor and held_files is not None and held_labels is not None
     if monitored and rank == 0:
@@ -352,6 +335,34 @@ def build_train_data(
         name, batches, len(files), listing.classes, mon_tr, mon_ho, summary, monitored,
         workers, why,
     )  # fmt: skip
+
+
+def _file_loader(
+    name: str,
+    files: FileList,
+    labels: np.ndarray,
+    crop: AugmentConfig,
+    batch_size: int,
+    device: torch.device,
+    workers: int,
+    summary: DataSummary,
+    common: dict[str, Any],
+) -> BatchLoader:
+    """The ``"dali"`` or ``"stream"`` loader over ``files``; ``common``: seed, rank, world_size."""
+    if name == "dali":
+        from fastclr.data.dali import DaliLoader
+
+        return DaliLoader(files, labels, crop, batch_size, device=device, summary=summary, **common)
+    return StreamingLoader(
+        files,
+        labels,
+        crop,
+        batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        summary=summary,
+        **common,
+    )
 
 
 _HELD = FOLDER_HELDOUT_FRACTION
