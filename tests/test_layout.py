@@ -1,5 +1,5 @@
 """The structure issue 15 asks for, checked so that it stays: evaluation does not import training,
-and the training, evaluation and CLI code has no function longer than a screen.
+and no function anywhere in the package is longer than a screen.
 
 Costs about 3 s (one fresh interpreter importing torch).
 """
@@ -13,8 +13,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 80
-# The modules split under issue 15; the rest of fastclr/ has its own owners.
-CHECKED = ["fastclr/train", "fastclr/cli.py", "fastclr/evaluate.py", "fastclr/checkpoint.py"]
 
 
 def test_evaluation_and_checkpoint_io_do_not_import_training() -> None:
@@ -38,9 +36,10 @@ def _functions(path: Path) -> list[tuple[int, str, int]]:
 
 
 def test_no_function_longer_than_a_screen() -> None:
-    paths = [REPO / c for c in CHECKED]
-    files = [f for p in paths for f in (sorted(p.rglob("*.py")) if p.is_dir() else [p])]
-    assert len(files) >= 12, files  # the package and the three modules were found
+    files = sorted((REPO / "fastclr").rglob("*.py"))
+    found = {f.relative_to(REPO).as_posix() for f in files}
+    # every subpackage is walked (the Triton kernels in kernels/ are not under fastclr/)
+    assert {"fastclr/cli.py", "fastclr/train/loop.py", "fastclr/augment/triton_backend.py"} <= found
     too_long = [
         f"{p.relative_to(REPO)}:{line} {name} ({n} lines)"
         for p in files
