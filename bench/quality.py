@@ -1,6 +1,6 @@
 """Representation quality: does ``fastclr pretrain`` learn on data no one tuned it for?
 
-    python bench/quality.py                  # both suites, 3 seeds each (~20 min on 2 CPU cores)
+    python bench/quality.py                  # both suites, 3 seeds each (~22 min on 2 CPU cores)
     python bench/quality.py --suite folder   # the general path only
     python bench/quality.py --seeds 0        # one seed, a quick look (no 3σ verdict)
 
@@ -367,7 +367,7 @@ def suite_table(title: str, suite: dict[str, Any], v: dict[str, Any], label: str
         f"{secs:.0f} s of pretraining per seed.",
         "",
     ]
-    keys = ("lr:", "warm-up:", "augment:", "kNN k:")
+    keys = ("batch:", "lr:", "warm-up:", "augment:", "kNN k:")
     recipe = [ln.strip() for ln in rows[0]["log"] if ln.strip().startswith(keys)]
     seen = {ln for r in rows for ln in r["log"] if ln.startswith("watch")}
     watcher = sorted(seen, key=lambda ln: (int(ln.split()[2].rstrip(":")), ln))
