@@ -5,9 +5,16 @@
 // computed by a register-blocked micro-kernel (kMR×kNR outputs in registers, B operand packed)
 // into a per-thread buffer, an epilogue turns it into exps / gradient weights (vectorised exp
 // polynomial below), and the backwards push the weight tile through a second register-blocked
-// micro-kernel (kMR2 rows × up to 64 columns of D). The vector code uses GCC/Clang vector
-// extensions, so it compiles for any target: the AVX-512 copy of this file (isa.h) keeps a v16 in
-// one zmm register, the AVX2 and baseline copies split it into ymm/xmm halves and quarters.
+// micro-kernel (kMR2 rows × kNV2 vectors of D). The vector code uses GCC/Clang vector extensions;
+// its width and the two micro-kernels' blocking follow the instruction set this copy is compiled
+// for (isa.h), so that the accumulators and operands fit the register file:
+//
+//   copy      vector        registers   S micro-kernel           gradient micro-kernel
+//   avx512    16 fp32 (zmm)  32         12×32: 24 acc + 2 B + 1  6×64: 24 acc + 4 B + 1
+//   avx2       8 fp32 (ymm)  16          6×16: 12 acc + 2 B + 1  6×16: 12 acc + 2 B + 1
+//   baseline   4 fp32 (xmm)  16          6×8:  12 acc + 2 B + 1  6×8:  12 acc + 2 B + 1
+//
+// (SSE2 has no FMA: a product takes one more register before it is added.)
 #include "ntxent.h"
 #include "isa.h"
 
@@ -27,68 +34,101 @@
 namespace fastclr::FASTCLR_ISA_NS {  // one copy per instruction set (isa.h)
 namespace {
 
-// Tile side. A multiple of kMR, kNR and kMR2; a 96×96 fp32 tile (36 KiB) and its two 96×128
-// operand blocks (48 KiB each) stay in L2 while the tile is worked on.
+// Tile side. A multiple of every copy's kMR, kNR and kMR2 (and of 16 lanes); a 96×96 fp32 tile
+// (36 KiB) and its two 96×128 operand blocks (48 KiB each) stay in L2 while the tile is worked on.
 constexpr int64_t kBlock = 96;
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;  // fp32 lanes per vector (one zmm)
 // S micro-kernel: 12 rows × 32 columns = 24 zmm accumulators, 2 B loads, 1 broadcast (of 32).
 constexpr int kMR = 12;
 constexpr int kNR = 32;
 // Gradient micro-kernel: 6 rows × 64 columns of D = 24 accumulators, 4 B loads, 1 broadcast.
 constexpr int kMR2 = 6;
-constexpr int64_t kLanes = 16;               // fp32 lanes per vector (one zmm)
-constexpr int kTileVecs = kBlock / kLanes;   // vectors per tile row
+constexpr int kNV2 = 4;
+#elif defined(__AVX2__)
+constexpr int64_t kLanes = 8;  // one ymm
+// S: 6 rows × 16 columns = 12 ymm accumulators, 2 B loads, 1 broadcast (of 16).
+constexpr int kMR = 6;
+constexpr int kNR = 16;
+// Gradient: 6 rows × 16 columns of D = 12 accumulators, 2 B loads, 1 broadcast.
+constexpr int kMR2 = 6;
+constexpr int kNV2 = 2;
+#else
+constexpr int64_t kLanes = 4;  // one xmm (SSE2, the x86-64 baseline; or any other target)
+// S: 6 rows × 8 columns = 12 xmm accumulators, 2 B loads, 1 broadcast, 1 product (of 16).
+constexpr int kMR = 6;
+constexpr int kNR = 8;
+// Gradient: 6 rows × 8 columns of D = 12 accumulators, 2 B loads, 1 broadcast, 1 product.
+constexpr int kMR2 = 6;
+constexpr int kNV2 = 2;
+#endif
+constexpr int kNV = kNR / kLanes;           // vectors per S micro-kernel row
+constexpr int kTileVecs = kBlock / kLanes;  // vectors per tile row
 // Largest |r_a| = |g_a|·exp(c − LSE_a) the one-exp backward accepts: r_a + r_k stays finite.
 constexpr double kMaxRowFactor = 1e37;
 // Total bytes of the per-thread gradient buffers of a backward (each a full padded (M, D) fp32
 // copy); past it the backward runs on fewer threads, so memory stays O(M·D) on many-core machines.
 constexpr int64_t kGradBufferBudget = int64_t{512} << 20;
 static_assert(kBlock % kMR == 0 && kBlock % kNR == 0 && kBlock % kMR2 == 0, "tile side");
-static_assert(kBlock % kLanes == 0, "tile side");
+static_assert(kBlock % 16 == 0 && kNR % kLanes == 0, "tile side");
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t veci __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-inline v16 vload(const float* p) {
-  v16 v;
+inline vec vload(const float* p) {
+  vec v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void vstore(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-// (an explicit initialiser, not v16{} + x: that costs an add and a register broadcast on the FMA
+inline void vstore(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+// (an explicit initialiser, not vec{} + x: that costs an add and a register broadcast on the FMA
 // port instead of one broadcast load)
-inline v16 vbcast(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+template <size_t... L>
+inline vec vbcast_(float x, std::index_sequence<L...>) {
+  return vec{((void)L, x)...};
+}
+inline vec vbcast(float x) { return vbcast_(x, std::make_index_sequence<kLanes>()); }
+template <size_t... L>
+constexpr veci lane_index(std::index_sequence<L...>) {
+  return veci{static_cast<int32_t>(L)...};
+}
+const veci kLaneIndex = lane_index(std::make_index_sequence<kLanes>());
+
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 // Horizontal sum as a fixed tree (halves added pairwise): short dependency chain, same order
 // every call.
-inline float hsum(v16 v) {
-  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v4 b =
-      __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
+inline float hsum4(v4 b) { return (b[0] + b[2]) + (b[1] + b[3]); }
+inline float hsum8(v8 a) {
+  return hsum4(__builtin_shufflevector(a, a, 0, 1, 2, 3) +
+               __builtin_shufflevector(a, a, 4, 5, 6, 7));
 }
-inline float hmax(v16 v) {
+inline float hsum(vec v) {
+#if defined(__AVX512F__)
+  return hsum8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+#elif defined(__AVX2__)
+  return hsum8(v);
+#else
+  return hsum4(v);
+#endif
+}
+inline float hmax(vec v) {
   float m = v[0];
   for (int l = 1; l < kLanes; ++l) m = std::max(m, v[l]);
   return m;
 }
-const v16i kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-// exp(x) for a vector: x = n·ln2 + r with |r| ≤ ln2/2, exp(r) by its degree-7 Taylor polynomial
-// (truncation error r⁸/8! < 5e-9, below fp32 rounding), times 2ⁿ built in the exponent bits.
-// Inputs below -87.33 (where the result would be denormal) give exactly 0, -inf included; inputs
-// are clamped at 88.3 (never reached here: every exponent in these kernels is ≤ about 0).
-inline v16 vexp(v16 x) {
-  const v16 lo = vbcast(-87.33f);
-  const v16 hi = vbcast(88.3f);
-  v16 xc = x < lo ? lo : x;
+inline vec vexp(vec x) {
+  const vec lo = vbcast(-87.33f);
+  const vec hi = vbcast(88.3f);
+  vec xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
-  const v16 magic = vbcast(12582912.0f);  // 1.5·2²³: adding it rounds to an integer
-  const v16 n = (xc * 1.44269504088896341f + magic) - magic;
-  v16 r = xc - n * 0.693145751953125f;  // ln2 split in a high part exact in fp32 ...
+  const vec magic = vbcast(12582912.0f);  // 1.5·2²³: adding it rounds to an integer
+  const vec n = (xc * 1.44269504088896341f + magic) - magic;
+  vec r = xc - n * 0.693145751953125f;  // ln2 split in a high part exact in fp32 ...
   r = r - n * 1.42860682030941723212e-6f;  // ... and the low remainder
-  v16 p = vbcast(1.0f / 5040.0f);
+  vec p = vbcast(1.0f / 5040.0f);
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -96,11 +136,11 @@ inline v16 vexp(v16 x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16 scale;
+  const veci bits = (__builtin_convertvector(n, veci) + 127) << 23;
+  vec scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  const v16 y = p * scale;
-  return x < lo ? v16{} : y;
+  const vec y = p * scale;
+  return x < lo ? vec{} : y;
 }
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -169,22 +209,20 @@ void pack_panels(const float* rows, int64_t Mp, int64_t Dp, int64_t width, float
 
 // C (kMR×kNR, row stride kBlock) = scale · A (K×kMR panel) · B (K×kNR panel).
 inline void micro_s(const float* A, int64_t K, const float* panel, float scale, float* C) {
-  v16 c0[kMR], c1[kMR];
-  for (int r = 0; r < kMR; ++r) c0[r] = c1[r] = v16{};
+  vec c[kMR][kNV];
+  for (int r = 0; r < kMR; ++r)
+    for (int v = 0; v < kNV; ++v) c[r][v] = vec{};
   for (int64_t k = 0; k < K; ++k) {
-    const v16 b0 = vload(panel + k * kNR);
-    const v16 b1 = vload(panel + k * kNR + kLanes);
+    vec b[kNV];
+    for (int v = 0; v < kNV; ++v) b[v] = vload(panel + k * kNR + v * kLanes);
 #pragma GCC unroll 12
     for (int r = 0; r < kMR; ++r) {
-      const v16 a = vbcast(A[k * kMR + r]);
-      c0[r] += a * b0;
-      c1[r] += a * b1;
+      const vec a = vbcast(A[k * kMR + r]);
+      for (int v = 0; v < kNV; ++v) c[r][v] += a * b[v];
     }
   }
-  for (int r = 0; r < kMR; ++r) {
-    vstore(C + r * kBlock, c0[r] * scale);
-    vstore(C + r * kBlock + kLanes, c1[r] * scale);
-  }
+  for (int r = 0; r < kMR; ++r)
+    for (int v = 0; v < kNV; ++v) vstore(C + r * kBlock + v * kLanes, c[r][v] * scale);
 }
 
 // S (kBlock×kBlock) = scale · rows_I · rows_Jᵀ, both given as packed panels (kMR / kNR wide).
@@ -200,20 +238,32 @@ void tile_dot(const float* panels_i, const float* panels_j, int64_t Dp, float sc
 template <int NV>
 inline void micro_acc(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
                       float* C, int64_t ldc) {
-  v16 c[kMR2][NV];
+  vec c[kMR2][NV];
   for (int r = 0; r < kMR2; ++r)
     for (int v = 0; v < NV; ++v) c[r][v] = vload(C + r * ldc + v * kLanes);
   for (int64_t k = 0; k < kBlock; ++k) {
-    v16 b[NV];
+    vec b[NV];
     for (int v = 0; v < NV; ++v) b[v] = vload(B + k * ldb + v * kLanes);
 #pragma GCC unroll 6
     for (int r = 0; r < kMR2; ++r) {
-      const v16 a = vbcast(A[r * ars + k * acs]);
+      const vec a = vbcast(A[r * ars + k * acs]);
       for (int v = 0; v < NV; ++v) c[r][v] += a * b[v];
     }
   }
   for (int r = 0; r < kMR2; ++r)
     for (int v = 0; v < NV; ++v) vstore(C + r * ldc + v * kLanes, c[r][v]);
+}
+
+// micro_acc<NV> for the last nv < kNV2 vectors of a row of D (NV counts down to 1).
+template <int NV>
+inline void micro_acc_tail(int64_t nv, const float* A, int64_t ars, int64_t acs, const float* B,
+                           int64_t ldb, float* C, int64_t ldc) {
+  if constexpr (NV > 0) {
+    if (nv == NV)
+      micro_acc<NV>(A, ars, acs, B, ldb, C, ldc);
+    else
+      micro_acc_tail<NV - 1>(nv, A, ars, acs, B, ldb, C, ldc);
+  }
 }
 
 // C (kBlock, Dp) += A (kBlock×kBlock, element (i,k) at i·ars + k·acs) · B (kBlock, Dp).
@@ -222,20 +272,16 @@ void tile_acc(const float* A, int64_t ars, int64_t acs, const float* B, int64_t 
     const float* a = A + ip * ars;
     float* c = C + ip * Dp;
     int64_t d = 0;
-    for (; d + 4 * kLanes <= Dp; d += 4 * kLanes) micro_acc<4>(a, ars, acs, B + d, Dp, c + d, Dp);
-    switch ((Dp - d) / kLanes) {
-      case 3: micro_acc<3>(a, ars, acs, B + d, Dp, c + d, Dp); break;
-      case 2: micro_acc<2>(a, ars, acs, B + d, Dp, c + d, Dp); break;
-      case 1: micro_acc<1>(a, ars, acs, B + d, Dp, c + d, Dp); break;
-      default: break;
-    }
+    for (; d + kNV2 * kLanes <= Dp; d += kNV2 * kLanes)
+      micro_acc<kNV2>(a, ars, acs, B + d, Dp, c + d, Dp);
+    micro_acc_tail<kNV2 - 1>((Dp - d) / kLanes, a, ars, acs, B + d, Dp, c + d, Dp);
   }
 }
 
 // Mask of the tile entries that are not pairs: the self pair (column gk == row gi) and padded
 // columns (gk ≥ valid_cols).
-inline v16i excluded(int64_t gi, int64_t k0, int64_t valid_cols) {
-  const v16i gk = kLaneIndex + static_cast<int32_t>(k0);
+inline veci excluded(int64_t gi, int64_t k0, int64_t valid_cols) {
+  const veci gk = kLaneIndex + static_cast<int32_t>(k0);
   return (gk == static_cast<int32_t>(gi)) | (gk >= static_cast<int32_t>(valid_cols));
 }
 
@@ -278,13 +324,13 @@ std::vector<std::pair<int32_t, int32_t>> upper_pairs(int64_t nb) {
 template <bool kMask>
 void sym_fwd_epilogue(const float* S, int64_t I, int64_t J, int64_t M, float c, double* acc) {
   const int64_t i0 = I * kBlock, j0 = J * kBlock;
-  v16 col[kTileVecs];
-  for (int v = 0; v < kTileVecs; ++v) col[v] = v16{};
+  vec col[kTileVecs];
+  for (int v = 0; v < kTileVecs; ++v) col[v] = vec{};
   for (int64_t i = 0; i < kBlock; ++i) {
-    v16 rs = v16{};
+    vec rs = vec{};
     for (int v = 0; v < kTileVecs; ++v) {
-      v16 e = vexp(vload(S + i * kBlock + v * kLanes) - c);
-      if (kMask) e = excluded(i0 + i, j0 + v * kLanes, M) ? v16{} : e;
+      vec e = vexp(vload(S + i * kBlock + v * kLanes) - c);
+      if (kMask) e = excluded(i0 + i, j0 + v * kLanes, M) ? vec{} : e;
       rs += e;
       col[v] += e;
     }
@@ -350,16 +396,16 @@ void rect_fwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
           const int64_t gi = I * kBlock + i;
           const int64_t self = gi < Mq ? gi + q_offset : -1;
           float* row = S + i * kBlock;
-          v16 vmax = vbcast(neg_inf);
+          vec vmax = vbcast(neg_inf);
           for (int v = 0; v < kTileVecs; ++v) {
-            v16 s = vload(row + v * kLanes);
+            vec s = vload(row + v * kLanes);
             s = excluded(self, J * kBlock + v * kLanes, Mk) ? vbcast(neg_inf) : s;
             vstore(row + v * kLanes, s);
             vmax = s > vmax ? s : vmax;
           }
           const float m_new = std::max(run_max[i], hmax(vmax));
           if (m_new == neg_inf) continue;  // nothing seen yet in this row
-          v16 rs = v16{};
+          vec rs = vec{};
           for (int v = 0; v < kTileVecs; ++v) rs += vexp(vload(row + v * kLanes) - m_new);
           run_sum[i] = run_sum[i] * std::exp(static_cast<double>(run_max[i]) - m_new) + hsum(rs);
           run_max[i] = m_new;
@@ -395,12 +441,12 @@ void row_factors(const float* lse, const float* g, int64_t M, int64_t Mp, std::v
 void sym_bwd_epilogue_shift(float* S, int64_t I, int64_t J, float c, const float* r) {
   const int64_t i0 = I * kBlock, j0 = J * kBlock;
   for (int64_t i = 0; i < kBlock; ++i) {
-    const v16 ri = vbcast(r[i0 + i]);
+    const vec ri = vbcast(r[i0 + i]);
     float* row = S + i * kBlock;
     for (int v = 0; v < kTileVecs; ++v) {
-      const v16 t = vexp(vload(row + v * kLanes) - c) * (ri + vload(r + j0 + v * kLanes));
+      const vec t = vexp(vload(row + v * kLanes) - c) * (ri + vload(r + j0 + v * kLanes));
       // only the self pair needs masking: padded rows/columns meet zero rows of ẑ
-      vstore(row + v * kLanes, excluded(i0 + i, j0 + v * kLanes, INT32_MAX) ? v16{} : t);
+      vstore(row + v * kLanes, excluded(i0 + i, j0 + v * kLanes, INT32_MAX) ? vec{} : t);
     }
   }
 }
@@ -409,14 +455,14 @@ void sym_bwd_epilogue_shift(float* S, int64_t I, int64_t J, float c, const float
 void sym_bwd_epilogue_two_exp(float* S, int64_t I, int64_t J, const float* g, const float* L) {
   const int64_t i0 = I * kBlock, j0 = J * kBlock;
   for (int64_t i = 0; i < kBlock; ++i) {
-    const v16 gi = vbcast(g[i0 + i]);
-    const v16 li = vbcast(L[i0 + i]);
+    const vec gi = vbcast(g[i0 + i]);
+    const vec li = vbcast(L[i0 + i]);
     float* row = S + i * kBlock;
     for (int v = 0; v < kTileVecs; ++v) {
-      const v16 s = vload(row + v * kLanes);
-      const v16 t = gi * vexp(s - li) +
+      const vec s = vload(row + v * kLanes);
+      const vec t = gi * vexp(s - li) +
                     vload(g + j0 + v * kLanes) * vexp(s - vload(L + j0 + v * kLanes));
-      vstore(row + v * kLanes, excluded(i0 + i, j0 + v * kLanes, INT32_MAX) ? v16{} : t);
+      vstore(row + v * kLanes, excluded(i0 + i, j0 + v * kLanes, INT32_MAX) ? vec{} : t);
     }
   }
 }
@@ -515,12 +561,12 @@ void rect_bwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
         for (int64_t i = 0; i < kBlock; ++i) {
           const int64_t gi = I * kBlock + i;
           const int64_t self = gi < Mq ? gi + q_offset : -1;
-          const v16 g_i = vbcast(gp[static_cast<size_t>(gi)]);
-          const v16 l_i = vbcast(lp[static_cast<size_t>(gi)]);
+          const vec g_i = vbcast(gp[static_cast<size_t>(gi)]);
+          const vec l_i = vbcast(lp[static_cast<size_t>(gi)]);
           float* row = S + i * kBlock;
           for (int v = 0; v < kTileVecs; ++v) {
-            const v16 w = g_i * vexp(vload(row + v * kLanes) - l_i);
-            vstore(row + v * kLanes, excluded(self, J * kBlock + v * kLanes, Mk) ? v16{} : w);
+            const vec w = g_i * vexp(vload(row + v * kLanes) - l_i);
+            vstore(row + v * kLanes, excluded(self, J * kBlock + v * kLanes, Mk) ? vec{} : w);
           }
         }
         tile_acc(S, kBlock, 1, kp.block(J), kp.Dp, dq_rows);                     // dq_I += W k_J
