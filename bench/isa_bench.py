@@ -1,7 +1,7 @@
 """The native kernels' instruction-set copies side by side, and against another build of them.
 
     python bench/isa_bench.py                         # every copy in the installed build
-    python bench/isa_bench.py --so /tmp/b/_cpu.so     # + a separately built library
+    python bench/isa_bench.py --so /tmp/b/_cpu.so     # + every copy of another build
 
 The installed ``fastclr._cpu`` holds one copy of the kernels per instruction set and runs the best
 one the CPU supports (kernels/cpu/isa.h); ``FASTCLR_ISA`` lowers the choice. A library built with
@@ -14,8 +14,11 @@ Each variant runs in its own process (one module per process), the variants inte
 ``--rounds`` rounds so that a busy machine slows them alike. Times are CPU seconds of one thread
 (``time.process_time``, OpenMP and torch set to one thread): on a shared machine the wall clock
 mostly measures the neighbours. Every variant's loss and augmentation are checked against the
-float64 references before they are timed. Medians over rounds are printed, with the ratio to the
-installed build's best copy.
+float64 references before they are timed. The last row times the plain-torch alternatives a user
+has without the native library, in the same rounds: the float32 definition of the loss
+(``ntxent_reference(..., upcast=False)``, the full M×M matrix) and the ``"torch"`` augmentation
+backend. Medians over rounds are printed, each with its ratio to the installed build's best copy
+and to that torch row.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Runs in a child process: argv = [so path or "", quick flag].
+TORCH_ROW = "torch (no native library)"
+
+# Runs in a child process: argv = [so path or "", quick flag, "native" or "torch"].
 _CHILD = r"""
 import importlib.util, json, statistics, sys, time
 from dataclasses import replace
@@ -47,6 +52,7 @@ from fastclr.testing import AUGMENT_ATOL, assert_close_to_reference
 torch.set_num_threads(1)
 lib = _native.require()
 quick = sys.argv[2] == "1"
+torch_row = sys.argv[3] == "torch"
 g = torch.Generator().manual_seed(0)
 # check first: values and gradients against float64, both sides of the constant-shift switch
 for tau in (0.5, 0.02):
@@ -74,32 +80,56 @@ def cpu_ms(fn, reps):
         times.append(time.process_time() - t0)
     return statistics.median(times) * 1e3
 
-out = {"isa": lib.active_isa() if hasattr(lib, "active_isa") else "single build"}
+def torch_loss(a, b):
+    return ntxent_reference(*views_to_batch([a, b]), 0.1, upcast=False)
+
+def native_loss(a, b):
+    return fastclr.ntxent(a, b, temperature=0.1, backend="native")
+
+loss = torch_loss if torch_row else native_loss
+isa = lib.active_isa() if hasattr(lib, "active_isa") else "single build"
+out = {"isa": "torch fp32" if torch_row else isa}
 for m in ((1024, 2048) if quick else (2048, 8192)):
     a = torch.randn(m // 2, 128, generator=g, requires_grad=True)
     b = torch.randn(m // 2, 128, generator=g, requires_grad=True)
-    run = lambda: fastclr.ntxent(a, b, temperature=0.1, backend="native").backward()
-    out[f"loss fwd+bwd 2N={m}"] = cpu_ms(run, 5)
+    out[f"loss fwd+bwd 2N={m}"] = cpu_ms(lambda: loss(a, b).backward(), 5)
 n = 8 if quick else 32
 imgs = torch.randint(0, 256, (n, 256, 256, 3), dtype=torch.uint8, generator=g)
-aug = SimCLRAugmentation(AugmentConfig.imagenet(224), backend="native", seed=0)
+backend = "torch" if torch_row else "native"
+aug = SimCLRAugmentation(AugmentConfig.imagenet(224), backend=backend, seed=0)
 out[f"augment {n}x224 (2 views)"] = cpu_ms(lambda: aug(imgs), 3)
 print(json.dumps(out))
 """
 
 
-def _run(so: str, isa: str | None, quick: bool) -> dict[str, float | str]:
+def _run(so: str, isa: str | None, quick: bool, kind: str) -> dict[str, float | str]:
     env = dict(os.environ)
     env.pop("FASTCLR_ISA", None)
     if isa is not None:
         env["FASTCLR_ISA"] = isa
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-c", _CHILD, so, "1" if quick else "0"]
+    cmd = [sys.executable, "-c", _CHILD, so, "1" if quick else "0", kind]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"variant so={so or 'installed'} FASTCLR_ISA={isa}: {proc.stderr[-2000:]}")
     result: dict[str, float | str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+def _copies(so: str) -> list[str | None]:
+    """The instruction-set copies in library `so`, worst first (``[None]`` for a one-copy build)."""
+    code = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('fastclr._cpu', sys.argv[1])\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        "print(getattr(mod, 'compiled_isas', 'native'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, so], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"--so {so}: cannot load it: {proc.stderr[-2000:]}")
+    names: list[str | None] = list(proc.stdout.strip().split(","))
+    return [None] if names == ["native"] else names
 
 
 def main() -> int:
@@ -117,29 +147,40 @@ def main() -> int:
     from fastclr import _native
 
     compiled = _native.require().compiled_isas.split(",")
-    # (label, so, FASTCLR_ISA); the installed build's best copy first
-    variants = [("installed, best copy", "", None)]
-    variants += [(f"installed, {isa}", "", isa) for isa in reversed(compiled[:-1])]
-    variants += [(f"--so {so}", so, None) for so in args.so]
+    # (label, so, FASTCLR_ISA, kind); the installed build's best copy first, torch last
+    variants: list[tuple[str, str, str | None, str]] = [
+        ("installed, best copy", "", None, "native")
+    ]
+    variants += [(f"installed, {isa}", "", isa, "native") for isa in reversed(compiled[:-1])]
+    for so in args.so:
+        copies = reversed(_copies(so))
+        variants += [(f"--so {so}, {isa or 'its one copy'}", so, isa, "native") for isa in copies]
+    variants += [(TORCH_ROW, "", None, "torch")]
     samples: dict[str, list[dict[str, float | str]]] = {v[0]: [] for v in variants}
     for r in range(args.rounds):
-        for label, so, isa in variants:
+        for label, so, isa, kind in variants:
             print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            samples[label].append(_run(so, isa, args.quick))
+            samples[label].append(_run(so, isa, args.quick, kind))
 
     keys = [k for k in samples[variants[0][0]][0] if k != "isa"]
-    base = {k: statistics.median(float(s[k]) for s in samples[variants[0][0]]) for k in keys}
-    print(f"CPU ms of one thread, median of {args.rounds} interleaved rounds (ratio: / best copy)")
+    med = {
+        label: {k: statistics.median(float(s[k]) for s in samples[label]) for k in keys}
+        for label, *_ in variants
+    }
+    best, ref = med[variants[0][0]], med[TORCH_ROW]
+    print(
+        f"CPU ms of one thread, median of {args.rounds} interleaved rounds "
+        "(ratios: / best copy, and torch's time / this one)"
+    )
     print()
     print("| variant | copy | " + " | ".join(keys) + " |")
     print("|---|---|" + "---|" * len(keys))
-    for label, _, _ in variants:
-        rows = samples[label]
-        cells = []
-        for k in keys:
-            med = statistics.median(float(s[k]) for s in rows)
-            cells.append(f"{med:.1f} ({med / base[k]:.2f}×)")
-        print(f"| {label} | {rows[0]['isa']} | " + " | ".join(cells) + " |")
+    for label, *_ in variants:
+        cells = [
+            f"{v:.1f} ({v / best[k]:.2f}× best; torch ÷ this: {ref[k] / v:.1f})"
+            for k, v in med[label].items()
+        ]
+        print(f"| {label} | {samples[label][0]['isa']} | " + " | ".join(cells) + " |")
     return 0
 
 
