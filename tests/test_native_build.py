@@ -179,6 +179,36 @@ def test_each_instruction_set_copy_matches_the_reference(isa: str) -> None:
         pytest.skip(f"this CPU cannot run the {isa} copy (best: {active})")
 
 
+# The native loss tests whose shapes and cases reach every code path of a copy: hypothesis-drawn
+# odd shapes over several tiles (values and gradients against float64), both sides of the
+# constant-shift switch, the two-exp backward, bitwise determinism per thread count.
+_COPY_TESTS = "values_and_grads or deterministic or switch_rule or large_upstream"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ISAS)
+def test_each_instruction_set_copy_on_drawn_shapes(isa: str) -> None:
+    """tests/test_native_ntxent.py's drawn-shape, switch and determinism tests on each copy the CPU
+    can run, forced by FASTCLR_ISA (about 10 s per copy). The copy this process runs is skipped:
+    the test run itself covers it."""
+    mod = _native.require()
+    if isa not in mod.compiled_isas.split(","):
+        pytest.skip(f"no {isa} copy in this build ({mod.compiled_isas})")
+    if isa == mod.active_isa():
+        pytest.skip(f"{isa} is the copy this test run uses")
+    env = dict(os.environ, FASTCLR_ISA=isa)
+    probe = "from fastclr import _native; print(_native.require().active_isa())"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.strip() != isa:
+        pytest.skip(f"this CPU cannot run the {isa} copy (best: {out.stdout.strip()})")
+    test_file = os.path.join(os.path.dirname(__file__), "test_native_ntxent.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file]
+    out = subprocess.run([*cmd, "-k", _COPY_TESTS], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-3000:]
+
+
 def test_unknown_instruction_set_names_the_variable() -> None:
     code = "from fastclr import _native\n_native.require().active_isa()\n"
     env = dict(os.environ, FASTCLR_ISA="avx9000")

@@ -88,7 +88,7 @@ def assert_grad_close(
 
 
 @given(
-    m=st.integers(2, 70),
+    m=st.integers(2, 200),
     d=st.integers(1, 140),
     tau=st.sampled_from(TAUS),
     n_threads=st.sampled_from([1, 2]),
@@ -111,7 +111,7 @@ def test_lse_sym_values_and_grads(m: int, d: int, tau: float, n_threads: int, se
 
 
 @given(
-    mk=st.integers(2, 120),
+    mk=st.integers(2, 200),
     d=st.integers(1, 70),
     tau=st.sampled_from(TAUS),
     n_threads=st.sampled_from([1, 2]),
