@@ -66,6 +66,15 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], hint: Any
     meta, flag = f.metadata, f.name.replace("_", "-")
     kind = _option_type(hint)
     if kind is bool:  # a switch: it turns on what is off by default, or off what is on
+        if meta.get("digits", f.default) != meta.get("other_data", f.default):
+            p.add_argument(  # the default depends on the data: both directions
+                f"--{flag}",
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{meta['help']} (default: {_default_text(f)})",
+            )
+            return
         on = not f.default
         p.add_argument(
             f"--{flag}" if on else f"--no-{flag}",

@@ -68,7 +68,8 @@ def test_general_folder_path_learns_with_default_recipe(tmp_path: Path) -> None:
     batch = batch_for(count_train_images(str(folder)))[0]
     assert re.search(rf"batch:\s+{batch} \(\d+ images: the largest power of two", log), log[:3000]
     assert re.search(rf"lr:\s+{sqrt_lr(batch):.4g} \(square-root rule", log), log[:3000]
-    assert re.search(r"augment:\s+small \(28-px views", log)
+    assert re.search(r"augment:\s+small-grey \(28-px views.*grayscale images: no horizontal", log)
+    assert "(BatchNorm in the head)" in log  # the general path's head
     assert re.search(r"kNN k:\s+21 \(15% of the smallest class", log)
     epochs = q.read_csv(run / "epochs.csv")
     assert epochs[-1]["loss"] < epochs[0]["loss"] - LOSS_FALL, [e["loss"] for e in epochs]

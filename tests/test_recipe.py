@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,13 +14,12 @@ from fastclr.augment.presets import SMALL_CROP_SCALE, preset_config
 from fastclr.evaluate import knn_accuracy, knn_k_for
 from fastclr.train import TrainConfig
 from fastclr.train.builders import augment_preset_for, warmup_steps
-from fastclr.train.loop import resolve_batch
+from fastclr.train.loop import resolve_batch, resolve_preset
 from fastclr.train.recipe import (
     DEFAULT_BATCH,
     MIN_AUTO_BATCH,
     MIN_STEPS_PER_EPOCH,
     batch_for,
-    grey_images,
     linear_lr,
     lr_for,
     preset_for,
@@ -164,12 +165,73 @@ def test_small_preset_is_cifar_with_milder_crops() -> None:
     assert small.flip_p == cifar.flip_p and small.strength == cifar.strength
 
 
-def test_grey_detection() -> None:
+def _png(path: Path, pixels: np.ndarray, mode: str) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode=mode).save(path)
+
+
+def test_grey_detection_in_memory_and_in_files(tmp_path: Path) -> None:
+    from fastclr.data import ImageData, TensorImageDataset
+    from fastclr.data.select import images_are_grey
+
     g = torch.randint(0, 256, (10, 8, 8, 1), dtype=torch.uint8).expand(-1, -1, -1, 3)
-    assert grey_images(g)
+    assert images_are_grey(ImageData("g", TensorImageDataset(g.contiguous()), None))
     c = g.clone()
-    c[3, 2, 2, 1] ^= 1
-    assert not grey_images(c)
+    c[9, 2, 2, 1] ^= 1  # one channel of one pixel of the last image
+    assert not images_are_grey(ImageData("c", TensorImageDataset(c), None))
+    assert images_are_grey("digits")
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "grey"
+    for i in range(5):  # mode L files, and RGB files that hold a grey picture
+        _png(root / "a" / f"{i}.png", rng.integers(0, 256, (9, 9), dtype=np.uint8), "L")
+        rgb = np.repeat(rng.integers(0, 256, (9, 9, 1), dtype=np.uint8), 3, axis=2)
+        _png(root / "b" / f"{i}.png", rgb, "RGB")
+    (root / "b" / "broken.png").write_bytes(b"not a png")  # skipped, not fatal
+    assert images_are_grey(str(root))
+    colour = rgb.copy()
+    colour[0, 0, 2] ^= 1
+    _png(root / "b" / "9.png", colour, "RGB")
+    assert not images_are_grey(str(root))
+    empty = tmp_path / "unreadable" / "a"
+    empty.mkdir(parents=True)
+    (empty / "x.png").write_bytes(b"nothing")
+    assert not images_are_grey(str(tmp_path / "unreadable"))  # nothing opened: not called grey
+
+
+def test_grey_presets_are_the_size_presets_without_flips() -> None:
+    for size, name in ((28, "small"), (32, "cifar"), (224, "imagenet")):
+        grey, why = preset_for(size, grey=True)
+        assert grey == name + "-grey" and "no horizontal flips" in why
+        assert preset_for(size, grey=False)[0] == name
+        plain, mono = preset_config(name, size), preset_config(grey, size)
+        assert mono.flip_p == 0.0 and plain.flip_p == 0.5
+        assert dataclasses.replace(mono, flip_p=plain.flip_p) == plain
+
+
+def test_resolve_preset_rule_given_and_resumed(tmp_path: Path) -> None:
+    from fastclr.data import load_digits
+
+    root = tmp_path / "f"
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        _png(root / "a" / f"{i}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8), "L")
+    cfg, line = resolve_preset(TrainConfig(data=str(root), image_size=28), None, None)
+    assert cfg.augment_preset == "small-grey" and line.value == "small-grey"
+    _png(root / "a" / "c.png", rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB")
+    cfg, line = resolve_preset(TrainConfig(data=str(root), image_size=40), None, None)
+    assert cfg.augment_preset == "cifar" and "grayscale" not in line.reason
+    cfg, line = resolve_preset(TrainConfig(image_size=16), None, None)
+    assert cfg.augment_preset == "digits"  # the embedded demo keeps its preset
+    cfg, line = resolve_preset(TrainConfig(image_size=16), None, load_digits(16))
+    assert cfg.augment_preset == "small-grey"  # digits handed over as data: the general rule
+    given = TrainConfig(data=str(root), image_size=28, augment_preset="imagenet")
+    assert resolve_preset(given, None, None)[1].reason == "given"
+    plan = ResumePlan(checkpoint={"config": {"augment_preset": "small-grey"}})
+    resumed = TrainConfig(data=str(root), augment_preset="small-grey", resume=str(root))
+    assert resolve_preset(resumed, plan, None)[1].reason == "the checkpoint's"
 
 
 def test_knn_k_rule() -> None:

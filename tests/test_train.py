@@ -358,7 +358,11 @@ def test_cli_pretrain_has_a_flag_per_config_field_with_its_default_once() -> Non
     parser = _pretrain_parser()
     options = {a.dest: a for a in parser._actions if a.dest not in ("help", "debug")}
     assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
-    values = [a for a in options.values() if a.nargs != 0]  # not the on/off switches
+    # every option but the one-way on/off switches shows its default (two-way switches do: their
+    # default depends on the data)
+    values = [
+        a for a in options.values() if a.nargs != 0 or isinstance(a, argparse.BooleanOptionalAction)
+    ]
     text = " ".join(parser.format_help().split())  # unwrap the columns
     assert text.count("(default:") == len(values) and "None" not in text
     for a in values:
@@ -367,6 +371,7 @@ def test_cli_pretrain_has_a_flag_per_config_field_with_its_default_once() -> Non
             assert "{" + ",".join(a.choices) + "}" in text, a.dest
     assert "--augment-backend {auto,reference,torch,native" in text
     assert "(default: 16 for --data digits, else 224)" in text
+    assert "--head-bn, --no-head-bn BatchNorm in the projection head (default: False for" in text
 
 
 def test_cli_defaults_follow_the_data(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ __all__ = [
     "build_train_data",
     "count_train_images",
     "dali_available",
+    "images_are_grey",
     "resolve_loader",
     "resolve_num_workers",
     "usable_cpus",
@@ -72,6 +73,8 @@ MAX_AUTO_WORKERS = 8
 MEMORY_AUTO_BYTES = 1 << 30
 #: Files whose headers ``auto`` reads to see whether they are small squares.
 HEADER_PROBES = 100
+#: Images decoded (evenly spaced over the training set) to decide whether the data are grayscale.
+GREY_PROBES = 32
 #: Decoded bytes of the kNN monitor's subsets (train + held-out) for streamed data: the monitor
 #: uses at most this many images' worth of a fixed random subset, whatever the data set's size.
 MONITOR_BYTES = 256 << 20
@@ -268,6 +271,38 @@ def count_train_images(data: str | ImageData) -> int:
     if held_root is None and len(listing.classes) >= 2:
         n -= int(_stratified_split(torch.from_numpy(listing.labels), _HELD)[1].numel())
     return n
+
+
+def _grey(img: np.ndarray | torch.Tensor) -> bool:
+    """Whether an (H, W, 3) image has R = G = B everywhere."""
+    a = np.asarray(img)
+    return bool(((a[..., 0] == a[..., 1]) & (a[..., 1] == a[..., 2])).all())
+
+
+def images_are_grey(data: str | ImageData) -> bool:
+    """Whether the training images are grayscale: R = G = B in every one of up to
+    :data:`GREY_PROBES` evenly spaced images (files decoded by the one 8-bit rule of
+    :mod:`fastclr.data.decode`; files that do not open are skipped, and if none opens the answer
+    is False). Nothing else is decoded, so the augmentation can be chosen before any loader."""
+    if isinstance(data, ImageData):
+        images = data.train.images
+        picks = np.linspace(0, len(images) - 1, min(len(images), GREY_PROBES)).astype(np.int64)
+        return len(images) > 0 and all(_grey(images[int(i)]) for i in picks)
+    if data == "digits":
+        return True
+    from fastclr.data.decode import open_rgb
+
+    files = list_image_folder(_train_root(data)[0]).files
+    n, opened = len(files), 0
+    for i in np.linspace(0, n - 1, min(n, GREY_PROBES)).astype(np.int64):
+        try:
+            img, _ = open_rgb(files[int(i)])
+        except Exception:
+            continue  # unreadable files are the loader's business, not the rule's
+        if not _grey(img):
+            return False
+        opened += 1
+    return opened > 0
 
 
 def build_train_data(

@@ -51,8 +51,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def augment_preset_for(cfg: TrainConfig) -> str:
-    """The preset ``cfg.augment_preset`` names; ``auto``: digits for the digits, else the
-    recipe's rule by view size (:func:`fastclr.train.recipe.preset_for`)."""
+    """The preset ``cfg.augment_preset`` names; ``auto`` (not yet resolved by
+    :func:`fastclr.train.loop.resolve_preset`, which also looks at the images' colour): digits
+    for the digits, else the recipe's rule by view size
+    (:func:`fastclr.train.recipe.preset_for`)."""
     if cfg.augment_preset != "auto":
         return cfg.augment_preset
     if cfg.data == "digits":
@@ -70,8 +72,9 @@ def build_augmentation(
 ) -> Augmentation:
     """``fastclr.augment.SimCLRAugmentation`` with a recipe of :mod:`fastclr.augment.presets`.
 
-    ``preset`` is ``cifar``, ``imagenet`` or ``digits`` (the CIFAR recipe with milder crops and
-    no flips); views come out in the autocast dtype of ``precision``.
+    ``preset`` is one of :data:`fastclr.augment.presets.PRESETS` (``small``, ``cifar``,
+    ``imagenet``, their ``-grey`` twins without flips, or ``digits``); views come out in the
+    autocast dtype of ``precision``.
     """
     from fastclr.augment import SimCLRAugmentation
 

@@ -99,7 +99,8 @@ def run_header(
             "arch",
             f"{cfg.arch}, {cfg.stem} stem, width {cfg.width:g}"
             + (f", {feature}-d features" if feature else "")
-            + f", head → {cfg.proj_dim}",
+            + f", head → {cfg.proj_dim}"
+            + (" (BatchNorm in the head)" if cfg.head_bn else ""),
         ),
         HeaderLine("parameters", size),
         HeaderLine(

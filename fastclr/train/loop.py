@@ -29,7 +29,12 @@ from fastclr.augment.params import AugmentConfig
 from fastclr.augment.presets import preset_config
 from fastclr.checkpoint import load_model_state
 from fastclr.data import ImageData
-from fastclr.data.select import TrainData, build_train_data, count_train_images
+from fastclr.data.select import (
+    TrainData,
+    build_train_data,
+    count_train_images,
+    images_are_grey,
+)
 from fastclr.data.stream import ViewBatch, augment_views
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
@@ -53,7 +58,7 @@ from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
 from fastclr.train.monitor import knn_monitor
 from fastclr.train.precision import autocast, make_scaler, resolve_precision
-from fastclr.train.recipe import Choice, batch_for, lr_for, run_recipe
+from fastclr.train.recipe import Choice, batch_for, lr_for, preset_for, run_recipe
 from fastclr.train.rng import restore_rng, seed_everything
 from fastclr.train.rundir import ResumePlan, prepare_run_folder
 from fastclr.train.validation import check_device, check_environment
@@ -225,7 +230,7 @@ def _build_run(
     loss_fn: LossFn | None,
     data: ImageData | None,
     plan: ResumePlan | None = None,
-    batch: Choice | None = None,
+    chosen: list[Choice] | None = None,
 ) -> _Run:
     """Seed, load the data, build every component, resume if asked: the run, ready to train."""
     precision = _check_setup(cfg, ddp, device)
@@ -265,7 +270,7 @@ def _build_run(
     recipe, knn_k = run_recipe(cfg, steps_per_epoch, total_steps, train_data.monitor_train)
     lr = float(optimizer.defaults["lr"])
     if ddp.is_main:
-        choices = recipe if batch is None else [batch, *recipe]
+        choices = [*(chosen or []), *recipe]
         _print_header(
             cfg, train_data, device, precision, model, data, steps_per_epoch, lr, ddp, start,
             choices,
@@ -361,7 +366,8 @@ def fit(
     if plan.finished:
         return _finished(cfg, plan)
     cfg, batch = resolve_batch(cfg, plan, data, ddp.world_size)
-    run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan, batch)
+    cfg, preset = resolve_preset(cfg, plan, data)
+    run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan, [batch, preset])
     run.bar = tqdm(
         total=run.total_steps,
         initial=run.global_step,
@@ -411,6 +417,28 @@ def resolve_batch(
             count_train_images(data if data is not None else cfg.data), world_size
         )
     return dataclasses.replace(cfg, batch_size=batch), Choice("batch", str(batch), why)
+
+
+def resolve_preset(
+    cfg: TrainConfig, plan: ResumePlan | None, data: ImageData | None
+) -> tuple[TrainConfig, Choice]:
+    """``cfg`` with its augmentation preset named, and the header line that says why.
+
+    Given (or a resumed run's): kept. ``auto``: the embedded digits' demo preset for
+    ``--data digits``, else :func:`~fastclr.train.recipe.preset_for` of the view size and of
+    whether the training images are grayscale (a few decoded, before any loader is built).
+    """
+    if cfg.augment_preset != "auto":
+        ck = plan.checkpoint if plan is not None else None
+        saved = ck.get("config", {}).get("augment_preset") if ck is not None else None
+        why = "the checkpoint's" if cfg.resume and saved == cfg.augment_preset else "given"
+        return cfg, Choice("augment", cfg.augment_preset, why)
+    if data is None and cfg.data == "digits":
+        name, why = "digits", "the embedded digits' demo preset: crops of at least 30%, no flips"
+    else:
+        grey = images_are_grey(data if data is not None else cfg.data)
+        name, why = preset_for(cfg.image_size, grey)
+    return dataclasses.replace(cfg, augment_preset=name), Choice("augment", name, why)
 
 
 def _prepare_on_every_rank(cfg: TrainConfig, ddp: DistInfo) -> ResumePlan:
