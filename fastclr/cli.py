@@ -143,8 +143,9 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--num-workers",
         type=int,
-        default=0,
-        help="image-decoding worker processes (default: %(default)s)",
+        default=None,
+        help="image-decoding worker processes (default: auto, as for pretrain: 0 for a folder "
+        "decoded in memory, min(8, usable CPUs - 1) for one whose features stream)",
     )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)"
@@ -246,6 +247,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         knn_temperature=args.knn_temperature,
         num_workers=args.num_workers,
         progress=args.progress,
+        header=True,
     )
     print(
         f"{r.arch} on {r.data} ({r.n_train} train / {r.n_test} held-out): "

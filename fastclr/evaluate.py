@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,9 @@ from fastclr.checkpoint import (
     load_model_state,
     require_fields,
 )
-from fastclr.data import ImageData, TensorImageDataset, load_data
+from fastclr.data import ImageData, TensorImageDataset
 from fastclr.device import resolve_device
+from fastclr.features import EvalData, FileSet, eval_data, extract_features, stream_features
 from fastclr.models import build_model
 
 __all__ = [
@@ -52,50 +54,13 @@ KNN_CLASS_FRACTION = 0.15  # ~ Wu et al.'s 200 of ImageNet's ~1,300 training ima
 KNN_TEMPERATURE = 0.1
 LINEAR_L2 = 1e-4  # penalty on the probe's weights (mean-loss units); features are standardised
 LINEAR_MAX_ITER = 200
-
-
-@torch.no_grad()
-def extract_features(
-    encoder: nn.Module,
-    dataset: TensorImageDataset,
-    mean: tuple[float, ...] | list[float],
-    std: tuple[float, ...] | list[float],
-    image_size: int,
-    device: torch.device | str,
-    batch_size: int = 512,
-    progress: str | None = None,
-) -> Tensor:
-    """Encoder features (N, F) in fp32 of every image of ``dataset``, in eval mode.
-
-    ``progress``: the label of a tqdm bar over the batches (on stderr); None shows none.
-    """
-    from tqdm import tqdm
-
-    device = torch.device(device)
-    was_training = encoder.training
-    encoder.eval()
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    feats: list[Tensor] = []
-    try:
-        starts = range(0, len(dataset), batch_size)
-        bar = tqdm(starts, desc=progress, disable=progress is None, file=sys.stderr, leave=False)
-        for i in bar:
-            x = dataset.images[i : i + batch_size].to(device)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            if x.shape[-1] != image_size or x.shape[-2] != image_size:
-                x = F.interpolate(
-                    x,
-                    size=(image_size, image_size),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )
-            x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
-            feats.append(encoder(x).float())
-    finally:
-        encoder.train(was_training)
-    return torch.cat(feats)
+#: Largest (test rows × training features) fp32 similarity block of the kNN: the test rows per
+#: block shrink as the training set grows (1024 rows up to 65,536 training features, 52 at
+#: ImageNet's 1.28 M).
+KNN_BLOCK_BYTES = 256 << 20
+#: Largest float64 block of the probe: rows × (F + classes) × 8 bytes (the standardised rows and
+#: their logits); a training set within one block is fitted in one piece.
+PROBE_BLOCK_BYTES = 256 << 20
 
 
 def knn_k_for(train_labels: Tensor | None) -> tuple[int, str]:
@@ -125,7 +90,9 @@ def knn_accuracy(
 ) -> float:
     """Weighted kNN top-1 accuracy (cosine similarity, votes ``exp(sim/τ)``, k capped by N).
 
-    ``k=None``: :func:`knn_k_for` of the training labels.
+    ``k=None``: :func:`knn_k_for` of the training labels. Test rows go in blocks of ``chunk``,
+    fewer where a block's (rows × N_train) similarities would pass :data:`KNN_BLOCK_BYTES`.
+    Memory: an L2-normalised fp32 copy of both feature sets plus one block.
     """
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError("kNN needs at least one training and one test feature")
@@ -135,14 +102,16 @@ def knn_accuracy(
     n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
     ftr = F.normalize(train_features.float(), dim=1)
     fte = F.normalize(test_features.float(), dim=1)
+    rows = max(1, min(chunk, KNN_BLOCK_BYTES // (4 * len(ftr))))
     correct = 0
-    for i in range(0, len(fte), chunk):
-        sim = fte[i : i + chunk] @ ftr.T
+    for i in range(0, len(fte), rows):
+        sim = fte[i : i + rows] @ ftr.T
         top_sim, top_idx = sim.topk(k, dim=1)
+        del sim
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(len(top_idx), n_classes, device=fte.device)
         votes.scatter_add_(1, train_labels[top_idx], weights)
-        correct += int((votes.argmax(1) == test_labels[i : i + chunk]).sum())
+        correct += int((votes.argmax(1) == test_labels[i : i + rows]).sum())
     return correct / len(fte)
 
 
@@ -154,42 +123,88 @@ def linear_probe_accuracy(
     l2: float = LINEAR_L2,
     max_iter: int = LINEAR_MAX_ITER,
     progress: bool = False,
+    block_bytes: int = PROBE_BLOCK_BYTES,
 ) -> float:
     """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features.
 
     ``progress``: a tqdm bar (stderr) over the loss evaluations L-BFGS may make.
+
+    Memory: the features are used as given (fp32 from :func:`evaluate_checkpoint`), never
+    upcast whole: the standardisation, the loss and its gradient are computed in float64 over
+    blocks of rows of at most ``block_bytes`` (rows × (F + classes) × 8 bytes, 256 MB), with
+    float64 parameters and accumulation. Beyond the features it needs a few blocks (the rows,
+    their logits and gradients) and L-BFGS's history, 2 × 20 × (F + 1) × classes × 8 bytes
+    (655 MB for F = 2048 and 1,000 classes). Data within one block (say 10,000 × 2048 features
+    of 1,000 classes) are fitted exactly as one full batch.
     """
     from tqdm import tqdm
 
-    xtr = train_features.double()
-    mu, sd = xtr.mean(0), xtr.std(0).clamp(min=1e-6)
-    xtr = (xtr - mu) / sd
-    xte = (test_features.double() - mu) / sd
-    ytr = train_labels.long()
     n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    w = torch.zeros(
-        xtr.shape[1], n_classes, dtype=torch.float64, device=xtr.device, requires_grad=True
-    )
-    b = torch.zeros(n_classes, dtype=torch.float64, device=xtr.device, requires_grad=True)
+    dim, dev = train_features.shape[1], train_features.device
+    rows = max(1, block_bytes // (8 * (dim + n_classes)))
+    mu, sd = _standardisation(train_features, rows)
+    ytr = train_labels.long()
+    w = torch.zeros(dim, n_classes, dtype=torch.float64, device=dev, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, device=dev, requires_grad=True)
     opt = torch.optim.LBFGS(
         [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
     evals = max_iter * 5 // 4  # LBFGS's default max_eval
     bar = tqdm(total=evals, desc="linear probe", disable=not progress, file=sys.stderr, leave=False)
+    whole = (train_features.double() - mu) / sd if rows >= len(train_features) else None
 
     def closure() -> Tensor:
         bar.update(1)
         opt.zero_grad()
-        loss = F.cross_entropy(xtr @ w + b, ytr) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
+        if whole is not None:  # one block: the full-batch loss as it always was
+            loss = F.cross_entropy(whole @ w + b, ytr) + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+        return _blocked_loss(train_features, ytr, mu, sd, w, b, l2, rows)
 
     with torch.enable_grad():
         opt.step(closure)
     bar.close()
     with torch.no_grad():
-        pred = (xte @ w + b).argmax(1)
+        pred = torch.cat(
+            [
+                (((test_features[i : i + rows].double() - mu) / sd) @ w + b).argmax(1)
+                for i in range(0, len(test_features), rows)
+            ]
+        )
     return float((pred == test_labels.to(pred.device)).double().mean())
+
+
+def _standardisation(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """Per-feature float64 mean and standard deviation (Bessel, clamped at 1e-6) of ``x``,
+    over blocks of ``rows`` rows (all at once when they fit one block)."""
+    if rows >= len(x):
+        xd = x.double()
+        return xd.mean(0), xd.std(0).clamp(min=1e-6)
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), rows):
+        total += x[i : i + rows].double().sum(0)
+    mu = total / len(x)
+    squares = torch.zeros_like(mu)
+    for i in range(0, len(x), rows):
+        squares += ((x[i : i + rows].double() - mu) ** 2).sum(0)
+    return mu, (squares / max(1, len(x) - 1)).sqrt().clamp(min=1e-6)
+
+
+def _blocked_loss(
+    x: Tensor, y: Tensor, mu: Tensor, sd: Tensor, w: Tensor, b: Tensor, l2: float, rows: int
+) -> Tensor:
+    """The probe's mean cross-entropy plus penalty, its gradient accumulated into ``w`` and
+    ``b`` block by block (each block standardised in float64 when it is used)."""
+    total = l2 * (w * w).sum()
+    total.backward()
+    total = total.detach()
+    for i in range(0, len(x), rows):
+        z = (x[i : i + rows].double() - mu) / sd
+        part = F.cross_entropy(z @ w + b, y[i : i + rows], reduction="sum") / len(x)
+        part.backward()
+        total = total + part.detach()
+    return total
 
 
 @dataclass
@@ -200,6 +215,8 @@ class EvalResult:
     n_test: int
     arch: str
     data: str
+    #: which path the features took: "decoded in memory (...)" or "features streamed from ..."
+    features: str = ""
 
 
 def evaluate_checkpoint(
@@ -209,13 +226,17 @@ def evaluate_checkpoint(
     device: str | None = None,
     knn_k: int | None = None,
     knn_temperature: float = KNN_TEMPERATURE,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
+    header: bool = False,
 ) -> EvalResult:
     """Linear-probe and kNN top-1 of a pretraining checkpoint's encoder on a labelled dataset.
 
-    ``arch``, when given, must match the checkpoint's (a :class:`CheckpointError` names both).
-    Arguments are checked first (``ValueError`` naming the flag); ``progress`` shows tqdm bars.
+    An image folder whose decoded squares would pass the in-memory limit streams its features
+    (:mod:`fastclr.features`); ``num_workers`` decode processes (None: auto). ``arch``, when
+    given, must match the checkpoint's (a :class:`CheckpointError` names both). Arguments are
+    checked first (``ValueError`` naming the flag); ``progress`` shows tqdm bars and ``header``
+    prints what is evaluated and which path the features take before they are extracted.
     """
     _check_args(knn_k, knn_temperature, num_workers)
     dev = resolve_device(device)
@@ -232,50 +253,96 @@ def evaluate_checkpoint(
     load_model_state(model, state["model"], f"checkpoint {checkpoint} ({spec['arch']})")
     model.to(dev)
     image_size = int(state["image_size"])
-    ds = load_data(data, image_size, num_workers) if isinstance(data, str) else data
-    train, held = _labelled_split(ds)
+    ed = eval_data(data, image_size, num_workers)
+    train, held = _labelled_split(ed)
+    if header:
+        print(_header(checkpoint, spec["arch"], image_size, ed, len(train), len(held)), flush=True)
     mean, std = tuple(state["mean"]), tuple(state["std"])
     bars = ("features (train)", "features (held-out)") if progress else (None, None)
-    f_tr = extract_features(model.encoder, train, mean, std, image_size, dev, progress=bars[0])
-    f_te = extract_features(model.encoder, held, mean, std, image_size, dev, progress=bars[1])
-    assert train.labels is not None and held.labels is not None
-    y_tr, y_te = train.labels.to(dev), held.labels.to(dev)
+    f_tr, y_tr = _features(model.encoder, train, ed, (mean, std), image_size, dev, bars[0])
+    f_te, y_te = _features(model.encoder, held, ed, (mean, std), image_size, dev, bars[1])
+    if ed.streamed:
+        ed.summary.report(ed.name)
     return EvalResult(
         linear_top1=linear_probe_accuracy(f_tr, y_tr, f_te, y_te, progress=progress),
         knn_top1=knn_accuracy(f_tr, y_tr, f_te, y_te, k=knn_k, temperature=knn_temperature),
-        n_train=len(train),
-        n_test=len(held),
+        n_train=len(f_tr),
+        n_test=len(f_te),
         arch=spec["arch"],
-        data=ds.name,
+        data=ed.name,
+        features=ed.how,
     )
 
 
-def _check_args(knn_k: int | None, knn_temperature: float, num_workers: int) -> None:
+def _header(
+    checkpoint: str | os.PathLike[str], arch: str, size: int, ed: EvalData, n_tr: int, n_te: int
+) -> str:
+    """What ``linear-eval`` evaluates, and which path its features take."""
+    rows = [
+        ("checkpoint", f"{checkpoint} ({arch}, {size}-px images)"),
+        (
+            "data",
+            f"{ed.name}: {n_tr:,} train / {n_te:,} held-out images, {len(ed.classes)} classes",
+        ),
+        ("features", ed.how),
+    ]
+    return "\n".join(["fastclr linear-eval", *(f"  {k + ':':<12}{v}" for k, v in rows)])
+
+
+def _features(
+    encoder: nn.Module,
+    part: TensorImageDataset | FileSet,
+    ed: EvalData,
+    norm: tuple[Sequence[float], Sequence[float]],
+    size: int,
+    dev: torch.device,
+    label: str | None,
+) -> tuple[Tensor, Tensor]:
+    """(features, labels) of one labelled part, streamed from its files or from memory."""
+    if isinstance(part, FileSet):
+        return stream_features(
+            encoder, part, *norm, size, dev,
+            num_workers=ed.num_workers, summary=ed.summary, progress=label,
+        )  # fmt: skip
+    assert part.labels is not None
+    return extract_features(encoder, part, *norm, size, dev, progress=label), part.labels.to(dev)
+
+
+def _check_args(knn_k: int | None, knn_temperature: float, num_workers: int | None) -> None:
     """``ValueError`` naming the ``linear-eval`` flag whose value cannot be used."""
     if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
         raise ValueError(f"--knn-k must be an integer >= 1, got {knn_k!r}")
     if not (math.isfinite(knn_temperature) and knn_temperature > 0):
         raise ValueError(f"--knn-temperature must be a finite number > 0, got {knn_temperature!r}")
+    if num_workers is None:
+        return
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"--num-workers must be an integer >= 0, got {num_workers!r}")
 
 
-def _labelled_split(ds: ImageData) -> tuple[TensorImageDataset, TensorImageDataset]:
-    """The (train, held-out) sets of labelled data, or a ``ValueError`` saying what is needed."""
+def _labelled_split(
+    ed: EvalData,
+) -> tuple[TensorImageDataset | FileSet, TensorImageDataset | FileSet]:
+    """The (train, held-out) parts of labelled data, or a ``ValueError`` saying what is needed."""
     layout = "ROOT/<class>/<image>, one subfolder per class"
-    if ds.train.labels is None or not ds.classes:
+    if not ed.classes:
         raise ValueError(
-            f"linear-eval needs labelled images, and {ds.name} has no class subfolders "
+            f"linear-eval needs labelled images, and {ed.name} has no class subfolders "
             f"(arrange it as {layout}, at least two classes)"
         )
-    if len(ds.classes) < 2:
+    if len(ed.classes) < 2:
         raise ValueError(
-            f"linear-eval needs at least two classes to tell apart, and {ds.name} has one "
-            f"({ds.classes[0]!r}); add a subfolder for each other class ({layout})"
+            f"linear-eval needs at least two classes to tell apart, and {ed.name} has one "
+            f"({ed.classes[0]!r}); add a subfolder for each other class ({layout})"
         )
-    if ds.heldout is None or ds.heldout.labels is None or len(ds.heldout) == 0:
+    held = ed.heldout
+    if (
+        held is None
+        or len(held) == 0
+        or (isinstance(held, TensorImageDataset) and held.labels is None)
+    ):
         raise ValueError(
-            f"{ds.name} has too few images per class to hold some out for evaluation "
+            f"{ed.name} has too few images per class to hold some out for evaluation "
             "(each class needs at least two)"
         )
-    return ds.train, ds.heldout
+    return ed.train, held

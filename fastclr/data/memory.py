@@ -164,6 +164,10 @@ def load_digits(size: int = 32) -> ImageData:
     )
 
 
+#: Files decoded per worker task by the in-memory loader.
+_CHUNK = 64
+
+
 class _DecodeSet(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, str, str]]]]):
     """Chunks of files decoded to one (n, S, S, 3) tensor each: one shared tensor per chunk.
 
@@ -172,14 +176,14 @@ class _DecodeSet(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, 
     with "received 0 items of ancdata").
     """
 
-    def __init__(self, files: FileList, size: int) -> None:
-        self.files, self.size = files, size
+    def __init__(self, files: FileList, size: int, chunk: int = _CHUNK) -> None:
+        self.files, self.size, self.chunk = files, size, chunk
 
     def __len__(self) -> int:
-        return (len(self.files) + _CHUNK - 1) // _CHUNK
+        return (len(self.files) + self.chunk - 1) // self.chunk
 
     def __getitem__(self, c: int) -> tuple[Tensor, Tensor, list[tuple[int, str, str]]]:
-        lo, hi = c * _CHUNK, min(len(self.files), (c + 1) * _CHUNK)
+        lo, hi = c * self.chunk, min(len(self.files), (c + 1) * self.chunk)
         out = torch.empty(hi - lo, self.size, self.size, 3, dtype=torch.uint8)
         ok = torch.zeros(hi - lo, dtype=torch.bool)
         events: list[tuple[int, str, str]] = []  # (index, "skipped" | "converted", detail)
@@ -194,10 +198,6 @@ class _DecodeSet(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, 
             if conversion is not None:
                 events.append((i, "converted", conversion))
         return out, ok, events
-
-
-#: Files decoded per worker task by the in-memory loader.
-_CHUNK = 64
 
 
 def _decode_all(

@@ -59,6 +59,8 @@ __all__ = [
     "build_train_data",
     "count_train_images",
     "dali_available",
+    "decoded_bytes",
+    "fits_in_memory",
     "images_are_grey",
     "resolve_loader",
     "resolve_num_workers",
@@ -144,6 +146,17 @@ def _probe_small_squares(files: FileList, size: int) -> bool:
     return True
 
 
+def decoded_bytes(n_images: int, image_size: int) -> int:
+    """Bytes of ``n_images`` decoded to (S, S, 3) uint8 squares of side ``image_size``."""
+    return n_images * image_size * image_size * 3
+
+
+def fits_in_memory(n_images: int, image_size: int) -> bool:
+    """The size half of the ``auto`` rule: the decoded squares take at most
+    :data:`MEMORY_AUTO_BYTES` (``linear-eval`` decodes a folder in memory only then)."""
+    return decoded_bytes(n_images, image_size) <= MEMORY_AUTO_BYTES
+
+
 def _train_root(spec: str) -> tuple[Path, Path | None]:
     root = Path(spec)
     if (root / "train").is_dir() and (root / "val").is_dir():
@@ -209,8 +222,7 @@ def resolve_loader(
     if choice != "auto":
         return choice
     assert listing is not None
-    decoded = len(listing) * image_size * image_size * 3
-    if decoded <= MEMORY_AUTO_BYTES and _probe_small_squares(listing.files, image_size):
+    if fits_in_memory(len(listing), image_size) and _probe_small_squares(listing.files, image_size):
         return "memory"
     if device.type == "cuda" and dali_available():
         return "dali"
