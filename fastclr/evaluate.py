@@ -123,7 +123,7 @@ def linear_probe_accuracy(
     l2: float = LINEAR_L2,
     max_iter: int = LINEAR_MAX_ITER,
     progress: bool = False,
-    block_bytes: int = PROBE_BLOCK_BYTES,
+    block_bytes: int | None = None,
 ) -> float:
     """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features.
 
@@ -131,7 +131,8 @@ def linear_probe_accuracy(
 
     Memory: the features are used as given (fp32 from :func:`evaluate_checkpoint`), never
     upcast whole: the standardisation, the loss and its gradient are computed in float64 over
-    blocks of rows of at most ``block_bytes`` (rows × (F + classes) × 8 bytes, 256 MB), with
+    blocks of rows of at most ``block_bytes`` (rows × (F + classes) × 8 bytes; None:
+    :data:`PROBE_BLOCK_BYTES`, 256 MB), with
     float64 parameters and accumulation. Beyond the features it needs a few blocks (the rows,
     their logits and gradients) and L-BFGS's history, 2 × 20 × (F + 1) × classes × 8 bytes
     (655 MB for F = 2048 and 1,000 classes). Data within one block (say 10,000 × 2048 features
@@ -141,7 +142,8 @@ def linear_probe_accuracy(
 
     n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
     dim, dev = train_features.shape[1], train_features.device
-    rows = max(1, block_bytes // (8 * (dim + n_classes)))
+    block = PROBE_BLOCK_BYTES if block_bytes is None else block_bytes
+    rows = max(1, block // (8 * (dim + n_classes)))
     mu, sd = _standardisation(train_features, rows)
     ytr = train_labels.long()
     w = torch.zeros(dim, n_classes, dtype=torch.float64, device=dev, requires_grad=True)

@@ -4,7 +4,7 @@ the kNN and probe in bounded blocks, and peak memory that does not grow with the
 
 The streamed path is forced on small folders by lowering the in-memory limit
 (``fastclr.data.select.MEMORY_AUTO_BYTES``). Cost on 2 cores: a few seconds in all, except the
-memory test (four subprocesses over 1,000- and 10,000-file folders, about 60 s; slow).
+memory test (four subprocesses over 1,000- and 10,000-file folders, 20 to 60 s; slow).
 """
 
 from __future__ import annotations
@@ -333,31 +333,34 @@ def _write_many(root: Path, n: int) -> Path:
 # linear-eval in a fresh process; argv: checkpoint, folder, "stream" | "memory"
 _RSS_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, warnings
+    import json, resource, sys
     import torch
     import fastclr.data.select as select
-    from fastclr.evaluate import evaluate_checkpoint
+    import fastclr.evaluate as ev
 
     torch.set_num_threads(1)
-    if sys.argv[3] == "stream":
-        select.MEMORY_AUTO_BYTES = 0
-    else:
-        select.MEMORY_AUTO_BYTES = 1 << 40
-    r = evaluate_checkpoint(sys.argv[1], data=sys.argv[2], num_workers=1, progress=False)
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"n": r.n_train + r.n_test, "how": r.features, "self_kb": me,
-                      "children_kb": kids}))
+    # the kNN's and the probe's blocks at their caps for both folder sizes, as at scale
+    ev.KNN_BLOCK_BYTES = ev.PROBE_BLOCK_BYTES = 2 << 20
+    select.MEMORY_AUTO_BYTES = 0 if sys.argv[3] == "stream" else 1 << 40
+    r = ev.evaluate_checkpoint(sys.argv[1], data=sys.argv[2], num_workers=0, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": r.n_train + r.n_test, "how": r.features, "peak_kb": peak}))
     """
 )
 
 
 @pytest.mark.slow
 def test_linear_eval_memory_does_not_grow_with_the_folder(tmp_path: Path) -> None:
-    """Peak RSS (main + worker) of linear-eval at 64 px, 1,000 vs 10,000 files: streamed, it
-    grows by less than half of what decoding in memory adds (10,000 × 12 KB = 123 MB more), run
-    side by side; the features themselves are 10,000 × 64 × 4 B = 2.6 MB."""
-    ckpt = _checkpoint(tmp_path / "ckpt.pt", 64, stem="imagenet")
+    """Peak RSS of linear-eval at 96 px, 1,000 vs 10,000 files, streamed and in memory side by
+    side: streamed, it grows by less than a quarter of what decoding in memory adds (9,000 ×
+    27 KB = 249 MB more decoded). The features are 10,000 × 64 × 4 B = 2.6 MB.
+
+    Decoding runs in the process (``num_workers=0``): a worker's RSS also counts the pages it
+    shares with its parent since the fork, which varies by ±70 MB from run to run; the decode
+    workers hold only their batches in flight (a fixed-size chunk per task, the same task shape
+    as the pretraining loader, whose workers test_data_stream.py measures).
+    """
+    ckpt = _checkpoint(tmp_path / "ckpt.pt", 96, stem="imagenet")
     roots = {n: _write_many(tmp_path / str(n), n) for n in (1_000, 10_000)}
     peak: dict[tuple[str, int], float] = {}
     for how in ("stream", "memory"):
@@ -373,8 +376,8 @@ def test_linear_eval_memory_does_not_grow_with_the_folder(tmp_path: Path) -> Non
             assert rec["n"] == n and rec["how"].startswith(
                 "features streamed" if how == "stream" else "decoded in memory"
             )
-            peak[how, n] = (rec["self_kb"] + rec["children_kb"]) / 1024
+            peak[how, n] = rec["peak_kb"] / 1024
     grow = {how: peak[how, 10_000] - peak[how, 1_000] for how in ("stream", "memory")}
-    print(f"peak RSS (MB, main + worker): {peak}; growth 1,000 → 10,000 files: {grow}")
-    assert grow["memory"] > 100, grow  # the control: decoding in memory does grow
-    assert grow["stream"] < grow["memory"] / 2, grow
+    print(f"peak RSS (MB): {peak}; growth 1,000 → 10,000 files: {grow}")
+    assert grow["memory"] > 200, grow  # the control: decoding in memory does grow
+    assert grow["stream"] < grow["memory"] / 4, grow
