@@ -3,8 +3,9 @@
 the kNN and probe in bounded blocks, and peak memory that does not grow with the folder.
 
 The streamed path is forced on small folders by lowering the in-memory limit
-(``fastclr.data.select.MEMORY_AUTO_BYTES``). Cost on 2 cores: a few seconds in all, except the
-memory test (four subprocesses over 1,000- and 10,000-file folders, 20 to 60 s; slow).
+(``fastclr.data.select.MEMORY_AUTO_BYTES``); tiny tensors run on one thread. Cost on 2 cores:
+about 5 s in all, except the memory test (four subprocesses over 1,000- and 10,000-file
+folders, 20 to 60 s; slow).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def test_small_folder_is_decoded_in_memory(folder: Path) -> None:
     assert ed.num_workers == 0
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("workers", "batch"), [(0, 5), (2, 4)])
 def test_streamed_features_are_the_in_memory_features(
     folder: Path,
@@ -112,6 +114,7 @@ def test_streamed_features_are_the_in_memory_features(
     assert encoder.training  # the training flag is restored
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_streamed_features_do_not_depend_on_the_batch(
     folder: Path, encoder: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +146,7 @@ def test_train_val_layout_is_the_split(tmp_path: Path, monkeypatch: pytest.Monke
         eval_data(str(root), SIZE, 0)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_unreadable_file_is_skipped_and_counted(
     tmp_path: Path, encoder: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,6 +170,7 @@ def test_unreadable_file_is_skipped_and_counted(
     assert sum(len(f) for f, _ in parts) == 11 and all(len(f) == len(y) for f, y in parts)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_nothing_readable_is_one_clear_error(
     tmp_path: Path, encoder: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -211,6 +216,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", SIZE)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_evaluate_checkpoint_streamed_equals_in_memory(
     folder: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,6 +229,7 @@ def test_evaluate_checkpoint_streamed_equals_in_memory(
     assert (got.linear_top1, got.knn_top1) == (mem.linear_top1, mem.knn_top1)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cli_linear_eval_on_a_streamed_folder(
     folder: Path,
     checkpoint: Path,
@@ -252,6 +259,7 @@ def _blobs(n: int, d: int, classes: int, seed: int) -> tuple[torch.Tensor, torch
     return centres[y] + torch.randn(n, d, generator=g), y
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_knn_blocks_are_bounded_and_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     import fastclr.evaluate as ev
 
@@ -272,6 +280,7 @@ def test_knn_blocks_are_bounded_and_change_nothing(monkeypatch: pytest.MonkeyPat
     assert max(s[0] for s in seen) == 9 and sum(s[0] for s in seen) == 100
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("rows", [1, 37, 399])
 def test_blocked_probe_loss_and_gradient_are_the_full_batch_ones(rows: int) -> None:
     """Against the float64 full-batch definition at random parameters: the standardisation, the
@@ -299,6 +308,7 @@ def test_blocked_probe_loss_and_gradient_are_the_full_batch_ones(rows: int) -> N
     torch.testing.assert_close(b2.grad, ref_gb, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_probe_in_row_blocks_matches_the_whole_batch() -> None:
     """Blocks of rows (float64 per block from float32 features) fit the same probe: the same
     predictions, as L-BFGS on a sum in another order gives; one block is the unblocked code."""
