@@ -7,12 +7,19 @@
   images, at most 200 (on 1,438 digits, ~143 a class, k = 200 would fill every vote with more
   than a whole class; there kNN on the same features rose from 77% at k = 200 to 90% at k = 20).
 * linear probe: multinomial logistic regression on standardised frozen features, fitted with
-  full-batch L-BFGS in torch (fp64, small L2 penalty); top-1 on the held-out split.
+  full-batch L-BFGS in torch (fp64 parameters and arithmetic, small L2 penalty); top-1 on the
+  held-out split.
 
 Inputs are the clean images (no augmentation): uint8 → [0, 1] → the pretraining normalisation,
-channels_last, resized to the model's image size where needed. :func:`evaluate_checkpoint` shows
-its progress (feature extraction per batch, the probe's L-BFGS evaluations) on stderr, and says
-what it needs when the data cannot be evaluated (labels: at least two class subfolders).
+channels_last, resized to the model's image size where needed (:mod:`fastclr.features`: decoded
+in memory, or streamed from the files of a folder too large for that, with the same numbers).
+:func:`evaluate_checkpoint` shows its progress (feature extraction per batch, the probe's L-BFGS
+evaluations) on stderr, and says what it needs when the data cannot be evaluated (labels: at
+least two class subfolders).
+
+Memory at scale: the (N, F) fp32 features, the kNN's normalised copy and one similarity block of
+at most :data:`KNN_BLOCK_BYTES`; the probe works on float64 blocks of rows of at most
+:data:`PROBE_BLOCK_BYTES` and never upcasts the whole feature matrix.
 """
 
 from __future__ import annotations
@@ -217,7 +224,7 @@ class EvalResult:
     n_test: int
     arch: str
     data: str
-    #: which path the features took: "decoded in memory (...)" or "features streamed from ..."
+    #: which path the features took: "decoded in memory (...)" or "streamed from N files, ..."
     features: str = ""
 
 

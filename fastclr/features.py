@@ -249,7 +249,7 @@ def eval_data(data: str | ImageData, image_size: int, num_workers: int | None) -
     else:
         held_set = None
     how = (
-        f"features streamed from {n:,} files, {workers} worker{'s' if workers != 1 else ''} "
+        f"streamed from {n:,} files, {workers} worker{'s' if workers != 1 else ''} "
         f"({why}; decoded at {image_size} px they would take {_gib(size)} > "
         f"{_gib(select.MEMORY_AUTO_BYTES)})"
     )

@@ -100,7 +100,7 @@ def test_streamed_features_are_the_in_memory_features(
     mem = load_image_folder(folder, SIZE)
     _force_stream(monkeypatch)
     ed = eval_data(str(folder), SIZE, workers)
-    assert ed.streamed and ed.how.startswith(f"features streamed from 21 files, {workers} worker")
+    assert ed.streamed and ed.how.startswith(f"streamed from 21 files, {workers} worker")
     assert isinstance(ed.train, FileSet) and isinstance(ed.heldout, FileSet)
     assert mem.heldout is not None and ed.classes == mem.classes
     for part, ref in ((ed.train, mem.train), (ed.heldout, mem.heldout)):
@@ -224,7 +224,7 @@ def test_evaluate_checkpoint_streamed_equals_in_memory(
     assert mem.features.startswith("decoded in memory")
     _force_stream(monkeypatch)
     got = evaluate_checkpoint(checkpoint, data=str(folder), progress=False, num_workers=0)
-    assert got.features.startswith("features streamed from 21 files, 0 workers")
+    assert got.features.startswith("streamed from 21 files, 0 workers")
     assert (got.n_train, got.n_test) == (mem.n_train, mem.n_test) == (18, 3)
     assert (got.linear_top1, got.knn_top1) == (mem.linear_top1, mem.knn_top1)
 
@@ -240,7 +240,7 @@ def test_cli_linear_eval_on_a_streamed_folder(
     argv = ["linear-eval", "--checkpoint", str(checkpoint), "--data", str(folder)]
     assert main([*argv, "--num-workers", "1"]) == 0
     out = capsys.readouterr()
-    assert "features:   features streamed from 21 files, 1 worker (--num-workers;" in out.out
+    assert "features:   streamed from 21 files, 1 worker (--num-workers;" in out.out
     assert "18 train / 3 held-out" in out.out and "linear top-1" in out.out
     assert "features (train)" in out.err and "Traceback" not in out.err
     monkeypatch.undo()
@@ -384,7 +384,7 @@ def test_linear_eval_memory_does_not_grow_with_the_folder(tmp_path: Path) -> Non
             )
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             assert rec["n"] == n and rec["how"].startswith(
-                "features streamed" if how == "stream" else "decoded in memory"
+                "streamed from" if how == "stream" else "decoded in memory"
             )
             peak[how, n] = rec["peak_kb"] / 1024
     grow = {how: peak[how, 10_000] - peak[how, 1_000] for how in ("stream", "memory")}
