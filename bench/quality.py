@@ -439,7 +439,8 @@ def variant_lines(path: Path) -> list[str]:
         lin = mean_std([r["pretrained"]["linear"] for r in rows])
         knn = mean_std([r["pretrained"]["knn"] for r in rows])
         flags = " ".join(rows[0]["flags"]) or "(none)"
-        lines.append(f"| {name} | `{flags}` | {len(rows)} | {_pm(lin)} | {_pm(knn)} |")
+        cell = _pm if len(rows) > 1 else lambda pair: f"{100 * pair[0]:.2f}"
+        lines.append(f"| {name} | `{flags}` | {len(rows)} | {cell(lin)} | {cell(knn)} |")
     return [*lines, ""]
 
 
