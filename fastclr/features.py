@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,9 +59,7 @@ __all__ = [
 STREAM_BATCH = 256
 
 
-def prepare_images(
-    x: Tensor, mean: Tensor, std: Tensor, image_size: int
-) -> Tensor:  # fmt: skip
+def prepare_images(x: Tensor, mean: Tensor, std: Tensor, image_size: int) -> Tensor:
     """uint8 (N, H, W, 3) → the encoder's input: [0, 1], resized to ``image_size`` where needed
     (bilinear, antialiased), normalised by ``mean``/``std`` (1, 3, 1, 1), channels_last."""
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
@@ -90,7 +89,8 @@ def _eval_mode(encoder: nn.Module) -> Iterator[None]:
         encoder.train(was_training)
 
 
-def _bar(total: int, label: str | None) -> object:
+def _bar(total: int, label: str | None) -> Any:
+    """A tqdm bar over ``total`` steps on stderr (none when ``label`` is None)."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=label, disable=label is None, file=sys.stderr, leave=False)
@@ -119,8 +119,8 @@ def extract_features(
         for i in range(0, len(dataset), batch_size):
             x = dataset.images[i : i + batch_size].to(device)
             feats.append(encoder(prepare_images(x, m, s, image_size)).float())
-            bar.update(1)  # type: ignore[attr-defined]
-    bar.close()  # type: ignore[attr-defined]
+            bar.update(1)
+    bar.close()
     return torch.cat(feats)
 
 
@@ -180,8 +180,8 @@ def stream_features(
                     feats = torch.empty(len(data), f.shape[1], device=device)
                 feats[n : n + len(f)] = f
                 n += len(f)
-            bar.update(1)  # type: ignore[attr-defined]
-    bar.close()  # type: ignore[attr-defined]
+            bar.update(1)
+    bar.close()
     if feats is None:
         raise ValueError(f"none of the {len(data)} image files could be read")
     return feats[:n], torch.from_numpy(data.labels[kept]).to(device)
