@@ -6,8 +6,10 @@ needs TRITON_INTERPRET=1 before triton is first imported, so it is set here, at 
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -49,3 +51,30 @@ def _seed_torch() -> None:
 def cuda_or_interpreter() -> bool:
     """True where Triton kernels can run: a CUDA device, or CPU tensors under the interpreter."""
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tiny_png_bytes(n: int = 8) -> list[bytes]:
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (30 * i, 255 - 30 * i, 100)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.fixture(scope="session")
+def write_many_pngs() -> Callable[[Path, int], Path]:
+    """``write(root, n)``: n tiny 8×8 PNGs (8 distinct pictures, repeated) spread over 10 class
+    folders ``root/c0`` … ``root/c9``; returns ``root``. For tests that need many files fast."""
+    blobs = _tiny_png_bytes()
+
+    def write(root: Path, n: int) -> Path:
+        for c in range(10):
+            (root / f"c{c}").mkdir(parents=True)
+        for i in range(n):
+            (root / f"c{i % 10}" / f"{i:06d}.png").write_bytes(blobs[i % len(blobs)])
+        return root
+
+    return write

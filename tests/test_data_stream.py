@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,30 +216,12 @@ def test_unreadable_and_vanishing_files_are_skipped_counted_and_replaced(tmp_pat
 # ------------------------------------------------------------------ many files, memory, DDP
 
 
-def _tiny_png_bytes(n: int = 8) -> list[bytes]:
-    import io
-
-    out = []
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (30 * i, 255 - 30 * i, 100)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def _write_many(root: Path, n: int) -> Path:
-    blobs = _tiny_png_bytes()
-    for c in range(10):
-        (root / f"c{c}").mkdir(parents=True)
-    for i in range(n):
-        (root / f"c{i % 10}" / f"{i:06d}.png").write_bytes(blobs[i % len(blobs)])
-    return root
-
-
 @pytest.fixture(scope="session")
-def many_files(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+def many_files(
+    tmp_path_factory: pytest.TempPathFactory, write_many_pngs: Callable[[Path, int], Path]
+) -> dict[int, Path]:
     base = tmp_path_factory.mktemp("many")
-    return {n: _write_many(base / str(n), n) for n in (2_000, 20_000)}
+    return {n: write_many_pngs(base / str(n), n) for n in (2_000, 20_000)}
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ folders, 20 to 60 s; slow).
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -322,24 +322,6 @@ def test_probe_in_row_blocks_matches_the_whole_batch() -> None:
 # ------------------------------------------------------------------ memory at scale
 
 
-def _tiny_png_bytes(n: int = 8) -> list[bytes]:
-    out = []
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (30 * i, 255 - 30 * i, 100)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def _write_many(root: Path, n: int) -> Path:
-    blobs = _tiny_png_bytes()
-    for c in range(10):
-        (root / f"c{c}").mkdir(parents=True)
-    for i in range(n):
-        (root / f"c{i % 10}" / f"{i:06d}.png").write_bytes(blobs[i % len(blobs)])
-    return root
-
-
 # linear-eval in a fresh process; argv: checkpoint, folder, "stream" | "memory"
 _RSS_SCRIPT = textwrap.dedent(
     """
@@ -372,7 +354,9 @@ _RSS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_linear_eval_memory_does_not_grow_with_the_folder(tmp_path: Path) -> None:
+def test_linear_eval_memory_does_not_grow_with_the_folder(
+    tmp_path: Path, write_many_pngs: Callable[[Path, int], Path]
+) -> None:
     """Peak RSS of linear-eval at 96 px, 1,000 vs 10,000 files, streamed and in memory side by
     side: streamed, it grows by less than a quarter of what decoding in memory adds (9,000 ×
     27 KB = 249 MB more decoded). The features are 10,000 × 64 × 4 B = 2.6 MB.
@@ -383,7 +367,7 @@ def test_linear_eval_memory_does_not_grow_with_the_folder(tmp_path: Path) -> Non
     as the pretraining loader, whose workers test_data_stream.py measures).
     """
     ckpt = _checkpoint(tmp_path / "ckpt.pt", 96, stem="imagenet")
-    roots = {n: _write_many(tmp_path / str(n), n) for n in (1_000, 10_000)}
+    roots = {n: write_many_pngs(tmp_path / str(n), n) for n in (1_000, 10_000)}
     peak: dict[tuple[str, int], float] = {}
     for how in ("stream", "memory"):
         for n, root in roots.items():
