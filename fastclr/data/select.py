@@ -64,6 +64,7 @@ __all__ = [
     "images_are_grey",
     "resolve_loader",
     "resolve_num_workers",
+    "train_listing",
     "usable_cpus",
 ]
 
@@ -131,13 +132,17 @@ class MemoryLoader:
             yield ViewBatch(labels=labels, images=images)
 
 
+def _evenly_spaced(n: int, k: int) -> list[int]:
+    """Up to ``k`` evenly spaced indices of ``range(n)``, first and last included."""
+    return [int(i) for i in np.linspace(0, n - 1, min(n, k)).astype(np.int64)]
+
+
 def _probe_small_squares(files: FileList, size: int) -> bool:
     from PIL import Image
 
-    n = len(files)
-    for i in np.linspace(0, n - 1, min(n, HEADER_PROBES)).astype(np.int64):
+    for i in _evenly_spaced(len(files), HEADER_PROBES):
         try:
-            with Image.open(files[int(i)]) as im:
+            with Image.open(files[i]) as im:
                 w, h = im.size
         except Exception:
             continue  # unreadable files are the loader's business, not the rule's
@@ -270,17 +275,29 @@ def _monitor_sets(
     return TensorImageDataset(x_tr, y_tr), TensorImageDataset(x_ho, y_ho)
 
 
-def count_train_images(data: str | ImageData) -> int:
+def train_listing(data: str | ImageData) -> FolderListing | None:
+    """The listing of an image folder's training files (``ROOT/train`` in the ImageNet layout);
+    None for in-memory data and the embedded digits. Lets :func:`count_train_images` and
+    :func:`images_are_grey` share one listing."""
+    if isinstance(data, ImageData) or data == "digits":
+        return None
+    return list_image_folder(_train_root(data)[0])
+
+
+def count_train_images(data: str | ImageData, listing: FolderListing | None = None) -> int:
     """How many images a run on ``data`` trains on (the held-out part excluded), from the listing
-    alone: nothing is decoded, so the batch size can be chosen before any loader is built."""
+    alone: nothing is decoded, so the batch size can be chosen before any loader is built.
+
+    ``listing``: :func:`train_listing` of ``data``, where the caller already has it.
+    """
     if isinstance(data, ImageData):
         return len(data.train)
     if data == "digits":
         return len(load_digits().train)
-    train_root, held_root = _train_root(data)
-    listing = list_image_folder(train_root)
+    if listing is None:
+        listing = list_image_folder(_train_root(data)[0])
     n = len(listing.files)
-    if held_root is None and len(listing.classes) >= 2:
+    if _train_root(data)[1] is None and len(listing.classes) >= 2:
         n -= int(_stratified_split(torch.from_numpy(listing.labels), _HELD)[1].numel())
     return n
 
@@ -291,24 +308,27 @@ def _grey(img: np.ndarray | torch.Tensor) -> bool:
     return bool(((a[..., 0] == a[..., 1]) & (a[..., 1] == a[..., 2])).all())
 
 
-def images_are_grey(data: str | ImageData) -> bool:
+def images_are_grey(data: str | ImageData, listing: FolderListing | None = None) -> bool:
     """Whether the training images are grayscale: R = G = B in every one of up to
     :data:`GREY_PROBES` evenly spaced images (files decoded by the one 8-bit rule of
     :mod:`fastclr.data.decode`; files that do not open are skipped, and if none opens the answer
-    is False). Nothing else is decoded, so the augmentation can be chosen before any loader."""
+    is False). Nothing else is decoded, so the augmentation can be chosen before any loader.
+
+    ``listing``: :func:`train_listing` of ``data``, where the caller already has it.
+    """
     if isinstance(data, ImageData):
         images = data.train.images
-        picks = np.linspace(0, len(images) - 1, min(len(images), GREY_PROBES)).astype(np.int64)
-        return len(images) > 0 and all(_grey(images[int(i)]) for i in picks)
+        picks = _evenly_spaced(len(images), GREY_PROBES)
+        return len(images) > 0 and all(_grey(images[i]) for i in picks)
     if data == "digits":
         return True
     from fastclr.data.decode import open_rgb
 
-    files = list_image_folder(_train_root(data)[0]).files
-    n, opened = len(files), 0
-    for i in np.linspace(0, n - 1, min(n, GREY_PROBES)).astype(np.int64):
+    files = (listing if listing is not None else list_image_folder(_train_root(data)[0])).files
+    opened = 0
+    for i in _evenly_spaced(len(files), GREY_PROBES):
         try:
-            img, _ = open_rgb(files[int(i)])
+            img, _ = open_rgb(files[i])
         except Exception:
             continue  # unreadable files are the loader's business, not the rule's
         if not _grey(img):

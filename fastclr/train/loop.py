@@ -29,11 +29,13 @@ from fastclr.augment.params import AugmentConfig
 from fastclr.augment.presets import preset_config
 from fastclr.checkpoint import load_model_state
 from fastclr.data import ImageData
+from fastclr.data.files import FolderListing
 from fastclr.data.select import (
     TrainData,
     build_train_data,
     count_train_images,
     images_are_grey,
+    train_listing,
 )
 from fastclr.data.stream import ViewBatch, augment_views
 from fastclr.models import SimCLR
@@ -365,8 +367,11 @@ def fit(
     plan = _prepare_on_every_rank(cfg, ddp)
     if plan.finished:
         return _finished(cfg, plan)
-    cfg, batch = resolve_batch(cfg, plan, data, ddp.world_size)
-    cfg, preset = resolve_preset(cfg, plan, data)
+    # the batch and preset rules read the training files' listing: list them once, if needed
+    need = cfg.batch_size is None or cfg.augment_preset == "auto"
+    listing = train_listing(data if data is not None else cfg.data) if need else None
+    cfg, batch = resolve_batch(cfg, plan, data, ddp.world_size, listing)
+    cfg, preset = resolve_preset(cfg, plan, data, listing)
     run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan, [batch, preset])
     run.bar = tqdm(
         total=run.total_steps,
@@ -399,12 +404,17 @@ def fit(
 
 
 def resolve_batch(
-    cfg: TrainConfig, plan: ResumePlan | None, data: ImageData | None, world_size: int
+    cfg: TrainConfig,
+    plan: ResumePlan | None,
+    data: ImageData | None,
+    world_size: int,
+    listing: FolderListing | None = None,
 ) -> tuple[TrainConfig, Choice]:
     """``cfg`` with its batch size fixed, and the header line that says why.
 
     Given: kept. Unset: a resumed run's checkpoint's, else :func:`~fastclr.train.recipe.batch_for`
-    of the number of training images (counted from the listing, before any loader is built).
+    of the number of training images (counted from the listing, before any loader is built;
+    ``listing`` is :func:`~fastclr.data.select.train_listing`'s, where the caller has it).
     """
     if cfg.batch_size is not None:
         return cfg, Choice("batch", str(cfg.batch_size), "given")
@@ -414,13 +424,16 @@ def resolve_batch(
         batch, why = int(trained), "the checkpoint's"
     else:
         batch, why = batch_for(
-            count_train_images(data if data is not None else cfg.data), world_size
+            count_train_images(data if data is not None else cfg.data, listing), world_size
         )
     return dataclasses.replace(cfg, batch_size=batch), Choice("batch", str(batch), why)
 
 
 def resolve_preset(
-    cfg: TrainConfig, plan: ResumePlan | None, data: ImageData | None
+    cfg: TrainConfig,
+    plan: ResumePlan | None,
+    data: ImageData | None,
+    listing: FolderListing | None = None,
 ) -> tuple[TrainConfig, Choice]:
     """``cfg`` with its augmentation preset named, and the header line that says why.
 
@@ -436,7 +449,7 @@ def resolve_preset(
     if data is None and cfg.data == "digits":
         name, why = "digits", "the embedded digits' demo preset: crops of at least 30%, no flips"
     else:
-        grey = images_are_grey(data if data is not None else cfg.data)
+        grey = images_are_grey(data if data is not None else cfg.data, listing)
         name, why = preset_for(cfg.image_size, grey)
     return dataclasses.replace(cfg, augment_preset=name), Choice("augment", name, why)
 
