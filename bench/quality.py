@@ -476,18 +476,24 @@ def carry_over(
     return carried
 
 
+def run_folder_suite(name: str, args: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    """The folder suite (digits exported as PNGs, the user's three budget flags) with ``flags``
+    added to every seed's ``fastclr pretrain``."""
+    folder = export_digits_folder(args.runs / f"digits{FOLDER_SIZE}-png")
+    data = load_data(str(folder), FOLDER_SIZE)
+
+    def argv_for(run: Path, seed: int) -> list[str]:
+        return folder_args(folder, run, seed, args.epochs, FOLDER_SIZE, FOLDER_WIDTH) + flags
+
+    return run_suite(name, argv_for, data, args.seeds, args.runs)
+
+
 def run_variant(args: argparse.Namespace) -> int:
     """Train the folder suite with ``args.flags`` added; append it to the variants' record."""
     import shlex
 
     flags = shlex.split(args.flags)
-    folder = export_digits_folder(args.runs / f"digits{FOLDER_SIZE}-png")
-    data = load_data(str(folder), FOLDER_SIZE)
-
-    def vargs(run: Path, seed: int) -> list[str]:
-        return folder_args(folder, run, seed, args.epochs, FOLDER_SIZE, FOLDER_WIDTH) + flags
-
-    suite = run_suite(f"variant-{args.variant}", vargs, data, args.seeds, args.runs)
+    suite = run_folder_suite(f"variant-{args.variant}", args, flags)
     record_variant(args.out / VARIANTS, args.variant, flags, suite)
     print("\n".join(variant_lines(args.out / VARIANTS)))
     return 0
@@ -523,13 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     suites: dict[str, dict[str, Any]] = {}
     verdicts: dict[str, dict[str, Any]] = {}
     if args.suite in ("all", "folder"):
-        folder = export_digits_folder(args.runs / f"digits{FOLDER_SIZE}-png")
-        data = load_data(str(folder), FOLDER_SIZE)
-
-        def fargs(run: Path, seed: int) -> list[str]:
-            return folder_args(folder, run, seed, args.epochs, FOLDER_SIZE, FOLDER_WIDTH)
-
-        suites["folder"] = run_suite("folder", fargs, data, args.seeds, args.runs)
+        suites["folder"] = run_folder_suite("folder", args, [])
         verdicts["folder"] = verdict(suites["folder"], against_pixels=True)
     if args.suite in ("all", "demo"):
 
