@@ -23,9 +23,10 @@ from its initialisation alone (at 28 px one seed's random encoder scores 91%, an
 says nothing about the training, so it does not widen the bar. (Until 2026-12-01 the bar took the
 larger of the two spreads; quality.md says what that rule would conclude.)
 
-``--variant NAME --flags "..."`` trains the folder suite with extra ``fastclr pretrain`` flags and
-appends its per-seed scores to ``quality-variants.jsonl`` (quality.md and quality.json keep the
-default recipe's record); quality.md tabulates every recorded variant.
+``--variant NAME --flags="..."`` (with the ``=``, as the flags start with ``--``) trains the
+folder suite with extra ``fastclr pretrain`` flags and appends its per-seed scores and the
+command to ``quality-variants.jsonl`` (quality.md and quality.json keep the default recipe's
+record); quality.md tabulates every recorded variant.
 
 Baselines (same split, same evaluation): the encoder with its random initial weights (same seed)
 and the raw pixels. Writes ``bench/results/quality.{md,json}``, ``quality-curves.png`` (loss and
@@ -400,9 +401,13 @@ def suite_table(title: str, suite: dict[str, Any], v: dict[str, Any], label: str
 VARIANTS = "quality-variants.jsonl"
 
 
-def record_variant(path: Path, name: str, flags: list[str], suite: dict[str, Any]) -> None:
-    """Append the folder suite's per-seed scores, trained with ``flags``, as variant ``name``."""
+def record_variant(
+    path: Path, name: str, flags: list[str], suite: dict[str, Any], command: str
+) -> None:
+    """Append the folder suite's per-seed scores, trained with ``flags`` by ``command``, as
+    variant ``name``."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         for r in suite["per_seed"]:
             row = {
@@ -411,8 +416,7 @@ def record_variant(path: Path, name: str, flags: list[str], suite: dict[str, Any
                 "seed": r["seed"],
                 "pretrained": r["pretrained"],
                 "random": r["random"],
-                "measured": f"python bench/quality.py --suite folder --variant {name!r} "
-                f"--flags {' '.join(flags)!r}, {when}",
+                "measured": f"{command}, {when}",
             }
             f.write(json.dumps(row) + "\n")
 
@@ -494,7 +498,8 @@ def run_variant(args: argparse.Namespace) -> int:
 
     flags = shlex.split(args.flags)
     suite = run_folder_suite(f"variant-{args.variant}", args, flags)
-    record_variant(args.out / VARIANTS, args.variant, flags, suite)
+    command = "python bench/quality.py " + shlex.join(sys.argv[1:])
+    record_variant(args.out / VARIANTS, args.variant, flags, suite, command)
     print("\n".join(variant_lines(args.out / VARIANTS)))
     return 0
 
@@ -520,7 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--runs", type=Path, default=Path("runs/quality"))
     p.add_argument("--variant", help="record the folder suite as this variant (module docstring)")
-    p.add_argument("--flags", default="", help="extra `fastclr pretrain` flags for --variant")
+    p.add_argument(
+        "--flags",
+        default="",
+        help="extra `fastclr pretrain` flags for --variant, one string: --flags='--width 0.5'",
+    )
     args = p.parse_args(argv)
     if args.variant:
         return run_variant(args)
