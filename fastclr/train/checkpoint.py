@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from fastclr.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -31,7 +30,7 @@ from fastclr.checkpoint import (
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
-from fastclr.train.distributed import DistInfo
+from fastclr.train.distributed import DistInfo, gather_objects
 from fastclr.train.rng import capture_rng
 
 __all__ = ["CheckpointSaver", "Position", "TrainingState", "resume"]
@@ -78,12 +77,7 @@ class CheckpointSaver:
         return self.out / CHECKPOINT_NAME
 
     def _all_rng(self, augment: Any) -> list[Any]:
-        rng = capture_rng(augment, self.device)
-        if self.ddp.world_size == 1:
-            return [rng]
-        all_rng: list[Any] = [None] * self.ddp.world_size
-        dist.all_gather_object(all_rng, rng)
-        return all_rng
+        return gather_objects(capture_rng(augment, self.device), self.ddp)
 
     def save(self, state: TrainingState, at: Position) -> None:
         """Gather every rank's RNG state; rank 0 writes the checkpoint atomically."""

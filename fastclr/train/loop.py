@@ -54,7 +54,14 @@ from fastclr.train.builders import (
 )
 from fastclr.train.checkpoint import CheckpointSaver, Position, TrainingState, resume
 from fastclr.train.config import TrainConfig
-from fastclr.train.distributed import DistInfo, agree, setup_distributed, teardown, wrap_model
+from fastclr.train.distributed import (
+    DistInfo,
+    agree,
+    broadcast_object,
+    setup_distributed,
+    teardown,
+    wrap_model,
+)
 from fastclr.train.header import HeaderLine, format_header, run_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
@@ -462,20 +469,17 @@ def _prepare_on_every_rank(cfg: TrainConfig, ddp: DistInfo) -> ResumePlan:
     """
     if ddp.world_size == 1:
         return prepare_run_folder(cfg, True)
-    import torch.distributed as dist
-
-    verdict: list[Any] = [None]
+    verdict: tuple[str, str] | None = None
     plan: ResumePlan | None = None
     if ddp.is_main:
         try:
             plan = prepare_run_folder(cfg, True)
         except Exception as e:
-            verdict[0] = (type(e).__name__, str(e))
-            dist.broadcast_object_list(verdict, src=0)
+            broadcast_object((type(e).__name__, str(e)), 0, ddp)
             raise
-    dist.broadcast_object_list(verdict, src=0)
-    if verdict[0] is not None:
-        name, message = verdict[0]
+    verdict = broadcast_object(verdict, 0, ddp)
+    if verdict is not None:
+        name, message = verdict
         raise (OSError if name.endswith(("FolderError", "OSError")) else ValueError)(message)
     return plan if plan is not None else prepare_run_folder(cfg, False)
 
