@@ -301,9 +301,11 @@ _DDP_SCRIPT = textwrap.dedent(
     from fastclr.augment import AugmentConfig
     from fastclr.data import list_image_folder
     from fastclr.data.stream import StreamingLoader
+    from fastclr.train.distributed import DistInfo, gather_objects, teardown
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    info = DistInfo(rank, world, rank, initialised_here=True)
     listing = list_image_folder(sys.argv[1])
     loader = StreamingLoader(listing.files, listing.labels, AugmentConfig.imagenet(4), 3,
                              rank=rank, world_size=world, num_workers=0)
@@ -311,11 +313,10 @@ _DDP_SCRIPT = textwrap.dedent(
     for batch in loader.epoch(5):
         px = batch.views[0, :, 0, 0].long()  # each file is one solid colour coding its index
         ids += (px[:, 0] + 256 * px[:, 1]).tolist()
-    gathered = [None] * world
-    dist.all_gather_object(gathered, ids)
+    gathered = gather_objects(ids, info)  # its tensors freed before exit (see teardown)
     if rank == 0:
         print(json.dumps(gathered))
-    dist.destroy_process_group()
+    teardown(info)
     """
 )
 
