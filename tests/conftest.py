@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,3 +79,15 @@ def write_many_pngs() -> Callable[[Path, int], Path]:
         return root
 
     return write
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on now (for MASTER_PORT)."""
+
+    def pick() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    return pick

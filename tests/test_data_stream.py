@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -287,12 +286,6 @@ def test_memory_does_not_grow_with_the_folder(many_files: dict[int, Path]) -> No
     assert growth < 300, peaks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # One rank as torchrun would start it (RANK / WORLD_SIZE / MASTER_* in the environment).
 _DDP_SCRIPT = textwrap.dedent(
     """
@@ -322,12 +315,14 @@ _DDP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_ranks_see_disjoint_shards_covering_the_epoch(tmp_path: Path) -> None:
+def test_ddp_ranks_see_disjoint_shards_covering_the_epoch(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     n = 36  # 2 ranks × 6 batches of 3
     for i in range(n):
         (tmp_path / "c").mkdir(exist_ok=True)
         Image.new("RGB", (6, 5), (i % 256, i // 256, 9)).save(tmp_path / "c" / f"{i}.png")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "WORLD_SIZE": "2"}  # fmt: skip
     procs = [
         subprocess.Popen(

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,12 +26,6 @@ from fastclr.train import distributed as fd
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -67,9 +61,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_collectives_deliver_and_release_their_tensors() -> None:
+def test_collectives_deliver_and_release_their_tensors(free_port: Callable[[], int]) -> None:
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
         results = [pickle.loads(Path(out, f"rank{r}.pkl").read_bytes()) for r in range(WORLD)]
     for r in results:
         assert [g["rank"] for g in r["gathered"]] == [0, 1]

@@ -11,9 +11,9 @@ All cases run in one spawn of two processes (starting processes dominates the co
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +135,13 @@ def _worker(rank: int, port: int, cases: list[tuple[Any, str, float]], out_dir: 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def distributed_results() -> dict[tuple[str, str, float], list]:
+def distributed_results(free_port: Callable[[], int]) -> dict[tuple[str, str, float], list]:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     cases = _cases()
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), cases, tmp), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), cases, tmp), nprocs=WORLD, join=True)
         per_rank = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
     return {case: [per_rank[r][i] for r in range(WORLD)] for i, case in enumerate(cases)}
 
