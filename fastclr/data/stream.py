@@ -41,12 +41,13 @@ from torch import Tensor
 
 from fastclr.augment import SimCLRAugmentation
 from fastclr.augment.params import AugmentConfig, AugmentParams, sample_params
-from fastclr.data.decode import BoxDraw, decode_views
+from fastclr.data.decode import BoxDraw, decode_for_boxes, decode_views
 from fastclr.data.files import FileList
 from fastclr.data.summary import DataSummary
 
 __all__ = [
     "MAX_SUBSTITUTES",
+    "FinishViews",
     "StreamingLoader",
     "ViewBatch",
     "augment_views",
@@ -61,6 +62,19 @@ __all__ = [
 MAX_SUBSTITUTES = 16
 #: Multiplier of the seed in the epoch permutation's seed (shared with TensorImageDataset).
 _EPOCH_SEED_STRIDE = 100_003
+#: Last part of the seed of a batch's view parameters (FinishViews): a stream of its own.
+_VIEW_STREAM = 0x5EED_7E5
+
+
+class FinishViews(Protocol):
+    """Finishes a batch's views in the loader's workers; given by training (data never imports
+    the augmentation): ``(images, scales, boxes, seed) -> (V, B, 3, S, S)`` floating views of B
+    decoded (H, W, 3) uint8 images, each decoded at 1/scale, with boxes (B, V, 4) in ORIGINAL
+    pixels and an int seed for the other random parameters. Must be picklable."""
+
+    def __call__(
+        self, images: list[np.ndarray], scales: list[int], boxes: np.ndarray, seed: int
+    ) -> Tensor: ...
 
 
 def mix_seed(*parts: int) -> int:
@@ -101,8 +115,10 @@ class ViewBatch:
     """One batch for the training loop.
 
     ``views`` is (V, N, S, S, 3) uint8 with every view already cropped from the original image
-    (streaming loaders), or None; ``images`` is (N, H, W, 3) uint8 uncropped images (in-memory
-    loader; the augmentation crops them), or None. ``labels`` is (N,) int64 (-1: unlabelled).
+    (streaming loaders), or (V, N, 3, S, S) floating views already finished in the workers (a
+    streaming loader given ``finish_views``), or None; ``images`` is (N, H, W, 3) uint8
+    uncropped images (in-memory loader; the augmentation crops them), or None. ``labels`` is
+    (N,) int64 (-1: unlabelled).
     """
 
     labels: Tensor
@@ -136,6 +152,8 @@ def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
         v1, v2 = augment(batch.images)
         return v1, v2
     views = batch.views
+    if views.dtype.is_floating_point:  # finished in the loader's workers (FinishViews)
+        return views[0], views[1]
     n_views, n, s = views.shape[0], views.shape[1], views.shape[2]
     if n_views != 2:
         raise ValueError(f"the training loop takes 2 views per image, the batch has {n_views}")
@@ -180,9 +198,11 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
         seed: int,
         rank: int,
         draft: bool,
+        finish: FinishViews | None = None,
     ) -> None:
         self.files, self.labels, self.crop = files, labels, crop
         self.views, self.seed, self.rank, self.draft = views, seed, rank, draft
+        self.finish = finish
         self.bad: set[int] = set()  # files this worker already found unreadable
 
     def __len__(self) -> int:  # not used: the sampler hands out keys
@@ -210,6 +230,7 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
         labels = torch.empty(b, dtype=torch.int64)
         events: list[tuple[int, str, str]] = []
         current = [int(i) for i in idx]
+        decoded: list[tuple[np.ndarray, int, np.ndarray]] = []  # with finish: (rgb, scale, boxes)
         sizes = np.zeros((b, 2), dtype=np.int64)
         ok = np.zeros(b, dtype=bool)
         for j, i in enumerate(current):
@@ -229,12 +250,13 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
                 i = current[j]
                 if box is not None:
                     try:
-                        arr, conversion, _ = decode_views(self.files[i], _fixed(box), s, self.draft)
+                        arr, conversion = self._decode(i, box, s, decoded)
                     except Exception as e:  # corrupt data, conversion rule, vanished file
                         self.bad.add(i)
                         events.append((i, "skipped", f"{type(e).__name__}: {e}"))
                     else:
-                        out_np[:, j] = arr
+                        if arr is not None:
+                            out_np[:, j] = arr
                         labels[j] = int(self.labels[i])
                         if conversion is not None:
                             events.append((i, "converted", conversion))
@@ -259,7 +281,24 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
                     events.append((current[j], "skipped", f"{type(e).__name__}: {e}"))
                     continue
                 box = self._boxes(hw, epoch, self.rank, step, j, attempt)[0]
+        if self.finish is not None:
+            rgbs, scales, used = zip(*decoded, strict=True)
+            seed = mix_seed(self.seed, epoch, self.rank, step, _VIEW_STREAM)
+            out = self.finish(list(rgbs), list(scales), np.stack(used), seed)
         return out, labels, events
+
+    def _decode(
+        self, i: int, box: np.ndarray, size: int, decoded: list[tuple[np.ndarray, int, np.ndarray]]
+    ) -> tuple[np.ndarray | None, str | None]:
+        """Crops of file ``i`` (V, S, S, 3) uint8, or, with ``finish``, its decode kept for it."""
+        if self.finish is None:
+            arr, conversion, _ = decode_views(self.files[i], _fixed(box), size, self.draft)
+            return arr, conversion
+        rgb, boxes, conversion, scale = decode_for_boxes(
+            self.files[i], _fixed(box), size, self.draft
+        )
+        decoded.append((rgb, scale, boxes))
+        return None, conversion
 
 
 class _Keys:
@@ -294,6 +333,9 @@ class StreamingLoader:
         draft: reduced-scale JPEG decoding where the crop allows it.
         views: crops per image (SimCLR: 2).
         summary: where skipped and converted files are counted (a new one by default).
+        finish_views: when given (by training), the workers also finish the views: they call it
+            with each batch's decoded images and boxes, and the batches carry its floating
+            (V, B, 3, S, S) views instead of uint8 crops (:class:`FinishViews`).
     """
 
     def __init__(
@@ -312,6 +354,7 @@ class StreamingLoader:
         draft: bool = True,
         views: int = 2,
         summary: DataSummary | None = None,
+        finish_views: FinishViews | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -333,7 +376,7 @@ class StreamingLoader:
         self.views = views
         self.summary = summary if summary is not None else DataSummary()
         self._keys = _Keys()
-        decoder = _Decoder(files, labels, crop, views, seed, rank, draft)
+        decoder = _Decoder(files, labels, crop, views, seed, rank, draft, finish_views)
         self._loader = torch.utils.data.DataLoader(
             decoder,
             batch_size=None,
