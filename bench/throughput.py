@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for CI (< 1 minute)")
     p.add_argument(
-        "--only", choices=["loss", "compat", "augment", "train", "data"], action="append"
+        "--only",
+        choices=["loss", "compat", "augment", "train", "data", "pipeline"],
+        action="append",
+        help="sections to run (default: all but pipeline, which needs lightly and takes ~30 min)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON/Markdown/PNG")
@@ -234,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines))
             record["sections"]["data"] = dres
             md += ["## Data: loaders from JPEG files vs the model step", "", *lines, ""]
+
+        if "pipeline" in sections:  # vs the lightly-example pipeline: bench/pipeline_bench.py
+            import pipeline_bench
+
+            bar.clear()
+            failed |= pipeline_bench.section(args.quick, args.no_save) != 0
 
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if not args.no_save:
