@@ -54,6 +54,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: view size → (encoder width, batch) of the head-to-head (issue targets: 64 and 224 px)
 CONFIGS = {64: (0.25, 128), 224: (1.0, 32)}
 QUICK = {32: (0.125, 8)}
+PARTS = ("rounds", "profile", "variants")
 VARIANTS = [("fp32", "joint"), ("fp32", "separate"), ("bf16", "joint"), ("bf16", "separate")]
 
 
@@ -80,6 +81,8 @@ def _sane(losses: list[float], batch: int) -> str | None:
 
 def child_round(spec: dict[str, Any]) -> dict[str, Any]:
     """Warm-up then timed steps of one pipeline: images/s and CPU ms/img (main + workers)."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     args = (spec["folder"], spec["size"], spec["width"], spec["batch"], spec["workers"])
     if spec["pipeline"] == "lightly":
         batches, step = pipelines.lightly_pipeline(*args)
@@ -129,6 +132,8 @@ def child_profile(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_variants(spec: dict[str, Any]) -> dict[str, Any]:
     """fastclr's model step (pre-augmented views) per (precision, views forward), interleaved."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     cpu = torch.device("cpu")
     parts = {
         f"{p}/{v}": step_limit.fastclr_parts(
@@ -247,29 +252,29 @@ def run_size(
         "width": width,
         "batch": batch,
         "workers": args.workers,
+        "threads": args.threads,
     }
+    out: dict[str, Any] = {"size": size, "width": width, "batch": batch, "threads": args.threads}
     rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in pipelines.PIPELINES}
-    for r in range(args.rounds):
+    for r in range(args.rounds if "rounds" in args.parts else 0):
         order = pipelines.PIPELINES[r % 3 :] + pipelines.PIPELINES[: r % 3]
         for p in order:
             say(f"{size} px: round {r + 1}/{args.rounds}, {p}")
             spec = {**base, "pipeline": p, "warmup": args.warmup, "steps": args.steps}
             rounds[p].append(in_child("round", spec))
-    profiles = {}
-    for p in pipelines.PIPELINES:
-        say(f"{size} px: stage profile at 1 thread, {p}")
-        spec = {**base, "pipeline": p, "steps": 2, "matmul": p == "fastclr"}
-        profiles[p] = in_child("profile", spec)
-    say(f"{size} px: fastclr model step, fp32/bf16 × joint/separate")
-    variants = in_child("variants", {**base, "rounds": args.rounds, "steps": args.variant_steps})
-    return {
-        "size": size,
-        "width": width,
-        "batch": batch,
-        "rounds": rounds,
-        "profiles": profiles,
-        "variants": variants,
-    }
+    if "rounds" in args.parts:
+        out["rounds"] = rounds
+    if "profile" in args.parts:
+        out["profiles"] = {}
+        for p in pipelines.PIPELINES:
+            say(f"{size} px: stage profile at 1 thread, {p}")
+            spec = {**base, "pipeline": p, "steps": 2, "matmul": p == "fastclr"}
+            out["profiles"][p] = in_child("profile", spec)
+    if "variants" in args.parts:
+        say(f"{size} px: fastclr model step, fp32/bf16 × joint/separate")
+        spec = {**base, "rounds": args.rounds, "steps": args.variant_steps}
+        out["variants"] = in_child("variants", spec)
+    return out
 
 
 def write_folder(root: Path, n: int, say: Any) -> Path:
@@ -290,6 +295,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per round")
     p.add_argument("--variant-steps", type=int, default=2, help="steps per variant and round")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of every pipeline")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of each pipeline's training process (rounds and variants; default: "
+        "torch's). 1 makes the rounds' CPU ms/img stable on a loaded machine",
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure at each size (default: all)",
+    )
     p.add_argument("--images", type=int, default=2000, help="JPEGs in the folder")
     p.add_argument("--folder", type=Path, help="reuse (or create) the JPEG folder here")
     p.add_argument("--quick", action="store_true", help="smoke run: 48 files, 32 px, 1 round")
@@ -328,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = "pipeline-cpu" + ("-quick" if args.quick else "")
+        stem = "pipeline-cpu" + (f"-threads{args.threads}" if args.threads else "")
+        stem += "-quick" if args.quick else ""
         (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
         with (args.out / f"{stem}.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -52,9 +52,10 @@ def problems(record: dict[str, Any]) -> list[str]:
     """Every error or failed sanity check in ``record`` (empty: the run is valid)."""
     out = [f"check: {record['check']['error']}"] if "error" in record.get("check", {}) else []
     for size, res in record.get("sizes", {}).items():
-        results = [(f"{p} round", r) for p, rs in res["rounds"].items() for r in rs]
-        results += [(f"{p} profile", r) for p, r in res["profiles"].items()]
-        results.append(("variants", res["variants"]))
+        results = [(f"{p} round", r) for p, rs in res.get("rounds", {}).items() for r in rs]
+        results += [(f"{p} profile", r) for p, r in res.get("profiles", {}).items()]
+        if "variants" in res:
+            results.append(("variants", res["variants"]))
         for name, r in results:
             why = r.get("error") or r.get("problem")
             if why:
@@ -160,6 +161,37 @@ def variants_table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def size_sections(res: dict[str, Any]) -> list[str]:
+    """The tables of one view size, for the parts that were measured."""
+    lines: list[str] = []
+    if "rounds" in res:
+        rows = [r for rs in res["rounds"].values() for r in rs]
+        loads = [r["loadavg_before"][0] for r in rows if "loadavg_before" in r]
+        lines += [
+            f"Load average (1 min) at the start of the rounds: {min(loads, default=0):.1f}–"
+            f"{max(loads, default=0):.1f}; torch threads per training process: "
+            f"{res.get('threads') or 'default'}",
+            "",
+            *throughput_table(res),
+            "",
+        ]
+    if "profiles" in res:
+        lines += [
+            "CPU ms per image per stage, one batch in one process at 1 thread:",
+            "",
+            *stage_table(res),
+            "",
+        ]
+    if "variants" in res:
+        lines += [
+            "fastclr's model step alone (pre-augmented views), interleaved rounds:",
+            "",
+            *variants_table(res),
+            "",
+        ]
+    return lines
+
+
 def report(record: dict[str, Any]) -> list[str]:
     """The Markdown report of one run."""
     m = record["machine"]
@@ -176,27 +208,20 @@ def report(record: dict[str, Any]) -> list[str]:
         "",
     ]
     chk = record.get("check", {})
-    lines += [f"Checks before timing: {chk}", ""]
-    for size, res in record.get("sizes", {}).items():
-        loads = [r.get("loadavg_before", [None])[0] for rs in res["rounds"].values() for r in rs]
-        loads = [x for x in loads if x is not None]
+    if "error" in chk:
+        lines += [f"Checks before timing FAILED: {chk['error']}", ""]
+    else:
         lines += [
-            f"## {size} px: ResNet-18 width {res['width']}, batch {res['batch']}",
-            "",
-            f"Load average (1 min) at the start of the rounds: {min(loads, default=0):.1f}–"
-            f"{max(loads, default=0):.1f}",
-            "",
-            *throughput_table(res),
-            "",
-            "CPU ms per image per stage, one batch in one process at 1 thread:",
-            "",
-            *stage_table(res),
-            "",
-            "fastclr's model step alone (pre-augmented views), interleaved rounds:",
-            "",
-            *variants_table(res),
+            "Checks before timing (error / allowed bound; <= 1 passes): lightly's NT-Xent vs the "
+            f"float64 reference {chk.get('lightly_loss_error_ratio', 0):.3g}, fastclr's "
+            f"{chk.get('fastclr_loss_error_ratio', 0):.3g}; views finished in loader workers vs "
+            f"the float64 augmentation definition {chk.get('worker_views_error_ratio', 0):.3g}; "
+            "every timed step's loss finite and in (0, log(2B - 1) + 1).",
             "",
         ]
+    for size, res in record.get("sizes", {}).items():
+        lines += [f"## {size} px: ResNet-18 width {res['width']}, batch {res['batch']}", ""]
+        lines += size_sections(res)
     bad = problems(record)
     lines += ["Problems: " + ("; ".join(bad) if bad else "none")]
     return lines
