@@ -287,6 +287,12 @@ def write_folder(root: Path, n: int, say: Any) -> Path:
     return data_bench.write_jpegs(root, n)
 
 
+def _python() -> str:
+    """This interpreter as typed from the repository root (``.venv-peers/bin/python``)."""
+    rel = os.path.relpath(sys.executable)
+    return rel if not rel.startswith("..") else sys.executable
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = QUICK if args.quick else {s: CONFIGS[s] for s in args.sizes}
     record: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([_python(), *sys.argv]),
         "machine": pipeline_tables.machine(),
         "settings": vars(args),
     }
