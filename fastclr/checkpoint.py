@@ -47,8 +47,17 @@ __all__ = [
 
 #: What evaluation reads from a checkpoint, and what resuming a run reads besides.
 EVAL_FIELDS = ("model_spec", "model", "image_size", "mean", "std")
-RESUME_FIELDS = (*EVAL_FIELDS, "config", "epoch", "step_in_epoch", "global_step", "optimizer",
-                 "scheduler", "scaler", "rng")  # fmt: skip
+RESUME_FIELDS = (
+    *EVAL_FIELDS,
+    "config",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+)
 
 CHECKPOINT_FORMAT = "fastclr-simclr-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
