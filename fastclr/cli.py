@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from fastclr.downstream.export import add_export_arguments, run_export_command
 from fastclr.evaluate import KNN_K, KNN_TEMPERATURE, evaluate_checkpoint
 from fastclr.models import ARCHS
 from fastclr.train import NonFiniteLossError, TrainConfig, pretrain
@@ -158,12 +159,23 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
 
 
+def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's pretrained encoder for torchvision or a Python without fastclr",
+        description="Export a pretraining checkpoint's encoder: torchvision ResNet weights, plain "
+        "state dicts with a metadata record, or TorchScript. The file is written atomically.",
+    )
+    add_export_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastclr`` parser with its ``pretrain`` and ``linear-eval`` subcommands."""
     parser = argparse.ArgumentParser(prog="fastclr", description="fast SimCLR")
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)
     _eval_parser(sub)
+    _export_parser(sub)
     for p in sub.choices.values():
         p.add_argument(
             "--debug",
@@ -309,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args)
+        if args.command == "export":
+            return run_export_command(args)
         return _run_eval(args)
     except KeyboardInterrupt:
         print("fastclr: interrupted", file=sys.stderr)
