@@ -43,8 +43,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch
     data = ImageData(
         "digits[:64]", TensorImageDataset(d.train.images[:64], d.train.labels[:64]), None, d.classes
     )
-    cfg = TrainConfig(width=0.125, image_size=8, batch_size=32, epochs=2, stop_after_epochs=1,
-                      limit_steps=1, out=str(out), progress=False)  # fmt: skip
+    cfg = TrainConfig(
+        width=0.125,
+        image_size=8,
+        batch_size=32,
+        epochs=2,
+        stop_after_epochs=1,
+        limit_steps=1,
+        out=str(out),
+        progress=False,
+    )
     augment = SimCLRAugmentation(AugmentConfig.cifar(size=8), backend="torch", seed=0)
     result = pretrain(cfg, augment=augment, data=data)
     return out, {k: v.detach().clone() for k, v in result.model.state_dict().items()}

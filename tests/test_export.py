@@ -48,8 +48,10 @@ def test_torchvision_export_has_every_backbone_key_and_reports_fc(
     full18: Path, tmp_path: Path, capsys: Any
 ) -> None:
     out = tmp_path / "r18.pt"
-    assert main(["export", "--checkpoint", str(full18), "--format", "torchvision",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(["export", "--checkpoint", str(full18), "--format", "torchvision", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     state = torch.load(out, weights_only=True)
     layout = ResNet("resnet18", "imagenet", num_classes=1000).state_dict()  # torchvision's names
@@ -84,12 +86,24 @@ def test_state_dict_export_rebuilds_encoder_and_head(tiny: Path, tmp_path: Path)
     payload = torch.load(out, weights_only=True)
     assert set(payload) == {"encoder", "head", "metadata"}
     meta = payload["metadata"]
-    expected = {"arch": "resnet18", "stem": "cifar", "width": 0.125, "image_size": 16,
-                "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "proj_dim": 16,
-                "head_bn": True, "feature_dim": 64}  # fmt: skip
+    expected = {
+        "arch": "resnet18",
+        "stem": "cifar",
+        "width": 0.125,
+        "image_size": 16,
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.25, 0.3],
+        "proj_dim": 16,
+        "head_bn": True,
+        "feature_dim": 64,
+    }
     assert {k: meta[k] for k in expected} == expected
-    assert meta["head_layers"] == ["Linear(64, 64, bias=False)", "BatchNorm1d(64)", "ReLU",
-                                   "Linear(64, 16)"]  # fmt: skip
+    assert meta["head_layers"] == [
+        "Linear(64, 64, bias=False)",
+        "BatchNorm1d(64)",
+        "ReLU",
+        "Linear(64, 16)",
+    ]
     encoder = resnet(meta["arch"], meta["stem"], width=meta["width"])
     encoder.load_state_dict(payload["encoder"])
     head = ProjectionHead(meta["feature_dim"], out_dim=meta["proj_dim"], batch_norm=True)
@@ -131,10 +145,20 @@ def _run_without_fastclr(tmp: Path, module_file: Path, x: torch.Tensor) -> tuple
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_FASTCLR, str(module_file), str(tmp / "x.pt"),
-         str(tmp / "y.pt")],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            _WITHOUT_FASTCLR,
+            str(module_file),
+            str(tmp / "x.pt"),
+            str(tmp / "y.pt"),
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, (torch.load(tmp / "y.pt") if proc.returncode == 0 else None)
 
 
@@ -216,13 +240,17 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--checkpoint", "{tmp}/missing", "--format", "state-dict", "--out", "{tmp}/o.pt"],
-         "does not exist"),
+        (
+            ["--checkpoint", "{tmp}/missing", "--format", "state-dict", "--out", "{tmp}/o.pt"],
+            "does not exist",
+        ),
         (["--checkpoint", "{tiny}", "--format", "state-dict", "--out", "{tmp}"], "is a folder"),
-        (["--checkpoint", "{notes}", "--format", "torchscript", "--out", "{tmp}/o.pt"],
-         "is not a fastclr checkpoint: it is a text file"),
+        (
+            ["--checkpoint", "{notes}", "--format", "torchscript", "--out", "{tmp}/o.pt"],
+            "is not a fastclr checkpoint: it is a text file",
+        ),
     ],
-)  # fmt: skip
+)
 def test_command_errors_are_one_line_and_exit_2(
     tiny: Path, tmp_path: Path, capsys: Any, argv: list[str], expected: str
 ) -> None:
@@ -253,9 +281,11 @@ def _readme_section() -> str:
 
 
 def test_readme_example_runs(
-    tmp_path: Path, write_checkpoint: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    write_checkpoint: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: Any,
-) -> None:  # fmt: skip
+) -> None:
     section = _readme_section()
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     assert len(code.strip().splitlines()) <= 10
@@ -267,5 +297,7 @@ def test_readme_example_runs(
     assert len(commands) == 3
     for cmd in commands[:2]:  # the third needs a width-1 run (tested above)
         assert main(cmd.split()) == 0
-    assert main(["export", "--checkpoint", "runs/simclr", "--format", "torchvision",
-                 "--out", "x.pt"]) == 2  # fmt: skip
+    assert (
+        main(["export", "--checkpoint", "runs/simclr", "--format", "torchvision", "--out", "x.pt"])
+        == 2
+    )
