@@ -187,6 +187,17 @@ def test_weights_that_do_not_fit_the_recorded_network(
         fastclr.load_encoder(tmp_path / "mismatch.pt")
 
 
+def test_an_unusable_map_location_is_named(
+    tmp_path: Path, write_checkpoint: Callable[..., Path]
+) -> None:
+    path = write_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"map_location must be a device.*'gpu'"):
+        fastclr.load_encoder(path, map_location="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="map_location 'cuda': no CUDA device"):
+            fastclr.load_simclr(path, map_location="cuda")
+
+
 # ------------------------------------------------------------------------------ preprocess
 
 PREP = Preprocess((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 8)

@@ -189,7 +189,18 @@ def _load_weights(model: PretrainedSimCLR, weights: dict[str, Any], info: RunInf
 
 
 def _device(map_location: Device) -> torch.device:
-    return torch.device("cpu") if map_location is None else torch.device(map_location)
+    """The device to load onto; ``ValueError`` naming ``map_location`` when it is not usable."""
+    if map_location is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(map_location)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"map_location must be a device such as 'cpu' or 'cuda', got {map_location!r}"
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"map_location {map_location!r}: no CUDA device is visible; use 'cpu'")
+    return dev
 
 
 def load_simclr(
@@ -210,11 +221,13 @@ def load_simclr(
     Raises:
         CheckpointError: not a fastclr checkpoint (one sentence naming the file), corrupted, or
             weights that do not fit the architecture it records.
+        ValueError: ``map_location`` is not a device this process can use.
     """
+    device = _device(map_location)
     info, weights = read_run(run_folder_or_checkpoint)
     model = PretrainedSimCLR(PretrainedEncoder(info))
     _load_weights(model, weights, info)
-    model.to(device=_device(map_location), memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model.eval()
 
 
@@ -235,6 +248,7 @@ def load_encoder(
     Raises:
         CheckpointError: not a fastclr checkpoint (one sentence naming the file), corrupted, or
             weights that do not fit the architecture it records.
+        ValueError: ``map_location`` is not a device this process can use.
 
     Example:
         >>> enc = fastclr.load_encoder("runs/simclr")
