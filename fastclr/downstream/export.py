@@ -56,6 +56,7 @@ class ExportResult:
     path: Path
     format: str
     info: RunInfo
+    feature_dim: int
     nbytes: int
     #: torchvision format: backbone keys present in both (all of ours), and torchvision's keys
     #: the file does not have (its classifier)
@@ -79,7 +80,7 @@ class ExportResult:
         elif self.format == "state-dict":
             lines.append(
                 '  keys:    "encoder" (torchvision names), "head" (nn.Sequential: '
-                f'{", ".join(_head_layers(i))}), "metadata"'
+                f'{", ".join(_head_layers(i, self.feature_dim))}), "metadata"'
             )
         else:
             lines.append(
@@ -97,28 +98,25 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
 
-def _head_layers(info: RunInfo) -> list[str]:
-    """The projection head's layers with their sizes, as ``nn.Sequential`` indexes them."""
-    f = _feature_dim(info)
+def _head_layers(info: RunInfo, f: int) -> list[str]:
+    """The projection head's layers with their sizes (``f`` features in), as ``nn.Sequential``
+    indexes them."""
     layers = [f"Linear({f}, {f}{', bias=False' if info.head_bn else ''})"]
     if info.head_bn:
         layers.append(f"BatchNorm1d({f})")
     return [*layers, "ReLU", f"Linear({f}, {info.proj_dim})"]
 
 
-def _feature_dim(info: RunInfo) -> int:
-    return ResNet(info.arch, stem=info.stem, width=info.width).feature_dim  # type: ignore[arg-type]
-
-
-def metadata(info: RunInfo, fmt: str) -> dict[str, Any]:
+def metadata(model: PretrainedSimCLR, fmt: str) -> dict[str, Any]:
     """The record stored beside exported weights: what the network is and what input it takes."""
     from fastclr import __version__
 
+    info, f = model.info, model.feature_dim
     return {
         "format": STATE_DICT_FORMAT if fmt == "state-dict" else f"fastclr-{fmt}",
         **info.as_dict(),
-        "feature_dim": _feature_dim(info),
-        "head_layers": _head_layers(info),
+        "feature_dim": f,
+        "head_layers": _head_layers(info, f),
         "source": info.path,
         "fastclr_version": __version__,
     }
@@ -145,7 +143,8 @@ def torchvision_state_dict(model: PretrainedSimCLR) -> tuple[dict[str, Tensor], 
             f"use --format {' or --format '.join(others)}"
         )
     ours = _plain(model.encoder.state_dict())
-    reference = ResNet(info.arch, stem="imagenet", num_classes=1000).state_dict()
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation cost
+        reference = ResNet(info.arch, stem="imagenet", num_classes=1000).state_dict()
     extra = sorted(set(ours) - set(reference))
     wrong = [k for k in ours if k in reference and ours[k].shape != reference[k].shape]
     if extra or wrong:  # a fastclr bug: the layouts are built to be equal
@@ -172,7 +171,7 @@ def _torchscript(model: PretrainedSimCLR, meta: dict[str, Any]) -> bytes:
 
 def _serialise(model: PretrainedSimCLR, fmt: str) -> tuple[bytes, list[str], list[str]]:
     """(file contents, matched keys, absent keys) of ``model`` in format ``fmt``."""
-    meta = metadata(model.info, fmt)
+    meta = metadata(model, fmt)
     if fmt == "torchscript":
         return _torchscript(model, meta), [], []
     buf = io.BytesIO()
@@ -219,7 +218,7 @@ def export(
     model = load_simclr(checkpoint)
     data, matched, absent = _serialise(model, format)
     write_atomic(target, data, overwrite)
-    return ExportResult(target, format, model.info, len(data), matched, absent)
+    return ExportResult(target, format, model.info, model.feature_dim, len(data), matched, absent)
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
