@@ -1,4 +1,4 @@
-"""The ``fastclr`` command line: ``fastclr pretrain ...`` and ``fastclr linear-eval ...``.
+"""The ``fastclr`` command line: ``fastclr pretrain``, ``linear-eval`` and ``export``.
 
 With no options, ``fastclr pretrain`` trains a small ResNet-18 (width 0.25, CIFAR stem) on the
 embedded digits for 15 epochs (16-px views, one CPU thread), about a minute on a CPU, and writes its
@@ -25,6 +25,7 @@ from typing import Any
 
 from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from fastclr.distributed import is_main
+from fastclr.downstream.export import ExportConfig, run_export
 from fastclr.errors import UsageError
 from fastclr.evaluate import EvalConfig, evaluate_checkpoint
 from fastclr.options import field_types, flag
@@ -60,7 +61,14 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], kind: typ
             **common,
         )
     elif meta.get("required"):
-        p.add_argument(name, type=kind, required=True, help=meta["help"], dest=f.name)
+        p.add_argument(
+            name,
+            type=kind,
+            choices=meta.get("choices"),
+            required=True,
+            help=meta["help"],
+            dest=f.name,
+        )
     else:
         extra: dict[str, Any] = {"nargs": "?", "const": _RESUME_OUT} if f.name == "resume" else {}
         p.add_argument(name, type=kind, choices=meta.get("choices"), help=text, **common, **extra)
@@ -81,7 +89,7 @@ def _given(args: argparse.Namespace, config: type) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fastclr`` parser with its ``pretrain`` and ``linear-eval`` subcommands."""
+    """The ``fastclr`` parser with its ``pretrain``, ``linear-eval`` and ``export`` commands."""
     parser = argparse.ArgumentParser(prog="fastclr", description="fast SimCLR")
     sub = parser.add_subparsers(dest="command", required=True)
     add_options(
@@ -102,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
             description="Linear-probe and kNN top-1 of a pretraining checkpoint's frozen encoder.",
         ),
         EvalConfig,
+    )
+    add_options(
+        sub.add_parser(
+            "export",
+            help="write a run's pretrained encoder for torchvision or a Python without fastclr",
+            description="Export a pretraining checkpoint's encoder: torchvision ResNet weights, "
+            "plain state dicts with a metadata record, or TorchScript. The file is written "
+            "atomically.",
+        ),
+        ExportConfig,
     )
     for p in sub.choices.values():
         p.add_argument(
@@ -238,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args)
+        if args.command == "export":
+            return run_export(ExportConfig(**_given(args, ExportConfig)))
         return _run_eval(args)
     except KeyboardInterrupt:
         print("fastclr: interrupted", file=sys.stderr)
