@@ -234,16 +234,20 @@ def supcontrast_reference(
     temperature: float = 0.07,
     base_temperature: float = 0.07,
     contrast_mode: str = "all",
+    upcast: bool = True,
 ) -> Tensor:
     """SupContrast's ``SupConLoss`` (Khosla et al.'s code) in float64, on (bsz, V, D) features.
 
     Rows are the V views stacked view-major; anchors are all rows (``"all"``) or view 0
-    (``"one"``); per anchor ``−(τ/τ_base) · mean_{p ∈ P(a)} (s_ap − logsumexp_{k ≠ a} s_ak)``,
-    0 for an anchor without a positive; the mean is over ALL anchors. The features are used as
-    given: SupContrast expects them already L2-normalised (its models normalise).
+    (``"one"``); per anchor ``−(τ/τ_base) · mean_{p ∈ P(a)} (s_ap − logsumexp_{k ≠ a} s_ak)``
+    with ``s_ak = f_a·f_k / τ``, 0 for an anchor without a positive; the mean is over ALL
+    anchors. The features are used as given, NOT normalised: SupContrast's loss does not
+    normalise (its models do, before the loss). ``labels`` are (bsz,) class ids or None (each
+    sample its own class). ``upcast=False`` computes in the features' dtype.
     """
     bsz, n_views = features.shape[0], features.shape[1]
-    keys = torch.cat(torch.unbind(features.reshape(bsz, n_views, -1).double(), dim=1), dim=0)
+    flat = features.reshape(bsz, n_views, -1)
+    keys = torch.cat(torch.unbind(flat.double() if upcast else flat, dim=1), dim=0)
     row_labels = (labels if labels is not None else torch.arange(bsz)).to(keys.device)
     row_labels = row_labels.repeat(n_views)
     n_anchors = bsz if contrast_mode == "one" else bsz * n_views
