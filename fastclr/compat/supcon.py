@@ -117,7 +117,7 @@ class SupConLoss(nn.Module):
         divisor, tau = _scaled_rows(z, self.temperature)
         n_anchors = bsz if self.contrast_mode == "one" else None
         # fused_rows divides each row by max(‖row‖, eps); with eps = c above every norm, that is
-        # z / c for every row, and s_ak = (f_a/c)·(f_k/c) / (τ/c²) = f_a·f_k / τ exactly
+        # z / c for every row, and s_ak = (f_a/c)·(f_k/c) / (τ/c²) = f_a·f_k / τ
         rows = fused_rows(z, row_labels, tau, name, divisor, n_anchors=n_anchors)
         pos_mean, n_pos = _positive_logits_rect(rows.q, rows.keys, row_labels, 0, tau)
         per_anchor = rows.lse.to(pos_mean.dtype) - pos_mean
@@ -130,13 +130,20 @@ class SupConLoss(nn.Module):
         )
 
 
+# fp32/fp64 rows are divided by (1 + this) × the largest norm: strictly above every norm (the fp32
+# norm computed in the normalisation may exceed the float64 one by a few ulps), and τ changes by
+# only 0.05%, so the kernels keep their constant-shift path wherever τ alone would take it.
+_NORM_MARGIN = 2.0**-12
+
+
 def _scaled_rows(z: Tensor, temperature: float) -> tuple[float, float]:
-    """(c, τ / c²) with c the smallest power of two above every row norm of ``z``.
+    """(c, τ / c²) with c strictly above every row norm of ``z`` (1 for all-zero rows).
 
     The fused kernels take rows of norm ≤ 1 (their logits are bounded by 1/τ); SupContrast's
-    logits ``f_a·f_k / τ`` on un-normalised rows are the same numbers for rows f/c at τ/c², and
-    dividing by a power of two is exact (bfloat16 rows reach the kernels unrounded). One device
-    sync (the norm is needed on the host, as the kernels' temperature).
+    logits ``f_a·f_k / τ`` on un-normalised rows are the same numbers for rows f/c at τ/c².
+    bfloat16/float16 rows reach the kernels' tiles in their own dtype, so for them c is a power
+    of two (the division is exact); float32/float64 rows are divided once in float32/float64.
+    One device sync (the norm is needed on the host, as the kernels' temperature).
     """
     top = float(torch.linalg.vector_norm(z.detach().double(), dim=1).amax())
     if z.dtype != torch.float64 and top * top / temperature > _FP32_MAX:
@@ -145,7 +152,12 @@ def _scaled_rows(z: Tensor, temperature: float) -> tuple[float, float]:
             f"τ = {temperature} (SupContrast returns NaN there); scale the features down or "
             "pass float64 features"
         )
-    divisor = 2.0 ** (math.floor(math.log2(top)) + 1) if top > 0 else 1.0
+    if top == 0:
+        divisor = 1.0
+    elif z.dtype in (torch.bfloat16, torch.float16):
+        divisor = 2.0 ** (math.floor(math.log2(top)) + 1)
+    else:
+        divisor = top * (1.0 + _NORM_MARGIN)
     return divisor, temperature / (divisor * divisor)
 
 
