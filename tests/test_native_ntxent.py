@@ -328,9 +328,7 @@ def test_memory_bank_keeps_huge_rows_as_unit_keys() -> None:
     loss_fn((a * 1e25).requires_grad_(), (b * 1e25).requires_grad_())
     torch.testing.assert_close(loss_fn.bank, F.normalize(b, dim=1))
     got = loss_fn(a * 1e25, b * 1e25)
-    want = ntxent_reference(
-        *views_to_batch([a.double(), b.double()]), 0.5, negatives=b.double()
-    )
+    want = ntxent_reference(*views_to_batch([a.double(), b.double()]), 0.5, negatives=b.double())
     assert float(got) == pytest.approx(float(want), rel=1e-5)
 
 
