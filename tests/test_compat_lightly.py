@@ -123,7 +123,7 @@ def test_bank_matches_the_definition_over_steps(
         fa, fb = out0.float().requires_grad_(), out1.float().requires_grad_()
         got = loss_fn(fa, fb)
         got.backward()
-        assert float(got.detach()) == pytest.approx(float(want), rel=2e-5, abs=4e-7 / tau)
+        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=2e-5, abs=4e-7 / tau)
         for mine, ref, raw in ((fa, a, out0), (fb, b, out1)):
             assert mine.grad is not None and ref.grad is not None
             floor = 1e-6 / (tau * float(raw.norm(dim=1).min()))
@@ -287,8 +287,8 @@ def test_autocast_equals_lightly_itself(
             results.append((loss, a.grad.double(), b.grad.double()))
         (lt, ta, tb), (lo, oa, ob) = results
         assert lo.dtype == lt.dtype == torch.float32
-        err = abs(float(lt.detach()) - float(want))
-        assert abs(float(lo.detach()) - float(want)) <= 2 * err + 1e-4
+        err = abs(float(lt.detach()) - float(want.detach()))
+        assert abs(float(lo.detach()) - float(want.detach())) <= 2 * err + 1e-4
         for mine, peer, exact in ((oa, ta, x.grad), (ob, tb, y.grad)):
             assert exact is not None
             peer_err = float((peer - exact).abs().max())
