@@ -111,6 +111,9 @@ def knn_accuracy(
 ) -> float:
     """Weighted kNN top-1 accuracy (cosine similarity, votes ``exp(sim/τ)``, k capped by N).
 
+    The votes are computed as ``exp((sim − max sim) / τ)`` per test row, the same ranking of the
+    classes without overflow at any τ.
+
     ``k=None``: :func:`knn_k_for` of the training labels. Test rows go in blocks of ``chunk``,
     fewer where a block's (rows × N_train) similarities would pass :data:`KNN_BLOCK_BYTES`.
     Memory: an L2-normalised fp32 copy of both feature sets plus one block.
@@ -129,7 +132,9 @@ def knn_accuracy(
         sim = fte[i : i + rows] @ ftr.T
         top_sim, top_idx = sim.topk(k, dim=1)
         del sim
-        weights = (top_sim / temperature).exp()
+        # exp((sim − row max) / τ): the classes' vote ratios of exp(sim / τ), but never above 1
+        # (sim / τ overflows float32 above ~88, e.g. every close neighbour at τ = 0.01)
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         votes = torch.zeros(len(top_idx), n_classes, device=fte.device)
         votes.scatter_add_(1, train_labels[top_idx], weights)
         correct += int((votes.argmax(1) == test_labels[i : i + rows]).sum())
