@@ -28,26 +28,19 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastclr.checkpoint import (
-    EVAL_FIELDS,
-    CheckpointError,
-    check_finite_weights,
-    load_checkpoint,
-    load_model_state,
-    require_fields,
-)
+from fastclr.checkpoint import CheckpointError
 from fastclr.data import ImageData, TensorImageDataset
 from fastclr.data.split import FileSet
 from fastclr.distributed import resolve_device
+from fastclr.downstream.load import load_simclr
 from fastclr.errors import UsageError
 from fastclr.features import EvalData, eval_data, extract_features, stream_features
-from fastclr.models import ARCHS, SimCLR, build_model
+from fastclr.models import ARCHS
 from fastclr.options import (
     KNN_K,
     KNN_TEMPERATURE,
@@ -298,15 +291,18 @@ def evaluate_checkpoint(
         str(checkpoint), "digits", arch, knn_k, knn_temperature, num_workers, device, progress
     ).validate()
     dev = resolve_device(device)
-    state = load_checkpoint(checkpoint, allow_legacy=allow_legacy_checkpoint)
-    model, spec = _model(state, checkpoint, arch)
-    model.to(dev)
-    image_size = int(state["image_size"])
+    model = load_simclr(checkpoint, dev, allow_legacy_checkpoint)  # verified, finite weights
+    info = model.info
+    if arch is not None and arch != info.arch:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds a {info.arch} encoder, not the requested {arch}"
+        )
+    image_size = info.image_size
     ed = eval_data(data, image_size, num_workers)
     train, held = _labelled_split(ed)
     if header:
-        print(_header(checkpoint, spec["arch"], image_size, ed, len(train), len(held)), flush=True)
-    mean, std = tuple(state["mean"]), tuple(state["std"])
+        print(_header(checkpoint, info.arch, image_size, ed, len(train), len(held)), flush=True)
+    mean, std = info.mean, info.std
     bars = ("features (train)", "features (held-out)") if progress else (None, None)
     f_tr, y_tr = _features(model.encoder, train, ed, (mean, std), image_size, dev, bars[0])
     f_te, y_te = _features(model.encoder, held, ed, (mean, std), image_size, dev, bars[1])
@@ -319,28 +315,10 @@ def evaluate_checkpoint(
         knn_top1=knn_accuracy(f_tr, y_tr, f_te, y_te, k=knn_k, temperature=knn_temperature),
         n_train=len(f_tr),
         n_test=len(f_te),
-        arch=spec["arch"],
+        arch=info.arch,
         data=ed.name,
         features=ed.how,
     )
-
-
-def _model(
-    state: dict[str, Any], checkpoint: str | os.PathLike[str], arch: str | None
-) -> tuple[SimCLR, dict[str, Any]]:
-    """The checkpoint's model with its weights (checked finite), and its spec."""
-    require_fields(state, EVAL_FIELDS, checkpoint, "evaluation")
-    spec: dict[str, Any] = dict(state["model_spec"])
-    if arch is not None and arch != spec["arch"]:
-        raise CheckpointError(
-            f"checkpoint {checkpoint} holds a {spec['arch']} encoder, not the requested {arch}"
-        )
-    check_finite_weights(state["model"], f"checkpoint {checkpoint}")
-    model = build_model(
-        spec["arch"], spec["stem"], spec["width"], spec["proj_dim"], spec["head_bn"]
-    )
-    load_model_state(model, state["model"], f"checkpoint {checkpoint} ({spec['arch']})")
-    return model, spec
 
 
 def check_finite_features(features: Tensor, source: str) -> None:

@@ -10,6 +10,7 @@ class named "train", advice to use --precision fp32 on an fp32 run) before this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,14 @@ from PIL import Image
 from torch import Tensor
 
 from fastclr.checkpoint import (
-    CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,
-    model_spec,
     save_checkpoint_atomic,
 )
 from fastclr.cli import main
 from fastclr.data import plan_data
 from fastclr.errors import NonFiniteLossError, UsageError
 from fastclr.loss import NTXentLoss
-from fastclr.models import Architecture
 from fastclr.train import TrainConfig, pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,31 +94,22 @@ def test_a_nan_loss_says_what_was_kept_and_what_to_change(tmp_path: Path) -> Non
         pretrain(cfg, loss_fn=_DivergesAt(1, nan_loss=True))
 
 
-def _nan_checkpoint(path: Path, nan: bool = True) -> Path:
-    arch = Architecture("resnet18", "cifar", 0.125, 16)
-    model = arch.build()
-    state = model.state_dict()
-    state["encoder.conv1.weight"][0, 0, 0, 0] = float("nan") if nan else 0.0
-    save_checkpoint_atomic(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model_spec": model_spec(arch),
-            "image_size": 8,
-            "mean": [0.5] * 3,
-            "std": [0.25] * 3,
-            "model": state,
-        },
-        path,
-    )
-    return path
+@pytest.fixture
+def nan_checkpoint(tmp_path: Path, write_checkpoint: Callable[..., Path]) -> Path:
+    """A checkpoint whose encoder holds one NaN weight, with a valid digest."""
+
+    def poison(model: dict[str, Tensor]) -> None:
+        model["encoder.conv1.weight"][0, 0, 0, 0] = float("nan")
+
+    return write_checkpoint(tmp_path / "ck.pt", image_size=8, edit=poison)
 
 
 def test_nan_weights_are_never_evaluated_or_loaded(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    nan_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import fastclr
 
-    path = _nan_checkpoint(tmp_path / "ck.pt")  # a valid digest: the file is as written
+    path = nan_checkpoint  # a valid digest: the file is as written
     assert main(["linear-eval", "--checkpoint", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "NaN or Inf (encoder.conv1.weight)" in err and "Traceback" not in err
@@ -128,12 +117,14 @@ def test_nan_weights_are_never_evaluated_or_loaded(
         fastclr.load_encoder(path)
 
 
-def test_a_flipped_bit_in_the_version_key_is_not_read_as_a_legacy_file(tmp_path: Path) -> None:
+def test_a_flipped_bit_in_the_version_key_is_not_read_as_a_legacy_file(
+    tmp_path: Path, write_checkpoint: Callable[..., Path]
+) -> None:
     """The key that says "this file carries a digest" damaged, and a weight too: refused, not
     loaded unverified as a file from before the digest (the probe of the issue)."""
     import struct
 
-    path = _nan_checkpoint(tmp_path / "ck.pt", nan=False)
+    path = write_checkpoint(tmp_path / "ck.pt", image_size=8)
     state = load_checkpoint(path)
     state.pop("_read_from")
     state["model"]["encoder.conv1.weight"][0, 0, 0, 0] = 1234.5  # a value to find in the file

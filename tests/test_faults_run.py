@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,15 @@ def _start(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _error(res: subprocess.CompletedProcess[str], code: int = 2) -> str:
-    assert res.returncode == code, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if "error:" in ln]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+@pytest.fixture
+def refused(one_error_line: Callable[[str], str]) -> Callable[..., str]:
+    """``refused(res)``: exit status 2 and the one 'error:' line, no traceback."""
+
+    def check(res: subprocess.CompletedProcess[str]) -> str:
+        assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+        return one_error_line(res.stderr)
+
+    return check
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -89,7 +93,9 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> 
     assert path.exists(), proc.communicate()
 
 
-def test_one_writer_per_folder_and_sigterm_checkpoints(tmp_path: Path) -> None:
+def test_one_writer_per_folder_and_sigterm_checkpoints(
+    tmp_path: Path, refused: Callable[..., str]
+) -> None:
     """A second run and a --resume into a folder a live run writes are refused naming its PID;
     SIGTERM (a scheduler's stop) checkpoints like Ctrl-C and exits 143; the logs hold each step
     once; a lock left by a dead process is taken over."""
@@ -98,7 +104,7 @@ def test_one_writer_per_folder_and_sigterm_checkpoints(tmp_path: Path) -> None:
     first = _start(*args)
     _wait_for(out / CHECKPOINT_NAME, first)
     for extra in ([], ["--resume"]):
-        line = _error(_cli(*args, *extra))
+        line = refused(_cli(*args, *extra))
         assert f"--out {out} is in use by another fastclr run (PID {first.pid}" in line
     first.send_signal(signal.SIGTERM)
     stdout, stderr = first.communicate(timeout=120)
@@ -135,21 +141,23 @@ def test_overwrite_deletes_only_what_fastclr_wrote(tmp_path: Path) -> None:
     assert (out / "tb" / "my-experiment.txt").exists() and "left" in res.stderr
 
 
-def test_out_inside_data_is_refused(tmp_path: Path) -> None:
+def test_out_inside_data_is_refused(tmp_path: Path, refused: Callable[..., str]) -> None:
     data = _folder(tmp_path / "images", 6)
-    line = _error(_cli(*TINY, "--data", str(data), "--out", str(data / "run")))
+    line = refused(_cli(*TINY, "--data", str(data), "--out", str(data / "run")))
     assert "--out" in line and "is inside --data" in line
     assert not (data / "run").exists()
 
 
-def test_resume_notices_changed_data_and_adapts_the_schedule(tmp_path: Path) -> None:
+def test_resume_notices_changed_data_and_adapts_the_schedule(
+    tmp_path: Path, refused: Callable[..., str]
+) -> None:
     data = _folder(tmp_path / "images", 20)  # 36 training images: 4 steps of 8 an epoch
     out = tmp_path / "run"
     args = [*TINY, "--data", str(data), "--epochs", "4", "--out", str(out)]
     assert _cli(*args, "--stop-after-epochs", "2").returncode == 0
     before = _rows(out / "steps.csv")
     _folder(data, 10, start=100)  # 20 more files
-    line = _error(_cli(*TINY, "--out", str(out), "--resume"))
+    line = refused(_cli(*TINY, "--out", str(out), "--resume"))
     assert "is not the data the checkpoint was trained on" in line and "more than" in line
     assert "--data-changed ok" in line
     res = _cli(*TINY, "--out", str(out), "--resume", "--data-changed", "ok")
@@ -188,7 +196,9 @@ def test_resume_after_files_were_removed_has_no_empty_epoch(tmp_path: Path) -> N
     assert all(float(e["images_per_s"]) > 0 and float(e["loss"]) > 0 for e in epochs)
 
 
-def test_a_relative_data_path_is_resumed_from_anywhere(tmp_path: Path) -> None:
+def test_a_relative_data_path_is_resumed_from_anywhere(
+    tmp_path: Path, refused: Callable[..., str]
+) -> None:
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     _folder(home / "images", 20)
     _folder(elsewhere / "images", 5)  # another folder of the same relative name
@@ -199,7 +209,7 @@ def test_a_relative_data_path_is_resumed_from_anywhere(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert f"data:        {home / 'images'}" in res.stdout  # the run's own folder, absolute
     shutil.move(home / "images", tmp_path / "moved")
-    line = _error(_cli(*TINY, "--out", str(out), "--resume", "--epochs", "3", cwd=elsewhere))
+    line = refused(_cli(*TINY, "--out", str(out), "--resume", "--epochs", "3", cwd=elsewhere))
     assert "does not exist" in line or "moved" in line
 
 

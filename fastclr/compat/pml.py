@@ -47,6 +47,7 @@ negatives hold a tiny part of the anchor's mass (absolute error about float32 ep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -92,6 +93,31 @@ def _zero(embeddings: Tensor) -> Tensor:
     return (embeddings * 0).sum()
 
 
+def _run(
+    loss: str,
+    peer: str,
+    form: Callable[[Tensor, Tensor, float, str], Tensor],
+    embeddings: Tensor,
+    labels: Tensor | None,
+    temperature: float,
+    backend: BackendName,
+    check_finite: bool,
+) -> Tensor:
+    """What both losses do around their maths: the checks, PML's zero without pairs, the
+    backend, full precision inside, PML's output dtype outside."""
+    temperature = check_temperature(temperature)
+    ready = _prepare(loss, embeddings, labels)
+    if ready is None:
+        return _zero(embeddings)
+    z, lab = ready
+    if check_finite and not torch.compiler.is_compiling():
+        require_finite(z)
+    name = resolve_backend(backend, z.device, z.dtype)
+    out_dtype = peer_dtype(peer, z)
+    with full_precision(z):
+        return form(z, lab, temperature, name).to(out_dtype)
+
+
 def pml_ntxent(
     embeddings: Tensor,
     labels: Tensor | None,
@@ -100,17 +126,16 @@ def pml_ntxent(
     check_finite: bool = True,
 ) -> Tensor:
     """Functional form of :class:`NTXentLoss` (see the module docstring for the maths)."""
-    temperature = check_temperature(temperature)
-    ready = _prepare("NTXentLoss", embeddings, labels)
-    if ready is None:
-        return _zero(embeddings)
-    z, lab = ready
-    if check_finite and not torch.compiler.is_compiling():
-        require_finite(z)
-    name = resolve_backend(backend, z.device, z.dtype)
-    out_dtype = peer_dtype("pml_ntxent", z)
-    with full_precision(z):
-        return _pair_form(z, lab, temperature, name).to(out_dtype)
+    return _run(
+        "NTXentLoss",
+        "pml_ntxent",
+        _pair_form,
+        embeddings,
+        labels,
+        temperature,
+        backend,
+        check_finite,
+    )
 
 
 def _pair_form(z: Tensor, lab: Tensor, temperature: float, name: str) -> Tensor:
@@ -184,21 +209,24 @@ def pml_supcon(
     check_finite: bool = True,
 ) -> Tensor:
     """Functional form of :class:`SupConLoss` (SupCon's L_out, PML's zero-when-no-pair)."""
-    temperature = check_temperature(temperature)
-    ready = _prepare("SupConLoss", embeddings, labels)
-    if ready is None:
-        return _zero(embeddings)
-    z, lab = ready
-    if check_finite and not torch.compiler.is_compiling():
-        require_finite(z)
-    name = resolve_backend(backend, z.device, z.dtype)
-    out_dtype = peer_dtype("pml_supcon", z)
-    with full_precision(z):
-        rows = fused_rows(z, lab, temperature, name, _PML_EPS)
-        pos_mean, n_pos = positive_mean(rows, temperature)
-        has_pos = n_pos > 0
-        per_anchor = torch.where(has_pos, rows.lse.to(pos_mean.dtype) - pos_mean, 0.0)
-        return (per_anchor.sum() / has_pos.sum()).to(out_dtype)
+    return _run(
+        "SupConLoss",
+        "pml_supcon",
+        _supcon_form,
+        embeddings,
+        labels,
+        temperature,
+        backend,
+        check_finite,
+    )
+
+
+def _supcon_form(z: Tensor, lab: Tensor, temperature: float, name: str) -> Tensor:
+    rows = fused_rows(z, lab, temperature, name, _PML_EPS)
+    pos_mean, n_pos = positive_mean(rows, temperature)
+    has_pos = n_pos > 0
+    per_anchor = torch.where(has_pos, rows.lse.to(pos_mean.dtype) - pos_mean, 0.0)
+    return per_anchor.sum() / has_pos.sum()
 
 
 def _pml_base() -> Any:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from fastclr.compat._common import check_labels, full_precision, peer_dtype, reject
 from fastclr.loss import (
+    BACKENDS,
     BackendName,
     check_embeddings,
     check_temperature,
@@ -97,7 +98,7 @@ class SupConLoss(nn.Module):
         out_dtype = peer_dtype("supcontrast", z)
         name = resolve_backend(self.backend, z.device, z.dtype)
         with full_precision(z):
-            if name == "reference":  # the definition, in float32 (float64 for float64)
+            if BACKENDS.info(name).exact:  # the definition, in float32 (float64 for float64)
                 work = torch.float64 if z.dtype == torch.float64 else torch.float32
                 loss = supcontrast_reference(
                     flat.to(work),

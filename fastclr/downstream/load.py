@@ -29,6 +29,7 @@ from fastclr.checkpoint import (
     load_model_state,
     require_fields,
 )
+from fastclr.distributed import check_device
 from fastclr.downstream.preprocess import Preprocess, as_triple
 from fastclr.models import ARCHS, STEMS, ResNet, SimCLR
 
@@ -187,18 +188,10 @@ def _load_weights(model: PretrainedSimCLR, weights: dict[str, Any], info: RunInf
 
 
 def _device(map_location: Device) -> torch.device:
-    """The device to load onto; ``ValueError`` naming ``map_location`` when it is not usable."""
-    if map_location is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(map_location)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"map_location must be a device such as 'cpu' or 'cuda', got {map_location!r}"
-        ) from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"map_location {map_location!r}: no CUDA device is visible; use 'cpu'")
-    return dev
+    """The device to load onto (None: the CPU); a ``ValueError`` naming ``map_location`` when
+    this process cannot use it."""
+    check_device(map_location, "map_location")
+    return torch.device("cpu") if map_location is None else torch.device(map_location)
 
 
 def load_simclr(
