@@ -194,7 +194,7 @@ def test_an_unusable_map_location_is_named(
     with pytest.raises(ValueError, match=r"map_location must be cpu, cuda or cuda:N, got 'gpu'"):
         fastclr.load_encoder(path, map_location="gpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="map_location cuda: .*use map_location cpu"):
+        with pytest.raises(ValueError, match=r"map_location cuda: .*use map_location cpu"):
             fastclr.load_simclr(path, map_location="cuda")
 
 
