@@ -68,10 +68,11 @@ def _forward(
     splits = _t._splits(m, m // 2, dev) if path.symmetric else 1
     sum_row = torch.empty(splits if path.symmetric else 0, m, device=dev, dtype=torch.float32)
     sum_col = torch.empty(m if path.symmetric else 0, device=dev, dtype=torch.float32)
+    ticket = torch.empty(1, device=dev, dtype=torch.int32)
     block_s, block_d = _geometry(d)
     inv_tau = 1.0 / temperature
     _t._launch(
-        _kf.ntxent_prep_kernel, (triton.cdiv(n, block_s),), zv0, zv1, zk, pos, sum_col, n, d,
+        _kf.ntxent_prep_kernel, (triton.cdiv(n, block_s),), zv0, zv1, zk, pos, sum_col, ticket, n, d,
         zv0.stride(0), zv0.stride(1), view_stride, inv_tau, eps, V=n_views,
         ZERO_COL=path.symmetric, BLOCK_S=block_s, BLOCK_D=block_d,
     )  # fmt: skip
@@ -86,8 +87,12 @@ def _forward(
     per_row = reduction == 2
     out = torch.empty(m if per_row else (), device=dev, dtype=z0.dtype)
     bad = torch.empty(1, device=dev, dtype=torch.int32)
+    programs = triton.cdiv(m, FINAL_BLOCK)
+    partial = torch.empty(programs, device=dev, dtype=torch.float32)
+    nbad = torch.empty(programs, device=dev, dtype=torch.int32)
     _t._launch(
-        _kf.ntxent_finalize_kernel, (1,), sum_row, sum_col, lse, q, pos, out, bad, m, splits,
+        _kf.ntxent_finalize_kernel, (programs,), sum_row, sum_col, lse, q, pos, out, partial, nbad,
+        ticket, bad, m, splits,
         inv_tau, 1.0 / m if reduction == 0 else 1.0, FROM_SUMS=path.symmetric,
         WRITE_Q=not path.online, PER_ROW=per_row, BLOCK=FINAL_BLOCK,
     )  # fmt: skip

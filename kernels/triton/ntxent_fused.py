@@ -24,6 +24,9 @@ import triton.language as tl
 
 from .ntxent import _round_to
 
+# Partial sums the last finalize program adds per step (P ≤ 64 at M = 65,536 and BLOCK = 1024).
+PARTIAL_BLOCK: tl.constexpr = tl.constexpr(64)
+
 
 @triton.jit
 def _view_ptrs(Z0, Z1, v: tl.constexpr, offs_s, offs_d, stride_m, stride_d, view_stride):
@@ -46,7 +49,7 @@ def _normalise(Z0, Z1, v: tl.constexpr, offs_s, mask, offs_d, stride_m, stride_d
     u = x / tl.where(s > 0, s, 1.0)[:, None]
     nu = tl.sqrt(tl.sum(u * u, axis=1))
     big = (s * nu) >= eps  # ‖z‖ ≥ eps (s·‖u‖ may round to inf: still ≥ eps)
-    zh = tl.where(big[:, None], u / tl.where(big, nu, 1.0)[:, None], x / eps)
+    zh = tl.where(big[:, None], u, x) / tl.where(big, nu, eps)[:, None]
     return zh.to(tl.float32), nu, s, big
 
 
@@ -57,6 +60,7 @@ def ntxent_prep_kernel(
     ZK,  # (M, D) out, contiguous: ẑ in the kernels' operand dtype (bf16/fp16/fp32)
     POS,  # (M,) fp32 out: the positive term pos_a (a NaN marks a non-finite input row)
     SUM_COL,  # (M,) fp32 out: zeroed here for the symmetric forward's atomics (ZERO_COL)
+    TICKET,  # (1,) int32 out: zeroed here for ntxent_finalize_kernel
     N,
     D,
     stride_m,
@@ -75,6 +79,8 @@ def ntxent_prep_kernel(
     mask_s = offs_s < N
     offs_d = tl.arange(0, BLOCK_D)
     mask = mask_s[:, None] & (offs_d < D)[None, :]
+    if pid == 0:
+        tl.store(TICKET, 0)
     c = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
     for v in tl.static_range(V):
         zh, _, _, _ = _normalise(Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps)
@@ -97,6 +103,9 @@ def ntxent_finalize_kernel(
     Q,  # (M,) fp32 out: e^{c − LSE}, the backward's per-row factor (WRITE_Q)
     POS,  # (M,) fp32: the positive term
     OUT,  # the loss in the input dtype: (M,) per row (PER_ROW), else one value
+    PARTIAL,  # (P,) fp32 scratch: each program's loss sum
+    NBAD,  # (P,) int32 scratch: each program's count of non-finite rows
+    TICKET,  # (1,) int32, zeroed by ntxent_prep_kernel: programs that have finished
     BAD,  # (1,) int32 out: how many rows have a non-finite input
     M,
     S,
@@ -107,32 +116,42 @@ def ntxent_finalize_kernel(
     PER_ROW: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """loss_a = LSE_a − pos_a, reduced in a fixed order (one program: bitwise repeatable sums)."""
-    total = tl.zeros((BLOCK,), dtype=tl.float32)
-    bad = tl.zeros((BLOCK,), dtype=tl.int32)
-    for m0 in range(0, M, BLOCK):
-        offs = m0 + tl.arange(0, BLOCK)
-        mask = offs < M
-        if FROM_SUMS:
-            acc = tl.load(SUM_COL + offs, mask=mask, other=1.0)
-            for s in range(0, S):
-                acc += tl.load(SUM_ROW + s * M + offs, mask=mask, other=0.0)
-            lse = shift + tl.log(acc)
-            tl.store(LSE + offs, lse, mask=mask)
-        else:
-            lse = tl.load(LSE + offs, mask=mask, other=0.0)
-        if WRITE_Q:
-            tl.store(Q + offs, tl.exp(shift - lse), mask=mask)
-        pos = tl.load(POS + offs, mask=mask, other=0.0)
-        loss = lse - pos
-        bad += tl.where(mask & (pos != pos), 1, 0)
-        if PER_ROW:
-            tl.store(OUT + offs, _round_to(loss, OUT.dtype.element_ty), mask=mask)
-        else:
-            total += tl.where(mask, loss, 0.0)
-    if not PER_ROW:
-        tl.store(OUT, _round_to(tl.sum(total, axis=0) * out_scale, OUT.dtype.element_ty))
-    tl.store(BAD, tl.sum(bad, axis=0))
+    """loss_a = LSE_a − pos_a over BLOCK rows per program. Grid: P = cdiv(M, BLOCK).
+
+    The last program to finish (an acq_rel ticket, once per program, outside any loop) adds the P
+    partial sums in program order, so the mean is bitwise repeatable whatever the timing.
+    """
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M
+    if FROM_SUMS:
+        acc = tl.load(SUM_COL + offs, mask=mask, other=1.0)
+        for s in range(0, S):
+            acc += tl.load(SUM_ROW + s * M + offs, mask=mask, other=0.0)
+        lse = shift + tl.log(acc)
+        tl.store(LSE + offs, lse, mask=mask)
+    else:
+        lse = tl.load(LSE + offs, mask=mask, other=0.0)
+    if WRITE_Q:
+        tl.store(Q + offs, tl.exp(shift - lse), mask=mask)
+    pos = tl.load(POS + offs, mask=mask, other=0.0)
+    loss = lse - pos
+    if PER_ROW:
+        tl.store(OUT + offs, _round_to(loss, OUT.dtype.element_ty), mask=mask)
+    tl.store(PARTIAL + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+    tl.store(NBAD + pid, tl.sum(tl.where(mask & (pos != pos), 1, 0), axis=0))
+    programs = tl.num_programs(0)
+    if tl.atomic_add(TICKET, 1, sem="acq_rel") == programs - 1:  # every partial is visible now
+        total = tl.zeros((PARTIAL_BLOCK,), dtype=tl.float32)
+        bad = tl.zeros((PARTIAL_BLOCK,), dtype=tl.int32)
+        for p0 in range(0, programs, PARTIAL_BLOCK):
+            offs_p = p0 + tl.arange(0, PARTIAL_BLOCK)
+            mask_p = offs_p < programs
+            total += tl.load(PARTIAL + offs_p, mask=mask_p, other=0.0, volatile=True)
+            bad += tl.load(NBAD + offs_p, mask=mask_p, other=0, volatile=True)
+        if not PER_ROW:
+            tl.store(OUT, _round_to(tl.sum(total, axis=0) * out_scale, OUT.dtype.element_ty))
+        tl.store(BAD, tl.sum(bad, axis=0))
 
 
 @triton.jit
