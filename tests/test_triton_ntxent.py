@@ -454,7 +454,7 @@ MANY_BLOCKS = (2, 131, 40)
 
 
 def _blocks(m: int) -> int:
-    bm = max(c.kwargs["BLOCK_M"] for c in _ops()._k.SYM_CONFIGS + _ops()._k.ROW_CONFIGS)
+    bm = max(c.kwargs["BLOCK_M"] for c in _ops()._k.SYM_CONFIGS + _ops()._k.ROW_CONFIGS + _ops()._k.ROW_BWD_CONFIGS)
     return -(-m // bm)
 
 

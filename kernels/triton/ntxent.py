@@ -100,36 +100,57 @@ if INTERPRET:
     # The interpreter runs each program in numpy: few, mid-sized programs are fastest; one config.
     SYM_CONFIGS = _configs([(32, 32, 1, 1)])
     ROW_CONFIGS = _configs([(32, 32, 1, 1)])
+    ROW_BWD_CONFIGS = ROW_CONFIGS
 elif not AUTOTUNE:
     # Compiled tests touch dozens of shapes: one safe config each avoids minutes of tuning.
-    SYM_CONFIGS = _configs([(64, 64, 8, 2)])
+    SYM_CONFIGS = _configs([(64, 64, 4, 2)])
     ROW_CONFIGS = _configs([(64, 64, 4, 2)])
+    ROW_BWD_CONFIGS = ROW_CONFIGS
 else:
     # (BLOCK_M, BLOCK_N, warps, stages). Symmetric tiles are square (BLOCK_N unused there).
-    # ptxas (sm_90a, bf16, D = 128): the symmetric backward spills at 64 rows × 4 warps and not
-    # at 64 × 8 or 32 × 4; the forward holds 96 registers at 64 × 4.
-    SYM_CONFIGS = _configs(
-        [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 8, 3), (128, 128, 8, 2), (32, 32, 4, 2)]
-    )
+    # ptxas (sm_90a, bf16/fp16, every D ≤ 256): none of these spills (bench/results/triton-sm90.md);
+    # the backward with 128-key tiles does (a 128 × 128 P tile beside the BLOCK_M × D
+    # accumulator), so its configs keep BLOCK_N = 64.
+    SYM_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)])
     ROW_CONFIGS = _configs(
         [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 2)]
     )
+    ROW_BWD_CONFIGS = _configs(
+        [(64, 64, 4, 3), (64, 64, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (32, 64, 4, 2)]
+    )
 
 
-def keep(config: triton.Config, block_d: int, single_chunk: bool, m: int) -> bool:
-    """Drop configs whose register tiles cannot fit or whose row block exceeds the batch."""
+# Register budget of the row block's operand tile per thread (in 32-bit registers), so that the
+# accumulators and the key tile still fit in 255: ptxas spilled every fp32 (3×TF32: a hi and a lo
+# copy of each operand) config above it, and none of the bf16/fp16 ones at or below it.
+OPERAND_REGS = 64
+
+
+def keep(
+    config: triton.Config, block_d: int, single_chunk: bool, m: int, elem_bytes: int = 2
+) -> bool:
+    """Drop configs whose register tiles cannot fit or whose row block exceeds the batch.
+
+    The BLOCK_M × BLOCK_D operand tile (doubled for fp32, whose 3×TF32 dots hold a hi and a lo
+    copy) must fit in OPERAND_REGS registers per thread of the config's warps.
+    """
     bm = config.kwargs["BLOCK_M"]
     if bm > max(MIN_DOT, triton.next_power_of_2(m)):
         return False
-    # BLOCK_M × BLOCK_D fp32 gradient accumulator + two operand tiles must fit in registers.
-    return not (single_chunk and bm * block_d > 128 * 128)
+    if not single_chunk:
+        return True
+    words = bm * block_d * elem_bytes / 4 * (2 if elem_bytes == 4 else 1)
+    return words / (config.num_warps * 32) <= OPERAND_REGS
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     args = {**named_args, **kwargs}
     m = int(args["M_KEY"])  # type: ignore[call-overload]
-    kept = [c for c in configs if keep(c, int(args["BLOCK_D"]), bool(args["SINGLE_CHUNK"]), m)]  # type: ignore[call-overload]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+    first = next(v for k, v in args.items() if k in ("Z", "Q", "X"))  # the operand rows
+    size = first.element_size() if hasattr(first, "element_size") else 2
+    block_d, single = int(args["BLOCK_D"]), bool(args["SINGLE_CHUNK"])  # type: ignore[call-overload]
+    kept = [c for c in configs if keep(c, block_d, single, m, size)]
+    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], -c.num_warps))]
 
 
 # Autotune keys: power-of-two buckets of M and D (computed by the launcher), so each new batch size
@@ -276,28 +297,35 @@ def _sym_plan(pid, T, M, d_lo, d_hi, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _sym_tile(
-    Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2, c2, SUM_COL,
+    acc_t, Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2, c2, SUM_COL,
     BLOCK_M: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, EVEN_D: tl.constexpr,
     MASKED: tl.constexpr,
 ):  # fmt: skip
-    """One symmetric tile (I, J = jb), single D chunk: its row sums (returned) and its column
-    sums (relaxed atomics into SUM_COL; none on the diagonal tile, whose row sums hold both)."""
-    offs_j = jb * BLOCK_M + tl.arange(0, BLOCK_M)
+    """One symmetric tile (I, J = jb), single D chunk, computed transposed: eᵀ = exp(ẑ_J ẑ_Iᵀ/τ − c).
+
+    Its sums over I (one per key of J, wanted now, for the relaxed atomics into SUM_COL; none on
+    the diagonal tile, whose I-side sums hold both orientations) are row sums of eᵀ: inside a
+    thread and its quad, no shared memory. Its sums over J (for the rows of I) are only needed at
+    the end: eᵀ is added into ``acc_t`` (returned) and reduced once after the loop.
+    """
+    j0 = jb * BLOCK_M  # int64 base; the tile's own offsets stay int32
+    rows_j = tl.arange(0, BLOCK_M)
     if MASKED:
+        offs_j = j0 + rows_j
         mask_j = offs_j < M
-        z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
+        z_j = _load_rows(Z + j0 * stride_zm, rows_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
     else:
-        z_j = _load_full(Z, offs_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST, EVEN_D)
-    s2 = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * k2
+        z_j = _load_full(Z + j0 * stride_zm, rows_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST, EVEN_D)
+    s2 = tl.dot(z_j, tl.trans(z_i), input_precision=DOT_PREC) * k2
     if MASKED:
-        valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
+        valid = mask_j[:, None] & mask_i[None, :] & (offs_j[:, None] != offs_i[None, :])
         e = tl.where(valid, _ex2(s2 - c2), 0.0)
         off_diag = offs_j != offs_i  # all False on the diagonal tile, else all True
-        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag, sem="relaxed")
+        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=1), mask=mask_j & off_diag, sem="relaxed")
     else:
         e = _ex2(s2 - c2)
-        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), sem="relaxed")
-    return tl.sum(e, axis=1)
+        tl.atomic_add(SUM_COL + j0 + rows_j, tl.sum(e, axis=1), sem="relaxed")
+    return acc_t + e
 
 
 @triton.jit
@@ -372,19 +400,25 @@ def ntxent_sym_fwd_kernel(
         mask_d = offs_d < D
         z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
         start, dr, dr_in, n_int, all_sp, n_sp = _sym_plan(pid, T, M, d_lo, d_hi, BLOCK_M)
+        acc_t = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)  # eᵀ summed over the J blocks
         for t in range(0, n_int):
             d = start + t
             d = tl.where(dr_in & (d >= dr), d + 1, d)
-            row_acc += _sym_tile(
-                Z, z_i, offs_i, mask_i, (pid + d) % T, M, offs_d, mask_d, stride_zm, stride_zd,
-                k2, c2, SUM_COL, BLOCK_M, UPCAST, DOT_PREC, EVEN_D, False,
+            jb = pid + d
+            jb = tl.where(jb >= T, jb - T, jb)  # (pid + d) mod T without an integer division
+            acc_t = _sym_tile(
+                acc_t, Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2,
+                c2, SUM_COL, BLOCK_M, UPCAST, DOT_PREC, EVEN_D, False,
             )  # fmt: skip
         for t in range(0, n_sp):
             d = tl.where(all_sp, d_lo + t, tl.where((t == 0) & (d_lo == 0), 0, dr))
-            row_acc += _sym_tile(
-                Z, z_i, offs_i, mask_i, (pid + d) % T, M, offs_d, mask_d, stride_zm, stride_zd,
-                k2, c2, SUM_COL, BLOCK_M, UPCAST, DOT_PREC, EVEN_D, True,
+            jb = pid + d
+            jb = tl.where(jb >= T, jb - T, jb)
+            acc_t = _sym_tile(
+                acc_t, Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2,
+                c2, SUM_COL, BLOCK_M, UPCAST, DOT_PREC, EVEN_D, True,
             )  # fmt: skip
+        row_acc = tl.sum(acc_t, axis=0)
     else:
         for d in range(d_lo, d_hi):
             row_acc += _sym_tile_chunked(
@@ -405,10 +439,13 @@ def _rows_fwd_tile(
     offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
     mask_n = offs_n < MK
     if SINGLE_CHUNK:
+        rows_n = tl.arange(0, BLOCK_N)  # int32 tile offsets on an int64 base
         if MASKED:
-            k = _load_rows(K, offs_n, mask_n, offs_d, mask_d, stride_km, stride_kd, UPCAST)
+            k = _load_rows(K + n0 * stride_km, rows_n, rows_n < MK - n0, offs_d, mask_d,
+                           stride_km, stride_kd, UPCAST)  # fmt: skip
         else:
-            k = _load_full(K, offs_n, offs_d, mask_d, stride_km, stride_kd, UPCAST, EVEN_D)
+            k = _load_full(K + n0 * stride_km, rows_n, offs_d, mask_d, stride_km, stride_kd,
+                           UPCAST, EVEN_D)  # fmt: skip
         s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * k2
     else:
         s2 = _sim_tile(

@@ -13,7 +13,7 @@ from .ntxent import (
     _TUNE_KEY,
     LOG2_PSCALE,
     LOG2E,
-    ROW_CONFIGS,
+    ROW_BWD_CONFIGS,
     _ex2,
     _key_plan,
     _load_full,
@@ -102,22 +102,24 @@ def _bwd_tile(
 ):  # fmt: skip
     """acc += σP·Y over the key tile starting at n0 (single chunk), or read-modify-write of the
     program's rows of its slot per D chunk (chunked). MASKED: the self pair and keys ≥ n_hi."""
-    offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
-    mask_n = offs_n < n_hi
+    # the tile's keys relative to n0 (int32; the int64 base n0 is added to the pointers once)
+    rows_n = tl.arange(0, BLOCK_N)
+    mask_n = rows_n < n_hi - n0
+    Yn = Y + n0 * stride_ym
     if SINGLE_CHUNK:
         if MASKED:
-            y = _load_rows(Y, offs_n, mask_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST)
+            y = _load_rows(Yn, rows_n, mask_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST)
         else:
-            y = _load_full(Y, offs_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST, EVEN_D)
+            y = _load_full(Yn, rows_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST, EVEN_D)
         s2 = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * k2
     else:
         s2 = _sim_tile(
-            X, Y, offs_i, mask_i, offs_n, mask_n, D, stride_xm, stride_xd, stride_ym, stride_yd,
+            X, Yn, offs_i, mask_i, rows_n, mask_n, D, stride_xm, stride_xd, stride_ym, stride_yd,
             k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
         )  # fmt: skip
     p = _bwd_p(
-        s2, r_x, l_x, g_x, QY, LY, GY, offs_n, mask_n, stride_g, g_col, c2, ONLINE, ROW_TERM,
-        COL_TERM, MASKED,
+        s2, r_x, l_x, g_x, QY + n0, LY + n0, GY + n0 * stride_g, rows_n, mask_n, stride_g, g_col,
+        c2, ONLINE, ROW_TERM, COL_TERM, MASKED,
     )  # fmt: skip
     if MASKED:
         # keep = not the self pair and a real key, in int32 on the (i − n) tile: row i meets key
@@ -134,7 +136,7 @@ def _bwd_tile(
         for d0 in range(0, D, BLOCK_D):
             offs_dc = d0 + tl.arange(0, BLOCK_D)
             mask_dc = offs_dc < D
-            yc = _load_rows(Y, offs_n, mask_n, offs_dc, mask_dc, stride_ym, stride_yd, UPCAST)
+            yc = _load_rows(Yn, rows_n, mask_n, offs_dc, mask_dc, stride_ym, stride_yd, UPCAST)
             out_ptr = out + offs_i[:, None] * D + offs_dc[None, :]
             out_mask = mask_i[:, None] & mask_dc[None, :]
             part = tl.load(out_ptr, mask=out_mask, other=0.0)
@@ -145,7 +147,7 @@ def _bwd_tile(
 
 
 @triton.autotune(
-    configs=ROW_CONFIGS,
+    configs=ROW_BWD_CONFIGS,
     key=[*_TUNE_KEY, "ONLINE", "ROW_TERM", "COL_TERM", "G_UNIFORM"],
     prune_configs_by={"early_config_prune": _prune},
     reset_to_zero=["DX"],
