@@ -5,8 +5,8 @@
 loads keep a D mask, and the chunked path that serves D > 256) × every autotune config kept by
 the kernels' ``keep`` rule × every kernel variant, plus the fused views kernels (prep, finalize,
 post) and the augmentation kernels. The CI set (``_ci``) keeps, at D = 128 (where the targets are
-stated), every kernel variant in fp32, bf16 and fp16 with its first config and every bf16 config
-of the two hot kernels; for the other head-dim classes the forward and the backward in bf16 and
+stated), every kernel variant in bf16 with its first config, every bf16 config of the two hot
+kernels, and each kernel once in fp16 and fp32; for the other head-dim classes the forward and the backward in bf16 and
 fp16 (bf16 only for D ≤ 32, whose code is D = 64's with smaller tiles; fp32 only for the chunked
 path, its 3×TF32 kernels take ~20 s each to compile) and the online variants in bf16; the fused
 kernels in every input dtype at D = 128 and in bf16 at D = 2048.
@@ -21,6 +21,7 @@ HOT_D = 128
 DTYPES = ("fp32", "bf16", "fp16")
 _NT = "fastclr.kernels.triton.ntxent"
 _NB = "fastclr.kernels.triton.ntxent_bwd"
+_NR = "fastclr.kernels.triton.ntxent_rows"
 _NF = "fastclr.kernels.triton.ntxent_fused"
 _AUG = "fastclr.kernels.triton.augment"
 
@@ -46,27 +47,41 @@ class Case:
 
 
 def _sig(text: str, **types: str) -> dict[str, str]:
-    """"NAME:TYPE ..." with {dt} (operand dtype) and {gt} (upstream gradient dtype) filled in."""
+    """ "NAME:TYPE ..." with {dt} (operand dtype) and {gt} (upstream gradient dtype) filled in."""
     return dict(item.split(":") for item in text.format(**types).split())
 
 
 # kernel -> (module, signature, values fixed by every launch, int arguments divisible by 16 when
 # D % 16 == 0 as at D = 128). Row counts and offsets are never specialised (do_not_specialize).
-_SYM = "Z:*{dt} SUM_ROW:*fp32 SUM_COL:*fp32 M:i32 D:i32 stride_zm:i32 stride_zd:i32 " \
-       "inv_tau:fp32 shift:fp32 M_KEY:i32 D_KEY:i32"  # fmt: skip
-_ROWS_FWD = "Q:*{dt} K:*{dt} LSE:*fp32 MQ:i32 MK:i32 D:i32 stride_qm:i32 stride_qd:i32 " \
-            "stride_km:i32 stride_kd:i32 q_offset:i32 inv_tau:fp32 shift:fp32 M_KEY:i32 D_KEY:i32"  # fmt: skip
-_ROWS_BWD = "X:*{dt} Y:*{dt} LX:*fp32 QX:*fp32 GX:*{gt} LY:*fp32 QY:*fp32 GY:*{gt} DX:*fp32 " \
-            "MX:i32 MY:i32 D:i32 stride_xm:i32 stride_xd:i32 stride_ym:i32 stride_yd:i32 " \
-            "stride_g:i32 g_scale:fp32 x_self_off:i32 y_self_off:i32 inv_tau:fp32 shift:fp32 " \
-            "M_KEY:i32 D_KEY:i32"  # fmt: skip
+_SYM = (
+    "Z:*{dt} SUM_ROW:*fp32 SUM_COL:*fp32 M:i32 D:i32 stride_zm:i32 stride_zd:i32 "
+    "inv_tau:fp32 shift:fp32 M_KEY:i32 D_KEY:i32"
+)
+_ROWS_FWD = (
+    "Q:*{dt} K:*{dt} LSE:*fp32 MQ:i32 MK:i32 D:i32 stride_qm:i32 stride_qd:i32 "
+    "stride_km:i32 stride_kd:i32 q_offset:i32 inv_tau:fp32 shift:fp32 M_KEY:i32 D_KEY:i32"
+)
+_ROWS_BWD = (
+    "X:*{dt} Y:*{dt} LX:*fp32 QX:*fp32 GX:*{gt} LY:*fp32 QY:*fp32 GY:*{gt} DX:*fp32 "
+    "MX:i32 MY:i32 D:i32 stride_xm:i32 stride_xd:i32 stride_ym:i32 stride_yd:i32 "
+    "stride_g:i32 g_scale:fp32 x_self_off:i32 y_self_off:i32 inv_tau:fp32 shift:fp32 "
+    "M_KEY:i32 D_KEY:i32"
+)
 KERNELS: dict[str, tuple[str, str, dict[str, int], str]] = {
     "ntxent_sym_fwd_kernel": (_NT, _SYM, {"stride_zd": 1}, "D stride_zm"),
-    "ntxent_rows_fwd_kernel": (_NT, _ROWS_FWD, {"stride_qd": 1, "stride_kd": 1},
-                               "D stride_qm stride_km"),
-    "ntxent_rows_bwd_kernel": (_NB, _ROWS_BWD, {"stride_xd": 1, "stride_yd": 1},
-                               "D stride_xm stride_ym"),
-}  # fmt: skip
+    "ntxent_rows_fwd_kernel": (
+        _NR,
+        _ROWS_FWD,
+        {"stride_qd": 1, "stride_kd": 1},
+        "D stride_qm stride_km",
+    ),
+    "ntxent_rows_bwd_kernel": (
+        _NB,
+        _ROWS_BWD,
+        {"stride_xd": 1, "stride_yd": 1},
+        "D stride_xm stride_ym",
+    ),
+}
 
 
 def _d_classes() -> list[tuple[str, int, int, bool]]:
@@ -92,14 +107,20 @@ def _variants() -> list[tuple[str, list[Any], dict[str, Any], bool]]:
             # both terms: the views loss and the symmetric op (its mean reaches the kernel as one
             # broadcast value, G_UNIFORM); one term: the distributed op's dq and dk
             var = {"ONLINE": online, "ROW_TERM": row, "COL_TERM": col, "G_UNIFORM": row and col}
-            out.append(("ntxent_rows_bwd_kernel", k.ROW_BWD_CONFIGS, var, row and col and not online))
+            out.append(
+                ("ntxent_rows_bwd_kernel", k.ROW_BWD_CONFIGS, var, row and col and not online)
+            )
     return out
 
 
 def _ci(dtype: str, d: int, kernel: str, var: dict[str, Any], hot: bool, index: int) -> bool:
     """The CI subset of the LSE kernels' product (see the module docstring)."""
-    if d == HOT_D:  # every variant in every dtype, and every bf16 config of the hot kernels
-        return index == 0 or (hot and dtype == "bf16")
+    if d == HOT_D:  # bf16: every variant, and every config of the hot kernels; fp16 and fp32:
+        # each kernel once (the symmetric forward, the deterministic row forward, the backward)
+        if dtype == "bf16":
+            return index == 0 or hot
+        main = hot or (kernel == "ntxent_rows_fwd_kernel" and not var.get("ONLINE"))
+        return index == 0 and main
     if index != 0:
         return False
     if var.get("ONLINE", False):
@@ -114,6 +135,7 @@ def _ci(dtype: str, d: int, kernel: str, var: dict[str, Any], hot: bool, index: 
 
 def _lse_cases(full: bool) -> list[Case]:
     from fastclr.kernels.triton import ntxent as k
+
     from fastclr.ops.triton_ntxent import FP32_DOT_PRECISION
 
     cases: list[Case] = []
@@ -132,28 +154,58 @@ def _lse_cases(full: bool) -> list[Case]:
                     kept = [c for i, c in enumerate(kept) if _ci(dname, d, kname, var, hot, i)]
                 for cfg in kept:
                     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-                    cons = {**fixed, **var, "BLOCK_D": bd, "SINGLE_CHUNK": single,
-                            "EVEN_D": single and d == bd, "UPCAST": False, "DOT_PREC": prec,
-                            "BLOCK_M": bm, "BLOCK_N": bn}  # fmt: skip
+                    cons = {
+                        **fixed,
+                        **var,
+                        "BLOCK_D": bd,
+                        "SINGLE_CHUNK": single,
+                        "EVEN_D": single and d == bd,
+                        "UPCAST": False,
+                        "DOT_PREC": prec,
+                        "BLOCK_M": bm,
+                        "BLOCK_N": bn,
+                    }
                     div = [n for n, t in sig.items() if t.startswith("*")]
                     div += div_ints.split() if d % 16 == 0 else []
-                    labels = {"dtype": dname, "D": dlabel, "BM": bm, "BN": bn,
-                              **{key: int(v) for key, v in var.items()}}  # fmt: skip
+                    labels = {
+                        "dtype": dname,
+                        "D": dlabel,
+                        "BM": bm,
+                        "BN": bn,
+                        **{key: int(v) for key, v in var.items()},
+                    }
                     if kname == "ntxent_sym_fwd_kernel":
                         labels.pop("BN")
                     full_sig = {**sig, **{c: "constexpr" for c in cons}}
-                    cases.append(Case(module, kname, full_sig, cons, div, cfg.num_warps,
-                                      cfg.num_stages, labels, dname != "fp32"))  # fmt: skip
+                    cases.append(
+                        Case(
+                            module,
+                            kname,
+                            full_sig,
+                            cons,
+                            div,
+                            cfg.num_warps,
+                            cfg.num_stages,
+                            labels,
+                            dname != "fp32",
+                        )
+                    )
     return cases
 
 
-_PREP = "Z0:*{it} Z1:*{it} ZK:*{dt} POS:*fp32 SUM_COL:*fp32 TICKET:*i32 N:i32 D:i32 " \
-        "stride_m:i32 stride_d:i32 view_stride:i32 inv_tau:fp32 eps:fp32"  # fmt: skip
-_FINAL = "SUM_ROW:*fp32 SUM_COL:*fp32 LSE:*fp32 Q:*fp32 POS:*fp32 OUT:*{it} PARTIAL:*fp32 " \
-         "NBAD:*i32 TICKET:*i32 BAD:*i32 M:i32 S:i32 shift:fp32 out_scale:fp32"  # fmt: skip
-_POST = "Z0:*{it} Z1:*{it} PART:*fp32 G:*{it} DZ0:*{it} DZ1:*{it} N:i32 D:i32 S:i32 " \
-        "stride_m:i32 stride_d:i32 view_stride:i32 stride_g:i32 g_scale:fp32 inv_tau:fp32 " \
-        "eps:fp32"  # fmt: skip
+_PREP = (
+    "Z0:*{it} Z1:*{it} ZK:*{dt} POS:*fp32 SUM_COL:*fp32 TICKET:*i32 N:i32 D:i32 "
+    "stride_m:i32 stride_d:i32 view_stride:i32 inv_tau:fp32 eps:fp32"
+)
+_FINAL = (
+    "SUM_ROW:*fp32 SUM_COL:*fp32 LSE:*fp32 Q:*fp32 POS:*fp32 OUT:*{it} PARTIAL:*fp32 "
+    "NBAD:*i32 TICKET:*i32 BAD:*i32 M:i32 S:i32 shift:fp32 out_scale:fp32"
+)
+_POST = (
+    "Z0:*{it} Z1:*{it} PART:*fp32 G:*{it} DZ0:*{it} DZ1:*{it} N:i32 D:i32 S:i32 "
+    "stride_m:i32 stride_d:i32 view_stride:i32 stride_g:i32 g_scale:fp32 inv_tau:fp32 "
+    "eps:fp32"
+)
 
 
 def _fused_cases(full: bool) -> list[Case]:
@@ -173,13 +225,35 @@ def _fused_cases(full: bool) -> list[Case]:
             ):
                 sig = _sig(text, it=it, dt=dt)
                 div = [n for n, t in sig.items() if t.startswith("*")] + ["D", "stride_m"]
-                cases.append(Case(_NF, kname, {**sig, **{c: "constexpr" for c in cons}}, cons,
-                                  div, 4, 3, {"in": it, "D": f"D{d}"}, it in ("bf16", "fp16")))  # fmt: skip
+                cases.append(
+                    Case(
+                        _NF,
+                        kname,
+                        {**sig, **{c: "constexpr" for c in cons}},
+                        cons,
+                        div,
+                        4,
+                        3,
+                        {"in": it, "D": f"D{d}"},
+                        it in ("bf16", "fp16"),
+                    )
+                )
         cons = {"FROM_SUMS": True, "WRITE_Q": True, "PER_ROW": False, "BLOCK": FINAL_BLOCK}
         sig = _sig(_FINAL, it=it)
         div = [n for n, t in sig.items() if t.startswith("*")]
-        cases.append(Case(_NF, "ntxent_finalize_kernel", {**sig, **{c: "constexpr" for c in cons}},
-                          cons, div, 4, 3, {"in": it}, it in ("bf16", "fp16")))  # fmt: skip
+        cases.append(
+            Case(
+                _NF,
+                "ntxent_finalize_kernel",
+                {**sig, **{c: "constexpr" for c in cons}},
+                cons,
+                div,
+                4,
+                3,
+                {"in": it},
+                it in ("bf16", "fp16"),
+            )
+        )
     return cases
 
 
@@ -189,34 +263,70 @@ def _augment_cases(full: bool) -> list[Case]:
     common = _sig("solarize_threshold:fp32 m0:fp32 m1:fp32 m2:fp32 s0:fp32 s1:fp32 s2:fp32")
     src = _sig("src_ptr:*u8 img_ptr:*i64 prm_ptr:*fp32")
     cases = [
-        Case(_AUG, "augment_contrast_mean_kernel",
-             {**src, "part_ptr": "*fp32", "S": "i32", "n_chunks": "i32", "BLOCK": "constexpr"},
-             {"BLOCK": tb.BLOCK_MEAN}, ["src_ptr", "img_ptr", "prm_ptr", "part_ptr"], 4, 1,
-             {"pass": "contrast-mean"}, True)
-    ]  # fmt: skip
-    out_dtypes = ["bf16", "fp16", "fp32", "fp64"] if full else ["bf16", "fp32"]
+        Case(
+            _AUG,
+            "augment_contrast_mean_kernel",
+            {**src, "part_ptr": "*fp32", "S": "i32", "n_chunks": "i32", "BLOCK": "constexpr"},
+            {"BLOCK": tb.BLOCK_MEAN},
+            ["src_ptr", "img_ptr", "prm_ptr", "part_ptr"],
+            4,
+            1,
+            {"pass": "contrast-mean"},
+            True,
+        )
+    ]
+    out_dtypes = ["bf16", "fp16", "fp32", "fp64"] if full else ["bf16", "fp16", "fp32"]
     for out in out_dtypes:
         for fuse in (True, False):
             dst = out if fuse else "fp32"  # the unfused colour pass writes the fp32 blur input
             if not fuse and out != out_dtypes[0]:
                 continue
-            sig = {**src, "part_ptr": "*fp32", "dst_ptr": f"*{dst}", "S": "i32",
-                   "n_chunks": "i32", **common}  # fmt: skip
+            sig = {
+                **src,
+                "part_ptr": "*fp32",
+                "dst_ptr": f"*{dst}",
+                "S": "i32",
+                "n_chunks": "i32",
+                **common,
+            }
             cons = {"FUSE_TAIL": fuse, "CHUNKS": 64, "BLOCK": tb.BLOCK_PIXELS}
-            cases.append(Case(_AUG, "augment_color_kernel", {**sig, **dict.fromkeys(cons, "constexpr")},
-                              cons, ["src_ptr", "img_ptr", "prm_ptr", "part_ptr", "dst_ptr"], 4, 1,
-                              {"pass": "colour" + ("+tail" if fuse else ""), "out": dst}, True))  # fmt: skip
+            cases.append(
+                Case(
+                    _AUG,
+                    "augment_color_kernel",
+                    {**sig, **dict.fromkeys(cons, "constexpr")},
+                    cons,
+                    ["src_ptr", "img_ptr", "prm_ptr", "part_ptr", "dst_ptr"],
+                    4,
+                    1,
+                    {"pass": "colour" + ("+tail" if fuse else ""), "out": dst},
+                    True,
+                )
+            )
     for radius in [1, 11, 22] if full else [11]:  # kernel side 10% of 32 … 448 px
         for axis, finish in ((0, False), (1, True)):
             for out in out_dtypes if finish else ["fp32"]:
-                sig = {"src_ptr": "*fp32", "prm_ptr": "*fp32", "dst_ptr": f"*{out}", "S": "i32",
-                       **common}  # fmt: skip
+                sig = {
+                    "src_ptr": "*fp32",
+                    "prm_ptr": "*fp32",
+                    "dst_ptr": f"*{out}",
+                    "S": "i32",
+                    **common,
+                }
                 cons = {"RADIUS": radius, "AXIS": axis, "FINISH": finish, "BLOCK": tb.BLOCK_PIXELS}
-                cases.append(Case(_AUG, "augment_blur_kernel",
-                                  {**sig, **dict.fromkeys(cons, "constexpr")}, cons,
-                                  ["src_ptr", "prm_ptr", "dst_ptr"], 4, 1,
-                                  {"pass": f"blur-axis{axis}", "radius": radius, "out": out},
-                                  True))  # fmt: skip
+                cases.append(
+                    Case(
+                        _AUG,
+                        "augment_blur_kernel",
+                        {**sig, **dict.fromkeys(cons, "constexpr")},
+                        cons,
+                        ["src_ptr", "prm_ptr", "dst_ptr"],
+                        4,
+                        1,
+                        {"pass": f"blur-axis{axis}", "radius": radius, "out": out},
+                        True,
+                    )
+                )
     return cases
 
 
@@ -231,10 +341,29 @@ def spill_control() -> Case:
     positive control: tests/test_aot_check.py compiles it and the rule must flag it."""
     module, text, fixed, div_ints = KERNELS["ntxent_rows_bwd_kernel"]
     sig = _sig(text, dt="bf16", gt="bf16")
-    cons = {**fixed, "ONLINE": False, "ROW_TERM": True, "COL_TERM": True, "G_UNIFORM": True,
-            "BLOCK_D": 256, "SINGLE_CHUNK": True, "EVEN_D": True, "UPCAST": False,
-            "DOT_PREC": "ieee", "BLOCK_M": 128, "BLOCK_N": 128}  # fmt: skip
+    cons = {
+        **fixed,
+        "ONLINE": False,
+        "ROW_TERM": True,
+        "COL_TERM": True,
+        "G_UNIFORM": True,
+        "BLOCK_D": 256,
+        "SINGLE_CHUNK": True,
+        "EVEN_D": True,
+        "UPCAST": False,
+        "DOT_PREC": "ieee",
+        "BLOCK_M": 128,
+        "BLOCK_N": 128,
+    }
     div = [n for n, t in sig.items() if t.startswith("*")] + div_ints.split()
-    return Case(module, "ntxent_rows_bwd_kernel", {**sig, **dict.fromkeys(cons, "constexpr")},
-                cons, div, 4, 2, {"dtype": "bf16", "D": "D256", "BM": 128, "BN": 128,
-                                  "control": "spills"}, True)  # fmt: skip
+    return Case(
+        module,
+        "ntxent_rows_bwd_kernel",
+        {**sig, **dict.fromkeys(cons, "constexpr")},
+        cons,
+        div,
+        4,
+        2,
+        {"dtype": "bf16", "D": "D256", "BM": 128, "BN": 128, "control": "spills"},
+        True,
+    )

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -51,7 +53,15 @@ SMEM_RESERVED_PER_CTA = 1024
 MAX_WARPS_PER_SM = 64
 MAX_CTAS_PER_SM = 32
 
-__all__ = ["Case", "all_cases", "analyse_sass", "compile_case", "occupancy", "parse_ptxas", "problems"]
+__all__ = [
+    "Case",
+    "all_cases",
+    "analyse_sass",
+    "compile_case",
+    "occupancy",
+    "parse_ptxas",
+    "problems",
+]
 
 
 def _cuobjdump() -> str:
@@ -136,7 +146,9 @@ def analyse_sass(sass: str) -> dict[str, Any]:
             loops.append((int(b.group(1), 16), addr))
     fences: Counter[str] = Counter()
     fences_in_loop: Counter[str] = Counter()
-    local = Counter(_opcode(t).split(".")[0] for _, t in instrs if _opcode(t).startswith(("LDL", "STL")))
+    local = Counter(
+        _opcode(t).split(".")[0] for _, t in instrs if _opcode(t).startswith(("LDL", "STL"))
+    )
     for addr, text in instrs:
         op = _opcode(text)
         if op.startswith(("MEMBAR", "FENCE")):
@@ -197,22 +209,29 @@ def compile_case(case: Case) -> dict[str, Any]:
     row: dict[str, Any] = {"case": case.name, "kernel": case.kernel, **case.labels}
     row.update(warps=case.num_warps, stages=case.num_stages)
     t0 = time.perf_counter()
+    log = io.StringIO()  # triton prints ptxas's -v report here (TRITON_DUMP_PTXAS_LOG)
     try:
-        k = triton.compile(
-            _source(case),
-            target=GPUTarget("cuda", 90, 32),
-            options={"num_warps": case.num_warps, "num_stages": case.num_stages},
-        )
+        with contextlib.redirect_stdout(log):
+            k = triton.compile(
+                _source(case),
+                target=GPUTarget("cuda", 90, 32),
+                options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+            )
     except Exception as exc:  # a compile error is a result, not a crash of the check
         row.update(error=f"{type(exc).__name__}: {str(exc)[-600:]}")
         return row
+    report = log.getvalue()
+    if "bytes stack frame" not in report:  # served from triton's cache: assemble once more
+        report = run_ptxas(k.asm["ptx"])
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     cuobjdump = _cuobjdump()
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
         f.flush()
         usage, sass = (
-            subprocess.run([cuobjdump, flag, f.name], capture_output=True, text=True, check=True).stdout
+            subprocess.run(
+                [cuobjdump, flag, f.name], capture_output=True, text=True, check=True
+            ).stdout
             for flag in ("-res-usage", "-sass")
         )
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
@@ -224,7 +243,7 @@ def compile_case(case: Case) -> dict[str, Any]:
         local_bytes=int(fields.get("LOCAL", 0)),
         shared_bytes=shared,
         warps_per_sm=occupancy(regs, shared, case.num_warps),
-        **parse_ptxas(run_ptxas(k.asm["ptx"])),
+        **parse_ptxas(report),
         **analyse_sass(sass),
     )
     return row
@@ -234,10 +253,13 @@ def spill_bytes(row: dict[str, Any]) -> int:
     """Every sign of spilling in ``row``: ptxas's stack frame and spill bytes, cuobjdump's stack
     and local memory, and 4 bytes per LDL/STL instruction in the SASS."""
     return (
-        row.get("stack_frame", 0) + row.get("spill_stores", 0) + row.get("spill_loads", 0)
-        + row.get("stack_bytes", 0) + row.get("local_bytes", 0)
+        row.get("stack_frame", 0)
+        + row.get("spill_stores", 0)
+        + row.get("spill_loads", 0)
+        + row.get("stack_bytes", 0)
+        + row.get("local_bytes", 0)
         + 4 * sum(row.get("local_instrs", {}).values())
-    )  # fmt: skip
+    )
 
 
 def problems(row: dict[str, Any], low_precision: bool) -> list[str]:
@@ -261,8 +283,20 @@ def problems(row: dict[str, Any], low_precision: bool) -> list[str]:
 
 
 def _config(r: dict[str, Any]) -> str:
-    keys = ("dtype", "in", "D", "BM", "BN", "ONLINE", "ROW_TERM", "COL_TERM", "G_UNIFORM", "pass",
-            "out", "radius")  # fmt: skip
+    keys = (
+        "dtype",
+        "in",
+        "D",
+        "BM",
+        "BN",
+        "ONLINE",
+        "ROW_TERM",
+        "COL_TERM",
+        "G_UNIFORM",
+        "pass",
+        "out",
+        "radius",
+    )
     return ",".join(f"{k}={r[k]}" for k in keys if k in r)
 
 
@@ -271,7 +305,8 @@ def _row_md(r: dict[str, Any]) -> str:
     if "error" in r:
         return head + " |" * 9 + " compile error |"
     hot, masked = r.get("hot_loop_mix", {}), r.get("masked_loop_mix", {})
-    spill = f"{r['stack_frame']}/{r['spill_stores']}/{r['spill_loads']}/{sum(r['local_instrs'].values())}"
+    ldst = sum(r["local_instrs"].values())
+    spill = f"{r['stack_frame']}/{r['spill_stores']}/{r['spill_loads']}/{ldst}"
     return (
         f"{head} {r['regs']} | {spill} | {r['shared_bytes'] / 1024:.0f} | {r['warps_per_sm']} | "
         f"{sum(r['fences'].values())}/{sum(r['gpu_fences_in_loops'].values())} | "
@@ -296,7 +331,8 @@ def report_md(rows: list[dict[str, Any]], meta: dict[str, Any], model: str) -> s
         "Columns: registers per thread; spills as ptxas reports them (stack frame / spill stores /",
         "spill loads, bytes) and LDL/STL instructions in the SASS; shared memory per program;",
         "resident warps per SM; memory fences (all / GPU-scope inside a loop); the interior tile",
-        "loop's tensor-core (HGMMA), MUFU and total instructions per thread; the masked loop's total.",
+        "loop's tensor-core (HGMMA), MUFU and total instructions per thread; the masked loop's",
+        "total.",
         "",
         "| kernel | config | warps×stages | regs | stack/spill st/spill ld/LDL+STL | smem KB | "
         "warps/SM | fences | hot HGMMA | hot MUFU | hot instrs | masked instrs | result |",
@@ -313,9 +349,23 @@ def _compile_all(cases: list[Case], jobs: int) -> list[dict[str, Any]]:
             row["problems"] = problems(row, case.low_precision)
             rows.append(row)
             mark = "FAIL " + "; ".join(row["problems"]) if row["problems"] else "ok"
-            print(f"[aot] {case.name}: {row.get('regs', '-')} regs, {spill_bytes(row)} B spilled, "
-                  f"{mark}", flush=True)  # fmt: skip
+            print(
+                f"[aot] {case.name}: {row.get('regs', '-')} regs, {spill_bytes(row)} B spilled, "
+                f"{mark}",
+                flush=True,
+            )
     return rows
+
+
+def _baseline(path: Path | None, target: Path) -> dict[str, Any] | None:
+    """--baseline's summary, else the one the report being replaced carried."""
+    from aot_model import baseline_summary
+
+    if path is not None:
+        return baseline_summary(json.loads(path.read_text()), path.name)
+    if target.exists():
+        return json.loads(target.read_text()).get("baseline")
+    return None
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -325,6 +375,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--stem", default="triton-sm90", help="file name stem of the report")
     p.add_argument("--limit", type=int, default=0, help="compile only the first N (debugging)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="an earlier report's JSON: adds a before → after section (kept by later runs)",
+    )
     return p.parse_args(argv)
 
 
@@ -333,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     # triton 3.9's default (FP fusion on), stated so that it does not warn once per process
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas's own report of each fresh compile
     import triton
-
-    from aot_model import model_md, predict
+    from aot_model import history_md, model_md, predict
 
     cases = all_cases(args.full)[: args.limit or None]
     t0 = time.perf_counter()
@@ -355,15 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     models = [predict(rows, m) for m in (8192, 65536)]
     for mo in models:
         if "fraction_of_floor" in mo:
-            print(f"[aot] model M={mo['M']}: {mo['predicted_us']:.1f} us predicted, "
-                  f"{mo['fraction_of_floor']:.2f} of the overlapped floor")  # fmt: skip
+            print(
+                f"[aot] model M={mo['M']}: {mo['predicted_us']:.1f} us predicted, "
+                f"{mo['fraction_of_floor']:.2f} of the overlapped floor"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.stem}.json").write_text(
-        json.dumps({**meta, "model": models, "rows": rows}, indent=1) + "\n"
+    target = args.out / f"{args.stem}.json"
+    baseline = _baseline(args.baseline, target)
+    record = {**meta, "model": models, "rows": rows, "baseline": baseline}
+    target.write_text(json.dumps(record, indent=1) + "\n")
+    model = model_md(models, meta) + "\n" + history_md(baseline, rows, models)
+    (args.out / f"{args.stem}.md").write_text(report_md(rows, meta, model))
+    print(
+        f"[aot] {len(rows)} configurations in {meta['wall_s']:.0f} s on {args.jobs} processes, "
+        f"{failures} failing; report in {args.out}/{args.stem}.json"
     )
-    (args.out / f"{args.stem}.md").write_text(report_md(rows, meta, model_md(models, meta)))
-    print(f"[aot] {len(rows)} configurations in {meta['wall_s']:.0f} s on {args.jobs} processes, "
-          f"{failures} failing; report in {args.out}/{args.stem}.json")  # fmt: skip
     return 1 if failures else 0
 
 

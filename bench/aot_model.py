@@ -1,4 +1,4 @@
-"""On-paper H200 model of one NT-Xent forward + backward, from the compiled SASS (bench/aot_check.py).
+"""On-paper H200 model of one NT-Xent forward + backward, from the compiled SASS (aot_check.py).
 
 Nothing here is measured on a GPU. The inputs are the instruction counts per thread of each
 kernel's tile loops (interior and masked), the launch geometry the launchers choose
@@ -36,12 +36,17 @@ def floor_us(m: int, d: int, flops_rate: float = H200["bf16_flops"]) -> float:
 def code_work(m: int, d: int) -> dict[str, float]:
     """FLOPs and exps the kernels do: the forward visits each unordered pair once (M²·D FLOPs,
     M²/2 exps); the row-block backward recomputes every S tile and multiplies P·ẑ (4·M²·D, M²)."""
-    return {"fwd_flops": 1.0 * m * m * d, "bwd_flops": 4.0 * m * m * d,
-            "fwd_exps": 0.5 * m * m, "bwd_exps": 1.0 * m * m}  # fmt: skip
+    return {
+        "fwd_flops": 1.0 * m * m * d,
+        "bwd_flops": 4.0 * m * m * d,
+        "fwd_exps": 0.5 * m * m,
+        "bwd_exps": 1.0 * m * m,
+    }
 
 
-def tile_cost(mix: dict[str, int], row: dict[str, Any], dots: int, bn: int, d: int,
-              resident: int) -> dict[str, float]:  # fmt: skip
+def tile_cost(
+    mix: dict[str, int], row: dict[str, Any], dots: int, bn: int, d: int, resident: int
+) -> dict[str, float]:
     """Seconds one SM spends on one tile with loop mix ``mix`` (see MODEL_ASSUMPTIONS)."""
     mufu = mix.get("MUFU", 0)
     other = sum(mix.values()) - mufu - mix.get("HGMMA", 0)
@@ -54,8 +59,9 @@ def tile_cost(mix: dict[str, int], row: dict[str, Any], dots: int, bn: int, d: i
     return {"tc": t_tc, "mufu": t_mufu, "issue": t_issue, "tile": t_tile}
 
 
-def _kernel_time(row: dict[str, Any], programs: int, tiles: int, masked: int, dots: int, bn: int,
-                 d: int) -> tuple[float, dict[str, float]]:  # fmt: skip
+def _kernel_time(
+    row: dict[str, Any], programs: int, tiles: int, masked: int, dots: int, bn: int, d: int
+) -> tuple[float, dict[str, float]]:
     """Seconds for ``programs`` programs of ``tiles`` tiles (``masked`` of them masked), in waves
     of 132 × resident programs, and one interior tile's cost."""
     slots = max(1, row["warps_per_sm"] // row["warps"])
@@ -77,7 +83,11 @@ def _candidates(rows: list[dict[str, Any]], kernel: str, d: int) -> list[dict[st
     for r in rows:
         if r.get("kernel") != kernel or r.get("dtype") != "bf16" or r.get("D") != f"D{d}":
             continue
-        if "error" in r or r.get("ONLINE", 0) or not (r.get("ROW_TERM", 1) and r.get("COL_TERM", 1)):
+        if (
+            "error" in r
+            or r.get("ONLINE", 0)
+            or not (r.get("ROW_TERM", 1) and r.get("COL_TERM", 1))
+        ):
             continue
         out.append(r)
     return out
@@ -100,13 +110,20 @@ def _part(rows: list[dict[str, Any]], part: str, m: int, d: int) -> dict[str, An
         else:  # every key block once; the self-pair band is BM/BN tiles of one split
             bn, dots = r["BN"], 2
             splits = split_count(blocks128, m, H200["sms"])
-            tiles, masked = -(-(-(-m // bn)) // splits), -(-bm // bn)
+            key_blocks = -(-m // bn)
+            tiles, masked = -(-key_blocks // splits), -(-bm // bn)
             extra_bytes = splits * m * d * 4.0  # the fp32 split partials written
         seconds, one = _kernel_time(r, t * splits, tiles, masked, dots, bn, d)
         us = (seconds + extra_bytes / H200["hbm"]) * 1e6
-        cand = {"config": r["case"], "splits": splits, "programs": t * splits, "tiles": tiles,
-                "masked_tiles": masked, "us": us,
-                "tile_ns": {k: v * 1e9 for k, v in one.items()}}  # fmt: skip
+        cand = {
+            "config": r["case"],
+            "splits": splits,
+            "programs": t * splits,
+            "tiles": tiles,
+            "masked_tiles": masked,
+            "us": us,
+            "tile_ns": {k: v * 1e9 for k, v in one.items()},
+        }
         if best is None or us < best["us"]:
             best = cand
     return best
@@ -171,12 +188,16 @@ measurement, timed both eagerly and as a CUDA graph."""
 
 def model_md(models: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The model section of the report (tables and the per-tile lines)."""
-    lines = [f"## On-paper model: H200, bf16, D = 128, one forward + backward (triton {meta['triton']})",
-             "", MODEL_ASSUMPTIONS, "",
-             "| M | forward (config, S, µs) | backward (config, S, µs) | small kernels µs | "
-             "predicted µs | floor µs | **fraction of floor** | sustained floor µs | fraction | "
-             "expected µs | expected fraction |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"## On-paper model: H200, bf16, D = 128, one forward + backward (triton {meta['triton']})",
+        "",
+        MODEL_ASSUMPTIONS,
+        "",
+        "| M | forward (config, S, µs) | backward (config, S, µs) | small kernels µs | "
+        "predicted µs | floor µs | **fraction of floor** | sustained floor µs | fraction | "
+        "expected µs | expected fraction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for mo in models:
         f, b = mo.get("forward"), mo.get("backward")
         if not (f and b):
@@ -192,10 +213,12 @@ def model_md(models: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines.append("")
     for mo in models:
         w = mo["work"]
-        lines.append(f"- M = {mo['M']}: the code does {(w['fwd_flops'] + w['bwd_flops']) / 1e12:.3f} "
-                     f"TFLOP and {(w['fwd_exps'] + w['bwd_exps']) / 1e9:.2f} G exps "
-                     f"(floor's count: {4 * mo['M'] ** 2 * mo['D'] / 1e12:.3f} TFLOP, "
-                     f"{mo['M'] ** 2 / 1e9:.2f} G exps).")  # fmt: skip
+        lines.append(
+            f"- M = {mo['M']}: the code does {(w['fwd_flops'] + w['bwd_flops']) / 1e12:.3f} "
+            f"TFLOP and {(w['fwd_exps'] + w['bwd_exps']) / 1e9:.2f} G exps "
+            f"(floor's count: {4 * mo['M'] ** 2 * mo['D'] / 1e12:.3f} TFLOP, "
+            f"{mo['M'] ** 2 / 1e9:.2f} G exps)."
+        )
         for part in ("forward", "backward"):
             c = mo.get(part)
             if c:
@@ -205,4 +228,71 @@ def model_md(models: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     f"({c['masked_tiles']} masked); per interior tile tensor {t['tc']:.0f} ns, "
                     f"MUFU {t['mufu']:.0f} ns, issue {t['issue']:.0f} ns → {t['tile']:.0f} ns."
                 )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# before → after: the hot configs of a baseline report (an earlier commit's JSON) beside these
+
+_INT_OPS = ("IMAD", "IADD3", "LEA", "ISETP", "SEL", "LOP3", "SHF", "VIADD", "PLOP3", "I2F", "F2I")
+HISTORY_KEYS = ("kernel", "dtype", "D", "BM", "BN", "warps", "stages")
+
+
+def _hot(r: dict[str, Any]) -> bool:
+    return (
+        r.get("dtype") == "bf16" and r.get("D") == "D128" and "error" not in r
+        and not r.get("ONLINE", 0) and bool(r.get("ROW_TERM", 1) and r.get("COL_TERM", 1))
+        and r.get("kernel") in ("ntxent_sym_fwd_kernel", "ntxent_rows_bwd_kernel")
+    )  # fmt: skip
+
+
+def loop_summary(r: dict[str, Any]) -> dict[str, int]:
+    """Per-thread counts of one tile of the interior loop, by class."""
+    mix = r.get("hot_loop_mix", {})
+    return {
+        "instrs": sum(mix.values()),
+        "MUFU": mix.get("MUFU", 0),
+        "int/select": sum(mix.get(k, 0) for k in _INT_OPS),
+        "LDGSTS": mix.get("LDGSTS", 0),
+        "SHFL/BAR": mix.get("SHFL", 0) + mix.get("BAR", 0),
+    }
+
+
+def baseline_summary(report: dict[str, Any], label: str) -> dict[str, Any]:
+    """What a report keeps of itself to be a later report's "before"."""
+    rows = [
+        {**{k: r.get(k) for k in HISTORY_KEYS}, **loop_summary(r)}
+        for r in report.get("rows", [])
+        if _hot(r)
+    ]
+    model = {mo["M"]: mo.get("predicted_us") for mo in report.get("model", [])}
+    return {"label": label, "triton": report.get("triton"), "rows": rows, "predicted_us": model}
+
+
+def history_md(baseline: dict[str, Any] | None, rows: list[dict[str, Any]],
+               models: list[dict[str, Any]]) -> str:  # fmt: skip
+    """The before → after section (empty without a baseline)."""
+    if not baseline:
+        return ""
+    lines = [f"## Before → after: the hot bf16 loops against {baseline['label']} "
+             f"(triton {baseline['triton']})", "",
+             "Per thread and tile of the interior loop (before: the only tile loop). int/select: "
+             "IMAD, IADD3, LEA, ISETP, SEL, LOP3, SHF, VIADD, PLOP3, I2F, F2I.", "",
+             "| kernel | BM×BN, warps×stages | instrs | MUFU | int/select | LDGSTS | SHFL+BAR |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    old = {tuple(r[k] for k in HISTORY_KEYS): r for r in baseline["rows"]}
+    for r in rows:
+        if not _hot(r):
+            continue
+        before = old.get(tuple(r.get(k) for k in HISTORY_KEYS))
+        now = loop_summary(r)
+        cells = [f"{before[c]} → {now[c]}" if before else f"— → {now[c]}" for c in now]
+        bn = r.get("BN", r["BM"])
+        lines.append(f"| {r['kernel']} | {r['BM']}×{bn}, {r['warps']}×{r['stages']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    for mo in models:
+        was = baseline["predicted_us"].get(mo["M"]) or baseline["predicted_us"].get(str(mo["M"]))
+        if was and mo.get("predicted_us"):
+            lines.append(f"\nModel at M = {mo['M']}: {was:.1f} µs before (its model), "
+                         f"{mo['predicted_us']:.1f} µs now.")  # fmt: skip
     return "\n".join(lines) + "\n"

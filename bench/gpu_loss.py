@@ -107,8 +107,9 @@ def time_eager(fn: Callable[[], None], grads: list[Any], cuda: bool, reps: int) 
     if cuda:
         import triton
 
-        return float(triton.testing.do_bench(fn, grad_to_none=grads, rep=reps * 10,
-                                             return_mode="median"))  # fmt: skip
+        return float(
+            triton.testing.do_bench(fn, grad_to_none=grads, rep=reps * 10, return_mode="median")
+        )
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -161,9 +162,10 @@ def count_launches(fn: Callable[[], None]) -> int | None:
             torch.cuda.synchronize()
         cuda = torch.autograd.DeviceType.CUDA
         return sum(
-            1 for e in prof.events()
+            1
+            for e in prof.events()
             if e.device_type == cuda and not e.name.startswith(("Memcpy", "Memset"))
-        )  # fmt: skip
+        )
     except Exception as exc:  # the profiler is optional; say why it is missing
         print(f"(launch count unavailable: {type(exc).__name__}: {exc})")
         return None
@@ -179,12 +181,19 @@ def _step(backend: str, zi: Any, zj: Any, tau: float) -> Callable[[], None]:
     return run
 
 
-def bench_row(backend: str, m: int, args: argparse.Namespace, cuda: bool, device: str) -> dict[str, Any]:
+def bench_row(
+    backend: str, m: int, args: argparse.Namespace, cuda: bool, device: str
+) -> dict[str, Any]:
     """One implementation at one size: eager and graph times, launches, memory, floor fraction."""
     import torch
 
-    row: dict[str, Any] = {"impl": backend, "M": m, "D": args.d, "dtype": "bf16",
-                           "tau": args.temperature}  # fmt: skip
+    row: dict[str, Any] = {
+        "impl": backend,
+        "M": m,
+        "D": args.d,
+        "dtype": "bf16",
+        "tau": args.temperature,
+    }
     zi, zj = _views(m, args.d, "cuda" if cuda else "cpu", torch.bfloat16)
     fn = _step(backend, zi, zj, args.temperature)
     reps = 5 if args.quick else 20
@@ -232,10 +241,13 @@ def table(rows: list[dict[str, Any]], header: str) -> str:
     def f(r: dict[str, Any], key: str, fmt: str) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "—"
 
-    lines = [header, "",
-             "| impl | M | D | eager ms | graph ms | launches | × vs reference (graph) | "
-             "work TFLOP/s | fraction of floor | predicted µs (AOT) | peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        header,
+        "",
+        "| impl | M | D | eager ms | graph ms | launches | × vs reference (graph) | "
+        "work TFLOP/s | fraction of floor | predicted µs (AOT) | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['impl']} | {r['M']} | {r['D']} | {r['status']} |" + " — |" * 7)
@@ -253,18 +265,20 @@ def _dry_run(args: argparse.Namespace) -> int:
     """Every import the real run makes, then the plan; no device is touched."""
     import torch
     import triton
-    import triton.testing  # noqa: F401
+    import triton.testing
 
     import fastclr
-    import fastclr.ops.triton_fused  # noqa: F401
-    import fastclr.ops.triton_ntxent  # noqa: F401
+    import fastclr.ops.triton_fused
+    import fastclr.ops.triton_ntxent
     from fastclr.reference import ntxent_reference  # noqa: F401
     from fastclr.testing import error_ratio  # noqa: F401
 
     sizes = [8192] if args.quick else [8192, 65536]
-    print(f"[gpu_loss] dry run: torch {torch.__version__}, triton {triton.__version__}, fastclr "
-          f"from {Path(fastclr.__file__).parent}; would check M=4096 against float64, then time "
-          f"reference and triton at M={sizes} (eager and CUDA graph); writes {args.out}/gpu_loss.*")  # fmt: skip
+    print(
+        f"[gpu_loss] dry run: torch {torch.__version__}, triton {triton.__version__}, fastclr "
+        f"from {Path(fastclr.__file__).parent}; would check M=4096 against float64, then time "
+        f"reference and triton at M={sizes} (eager and CUDA graph); writes {args.out}/gpu_loss.*"
+    )
     return 0
 
 
@@ -292,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
     sizes = [64, 96] if args.smoke else [8192] if args.quick else [8192, 65536]
     checked = check(args.temperature, 48 if args.smoke else 4096, "cuda" if cuda else "cpu")
-    print(f"check M={checked['M']}: error / (4x torch bf16 error + floor): loss "
-          f"{checked['loss_ratio']:.2f}, grad {checked['grad_ratio']:.2f}")  # fmt: skip
+    print(
+        f"check M={checked['M']}: error / (4x torch bf16 error + floor): loss "
+        f"{checked['loss_ratio']:.2f}, grad {checked['grad_ratio']:.2f}"
+    )
     if not (checked["loss_ratio"] <= 1 and checked["grad_ratio"] <= 1):
         print("FAILED: the Triton loss is further from the float64 reference than 4x torch's bf16")
         return 1
@@ -306,15 +322,26 @@ def main(argv: list[str] | None = None) -> int:
         if r["impl"] == "triton" and cuda:
             r["predicted_us"] = predicted(r["M"])
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    header = (f"# NT-Xent loss forward + backward, {device} ({stamp}), torch {torch.__version__}, "
-              f"triton {triton.__version__}\n\n`python bench/gpu_loss.py"
-              f"{' --quick' if args.quick else ''}{' --smoke' if args.smoke else ''}`")  # fmt: skip
+    header = (
+        f"# NT-Xent loss forward + backward, {device} ({stamp}), torch {torch.__version__}, "
+        f"triton {triton.__version__}\n\n`python bench/gpu_loss.py"
+        f"{' --quick' if args.quick else ''}{' --smoke' if args.smoke else ''}`"
+    )
     md = table(rows, header)
     print(md)
-    record = {"benchmark": "gpu_loss", "date": stamp, "device": device, "torch": torch.__version__,
-              "triton": triton.__version__, "cuda": torch.version.cuda, "smoke": args.smoke,
-              "quick": args.quick, "check": checked, "rows": rows,
-              "work": "5*M^2*D FLOPs and 1.5*M^2 exps per forward+backward (bench/aot_model.py)"}  # fmt: skip
+    record = {
+        "benchmark": "gpu_loss",
+        "date": stamp,
+        "device": device,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "smoke": args.smoke,
+        "quick": args.quick,
+        "check": checked,
+        "rows": rows,
+        "work": "5*M^2*D FLOPs and 1.5*M^2 exps per forward+backward (bench/aot_model.py)",
+    }
     write(Path(args.out), record, md)
     return 0
 

@@ -45,7 +45,7 @@ mkdir -p "$RES"
 [ -n "$DEST" ] && mkdir -p "$DEST"
 : > "$RES/gpu-check.log"
 # An install maps kernels/ to fastclr.kernels; a bare copy gets the same mapping from a link.
-if [ ! -e fastclr/kernels ]; then
+if [ ! -e fastclr/kernels ] && ! "$PY" -c "import fastclr.kernels.triton" >/dev/null 2>&1; then
   ln -sfn ../kernels fastclr/kernels
   echo "[gpu-check] no fastclr install: linked kernels/ as fastclr/kernels" | tee -a "$RES/gpu-check.log"
 fi

@@ -16,6 +16,7 @@ MODULES = (
     "fastclr.kernels.triton.augment",
     "fastclr.kernels.triton.ntxent",
     "fastclr.kernels.triton.ntxent_bwd",
+    "fastclr.kernels.triton.ntxent_rows",
     "fastclr.kernels.triton.ntxent_fused",
     "fastclr.ops.triton_ntxent",
     "fastclr.ops.triton_fused",
@@ -37,15 +38,21 @@ def main() -> int:
         return 1
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name() if cuda else "no CUDA device"
-    print(f"[gpu-check] {name}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"CUDA {torch.version.cuda}; fastclr from {os.path.dirname(where)}")  # fmt: skip
+    print(
+        f"[gpu-check] {name}, torch {torch.__version__}, triton {triton.__version__}, "
+        f"CUDA {torch.version.cuda}; fastclr from {os.path.dirname(where)}"
+    )
     if "--imports-only" in sys.argv or not cuda:
         return 0
     props = torch.cuda.get_device_properties(0)
     print(f"[gpu-check] {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB")
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,driver_version",
-                              "--format=csv"], capture_output=True, text=True, timeout=10)  # fmt: skip
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,driver_version", "--format=csv"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         print(smi.stdout.strip())
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"(nvidia-smi: {exc})")

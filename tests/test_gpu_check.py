@@ -77,8 +77,12 @@ def test_gpu_check_dry_run_from_a_bare_copy(tmp_path: Path, quick: bool = False)
     args = ["--dry-run", *(["--quick"] if quick else [])]
     result = subprocess.run(
         ["bash", str(copy / "scripts" / "gpu_check.sh"), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert f"fastclr from {copy.resolve() / 'fastclr'}" in out, out[-2000:]
@@ -107,11 +111,18 @@ def test_gpu_check_runner_keeps_going_and_publishes_each_step(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(OUT=str(out), GPU_CHECK_SELFTEST="1")
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 3, result.stdout + result.stderr  # the first failure's status
-    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.log", "results.tar.gz", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu-check.log",
+        "results.tar.gz",
+        "summary.md",
+    ]
     summary = (out / "summary.md").read_text()
     assert "| fails | failed (3) |" in summary
     assert "| slow | timed out |" in summary
@@ -128,8 +139,11 @@ def test_gpu_loss_benchmark_smoke(tmp_path: Path) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_loss.py"), "--smoke", "--out", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "| triton | 96 | 128 |" in result.stdout
     record = json.loads((tmp_path / "gpu_loss.json").read_text())

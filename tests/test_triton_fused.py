@@ -112,10 +112,13 @@ def test_views_against_float64_hypothesis(
 ) -> None:
     g = torch.Generator().manual_seed(seed)
     scales = torch.logspace(0, log_scale / 4, v * n).reshape(v, n, 1) * 10.0 ** (0.75 * log_scale)
-    views = [(torch.randn(n, d, generator=g, dtype=torch.float64) * scales[i]).float() for i in range(v)]
+    views = [
+        (torch.randn(n, d, generator=g, dtype=torch.float64) * scales[i]).float() for i in range(v)
+    ]
     w = torch.rand(v * n if reduction == "none" else (), generator=g, dtype=torch.float64) + 0.5
-    loss, grads = _loss_and_grads(views, w, temperature=temperature, reduction=reduction,
-                                  backend="triton")  # fmt: skip
+    loss, grads = _loss_and_grads(
+        views, w, temperature=temperature, reduction=reduction, backend="triton"
+    )
     ref, ref_grads = _reference64([x.double() for x in views], temperature, reduction, w)
     scale = max(1.0, float(ref.abs().max()))
     assert_close_to_reference(loss, ref, atol=2e-5 * scale, name="loss")
@@ -141,8 +144,16 @@ def _count_launches(fn):  # type: ignore[no-untyped-def]
 
     from fastclr.ops import triton_ntxent as ops
 
-    no_kernel = {"empty", "empty_strided", "empty_like", "new_empty", "detach", "alias",
-                 "lift_fresh", "_to_copy_noop"}  # fmt: skip
+    no_kernel = {
+        "empty",
+        "empty_strided",
+        "empty_like",
+        "new_empty",
+        "detach",
+        "alias",
+        "lift_fresh",
+        "_to_copy_noop",
+    }
     names: list[str] = []
     inside = [False]
 
@@ -183,8 +194,14 @@ def test_forward_backward_is_at_most_six_launches(
     zj = torch.randn(70, 32, dtype=dtype, device=DEVICE, requires_grad=True)
 
     def step() -> None:
-        loss = fastclr.ntxent(zi, zj, temperature=temperature, reduction=reduction,
-                              backend="triton", check_finite=False)  # fmt: skip
+        loss = fastclr.ntxent(
+            zi,
+            zj,
+            temperature=temperature,
+            reduction=reduction,
+            backend="triton",
+            check_finite=False,
+        )
         (loss.sum() if reduction == "none" else loss).backward()
 
     names = _count_launches(step)

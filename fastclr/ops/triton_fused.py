@@ -1,4 +1,4 @@
-"""The whole NT-Xent loss of V ≥ 2 views in five Triton launches (the ``triton`` backend's fast path).
+"""The NT-Xent loss of V ≥ 2 views in five Triton launches (the ``triton`` backend's fast path).
 
 ``fastclr.ntxent(z_1, …, z_V)`` with the triton backend, no labels, no extra negatives, no
 distributed gather and the default ``positives="out"`` comes here (fastclr.loss asks
@@ -56,48 +56,56 @@ def _view_stride(z0: Tensor) -> int:
 def _forward(
     z0: Tensor, z1: Tensor, n_views: int, temperature: float, eps: float, reduction: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    zv0, zv1, n, view_stride = z0, z1, z0.shape[0], _view_stride(z0)
-    m, d = n * n_views, z0.shape[1]
+    n, d = z0.shape
+    m = n * n_views
     kdtype = z0.dtype if z0.dtype in (torch.float16, torch.bfloat16) else torch.float32
     path = _t.select_path(temperature)
     meta = _t._meta(m, d, kdtype)
-    dev = z0.device
+    dev, f32 = z0.device, torch.float32
     zk = torch.empty(m, d, device=dev, dtype=kdtype)
-    pos = torch.empty(m, device=dev, dtype=torch.float32)
-    lse = torch.empty(m, device=dev, dtype=torch.float32)
+    pos, lse, q = (torch.empty(m, device=dev, dtype=f32) for _ in range(3))  # q: not online
     splits = _t._splits(m, m // 2, dev) if path.symmetric else 1
-    sum_row = torch.empty(splits if path.symmetric else 0, m, device=dev, dtype=torch.float32)
-    sum_col = torch.empty(m if path.symmetric else 0, device=dev, dtype=torch.float32)
+    sum_row = torch.empty(splits if path.symmetric else 0, m, device=dev, dtype=f32)
+    sum_col = torch.empty(m if path.symmetric else 0, device=dev, dtype=f32)
     ticket = torch.empty(1, device=dev, dtype=torch.int32)
     block_s, block_d = _geometry(d)
     inv_tau = 1.0 / temperature
-    _t._launch(
-        _kf.ntxent_prep_kernel, (triton.cdiv(n, block_s),), zv0, zv1, zk, pos, sum_col, ticket, n, d,
-        zv0.stride(0), zv0.stride(1), view_stride, inv_tau, eps, V=n_views,
-        ZERO_COL=path.symmetric, BLOCK_S=block_s, BLOCK_D=block_d,
-    )  # fmt: skip
+    ptrs = (z0, z1, zk, pos, sum_col, ticket)
+    sizes = (n, d, z0.stride(0), z0.stride(1), _view_stride(z0), inv_tau, eps)
+    tiles = {"V": n_views, "ZERO_COL": path.symmetric, "BLOCK_S": block_s, "BLOCK_D": block_d}
+    _t._launch(_kf.ntxent_prep_kernel, (triton.cdiv(n, block_s),), *ptrs, *sizes, **tiles)
     if path.symmetric:
-        _t._launch(
-            _k.ntxent_sym_fwd_kernel, _t._grid_rows(m, splits), zk, sum_row, sum_col, m, d,
-            zk.stride(0), zk.stride(1), inv_tau, inv_tau, **meta.kwargs(),
-        )  # fmt: skip
+        sym = (m, d, zk.stride(0), zk.stride(1), inv_tau, inv_tau)
+        grid = _t._grid_rows(m, splits)
+        _t._launch(_k.ntxent_sym_fwd_kernel, grid, zk, sum_row, sum_col, *sym, **meta.kwargs())
     else:
         _t._rows_forward(zk, zk, lse, 0, temperature, path.online, meta)
-    q = torch.empty(m, device=dev, dtype=torch.float32)  # not written on the online path
-    per_row = reduction == 2
-    out = torch.empty(m if per_row else (), device=dev, dtype=z0.dtype)
-    bad = torch.empty(1, device=dev, dtype=torch.int32)
+    out = torch.empty(m if reduction == 2 else (), device=dev, dtype=z0.dtype)
+    bad = _finalize(
+        (sum_row, sum_col, lse, q, pos, out, ticket), splits, path, temperature, reduction
+    )
+    _t.LAST_WORKSPACE["views"] = zk.nbytes + pos.nbytes + sum_row.nbytes + sum_col.nbytes
+    return out, zk, lse, q, bad
+
+
+def _finalize(
+    bufs: tuple[Tensor, ...], splits: int, path: _t.Path, temperature: float, reduction: int
+) -> Tensor:
+    """Launch ntxent_finalize_kernel on (sum_row, sum_col, lse, q, pos, out, ticket); returns the
+    non-finite row count (a device tensor)."""
+    sum_row, sum_col, lse, q, pos, out, ticket = bufs
+    m, dev = pos.shape[0], pos.device
     programs = triton.cdiv(m, FINAL_BLOCK)
     partial = torch.empty(programs, device=dev, dtype=torch.float32)
     nbad = torch.empty(programs, device=dev, dtype=torch.int32)
-    _t._launch(
-        _kf.ntxent_finalize_kernel, (programs,), sum_row, sum_col, lse, q, pos, out, partial, nbad,
-        ticket, bad, m, splits,
-        inv_tau, 1.0 / m if reduction == 0 else 1.0, FROM_SUMS=path.symmetric,
-        WRITE_Q=not path.online, PER_ROW=per_row, BLOCK=FINAL_BLOCK,
-    )  # fmt: skip
-    _t.LAST_WORKSPACE["views"] = zk.nbytes + pos.nbytes + sum_row.nbytes + sum_col.nbytes
-    return out, zk, lse, q, bad
+    bad = torch.empty(1, device=dev, dtype=torch.int32)
+    ptrs = (sum_row, sum_col, lse, q, pos, out, partial, nbad, ticket, bad)
+    scale = 1.0 / m if reduction == 0 else 1.0
+    flags = {"FROM_SUMS": path.symmetric, "WRITE_Q": not path.online, "PER_ROW": reduction == 2}
+    grid = (programs,)
+    args = (m, splits, 1.0 / temperature, scale)
+    _t._launch(_kf.ntxent_finalize_kernel, grid, *ptrs, *args, **flags, BLOCK=FINAL_BLOCK)
+    return bad
 
 
 def _backward(
@@ -112,24 +120,25 @@ def _backward(
     eps: float,
     reduction: int,
 ) -> tuple[Tensor, Tensor]:
-    zv0, zv1, n, view_stride = z0, z1, z0.shape[0], _view_stride(z0)
+    n = z0.shape[0]
     m, d = zk.shape
     path = _t.select_path(temperature)
     meta = _t._meta(m, d, zk.dtype)
     g_scale = 1.0 / m if reduction == 0 else 1.0
     g = grad if reduction == 2 else grad.reshape(1).expand(m)  # a view: stride 0
+    stats, terms = (lse, q, lse, q), (True, True)
     part, nbytes = _t._rows_backward(
-        zk, zk, (lse, q, lse, q), (g, g_scale), (0, 0), (True, True), temperature, path.online,
-        meta,
-    )  # fmt: skip
+        zk, zk, stats, (g, g_scale), (0, 0), terms, temperature, path.online, meta
+    )
     dz0 = torch.empty(n, d, device=z0.device, dtype=z0.dtype)
     dz1 = torch.empty(z1.shape, device=z0.device, dtype=z0.dtype)  # contiguous
     block_s, block_d = _geometry(d)
-    _t._launch(
-        _kf.ntxent_post_kernel, (triton.cdiv(n, block_s),), zv0, zv1, part, g, dz0, dz1, n, d,
-        part.shape[0], zv0.stride(0), zv0.stride(1), view_stride, g.stride(0), g_scale,
-        1.0 / temperature, eps, V=n_views, BLOCK_S=block_s, BLOCK_D=block_d,
-    )  # fmt: skip
+    ptrs = (z0, z1, part, g, dz0, dz1)
+    sizes = (n, d, part.shape[0], z0.stride(0), z0.stride(1), _view_stride(z0), g.stride(0))
+    scalars = (g_scale, 1.0 / temperature, eps)
+    tiles = {"V": n_views, "BLOCK_S": block_s, "BLOCK_D": block_d}
+    grid = (triton.cdiv(n, block_s),)
+    _t._launch(_kf.ntxent_post_kernel, grid, *ptrs, *sizes, *scalars, **tiles)
     _t.LAST_WORKSPACE["views_backward"] = nbytes
     return dz0, dz1
 
@@ -157,8 +166,12 @@ def _(z0: Tensor, z1: Tensor, n_views: int, temperature: float, eps: float, redu
     f32 = torch.float32
     out = z0.new_empty((m,) if reduction == 2 else ())
     q = z0.new_empty((m,), dtype=f32)
-    return out, z0.new_empty((m, z0.shape[1]), dtype=kdtype), z0.new_empty((m,), dtype=f32), q, (
-        z0.new_empty((1,), dtype=torch.int32)
+    return (
+        out,
+        z0.new_empty((m, z0.shape[1]), dtype=kdtype),
+        z0.new_empty((m,), dtype=f32),
+        q,
+        (z0.new_empty((1,), dtype=torch.int32)),
     )
 
 

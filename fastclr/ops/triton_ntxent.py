@@ -42,6 +42,7 @@ from torch import Tensor
 
 from fastclr.kernels.triton import ntxent as _k
 from fastclr.kernels.triton import ntxent_bwd as _kb
+from fastclr.kernels.triton import ntxent_rows as _kr
 from fastclr.ops._register import LSEKernels, register_lse_ops
 
 __all__ = [
@@ -234,9 +235,19 @@ def _lse_sym_forward(zhat: Tensor, temperature: float) -> Tensor:
         sum_col = torch.zeros(m, device=z.device, dtype=torch.float32)
         LAST_WORKSPACE["lse_sym"] = sum_row.nbytes + sum_col.nbytes
         _launch(
-            _k.ntxent_sym_fwd_kernel, _grid_rows(m, splits), z, sum_row, sum_col, m, d,
-            z.stride(0), z.stride(1), inv_tau, inv_tau, **meta.kwargs(),
-        )  # fmt: skip
+            _k.ntxent_sym_fwd_kernel,
+            _grid_rows(m, splits),
+            z,
+            sum_row,
+            sum_col,
+            m,
+            d,
+            z.stride(0),
+            z.stride(1),
+            inv_tau,
+            inv_tau,
+            **meta.kwargs(),
+        )
         lse = torch.sum(sum_row, dim=0)
         lse.add_(sum_col).log_().add_(inv_tau)
         return lse
@@ -252,10 +263,24 @@ def _rows_forward(
     mq, d = q.shape
     inv_tau = 1.0 / temperature
     _launch(
-        _k.ntxent_rows_fwd_kernel, _grid_rows(mq), q, k, lse, mq, k.shape[0], d, q.stride(0),
-        q.stride(1), k.stride(0), k.stride(1), q_offset, inv_tau, inv_tau, ONLINE=online,
+        _kr.ntxent_rows_fwd_kernel,
+        _grid_rows(mq),
+        q,
+        k,
+        lse,
+        mq,
+        k.shape[0],
+        d,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        q_offset,
+        inv_tau,
+        inv_tau,
+        ONLINE=online,
         **meta.kwargs(),
-    )  # fmt: skip
+    )
 
 
 def q_factor(lse: Tensor, temperature: float) -> Tensor:
@@ -290,11 +315,36 @@ def _rows_backward(
     stride_g = g.stride(0) if g.dim() else 0
     lx, qx, ly, qy = stats
     _launch(
-        _kb.ntxent_rows_bwd_kernel, _grid_rows(mx, splits), x, y, lx, qx, g, ly, qy, g, part, mx,
-        y.shape[0], d, x.stride(0), x.stride(1), y.stride(0), y.stride(1), stride_g, g_scale,
-        offsets[0], offsets[1], inv_tau, inv_tau, ONLINE=online, ROW_TERM=terms[0],
-        COL_TERM=terms[1], G_UNIFORM=stride_g == 0, **meta.kwargs(),
-    )  # fmt: skip
+        _kb.ntxent_rows_bwd_kernel,
+        _grid_rows(mx, splits),
+        x,
+        y,
+        lx,
+        qx,
+        g,
+        ly,
+        qy,
+        g,
+        part,
+        mx,
+        y.shape[0],
+        d,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        stride_g,
+        g_scale,
+        offsets[0],
+        offsets[1],
+        inv_tau,
+        inv_tau,
+        ONLINE=online,
+        ROW_TERM=terms[0],
+        COL_TERM=terms[1],
+        G_UNIFORM=stride_g == 0,
+        **meta.kwargs(),
+    )
     return part, part.nbytes
 
 
@@ -355,9 +405,13 @@ def _lse_rect_backward(
 # custom ops (defined by fastclr.ops._register, shared with the native backend)
 
 KERNELS = LSEKernels(
-    "triton", _device_error, _lse_sym_forward, _lse_sym_backward, _lse_rect_forward,
+    "triton",
+    _device_error,
+    _lse_sym_forward,
+    _lse_sym_backward,
+    _lse_rect_forward,
     _lse_rect_backward,
-)  # fmt: skip
+)
 BACKEND = register_lse_ops(KERNELS)
 """The ``triton`` LSE backend used by :func:`fastclr.ntxent` (see ``LSEBackend`` there)."""
 

@@ -89,58 +89,81 @@ INTERPRET_BF16_RNE: tl.constexpr = tl.constexpr(INTERPRET)
 LOG2_PSCALE: tl.constexpr = tl.constexpr(14.0)
 
 
-def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in blocks
-    ]
+def _configs(blocks: list[tuple[int, int, int, int, int, bool]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, warps, stages, largest single-chunk BLOCK_D, fits the chunked path)."""
+    out = []
+    for bm, bn, w, s, max_d, chunked in blocks:
+        cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        FITS[id(cfg)] = (max_d, chunked)
+        out.append(cfg)
+    return out
 
+
+# id(config) -> (largest BLOCK_D it holds in registers without spilling in bf16/fp16, whether the
+# chunked-D path fits too). Measured by ptxas for sm_90 (bench/results/triton-sm90.md; make
+# aot-check fails if a kept bf16/fp16 config spills, so a wrong entry cannot go unnoticed).
+FITS: dict[int, tuple[int, bool]] = {}
 
 if INTERPRET:
     # The interpreter runs each program in numpy: few, mid-sized programs are fastest; one config.
-    SYM_CONFIGS = _configs([(32, 32, 1, 1)])
-    ROW_CONFIGS = _configs([(32, 32, 1, 1)])
+    SYM_CONFIGS = _configs([(32, 32, 1, 1, 4096, True)])
+    ROW_CONFIGS = _configs([(32, 32, 1, 1, 4096, True)])
     ROW_BWD_CONFIGS = ROW_CONFIGS
 elif not AUTOTUNE:
-    # Compiled tests touch dozens of shapes: one safe config each avoids minutes of tuning.
-    SYM_CONFIGS = _configs([(64, 64, 4, 2)])
-    ROW_CONFIGS = _configs([(64, 64, 4, 2)])
-    ROW_BWD_CONFIGS = ROW_CONFIGS
+    # Compiled tests touch dozens of shapes: one config each avoids minutes of tuning (where the
+    # keep rule drops it, its fallback runs the same config).
+    SYM_CONFIGS = _configs([(64, 64, 4, 2, 128, True)])
+    ROW_CONFIGS = _configs([(64, 64, 4, 2, 256, True)])
+    ROW_BWD_CONFIGS = _configs([(64, 64, 4, 2, 128, True)])
 else:
-    # (BLOCK_M, BLOCK_N, warps, stages). Symmetric tiles are square (BLOCK_N unused there).
-    # ptxas (sm_90a, bf16/fp16, every D ≤ 256): none of these spills (bench/results/triton-sm90.md);
-    # the backward with 128-key tiles does (a 128 × 128 P tile beside the BLOCK_M × D
-    # accumulator), so its configs keep BLOCK_N = 64.
-    SYM_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)])
+    # Symmetric tiles are square (BLOCK_N unused there). A 128-key backward tile spills (a 128 ×
+    # 128 P tile beside the BLOCK_M × D accumulator), so the backward keeps BLOCK_N ≤ 64.
+    SYM_CONFIGS = _configs(
+        [
+            (64, 64, 4, 2, 128, True),
+            (64, 64, 8, 2, 256, True),
+            (64, 64, 4, 3, 128, False),
+            (32, 32, 4, 2, 256, True),
+        ]
+    )
     ROW_CONFIGS = _configs(
-        [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 2)]
+        [
+            (64, 64, 4, 3, 256, True),
+            (64, 128, 4, 3, 128, True),
+            (128, 64, 8, 3, 128, True),
+            (128, 128, 8, 2, 128, False),
+            (32, 64, 4, 2, 256, True),
+        ]
     )
     ROW_BWD_CONFIGS = _configs(
-        [(64, 64, 4, 3), (64, 64, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (32, 64, 4, 2)]
+        [
+            (64, 64, 4, 3, 128, False),
+            (64, 64, 8, 3, 128, True),
+            (128, 64, 8, 3, 128, False),
+            (64, 32, 8, 2, 256, False),
+            (32, 64, 4, 2, 256, True),
+        ]
     )
-
-
-# Register budget of the row block's operand tile per thread (in 32-bit registers), so that the
-# accumulators and the key tile still fit in 255: ptxas spilled every fp32 (3×TF32: a hi and a lo
-# copy of each operand) config above it, and none of the bf16/fp16 ones at or below it.
-OPERAND_REGS = 64
 
 
 def keep(
     config: triton.Config, block_d: int, single_chunk: bool, m: int, elem_bytes: int = 2
 ) -> bool:
-    """Drop configs whose register tiles cannot fit or whose row block exceeds the batch.
+    """Drop configs that spill at this head dimension or whose row block exceeds the batch.
 
-    The BLOCK_M × BLOCK_D operand tile (doubled for fp32, whose 3×TF32 dots hold a hi and a lo
-    copy) must fit in OPERAND_REGS registers per thread of the config's warps.
+    bf16/fp16: the measured limits in :data:`FITS`. fp32 (3×TF32 holds a hi and a lo copy of
+    each operand, and spills in every config at D ≥ 64): the configs whose row-block operand
+    tile takes at most 64 registers per thread, the least spilling.
     """
     bm = config.kwargs["BLOCK_M"]
     if bm > max(MIN_DOT, triton.next_power_of_2(m)):
         return False
+    max_d, chunked = FITS.get(id(config), (128, True))
     if not single_chunk:
-        return True
-    words = bm * block_d * elem_bytes / 4 * (2 if elem_bytes == 4 else 1)
-    return words / (config.num_warps * 32) <= OPERAND_REGS
+        return chunked
+    if elem_bytes == 4:
+        return bm * block_d * 2 / (config.num_warps * 32) <= 64
+    return block_d <= max_d
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
@@ -177,7 +200,9 @@ def _load_rows(
 
 
 @triton.jit
-def _load_full(P, offs_r, offs_d, mask_d, stride_m, stride_d, UPCAST: tl.constexpr, EVEN_D: tl.constexpr):
+def _load_full(
+    P, offs_r, offs_d, mask_d, stride_m, stride_d, UPCAST: tl.constexpr, EVEN_D: tl.constexpr
+):
     """An interior tile: every row exists, so no row mask (and no mask at all when D = BLOCK_D)."""
     ptrs = P + offs_r[:, None] * stride_m + offs_d[None, :] * stride_d
     if EVEN_D:
@@ -297,11 +322,27 @@ def _sym_plan(pid, T, M, d_lo, d_hi, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _sym_tile(
-    acc_t, Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2, c2, SUM_COL,
-    BLOCK_M: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, EVEN_D: tl.constexpr,
+    acc_t,
+    Z,
+    z_i,
+    offs_i,
+    mask_i,
+    jb,
+    M,
+    offs_d,
+    mask_d,
+    stride_zm,
+    stride_zd,
+    k2,
+    c2,
+    SUM_COL,
+    BLOCK_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    EVEN_D: tl.constexpr,
     MASKED: tl.constexpr,
-):  # fmt: skip
-    """One symmetric tile (I, J = jb), single D chunk, computed transposed: eᵀ = exp(ẑ_J ẑ_Iᵀ/τ − c).
+):
+    """One symmetric tile (I, J = jb), single D chunk, computed transposed: eᵀ = e^{ẑ_J ẑ_Iᵀ/τ − c}.
 
     Its sums over I (one per key of J, wanted now, for the relaxed atomics into SUM_COL; none on
     the diagonal tile, whose I-side sums hold both orientations) are row sums of eᵀ: inside a
@@ -313,9 +354,13 @@ def _sym_tile(
     if MASKED:
         offs_j = j0 + rows_j
         mask_j = offs_j < M
-        z_j = _load_rows(Z + j0 * stride_zm, rows_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
+        z_j = _load_rows(
+            Z + j0 * stride_zm, rows_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST
+        )
     else:
-        z_j = _load_full(Z + j0 * stride_zm, rows_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST, EVEN_D)
+        z_j = _load_full(
+            Z + j0 * stride_zm, rows_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST, EVEN_D
+        )
     s2 = tl.dot(z_j, tl.trans(z_i), input_precision=DOT_PREC) * k2
     if MASKED:
         valid = mask_j[:, None] & mask_i[None, :] & (offs_j[:, None] != offs_i[None, :])
@@ -330,16 +375,44 @@ def _sym_tile(
 
 @triton.jit
 def _sym_tile_chunked(
-    Z, offs_i, mask_i, jb, M, D, stride_zm, stride_zd, k2, c2, SUM_COL, BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-):  # fmt: skip
+    Z,
+    offs_i,
+    mask_i,
+    jb,
+    M,
+    D,
+    stride_zm,
+    stride_zd,
+    k2,
+    c2,
+    SUM_COL,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     """:func:`_sym_tile` for D > MAX_SINGLE_CHUNK_D (D looped in BLOCK_D chunks, always masked)."""
     offs_j = jb * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_j = offs_j < M
     s2 = _sim_tile(
-        Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm, stride_zd, k2,
-        BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
-    )  # fmt: skip
+        Z,
+        Z,
+        offs_i,
+        mask_i,
+        offs_j,
+        mask_j,
+        D,
+        stride_zm,
+        stride_zd,
+        stride_zm,
+        stride_zd,
+        k2,
+        BLOCK_M,
+        BLOCK_M,
+        BLOCK_D,
+        UPCAST,
+        DOT_PREC,
+    )
     valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
     e = tl.where(valid, _ex2(s2 - c2), 0.0)
     off_diag = offs_j != offs_i
@@ -407,141 +480,69 @@ def ntxent_sym_fwd_kernel(
             jb = pid + d
             jb = tl.where(jb >= T, jb - T, jb)  # (pid + d) mod T without an integer division
             acc_t = _sym_tile(
-                acc_t, Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2,
-                c2, SUM_COL, BLOCK_M, UPCAST, DOT_PREC, EVEN_D, False,
-            )  # fmt: skip
+                acc_t,
+                Z,
+                z_i,
+                offs_i,
+                mask_i,
+                jb,
+                M,
+                offs_d,
+                mask_d,
+                stride_zm,
+                stride_zd,
+                k2,
+                c2,
+                SUM_COL,
+                BLOCK_M,
+                UPCAST,
+                DOT_PREC,
+                EVEN_D,
+                False,
+            )
         for t in range(0, n_sp):
             d = tl.where(all_sp, d_lo + t, tl.where((t == 0) & (d_lo == 0), 0, dr))
             jb = pid + d
             jb = tl.where(jb >= T, jb - T, jb)
             acc_t = _sym_tile(
-                acc_t, Z, z_i, offs_i, mask_i, jb, M, offs_d, mask_d, stride_zm, stride_zd, k2,
-                c2, SUM_COL, BLOCK_M, UPCAST, DOT_PREC, EVEN_D, True,
-            )  # fmt: skip
+                acc_t,
+                Z,
+                z_i,
+                offs_i,
+                mask_i,
+                jb,
+                M,
+                offs_d,
+                mask_d,
+                stride_zm,
+                stride_zd,
+                k2,
+                c2,
+                SUM_COL,
+                BLOCK_M,
+                UPCAST,
+                DOT_PREC,
+                EVEN_D,
+                True,
+            )
         row_acc = tl.sum(acc_t, axis=0)
     else:
         for d in range(d_lo, d_hi):
             row_acc += _sym_tile_chunked(
-                Z, offs_i, mask_i, (pid + d) % T, M, D, stride_zm, stride_zd, k2, c2, SUM_COL,
-                BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
-            )  # fmt: skip
+                Z,
+                offs_i,
+                mask_i,
+                (pid + d) % T,
+                M,
+                D,
+                stride_zm,
+                stride_zd,
+                k2,
+                c2,
+                SUM_COL,
+                BLOCK_M,
+                BLOCK_D,
+                UPCAST,
+                DOT_PREC,
+            )
     tl.store(SUM_ROW + sid * M + offs_i, row_acc, mask=mask_i)
-
-
-@triton.jit
-def _rows_fwd_tile(
-    m_i, l_i, q, Q, K, offs_i, mask_i, self_i, n0, MK, D, offs_d, mask_d, stride_qm, stride_qd,
-    stride_km, stride_kd, k2, c2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, SINGLE_CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
-    ONLINE: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
-    """One key tile of the row-block forward: the running (m, l) of every row, updated."""
-    offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
-    mask_n = offs_n < MK
-    if SINGLE_CHUNK:
-        rows_n = tl.arange(0, BLOCK_N)  # int32 tile offsets on an int64 base
-        if MASKED:
-            k = _load_rows(K + n0 * stride_km, rows_n, rows_n < MK - n0, offs_d, mask_d,
-                           stride_km, stride_kd, UPCAST)  # fmt: skip
-        else:
-            k = _load_full(K + n0 * stride_km, rows_n, offs_d, mask_d, stride_km, stride_kd,
-                           UPCAST, EVEN_D)  # fmt: skip
-        s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * k2
-    else:
-        s2 = _sim_tile(
-            Q, K, offs_i, mask_i, offs_n, mask_n, D, stride_qm, stride_qd, stride_km, stride_kd,
-            k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
-        )  # fmt: skip
-    if MASKED:
-        valid = mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :])
-    if ONLINE:  # m_i in base-2 units
-        if MASKED:
-            s2 = tl.where(valid, s2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s2, axis=1))
-        l_i = l_i * _ex2(m_i - m_new) + tl.sum(_ex2(s2 - m_new[:, None]), axis=1)
-        m_i = m_new
-    elif MASKED:
-        l_i += tl.sum(tl.where(valid, _ex2(s2 - c2), 0.0), axis=1)
-    else:
-        l_i += tl.sum(_ex2(s2 - c2), axis=1)
-    return m_i, l_i
-
-
-@triton.autotune(
-    configs=ROW_CONFIGS, key=[*_TUNE_KEY, "ONLINE"], prune_configs_by={"early_config_prune": _prune}
-)
-@triton.jit(do_not_specialize=["MQ", "MK", "q_offset", "M_KEY", "D_KEY"])
-def ntxent_rows_fwd_kernel(
-    Q,  # (MQ, D) query rows ẑ, fp32/bf16/fp16, strides (stride_qm, stride_qd)
-    K,  # (MK, D) key rows, same dtype, strides (stride_km, stride_kd)
-    LSE,  # (MQ,) fp32 out: logsumexp_{k ≠ q_offset + i} s_ik (natural log)
-    MQ,
-    MK,
-    D,
-    stride_qm,
-    stride_qd,
-    stride_km,
-    stride_kd,
-    q_offset,  # query i is key q_offset + i (its self term is excluded)
-    inv_tau,
-    shift,  # constant shift c = 1/τ (used when not ONLINE)
-    M_KEY,
-    D_KEY,
-    BLOCK_D: tl.constexpr,
-    SINGLE_CHUNK: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    ONLINE: tl.constexpr,  # running max instead of the constant shift (small τ)
-    UPCAST: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Row-block LSE, no atomics. Grid: (cdiv(MQ, BLOCK_M),); each program scans all key blocks.
-
-    ONLINE: m ← max(m, max_k s_ik), l ← l·e^{m_old − m} + Σ_k e^{s_ik − m}, LSE = m + log l.
-    Otherwise l ← l + Σ_k e^{s_ik − c}, LSE = c + log l. Interior key tiles run unmasked, then
-    the self-pair band and the ragged last tile masked (:func:`_key_plan`).
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    k2 = inv_tau * LOG2E  # base-2 logits s2 = dot·k2, shift c2
-    c2 = shift * LOG2E
-    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_i = offs_i < MQ
-    self_i = offs_i + q_offset
-    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives no NaN
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros((BLOCK_M, BLOCK_D), dtype=Q.dtype.element_ty)
-    if SINGLE_CHUNK:
-        q = _load_rows(Q, offs_i, mask_i, offs_d, mask_d, stride_qm, stride_qd, UPCAST)
-        band = pid * BLOCK_M + q_offset
-        ua_f, ub_f, n_int, ua, ub, n_sp, u_rag = _key_plan(0, MK, band, band + BLOCK_M, BLOCK_N)
-        for t in range(0, n_int):
-            u = tl.where(t >= ua_f, t + (ub_f - ua_f), t)
-            m_i, l_i = _rows_fwd_tile(
-                m_i, l_i, q, Q, K, offs_i, mask_i, self_i, u * BLOCK_N, MK, D, offs_d, mask_d,
-                stride_qm, stride_qd, stride_km, stride_kd, k2, c2, BLOCK_M, BLOCK_N, BLOCK_D,
-                SINGLE_CHUNK, EVEN_D, ONLINE, UPCAST, DOT_PREC, False,
-            )  # fmt: skip
-        for t in range(0, n_sp):
-            u = tl.where(t < ub - ua, ua + t, u_rag)
-            m_i, l_i = _rows_fwd_tile(
-                m_i, l_i, q, Q, K, offs_i, mask_i, self_i, u * BLOCK_N, MK, D, offs_d, mask_d,
-                stride_qm, stride_qd, stride_km, stride_kd, k2, c2, BLOCK_M, BLOCK_N, BLOCK_D,
-                SINGLE_CHUNK, EVEN_D, ONLINE, UPCAST, DOT_PREC, True,
-            )  # fmt: skip
-    else:
-        for n0 in range(0, MK, BLOCK_N):
-            m_i, l_i = _rows_fwd_tile(
-                m_i, l_i, q, Q, K, offs_i, mask_i, self_i, n0, MK, D, offs_d, mask_d, stride_qm,
-                stride_qd, stride_km, stride_kd, k2, c2, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_CHUNK,
-                EVEN_D, ONLINE, UPCAST, DOT_PREC, True,
-            )  # fmt: skip
-    l_i = tl.where(mask_i, l_i, 1.0)  # padding rows: keep log() finite (they are not stored)
-    if ONLINE:
-        lse = m_i * LN2 + tl.log(l_i)
-    else:
-        lse = shift + tl.log(l_i)
-    tl.store(LSE + offs_i, lse, mask=mask_i)
-

@@ -26,9 +26,23 @@ from .ntxent import (
 
 @triton.jit
 def _bwd_p(
-    s2, r_x, l_x, g_x, QY, LY, GY, offs_n, mask_n, stride_g, g_col, c2, ONLINE: tl.constexpr,
-    ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
+    s2,
+    r_x,
+    l_x,
+    g_x,
+    QY,
+    LY,
+    GY,
+    offs_n,
+    mask_n,
+    stride_g,
+    g_col,
+    c2,
+    ONLINE: tl.constexpr,
+    ROW_TERM: tl.constexpr,
+    COL_TERM: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """σP of one tile (before the self/ragged mask). Not ONLINE: one exp per element times the
     per-row r_x plus the per-key r_y = g_y·q_y·(σ/τ) (q = e^{c − LSE}, an O(M) vector made once:
     no exp per key here). ONLINE: two exps per element, each of s − LSE ≤ 0."""
@@ -67,8 +81,21 @@ def _bwd_p(
 
 
 @triton.jit
-def _p_bound(GX, GY, offs_i, mask_i, stride_g, g_scale, inv_tau, n_lo, n_hi, ROW_TERM: tl.constexpr,
-             COL_TERM: tl.constexpr, G_UNIFORM: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+def _p_bound(
+    GX,
+    GY,
+    offs_i,
+    mask_i,
+    stride_g,
+    g_scale,
+    inv_tau,
+    n_lo,
+    n_hi,
+    ROW_TERM: tl.constexpr,
+    COL_TERM: tl.constexpr,
+    G_UNIFORM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """(g_x·σ/τ, σ): σ = 2^⌊14 − log2 B⌋ with B ≥ |P| over this program's tiles (see the kernel)."""
     bound = tl.zeros((), dtype=tl.float32)
     g_x = tl.zeros(offs_i.shape, dtype=tl.float32)
@@ -93,13 +120,45 @@ def _p_bound(GX, GY, offs_i, mask_i, stride_g, g_scale, inv_tau, n_lo, n_hi, ROW
 
 @triton.jit
 def _bwd_tile(
-    acc, x, X, Y, offs_i, mask_i, n0, n_hi, diag, offs_d, mask_d, D, stride_xm, stride_xd,
-    stride_ym, stride_yd, r_x, l_x, g_x, QY, LY, GY, stride_g, g_col, k2, c2, out,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINGLE_CHUNK: tl.constexpr, EVEN_D: tl.constexpr, ONLINE: tl.constexpr,
-    ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, UPCAST: tl.constexpr,
-    DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
+    acc,
+    x,
+    X,
+    Y,
+    offs_i,
+    mask_i,
+    n0,
+    n_hi,
+    diag,
+    offs_d,
+    mask_d,
+    D,
+    stride_xm,
+    stride_xd,
+    stride_ym,
+    stride_yd,
+    r_x,
+    l_x,
+    g_x,
+    QY,
+    LY,
+    GY,
+    stride_g,
+    g_col,
+    k2,
+    c2,
+    out,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    ONLINE: tl.constexpr,
+    ROW_TERM: tl.constexpr,
+    COL_TERM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """acc += σP·Y over the key tile starting at n0 (single chunk), or read-modify-write of the
     program's rows of its slot per D chunk (chunked). MASKED: the self pair and keys ≥ n_hi."""
     # the tile's keys relative to n0 (int32; the int64 base n0 is added to the pointers once)
@@ -114,13 +173,42 @@ def _bwd_tile(
         s2 = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * k2
     else:
         s2 = _sim_tile(
-            X, Yn, offs_i, mask_i, rows_n, mask_n, D, stride_xm, stride_xd, stride_ym, stride_yd,
-            k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
-        )  # fmt: skip
+            X,
+            Yn,
+            offs_i,
+            mask_i,
+            rows_n,
+            mask_n,
+            D,
+            stride_xm,
+            stride_xd,
+            stride_ym,
+            stride_yd,
+            k2,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            UPCAST,
+            DOT_PREC,
+        )
     p = _bwd_p(
-        s2, r_x, l_x, g_x, QY + n0, LY + n0, GY + n0 * stride_g, rows_n, mask_n, stride_g, g_col,
-        c2, ONLINE, ROW_TERM, COL_TERM, MASKED,
-    )  # fmt: skip
+        s2,
+        r_x,
+        l_x,
+        g_x,
+        QY + n0,
+        LY + n0,
+        GY + n0 * stride_g,
+        rows_n,
+        mask_n,
+        stride_g,
+        g_col,
+        c2,
+        ONLINE,
+        ROW_TERM,
+        COL_TERM,
+        MASKED,
+    )
     if MASKED:
         # keep = not the self pair and a real key, in int32 on the (i − n) tile: row i meets key
         # n as itself iff i − n equals this tile's diagonal offset (clamped: any value outside
@@ -218,9 +306,20 @@ def ntxent_rows_bwd_kernel(
     n_lo = sid * per
     n_hi = tl.minimum(n_lo + per, MY)
     g_x, sigma = _p_bound(
-        GX, GY, offs_i, mask_i, stride_g, g_scale, inv_tau, n_lo, n_hi, ROW_TERM, COL_TERM,
-        G_UNIFORM, BLOCK_N,
-    )  # fmt: skip
+        GX,
+        GY,
+        offs_i,
+        mask_i,
+        stride_g,
+        g_scale,
+        inv_tau,
+        n_lo,
+        n_hi,
+        ROW_TERM,
+        COL_TERM,
+        G_UNIFORM,
+        BLOCK_N,
+    )
     g_col = g_scale * inv_tau * sigma
     l_x = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r_x = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -243,19 +342,87 @@ def ntxent_rows_bwd_kernel(
         for t in range(0, n_int):
             u = tl.where(t >= ua_f, t + (ub_f - ua_f), t)
             acc = _bwd_tile(
-                acc, x, X, Y, offs_i, mask_i, n_lo + u * BLOCK_N, n_hi, diag, offs_d, mask_d, D,
-                stride_xm, stride_xd, stride_ym, stride_yd, r_x, l_x, g_x, QY, LY, GY, stride_g,
-                g_col, k2, c2, out, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_CHUNK, EVEN_D, ONLINE,
-                ROW_TERM, COL_TERM, UPCAST, DOT_PREC, False,
-            )  # fmt: skip
+                acc,
+                x,
+                X,
+                Y,
+                offs_i,
+                mask_i,
+                n_lo + u * BLOCK_N,
+                n_hi,
+                diag,
+                offs_d,
+                mask_d,
+                D,
+                stride_xm,
+                stride_xd,
+                stride_ym,
+                stride_yd,
+                r_x,
+                l_x,
+                g_x,
+                QY,
+                LY,
+                GY,
+                stride_g,
+                g_col,
+                k2,
+                c2,
+                out,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                SINGLE_CHUNK,
+                EVEN_D,
+                ONLINE,
+                ROW_TERM,
+                COL_TERM,
+                UPCAST,
+                DOT_PREC,
+                False,
+            )
         for t in range(0, n_sp):
             u = tl.where(t < ub - ua, ua + t, u_rag)
             acc = _bwd_tile(
-                acc, x, X, Y, offs_i, mask_i, n_lo + u * BLOCK_N, n_hi, diag, offs_d, mask_d, D,
-                stride_xm, stride_xd, stride_ym, stride_yd, r_x, l_x, g_x, QY, LY, GY, stride_g,
-                g_col, k2, c2, out, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_CHUNK, EVEN_D, ONLINE,
-                ROW_TERM, COL_TERM, UPCAST, DOT_PREC, True,
-            )  # fmt: skip
+                acc,
+                x,
+                X,
+                Y,
+                offs_i,
+                mask_i,
+                n_lo + u * BLOCK_N,
+                n_hi,
+                diag,
+                offs_d,
+                mask_d,
+                D,
+                stride_xm,
+                stride_xd,
+                stride_ym,
+                stride_yd,
+                r_x,
+                l_x,
+                g_x,
+                QY,
+                LY,
+                GY,
+                stride_g,
+                g_col,
+                k2,
+                c2,
+                out,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                SINGLE_CHUNK,
+                EVEN_D,
+                ONLINE,
+                ROW_TERM,
+                COL_TERM,
+                UPCAST,
+                DOT_PREC,
+                True,
+            )
         tl.store(
             out + offs_i[:, None] * D + offs_d[None, :],
             acc * (1.0 / sigma),
@@ -264,11 +431,45 @@ def ntxent_rows_bwd_kernel(
     else:
         for n0 in range(n_lo, n_hi, BLOCK_N):
             acc = _bwd_tile(
-                acc, x, X, Y, offs_i, mask_i, n0, n_hi, diag, offs_d, mask_d, D, stride_xm,
-                stride_xd, stride_ym, stride_yd, r_x, l_x, g_x, QY, LY, GY, stride_g, g_col, k2,
-                c2, out, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_CHUNK, EVEN_D, ONLINE, ROW_TERM,
-                COL_TERM, UPCAST, DOT_PREC, True,
-            )  # fmt: skip
+                acc,
+                x,
+                X,
+                Y,
+                offs_i,
+                mask_i,
+                n0,
+                n_hi,
+                diag,
+                offs_d,
+                mask_d,
+                D,
+                stride_xm,
+                stride_xd,
+                stride_ym,
+                stride_yd,
+                r_x,
+                l_x,
+                g_x,
+                QY,
+                LY,
+                GY,
+                stride_g,
+                g_col,
+                k2,
+                c2,
+                out,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                SINGLE_CHUNK,
+                EVEN_D,
+                ONLINE,
+                ROW_TERM,
+                COL_TERM,
+                UPCAST,
+                DOT_PREC,
+                True,
+            )
         inv_sigma = 1.0 / sigma  # undo the scale on this program's rows of its slot
         for d0 in range(0, D, BLOCK_D):
             offs_dc = d0 + tl.arange(0, BLOCK_D)

@@ -14,7 +14,8 @@ z / eps — the same function as z / max(‖z‖, eps), without squaring z. Its 
 float64 before the fp32 arithmetic, so 1e300 rows are exact too.
 
 Positive term (views): with C_i = Σ_v ẑ_{v,i}, pos_a = ẑ_a·(C_i − ẑ_a) / (τ (V − 1)), and its
-gradient for upstream g: dẑ_b = (g_b C_i + G_i − 2 g_b ẑ_b) / (τ (V − 1)), G_i = Σ_v g_{v,i} ẑ_{v,i}.
+gradient for upstream g: dẑ_b = (g_b C_i + G_i − 2 g_b ẑ_b) / (τ (V − 1)), with
+G_i = Σ_v g_{v,i} ẑ_{v,i}.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def ntxent_prep_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Normalise every row, write ẑ, the positive term and zeroed column sums. Grid: cdiv(N, BLOCK_S)."""
+    """Normalise every row; write ẑ, the positive term and zeroed column sums.
+
+    Grid: cdiv(N, BLOCK_S).
+    """
     pid = tl.program_id(0).to(tl.int64)
     offs_s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
     mask_s = offs_s < N
@@ -83,12 +87,18 @@ def ntxent_prep_kernel(
         tl.store(TICKET, 0)
     c = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
     for v in tl.static_range(V):
-        zh, _, _, _ = _normalise(Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps)
+        zh, _, _, _ = _normalise(
+            Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps
+        )
         c += zh
     for v in tl.static_range(V):  # normalise again (cheaper than holding V tiles in registers)
-        zh, _, _, _ = _normalise(Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps)
+        zh, _, _, _ = _normalise(
+            Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps
+        )
         rows = v * N + offs_s
-        tl.store(ZK + rows[:, None] * D + offs_d[None, :], _round_to(zh, ZK.dtype.element_ty), mask=mask)
+        tl.store(
+            ZK + rows[:, None] * D + offs_d[None, :], _round_to(zh, ZK.dtype.element_ty), mask=mask
+        )
         pos = tl.sum(zh * (c - zh), axis=1) * (inv_tau / (V - 1))
         tl.store(POS + rows, pos, mask=mask_s)
         if ZERO_COL:
@@ -176,7 +186,10 @@ def ntxent_post_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """dz = normalisation backward of (Σ_s PART[s] − the positive term's gradient). Grid: cdiv(N, BLOCK_S)."""
+    """dz = normalisation backward of (Σ_s PART[s] − the positive term's gradient).
+
+    Grid: cdiv(N, BLOCK_S).
+    """
     pid = tl.program_id(0).to(tl.int64)
     offs_s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
     mask_s = offs_s < N
@@ -186,7 +199,9 @@ def ntxent_post_kernel(
     c = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
     gz = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
     for v in tl.static_range(V):
-        zh, _, _, _ = _normalise(Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps)
+        zh, _, _, _ = _normalise(
+            Z0, Z1, v, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps
+        )
         g = tl.load(G + (v * N + offs_s) * stride_g, mask=mask_s, other=0.0).to(tl.float32)
         c += zh
         gz += (g * g_scale)[:, None] * zh
@@ -199,7 +214,9 @@ def ntxent_post_kernel(
         g = tl.load(G + rows * stride_g, mask=mask_s, other=0.0).to(tl.float32) * g_scale
         dzh = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
         for sp in range(0, S):
-            dzh += tl.load(PART + (sp * m + rows)[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+            dzh += tl.load(
+                PART + (sp * m + rows)[:, None] * D + offs_d[None, :], mask=mask, other=0.0
+            )
         dzh -= (g[:, None] * (c - 2.0 * zh) + gz) * k
         radial = tl.sum(zh * dzh, axis=1)
         unit = (dzh - zh * radial[:, None]) / tl.where(big, nu, 1.0)[:, None]
