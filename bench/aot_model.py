@@ -240,10 +240,13 @@ HISTORY_KEYS = ("kernel", "dtype", "D", "BM", "BN", "warps", "stages")
 
 def _hot(r: dict[str, Any]) -> bool:
     return (
-        r.get("dtype") == "bf16" and r.get("D") == "D128" and "error" not in r
-        and not r.get("ONLINE", 0) and bool(r.get("ROW_TERM", 1) and r.get("COL_TERM", 1))
+        r.get("dtype") == "bf16"
+        and r.get("D") == "D128"
+        and "error" not in r
+        and not r.get("ONLINE", 0)
+        and bool(r.get("ROW_TERM", 1) and r.get("COL_TERM", 1))
         and r.get("kernel") in ("ntxent_sym_fwd_kernel", "ntxent_rows_bwd_kernel")
-    )  # fmt: skip
+    )
 
 
 def loop_summary(r: dict[str, Any]) -> dict[str, int]:
@@ -269,17 +272,22 @@ def baseline_summary(report: dict[str, Any], label: str) -> dict[str, Any]:
     return {"label": label, "triton": report.get("triton"), "rows": rows, "predicted_us": model}
 
 
-def history_md(baseline: dict[str, Any] | None, rows: list[dict[str, Any]],
-               models: list[dict[str, Any]]) -> str:  # fmt: skip
+def history_md(
+    baseline: dict[str, Any] | None, rows: list[dict[str, Any]], models: list[dict[str, Any]]
+) -> str:
     """The before → after section (empty without a baseline)."""
     if not baseline:
         return ""
-    lines = [f"## Before → after: the hot bf16 loops against {baseline['label']} "
-             f"(triton {baseline['triton']})", "",
-             "Per thread and tile of the interior loop (before: the only tile loop). int/select: "
-             "IMAD, IADD3, LEA, ISETP, SEL, LOP3, SHF, VIADD, PLOP3, I2F, F2I.", "",
-             "| kernel | BM×BN, warps×stages | instrs | MUFU | int/select | LDGSTS | SHFL+BAR |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"## Before → after: the hot bf16 loops against {baseline['label']} "
+        f"(triton {baseline['triton']})",
+        "",
+        "Per thread and tile of the interior loop (before: the only tile loop). int/select: "
+        "IMAD, IADD3, LEA, ISETP, SEL, LOP3, SHF, VIADD, PLOP3, I2F, F2I.",
+        "",
+        "| kernel | BM×BN, warps×stages | instrs | MUFU | int/select | LDGSTS | SHFL+BAR |",
+        "|---|---|---|---|---|---|---|",
+    ]
     old = {tuple(r[k] for k in HISTORY_KEYS): r for r in baseline["rows"]}
     for r in rows:
         if not _hot(r):
@@ -288,11 +296,16 @@ def history_md(baseline: dict[str, Any] | None, rows: list[dict[str, Any]],
         now = loop_summary(r)
         cells = [f"{before[c]} → {now[c]}" if before else f"— → {now[c]}" for c in now]
         bn = r.get("BN", r["BM"])
-        lines.append(f"| {r['kernel']} | {r['BM']}×{bn}, {r['warps']}×{r['stages']} | "
-                     + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(
+            f"| {r['kernel']} | {r['BM']}×{bn}, {r['warps']}×{r['stages']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     for mo in models:
         was = baseline["predicted_us"].get(mo["M"]) or baseline["predicted_us"].get(str(mo["M"]))
         if was and mo.get("predicted_us"):
-            lines.append(f"\nModel at M = {mo['M']}: {was:.1f} µs before (its model), "
-                         f"{mo['predicted_us']:.1f} µs now.")  # fmt: skip
+            lines.append(
+                f"\nModel at M = {mo['M']}: {was:.1f} µs before (its model), "
+                f"{mo['predicted_us']:.1f} µs now."
+            )
     return "\n".join(lines) + "\n"
