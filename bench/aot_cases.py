@@ -1,16 +1,14 @@
 """The configurations bench/aot_check.py compiles: every Triton kernel as its launchers call it.
-
 ``all_cases(full)``: ``full`` is the whole product the launchers can reach — every operand dtype
-(fp32, bf16, fp16) × every head-dim class (BLOCK_D 16 … 256 in one chunk, an uneven D whose
-loads keep a D mask, and the chunked path that serves D > 256) × every autotune config kept by
-the kernels' ``keep`` rule × every kernel variant, plus the fused views kernels (prep, finalize,
-post) and the augmentation kernels. The CI set (``_ci``) keeps, at D = 128 (where the targets are
+(fp32, bf16, fp16) × every head-dim class (BLOCK_D 16 … 256 in one chunk, an uneven D whose loads
+keep a D mask, and the chunked path that serves D > 256) × every autotune config kept by the
+kernels' ``keep`` rule × every kernel variant, plus the fused views kernels (prep, finalize, post)
+and the augmentation kernels. The CI set (``_ci``) keeps, at D = 128 (where the targets are
 stated), every kernel variant in bf16 with its first config, every bf16 config of the two hot
-kernels, and each kernel once in fp16 and fp32; for the other head-dim classes the forward and
-the backward in bf16 and fp16 (bf16 only for D ≤ 32, whose code is D = 64's with smaller tiles; fp32 only for the chunked
-path, its 3×TF32 kernels take ~20 s each to compile) and the online variants in bf16; the fused
-kernels in every input dtype at D = 128 and in bf16 at D = 2048.
-"""
+kernels, and each kernel once in fp16 and fp32; for the other head-dim classes the forward and the
+backward in bf16 and fp16 (bf16 only for D ≤ 32, whose code is D = 64's with smaller tiles; fp32
+only for the chunked path, its 3×TF32 kernels take ~20 s each to compile) and the online variants
+in bf16; the fused kernels in every input dtype at D = 128 and in bf16 at D = 2048."""
 
 from __future__ import annotations
 
