@@ -1,4 +1,5 @@
 """The configurations bench/aot_check.py compiles: every Triton kernel as its launchers call it.
+
 ``all_cases(full)``: ``full`` is the whole product the launchers can reach — every operand dtype
 (fp32, bf16, fp16) × every head-dim class (BLOCK_D 16 … 256 in one chunk, an uneven D whose loads
 keep a D mask, and the chunked path that serves D > 256) × every autotune config kept by the
