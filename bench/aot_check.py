@@ -376,6 +376,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stem", default="triton-sm90", help="file name stem of the report")
     p.add_argument("--limit", type=int, default=0, help="compile only the first N (debugging)")
     p.add_argument(
+        "--from-json", type=Path, help="write the Markdown report of this JSON again, no compiles"
+    )
+    p.add_argument(
         "--baseline",
         type=Path,
         help="an earlier report's JSON: adds a before → after section (kept by later runs)",
@@ -383,8 +386,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _render(path: Path) -> int:
+    """--from-json: the Markdown report again from a JSON report (model and sections recomputed)."""
+    from aot_model import history_md, model_md, predict
+
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    models = [predict(rows, m) for m in (8192, 65536)]
+    data["model"] = models
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    model = model_md(models, data) + "\n" + history_md(data.get("baseline"), rows, models)
+    path.with_suffix(".md").write_text(report_md(rows, data, model))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.from_json:
+        return _render(args.from_json)
     os.environ.pop("TRITON_INTERPRET", None)
     # triton 3.9's default (FP fusion on), stated so that it does not warn once per process
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
