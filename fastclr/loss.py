@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastclr.backends import Impl, Registry, native_impl, triton_impl
 from fastclr.distributed import all_gather_no_grad, gather_rows, rank, world_size
-from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
+from fastclr.reference import l2_normalize, ntxent_lse_reference, ntxent_reference, views_to_batch
 
 __all__ = ["NTXentLoss", "available_backends", "ntxent", "resolve_backend"]
 
@@ -298,10 +297,10 @@ def fused_rows(
     """
     work = torch.float64 if z.dtype == torch.float64 else torch.float32
     kdtype = z.dtype if z.dtype in (torch.float16, torch.bfloat16) else work
-    zhat = F.normalize(z.to(work), dim=1, eps=eps)
+    zhat = l2_normalize(z.to(work), eps)
     extra: list[Tensor] = []
     if negatives is not None:
-        extra.append(F.normalize(negatives.detach().to(work), dim=1, eps=eps))
+        extra.append(l2_normalize(negatives.detach().to(work), eps))
     if distributed:
         keys, offset = gather_rows(zhat)
         local = labels + rank() * (z.shape[0] // from_views) if from_views else labels
@@ -643,7 +642,7 @@ class NTXentLoss(nn.Module):
     def _enqueue(self, keys: Tensor) -> None:
         """Push the normalised rows of the last view (all ranks' under a gather); keep the newest
         ``memory_bank_size`` rows."""
-        keys = F.normalize(keys.detach().float(), dim=1, eps=self.eps)
+        keys = l2_normalize(keys.detach().float(), self.eps)
         if self.gather_distributed and world_size() > 1:
             keys = all_gather_no_grad(keys)
         k = self.memory_bank_size
