@@ -7,8 +7,9 @@ Rows: the batch has M = V·N rows; row ``v·N + i`` is view v of sample i, read 
 or ``Z1 + (v − 1)·view_stride`` (v ≥ 1), each view with strides (stride_m, stride_d). Sample i's
 class is its V rows, so the positive term is a sum over views, done per sample block here.
 
-Normalisation, exact for any finite input (also beyond fp32's square root): per row
-s = max_k |z_k|, u = z / s, ‖z‖ = s·‖u‖ (0 when s = 0), and ẑ = u / ‖u‖ when ‖z‖ ≥ eps, else
+Normalisation, exact for any finite input (also beyond fp32's square root): per row s is the
+power of two at or below max_k |z_k| (1 for a zero row; dividing by it is exact, as in
+fastclr.reference.l2_normalize), u = z / s, ‖z‖ = s·‖u‖, and ẑ = u / ‖u‖ when ‖z‖ ≥ eps, else
 z / eps — the same function as z / max(‖z‖, eps), without squaring z. Its backward, for
 ‖z‖ ≥ eps: dz = (dẑ − ẑ (ẑ·dẑ)) / ‖u‖ / s; else dz = dẑ / eps. float64 inputs are scaled in
 float64 before the fp32 arithmetic, so 1e300 rows are exact too.
@@ -46,8 +47,10 @@ def _normalise(Z0, Z1, v: tl.constexpr, offs_s, mask, offs_d, stride_m, stride_d
     )
     if x.dtype != tl.float64:
         x = x.to(tl.float32)
-    s = tl.max(tl.abs(x), axis=1)
-    u = x / tl.where(s > 0, s, 1.0)[:, None]
+    # s: a power of two at or below max_k |z_k| (dividing by it is exact; 1 for a zero row)
+    s = tl.exp2(tl.floor(tl.log2(tl.max(tl.abs(x), axis=1))))
+    s = tl.where((s > 0) & (s < float("inf")), s, 1.0)
+    u = x / s[:, None]
     nu = tl.sqrt(tl.sum(u * u, axis=1))
     big = (s * nu) >= eps  # ‖z‖ ≥ eps (s·‖u‖ may round to inf: still ≥ eps)
     zh = tl.where(big[:, None], u, x) / tl.where(big, nu, eps)[:, None]
