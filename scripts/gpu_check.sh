@@ -38,7 +38,7 @@ PY=${PY:-.venv/bin/python}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the package from this copy, never elsewhere
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
-RES=$ROOT/bench/results/gpu-check
+RES=${GPU_CHECK_RESULTS:-$ROOT/bench/results/gpu-check}  # where each step writes
 [ "$DRY" -eq 1 ] && RES=$(mktemp -d)  # a dry run leaves the tree as it was
 DEST=${OUT:-}
 mkdir -p "$RES"
@@ -80,7 +80,8 @@ log() { echo "$*" | tee -a "$RES/gpu-check.log"; }
 publish() {  # the results so far, into $OUT (3 files) — after every step
   [ -n "$DEST" ] || return 0
   cp "$RES/summary.md" "$RES/gpu-check.log" "$DEST/" 2>/dev/null
-  tar -czf "$DEST/results.tar.gz" -C "$ROOT/bench/results" gpu-check 2>/dev/null
+  tar -czf "$DEST/results.tar.gz" -C "$(dirname "$RES")" --transform "s,^$(basename "$RES"),gpu-check," \
+    "$(basename "$RES")" 2>/dev/null
 }
 
 dry_run() {

@@ -109,7 +109,7 @@ def test_gpu_check_runner_keeps_going_and_publishes_each_step(tmp_path: Path) ->
     budget are recorded, the step after them still runs, and $OUT holds the three files."""
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(OUT=str(out), GPU_CHECK_SELFTEST="1")
+    env.update(OUT=str(out), GPU_CHECK_SELFTEST="1", GPU_CHECK_RESULTS=str(tmp_path / "res"))
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
         env=env,
