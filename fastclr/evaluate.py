@@ -60,6 +60,7 @@ from fastclr.options import (
     option,
     progress_option,
 )
+from fastclr.reference import l2_normalize
 
 __all__ = [
     "EvalConfig",
@@ -124,8 +125,8 @@ def knn_accuracy(
         k = knn_k_for(train_labels)[0]
     k = min(k, len(train_features))
     n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    ftr = F.normalize(train_features.float(), dim=1)
-    fte = F.normalize(test_features.float(), dim=1)
+    ftr = l2_normalize(train_features.float())
+    fte = l2_normalize(test_features.float())
     rows = max(1, min(chunk, KNN_BLOCK_BYTES // (4 * len(ftr))))
     correct = 0
     for i in range(0, len(fte), rows):

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastclr.loss import _check_embeddings
+from fastclr.loss import check_embeddings
 
 
 def check_rows(name: str, t: Any) -> Tensor:
     """A 2-D floating tensor (rows, dim), or a clear error naming ``name``."""
-    return _check_embeddings(name, t)
+    return check_embeddings(name, t)
 
 
 def check_labels(

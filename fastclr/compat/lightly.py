@@ -51,11 +51,11 @@ from fastclr.compat._common import check_rows, full_precision, peer_dtype
 from fastclr.distributed import all_gather_no_grad, world_size
 from fastclr.loss import (
     BackendName,
-    _check_finite,
-    _check_temperature,
+    check_temperature,
     fused_rows,
     lse_all_keys,
     positive_mean,
+    require_finite,
     resolve_backend,
 )
 from fastclr.reference import l2_normalize, views_to_batch
@@ -140,7 +140,7 @@ class NTXentLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         size = (memory_bank_size,) if isinstance(memory_bank_size, int) else tuple(memory_bank_size)
         if (
             not 1 <= len(size) <= 2
@@ -175,8 +175,8 @@ class NTXentLoss(nn.Module):
                 f"{tuple(out1.shape)}"
             )
         if self.check_finite and not torch.compiler.is_compiling():
-            _check_finite(out0)
-            _check_finite(out1)
+            require_finite(out0)
+            require_finite(out1)
         out_dtype = peer_dtype("lightly", out0)
         name = resolve_backend(self.backend, out0.device, out0.dtype)
         if self.size[0] == 0:

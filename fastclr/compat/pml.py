@@ -56,11 +56,11 @@ from fastclr.compat._common import check_labels, check_rows, full_precision, pee
 from fastclr.loss import (
     BackendName,
     FusedRows,
-    _check_finite,
-    _check_temperature,
+    check_temperature,
     fused_rows,
     positive_mean,
     positive_pairs,
+    require_finite,
     resolve_backend,
     segment_logsumexp,
 )
@@ -100,13 +100,13 @@ def pml_ntxent(
     check_finite: bool = True,
 ) -> Tensor:
     """Functional form of :class:`NTXentLoss` (see the module docstring for the maths)."""
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     ready = _prepare("NTXentLoss", embeddings, labels)
     if ready is None:
         return _zero(embeddings)
     z, lab = ready
     if check_finite and not torch.compiler.is_compiling():
-        _check_finite(z)
+        require_finite(z)
     name = resolve_backend(backend, z.device, z.dtype)
     out_dtype = peer_dtype("pml_ntxent", z)
     with full_precision(z):
@@ -184,13 +184,13 @@ def pml_supcon(
     check_finite: bool = True,
 ) -> Tensor:
     """Functional form of :class:`SupConLoss` (SupCon's L_out, PML's zero-when-no-pair)."""
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     ready = _prepare("SupConLoss", embeddings, labels)
     if ready is None:
         return _zero(embeddings)
     z, lab = ready
     if check_finite and not torch.compiler.is_compiling():
-        _check_finite(z)
+        require_finite(z)
     name = resolve_backend(backend, z.device, z.dtype)
     out_dtype = peer_dtype("pml_supcon", z)
     with full_precision(z):
@@ -302,7 +302,7 @@ class _PMLLoss(_Base):
             self.reducer: Any = None
             self.embedding_regularizer = None
             self.embedding_reg_weight = kwargs.get("embedding_reg_weight", 1)
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         if _PML_INSTALLED:  # recorded as PML records its own losses' temperature
             record = cast(Any, self).add_to_recordable_attributes
             record(list_of_names=["temperature"], is_stat=False)

@@ -33,10 +33,10 @@ from fastclr.compat._common import check_labels, check_rows, full_precision, pee
 from fastclr.distributed import world_size
 from fastclr.loss import (
     BackendName,
-    _check_finite,
-    _check_temperature,
+    check_temperature,
     fused_rows,
     positive_lse,
+    require_finite,
     resolve_backend,
 )
 
@@ -66,13 +66,13 @@ def simclr_loss_func(
         >>> z1, z2 = torch.randn(8, 32), torch.randn(8, 32)
         >>> loss = simclr_loss_func(torch.cat([z1, z2]), torch.arange(8).repeat(2))
     """
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     z = check_rows("z", z)
     lab = check_labels("indexes", indexes, z.shape[0], z)
     if z.shape[0] < 2 and world_size() == 1:
         raise ValueError(f"z must have at least 2 rows, got {z.shape[0]}")
     if check_finite and not torch.compiler.is_compiling():
-        _check_finite(z)
+        require_finite(z)
     name = resolve_backend(backend, z.device, z.dtype)
     out_dtype = peer_dtype("solo", z)
     with full_precision(z):

@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from fastclr.compat._common import check_labels, full_precision, peer_dtype, reject
 from fastclr.loss import (
     BackendName,
-    _check_embeddings,
-    _check_finite,
-    _check_temperature,
-    _positive_logits_rect,
+    check_embeddings,
+    check_temperature,
     fused_rows,
+    positive_logits_rect,
+    require_finite,
     resolve_backend,
 )
 from fastclr.reference import supcontrast_reference
@@ -72,8 +72,8 @@ class SupConLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
-        self.base_temperature = _check_temperature(base_temperature)
+        self.temperature = check_temperature(temperature)
+        self.base_temperature = check_temperature(base_temperature)
         if contrast_mode not in ("all", "one"):
             raise ValueError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
         self.contrast_mode = contrast_mode
@@ -87,13 +87,13 @@ class SupConLoss(nn.Module):
             raise ValueError(f"features must be (bsz, n_views, ...), at least 3-D, got {shape}")
         bsz, n_views = features.shape[0], features.shape[1]
         flat = features.reshape(bsz, n_views, -1)
-        z = _check_embeddings("features", torch.cat(torch.unbind(flat, dim=1), dim=0))
+        z = check_embeddings("features", torch.cat(torch.unbind(flat, dim=1), dim=0))
         if labels is None:
             sample = torch.arange(bsz, device=z.device)
         else:
             sample = check_labels("labels", labels, bsz, z, any_shape=True)
         if check_finite_enabled(self.check_finite):
-            _check_finite(z)
+            require_finite(z)
         out_dtype = peer_dtype("supcontrast", z)
         name = resolve_backend(self.backend, z.device, z.dtype)
         with full_precision(z):
@@ -119,7 +119,7 @@ class SupConLoss(nn.Module):
         # fused_rows divides each row by max(‖row‖, eps); with eps = c above every norm, that is
         # z / c for every row, and s_ak = (f_a/c)·(f_k/c) / (τ/c²) = f_a·f_k / τ
         rows = fused_rows(z, row_labels, tau, name, divisor, n_anchors=n_anchors)
-        pos_mean, n_pos = _positive_logits_rect(rows.q, rows.keys, row_labels, 0, tau)
+        pos_mean, n_pos = positive_logits_rect(rows.q, rows.keys, row_labels, 0, tau)
         per_anchor = rows.lse.to(pos_mean.dtype) - pos_mean
         return torch.where(n_pos > 0, per_anchor, torch.zeros_like(per_anchor))
 
