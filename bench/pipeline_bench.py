@@ -325,8 +325,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Every measurement ``args`` asks for: the record and its Markdown report (written to
+    ``args.out`` unless ``args.no_save``)."""
     t_start = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -336,9 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "command": " ".join([_python(), *sys.argv]),
         "machine": pipeline_tables.machine(),
-        "settings": vars(args),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    record["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_folder(args.folder or Path(tmp) / "jpegs", args.images, say)
         say("checks before timing")
@@ -349,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
                 record["sizes"][str(size)] = run_size(size, width, batch, args, folder, say)
     record["seconds"] = time.perf_counter() - t_start
     lines = pipeline_tables.report(record)
-    print("\n".join(lines))
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = "pipeline-cpu" + (f"-threads{args.threads}" if args.threads else "")
@@ -358,19 +357,28 @@ def main(argv: list[str] | None = None) -> int:
         with (args.out / f"{stem}.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         say(f"wrote {args.out}/{stem}.md and {stem}.jsonl")
+    return record, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    record, lines = run(parse(argv))
+    print("\n".join(lines))
     return 1 if pipeline_tables.problems(record) else 0
 
 
-def section(quick: bool, no_save: bool) -> int:
-    """This benchmark as a section of bench/throughput.py (``--only pipeline``): runs it where
-    lightly and torchvision import (``.venv-peers``), else says why not and returns 0."""
+def section(quick: bool, no_save: bool) -> tuple[list[str], dict[str, Any], bool]:
+    """This benchmark as a section of bench/throughput.py (``--only pipeline``): (lines, record,
+    failed). Runs where lightly and torchvision import (``.venv-peers``), else one line why not."""
     try:
         import lightly  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError as e:
-        print(f"\n## Pipeline vs lightly: skipped ({e}; run it from .venv-peers: make bench-peers)")
-        return 0
-    return main([*(["--quick"] if quick else []), *(["--no-save"] if no_save else [])])
+        why = f"skipped ({e}; run it from .venv-peers: make bench-peers)"
+        return [why], {"skipped": why}, False
+    argv = [*(["--quick"] if quick else []), *(["--no-save"] if no_save else [])]
+    record, lines = run(parse(argv))
+    # the report's own title is the section's; its first line is dropped
+    return lines[1:], record, bool(pipeline_tables.problems(record))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 * ``fastclr``: fastclr's pretraining step as ``fastclr pretrain`` runs it on a folder: the
   streaming loader (workers decode the JPEGs and crop the views from the original image), the
-  native augmentation in the training process (``augment_views``), the channels-last model with
-  both views as one batch, the fused NT-Xent and LARS (``TrainingStep``).
+  native augmentation in the training process (``fastclr.train.views.augment_views``), the
+  channels-last model with both views as one batch, the fused NT-Xent and LARS
+  (``TrainingStep``).
 * ``fastclr-workers``: the same, with the views finished in the loader's workers: the loader is
   handed :class:`fastclr.augment.native_backend.WorkerViews`, which does crop, resize and the
   rest of the recipe in one native pass from the decoded image.
@@ -47,10 +48,9 @@ Step = Callable[[Any], Tensor]
 def _settings(size: int, precision: str = "fp32") -> tuple[str, Any]:
     """(stem, fastclr augmentation) of fastclr's recipe for ``size``-px views."""
     from fastclr.train.builders import build_augmentation
-    from fastclr.train.config import recipe_for_size
-    from fastclr.train.recipe import preset_for
+    from fastclr.train.recipe import preset_for, stem_for
 
-    stem = recipe_for_size(size)
+    stem = stem_for(size)[0]
     aug = build_augmentation(
         preset_for(size)[0], size, precision, "auto", SEED, torch.device("cpu")
     )
@@ -68,17 +68,27 @@ def _model(stem: str, width: float, contiguous: bool = False) -> torch.nn.Module
 # ------------------------------------------------------------------------------------- fastclr
 
 
+def views_of(aug: Any, batch: Any) -> tuple[Tensor, Tensor]:
+    """The step's two views of a streamed batch: as they come when the loader's workers finished
+    them (``finish_views``), else through training's view step (``augment_views``)."""
+    from fastclr.train.views import augment_views
+
+    if batch.views is not None and batch.views.dtype.is_floating_point:
+        return batch.views[0], batch.views[1]
+    return augment_views(aug, batch)
+
+
 def fastclr_pipeline(
     folder: str, size: int, width: float, batch: int, workers: int, in_workers: bool
 ) -> tuple[Iterator[Any], Step]:
     """(batches, step) of fastclr's pretraining on ``folder`` (module docstring)."""
     from fastclr.augment.native_backend import WorkerViews
     from fastclr.data import list_image_folder
-    from fastclr.data.stream import StreamingLoader, augment_views
+    from fastclr.data.stream import StreamingLoader
     from fastclr.loss import NTXentLoss
     from fastclr.optim import LARS, lars_param_groups, scaled_lr
-    from fastclr.train.loop import TrainingStep
     from fastclr.train.precision import make_scaler
+    from fastclr.train.step import TrainingStep
 
     stem, aug = _settings(size)
     listing = list_image_folder(folder)
@@ -99,8 +109,7 @@ def fastclr_pipeline(
     stepper = TrainingStep(model, loss, opt, make_scaler("fp32", cpu), "fp32", cpu)
 
     def step(b: Any) -> Tensor:
-        v1, v2 = augment_views(aug, b)
-        return stepper(v1, v2)
+        return stepper(*views_of(aug, b))
 
     return (b for e in count() for b in loader.epoch(e)), step
 
@@ -207,7 +216,7 @@ def _fastclr_data(files: list[str], size: int, aug: Any, fused: bool, sw: Stopwa
     from fastclr.augment.native_backend import WorkerViews, apply_native_sources
     from fastclr.augment.params import AugmentParams
     from fastclr.data.decode import decode_for_boxes
-    from fastclr.data.stream import ViewBatch, augment_views, draw_boxes
+    from fastclr.data.stream import ViewBatch, draw_boxes
 
     boxes = draw_boxes(sw.add("decode", lambda: _headers(files)), aug.config, 2, SEED, 0, 0, 0)
     decoded = [
@@ -217,7 +226,7 @@ def _fastclr_data(files: list[str], size: int, aug: Any, fused: bool, sw: Stopwa
     if not fused:
         views = sw.add("crop/resize", lambda: _crops(decoded, size))
         labels = torch.zeros(len(files), dtype=torch.int64)
-        v1, v2 = sw.add("augment", lambda: augment_views(aug, ViewBatch(labels, views)))
+        v1, v2 = sw.add("augment", lambda: views_of(aug, ViewBatch(labels, views)))
         return torch.stack([v1, v2])
     rgbs = [torch.from_numpy(d[0].copy()) for d in decoded]
     scales = [d[3] for d in decoded]

@@ -199,13 +199,13 @@ def fastclr_parts(
     from fastclr.loss import NTXentLoss
     from fastclr.optim import LARS, lars_param_groups, scaled_lr
     from fastclr.train.builders import build_augmentation, build_model
-    from fastclr.train.config import recipe_for_size
     from fastclr.train.precision import autocast
+    from fastclr.train.recipe import preset_for, stem_for
 
     torch.manual_seed(seed)
-    stem = recipe_for_size(size)
-    model = build_model(arch, stem, width).to(device)
-    aug = build_augmentation(stem, size, precision, "auto", seed, device)
+    stem = stem_for(size)[0]
+    model = build_model(arch, stem, width).to(device)  # type: ignore[arg-type]
+    aug = build_augmentation(preset_for(size)[0], size, precision, "auto", seed, device)
     g = torch.Generator(device=device).manual_seed(seed)
     images = torch.randint(
         0, 256, (batch, size, size, 3), generator=g, device=device, dtype=torch.uint8

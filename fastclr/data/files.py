@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,17 @@ __all__ = [
 #: Lower-case suffixes of the files every fastclr loader lists (PIL decodes all of them; DALI
 #: decodes all but GIF, which its loader checks and reports as skipped like any unreadable file).
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-)  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 #: Paths quoted by name in one warning before the rest are only counted.
 _SHOW = 5
 
@@ -84,6 +94,11 @@ class FileList:
     @property
     def nbytes(self) -> int:
         return int(self._buf.nbytes + self._offsets.nbytes)
+
+    def hash_into(self, h: Any) -> None:
+        """Feed the relative paths, in order, to the hash object ``h`` (``hashlib``)."""
+        h.update(self._offsets.tobytes())
+        h.update(self._buf.tobytes())
 
 
 @dataclass

@@ -22,16 +22,20 @@ from fastclr.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     check_spec,
+    first_non_finite,
     load_checkpoint,
     load_model_state,
     model_spec,
     save_checkpoint_atomic,
 )
+from fastclr.distributed import DistInfo, gather_objects
+from fastclr.errors import NonFiniteLossError
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
-from fastclr.train.distributed import DistInfo, gather_objects
+from fastclr.train.plan import RunPlan
 from fastclr.train.rng import capture_rng
+from fastclr.train.rundir import Manifest
 
 __all__ = ["CheckpointSaver", "Position", "TrainingState", "resume"]
 
@@ -63,13 +67,16 @@ class CheckpointSaver:
         self,
         out: Path,
         cfg: TrainConfig,
+        plan: RunPlan,
         ddp: DistInfo,
         device: torch.device,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        manifest: Manifest | None = None,
     ) -> None:
-        self.out, self.cfg, self.ddp, self.device = out, cfg, ddp, device
+        self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
         self.mean, self.std = mean, std
+        self.manifest = manifest if manifest is not None else Manifest(out, ddp.is_main)
 
     @property
     def path(self) -> Path:
@@ -79,56 +86,97 @@ class CheckpointSaver:
     def _all_rng(self, augment: Any) -> list[Any]:
         return gather_objects(capture_rng(augment, self.device), self.ddp)
 
+    def check_finite(self, state: TrainingState, step: int) -> dict[str, Any]:
+        """The model's state dict, or :class:`~fastclr.errors.NonFiniteLossError` when a weight
+        holds NaN or Inf (the same on every rank: DDP replicas are equal)."""
+        weights = state.model.state_dict()
+        bad = first_non_finite(weights)
+        if bad is not None:
+            kept = (
+                f"the last good checkpoint ({self.path}) was kept"
+                if self.path.exists()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"the weights became NaN or Inf ({bad}) by step {step}, after the last loss "
+                f"check; training stopped and {kept}"
+            )
+        return weights
+
     def save(self, state: TrainingState, at: Position) -> None:
-        """Gather every rank's RNG state; rank 0 writes the checkpoint atomically."""
+        """Check the weights are finite, gather every rank's RNG state; rank 0 writes the
+        checkpoint atomically.
+
+        Weights holding NaN or Inf (a step that diverged after the last loss check) raise
+        :class:`~fastclr.errors.NonFiniteLossError` on every rank (DDP replicas are equal), and
+        the previous checkpoint stays as it was.
+        """
+        weights = self.check_finite(state, at.global_step)
         all_rng = self._all_rng(state.augment)
         if not self.ddp.is_main:
             return
-        cfg = self.cfg
+        cfg, plan = self.cfg, self.plan
         payload = {
             "format": CHECKPOINT_FORMAT,
-            "model_spec": model_spec(cfg),
+            "model_spec": model_spec(plan.architecture(cfg)),
             "feature_dim": state.model.feature_dim,
-            "image_size": cfg.image_size,
+            "image_size": plan.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
             "config": dataclasses.asdict(cfg),
+            "plan": plan.to_dict(),
             "epoch": at.epoch,
             "step_in_epoch": at.step_in_epoch,
             "global_step": at.global_step,
-            "model": state.model.state_dict(),
+            "model": weights,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict(),
             "rng": all_rng,
             "world_size": self.ddp.world_size,
         }
+        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
         save_checkpoint_atomic(payload, self.path)
+
+
+def _follow_plan(
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    optimizer: torch.optim.Optimizer,
+    schedule: WarmupCosine,
+) -> None:
+    """Put ``schedule`` in place of the saved one and set the learning rate of the step about
+    to be taken from it (LambdaLR only sets it at its next ``step()``): a run extended with a
+    larger ``--epochs`` continues from where the longer cosine is, not at the old end's 0."""
+    scheduler.lr_lambdas[0] = schedule
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * schedule(scheduler.last_epoch)
 
 
 def resume(
     path: str | os.PathLike[str],
     cfg: TrainConfig,
+    plan: RunPlan,
     state: TrainingState,
     ddp: DistInfo,
-    schedule: WarmupCosine,
     checkpoint: dict[str, Any] | None = None,
 ) -> tuple[Position, dict[str, Any]]:
     """Load a checkpoint into ``state``; return its position and this rank's RNG state.
 
     The RNG state is returned rather than restored so that the caller restores it last, after
-    everything that may still draw random numbers during set-up. ``schedule`` replaces the saved
-    one: the schedule follows this run's ``epochs`` (a resumed run may be extended).
+    everything that may still draw random numbers during set-up. The schedule follows the plan
+    (a resumed run may be extended: ``epochs`` is then longer than the saved one's).
     ``checkpoint``: the file's contents when already read (and verified) by the caller.
     """
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
-    check_spec(ckpt["model_spec"], model_spec(cfg), path)
+    check_spec(ckpt["model_spec"], model_spec(plan.architecture(cfg)), path)
     load_model_state(state.model, ckpt["model"], f"checkpoint {path}")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
-    state.scheduler.lr_lambdas[0] = schedule
+    _follow_plan(state.scheduler, state.optimizer, plan.schedule())
     state.scaler.load_state_dict(ckpt["scaler"])
     at = Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]))
+    if at.step_in_epoch >= plan.steps_per_epoch:  # the data shrank: that epoch is over
+        at = Position(at.epoch + 1, 0, at.global_step)
     rngs = ckpt["rng"]
     if len(rngs) != ddp.world_size:
         warnings.warn(
