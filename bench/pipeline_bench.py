@@ -1,6 +1,6 @@
 """Head-to-head: fastclr's pretraining step against the pipeline users run today, and its limit.
 
-    make bench-peers                                        # both sizes, 3 rounds (~30 min)
+    make bench-peers                                        # both sizes, 3 rounds (40-75 min)
     .venv-peers/bin/python bench/pipeline_bench.py --sizes 64 --rounds 5
     .venv-peers/bin/python bench/pipeline_bench.py --quick  # smoke run: 48 files, 32 px
 
