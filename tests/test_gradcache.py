@@ -15,10 +15,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -628,3 +631,34 @@ def test_under_no_grad() -> None:
     with torch.no_grad(), pytest.raises(RuntimeError, match="gradients are disabled"):
         fastclr.contrastive_backward(model, _V, NTXentLoss(), chunk_size=2)
     assert all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark's GPU case, run small on CPU so that it cannot rot unseen
+
+
+def _bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "bench" / "gradcache_bench.py"
+    spec = importlib.util.spec_from_file_location("fastclr_bench_gradcache", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_cuda_case_runs_small_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cuda_case`` (what a GPU script calls) end to end with a tiny model on CPU, memory
+    measured in this process as on a GPU: check, sweep, timing, report."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "peak_mb", bench._measure_peak)
+    tiny = bench.Case("resnet18", "cifar", 1 / 16, 8, "bf16", "cpu")
+    result = bench.cuda_case(batch=16, chunk=4, fit_batches=(4, 8), rounds=1, case=tiny)
+    assert result["check_error_ratio"] <= 1.0
+    assert [r["batch"] for r in result["memory"]] == [4, 8, 16]
+    t = result["timing"]
+    assert t["largest"] == 16 and t["same"] in (8, 16)
+    assert all(0 < v < float("inf") for v in t["ms_per_image"].values())
+    est = bench.estimate_lines(bench.h200_estimate(4e6))
+    lines = bench.markdown(result, {"device": "cpu"}, "pytest") + est
+    assert any("ESTIMATE ON PAPER" in line for line in lines)
