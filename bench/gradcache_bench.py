@@ -13,8 +13,9 @@ reference's own error).
 - Memory: peak extra memory of one step (forward, loss, backward) over what the process holds
   before it (model, views). On CPU each configuration runs in a fresh process, from the peak
   resident set size (``VmHWM``); on CUDA from the caching allocator's peak.
-- Time: median over interleaved rounds (chunked, unchunked, chunked at the largest batch), so
-  drift on a shared machine hits both alike. Ratios are measured in one run.
+- Time: median over interleaved rounds, each configuration stepped on about the same number of
+  images per round; on CPU the process's CPU time (one thread: other jobs on a shared machine
+  stretch wall time, not the work), on CUDA wall time. Ratios are measured in one run.
 - "Fits unchunked": the budget is the chunked step's peak at the largest batch; the largest batch
   the unchunked step runs within that budget is where the two are compared.
 
@@ -25,6 +26,7 @@ The H200 section of the Markdown is an estimate on paper (:func:`h200_estimate`)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import shlex
@@ -237,14 +239,38 @@ def comparison_batches(rows: list[dict[str, Any]], chunk: int) -> tuple[int, int
 # time
 
 
-def _timed(fn: Callable[[], object], device: str) -> float:
+def _timed(fn: Callable[[], object], reps: int, device: str) -> tuple[float, float]:
+    """(wall s, process CPU s) of ``reps`` calls of ``fn``."""
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(reps):
+        fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def _first_pass(step: Step, chunk: int) -> Callable[[], object]:
+    """The chunked step's extra work alone: every chunk forwarded without a graph."""
+
+    def run() -> None:
+        n = step.views[0].shape[0]
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                x = torch.cat([v[start : start + chunk] for v in step.views])
+                amp = step.autocast()
+                with amp if amp is not None else contextlib.nullcontext():
+                    step.model(x)
+
+    return run
+
+
+def _loss_alone(step: Step, dim: int = 128) -> Callable[[], object]:
+    """The loss's forward and backward over every embedding of the batch (D = 128)."""
+    n = step.views[0].shape[0]
+    z = [torch.randn(n, dim, device=step.case.device, requires_grad=True) for _ in step.views]
+    return lambda: step.loss_fn(*z).backward()
 
 
 def time_ratios(
@@ -254,41 +280,64 @@ def time_ratios(
     rounds: int,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """ms per image, median of interleaved rounds, of the unchunked step at ``fit`` and ``same``
-    images and the chunked one at ``same`` and ``largest`` (``batches`` names the three).
+    """ms per image, interleaved rounds, of the unchunked step at ``fit`` and ``same`` images,
+    the chunked one at ``same`` and ``largest`` (``batches`` names the three), and the chunked
+    step's extra parts at ``largest``: the graph-free first pass and the loss.
 
-    ``overhead_same_batch`` = chunked / unchunked at ``same``: what gradient caching costs;
     ``largest_vs_fit`` = chunked at ``largest`` / unchunked at ``fit``: the price per image of the
-    large batch against the largest one that fits without chunks.
+    large batch against the largest batch that fits without chunks; ``overhead_same_batch`` =
+    chunked / unchunked at ``same``. Each is the median over rounds of that round's ratio (both
+    measured within minutes of each other), with the range. Each round runs every configuration
+    on about ``largest`` images (a smaller batch is stepped repeatedly). On CPU the times are the
+    process's CPU time (one thread: other jobs on a shared machine stretch wall time, not the
+    work done; wall times are recorded too); on CUDA wall time.
     """
     fit, same, largest = batches["fit"], batches["same"], batches["largest"]
-    wanted = {
-        "unchunked_fit": (fit, fit),
-        "unchunked_same": (same, same),
-        "chunked_same": (same, chunk),
-        "chunked_largest": (largest, chunk),
-    }
     steps = {b: make_step(case, b) for b in sorted({fit, same, largest})}
-    model = steps[fit].model
     for st in steps.values():
-        st.model = model  # one model: same weights, same library state
-    runs = sorted(set(wanted.values()))  # (batch, chunk) pairs, each timed once per round
-    for b, c in runs:  # warm-up: first-call set-up is not part of a step
-        steps[b](c)
-    times: dict[tuple[int, int], list[float]] = {run: [] for run in runs}
+        st.model = steps[fit].model  # one model: same weights, same library state
+    wanted = {
+        "unchunked_fit": ("step", fit, fit),
+        "unchunked_same": ("step", same, same),
+        "chunked_same": ("step", same, chunk),
+        "chunked_largest": ("step", largest, chunk),
+        "first_pass_largest": ("first pass", largest, chunk),
+        "loss_largest": ("loss", largest, 0),
+    }
+    calls: dict[tuple[str, int, int], Callable[[], object]] = {}
+    for kind, b, c in set(wanted.values()):
+        if kind == "step":
+            calls[(kind, b, c)] = functools.partial(steps[b], c)
+        elif kind == "first pass":
+            calls[(kind, b, c)] = _first_pass(steps[b], c)
+        else:
+            calls[(kind, b, c)] = _loss_alone(steps[b])
+    for fn in calls.values():  # warm-up: first-call set-up is not part of a step
+        fn()
+    clock = 0 if case.device == "cuda" else 1  # wall on CUDA, process CPU time on CPU
+    times: dict[tuple[str, int, int], list[tuple[float, float]]] = {k: [] for k in calls}
     for r in range(rounds):
         progress(f"time: round {r + 1}/{rounds}")
-        for b, c in runs:
-            times[(b, c)].append(_timed(functools.partial(steps[b], c), case.device) / b * 1e3)
-    ms = {name: statistics.median(times[run]) for name, run in wanted.items()}
+        for key, fn in sorted(calls.items()):
+            reps = max(1, largest // key[1])
+            wall, cpu = _timed(fn, reps, case.device)
+            times[key].append((wall / (reps * key[1]) * 1e3, cpu / (reps * key[1]) * 1e3))
+    per_round = {name: [t[clock] for t in times[key]] for name, key in wanted.items()}
+
+    def ratio(num: str, den: str) -> dict[str, float]:
+        rs = [a / b for a, b in zip(per_round[num], per_round[den], strict=True)]
+        return {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
+
     return {
         **batches,
         "chunk": chunk,
         "rounds": rounds,
-        "ms_per_image": ms,
-        "all_ms_per_image": {f"{b}/{c}": v for (b, c), v in times.items()},
-        "overhead_same_batch": ms["chunked_same"] / ms["unchunked_same"],
-        "largest_vs_fit": ms["chunked_largest"] / ms["unchunked_fit"],
+        "clock": "wall" if clock == 0 else "process CPU time",
+        "ms_per_image": {k: statistics.median(v) for k, v in per_round.items()},
+        "ms_per_image_per_round": per_round,
+        "all_wall_cpu": {"/".join(map(str, k)): v for k, v in times.items()},
+        "largest_vs_fit": ratio("chunked_largest", "unchunked_fit"),
+        "overhead_same_batch": ratio("chunked_same", "unchunked_same"),
     }
 
 
@@ -440,6 +489,22 @@ def _tag(case: Case) -> dict[str, Any]:
     return tag
 
 
+def _ratio_text(r: dict[str, float]) -> str:
+    return f"**{r['median']:.2f}×** ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def _parts_line(t: dict[str, Any]) -> str:
+    ms = t["ms_per_image"]
+    total = ms["unchunked_fit"] + ms["first_pass_largest"] + ms["loss_largest"]
+    return (
+        f"Where the chunked step's time at {t['largest']:,} goes, parts timed alone (ms / "
+        f"image): the unchunked step at {t['fit']:,} ({ms['unchunked_fit']:.2f}) + the "
+        f"graph-free first pass ({ms['first_pass_largest']:.2f}) + the loss over all "
+        f"{2 * t['largest']:,} embeddings ({ms['loss_largest']:.3f}) ≈ {total:.2f}; measured "
+        f"{ms['chunked_largest']:.2f}."
+    )
+
+
 def markdown(result: dict[str, Any], tag: dict[str, Any], command: str) -> list[str]:
     case = Case(**result["case"])
     t = result["timing"]
@@ -470,16 +535,18 @@ def markdown(result: dict[str, Any], tag: dict[str, Any], command: str) -> list[
         f"{result['budget_mb']:,.0f} MB: the largest batch the unchunked step runs within it is "
         f"{t['fit']:,}.",
         "",
-        f"## Time per image (median of {t['rounds']} interleaved rounds)",
+        f"## Time per image ({t['clock']}, median of {t['rounds']} interleaved rounds)",
         "",
-        "| step | batch | chunk | ms / image | ratio | against |",
+        "| step | batch | chunk | ms / image | ratio (median of rounds, range) | against |",
         "|---|---|---|---|---|---|",
         f"| unchunked | {t['fit']:,} | — | {ms['unchunked_fit']:.2f} | | |",
         f"| chunked | {t['largest']:,} | {t['chunk']:,} | {ms['chunked_largest']:.2f} | "
-        f"**{t['largest_vs_fit']:.2f}×** | unchunked at {t['fit']:,} (largest that fits) |",
+        f"{_ratio_text(t['largest_vs_fit'])} | unchunked at {t['fit']:,} (largest that fits) |",
         f"| unchunked | {t['same']:,} | — | {ms['unchunked_same']:.2f} | | |",
         f"| chunked | {t['same']:,} | {t['chunk']:,} | {ms['chunked_same']:.2f} | "
-        f"**{t['overhead_same_batch']:.2f}×** | unchunked at the same batch |",
+        f"{_ratio_text(t['overhead_same_batch'])} | unchunked at the same batch |",
+        "",
+        _parts_line(t),
         "",
         "Target: ≤ 1.4× (one extra forward; by FLOPs (1 + 1 + 2) / (1 + 2) = 1.33×).",
     ]
@@ -510,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sweep (batches 32-128, chunk 32)")
     p.add_argument("--cuda", action="store_true", help="the GPU case (ResNet-50 224² bf16)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: shared machine)")
     p.add_argument(
         "--max-unchunked-mb",

@@ -233,11 +233,16 @@ def _restore_buffers(saved: BufferState) -> None:
 
 def _rng_devices(model: nn.Module, views: list[Tensor]) -> list[torch.device]:
     """The CUDA devices whose generators the model may draw from (the inputs' and parameters')."""
-    devs = {views[0].device}
+    found = [views[0].device]
     p = next(model.parameters(), None)
     if p is not None:
-        devs.add(p.device)
-    return sorted((d for d in devs if d.type == "cuda"), key=lambda d: d.index or 0)
+        found.append(p.device)
+    index = {
+        d.index if d.index is not None else torch.cuda.current_device()
+        for d in found
+        if d.type == "cuda"
+    }
+    return [torch.device("cuda", i) for i in sorted(index)]
 
 
 RngState = tuple[Tensor, list[Tensor]]
