@@ -14,13 +14,34 @@ gradient exactly, in three steps:
 Memory is one chunk's activations plus O(M·D); the cost is one extra forward (about a third of a
 training step). :func:`contrastive_backward` is the public entry point.
 
-Layers that couple the rows of one forward (BatchNorm in train mode) see one chunk at a time, so
-the result is that of K data-parallel ranks without SyncBatchNorm each holding one chunk. To keep
-the two passes over a chunk identical, the first pass leaves no trace: every buffer of the model
-(BatchNorm running statistics, ``num_batches_tracked``) is restored after it, and the random-number
-state (CPU and the CUDA devices in use) is rewound to what it was before the chunk's first pass.
-:func:`contrastive_backward_reference` is the plain computation this equals (every chunk forwarded
-with its graph kept, one backward), for tests and benchmarks.
+Exact semantics of :func:`contrastive_backward`:
+
+- One chunk (``chunk_size >= N``) IS the unchunked step: one forward of ``cat(views)``, one
+  backward, bit for bit, with no extra forward.
+- Several chunks: the loss sees every embedding at once (all V·N rows as negatives), so its value
+  and the gradients equal those of the step whose forward is split into the same chunks, up to
+  floating-point rounding. For a model whose rows do not interact (GroupNorm, LayerNorm,
+  BatchNorm in eval mode) that is the unchunked step. BatchNorm in train mode normalises each
+  chunk by that chunk's statistics: what K data-parallel ranks without SyncBatchNorm compute when
+  each holds one chunk (with SyncBatchNorm under DDP, a chunk's statistics are over that chunk on
+  every rank). :func:`contrastive_backward_reference` is this computation done the plain way
+  (every chunk forwarded with its graph kept, one backward), for tests and benchmarks.
+- The first pass over a chunk leaves no trace: every buffer of the model is restored after it,
+  and the random-number state (CPU, and the CUDA devices of the inputs and parameters) is rewound
+  before the second pass, so both passes see the same statistics and the same dropout masks.
+  Running statistics after a step hold one momentum update per chunk, in chunk order (as K
+  consecutive steps of ``chunk_size`` samples would leave them), and ``num_batches_tracked``
+  grows by K. The random numbers drawn are those of the chunks in order, not those of one forward
+  of the whole batch; the state after the step is where that leaves it.
+- The loss is called once per step, on embeddings that require grad: a memory bank
+  (``NTXentLoss(memory_bank_size=K)``) is pushed exactly once, as in the unchunked step.
+- DDP: every chunk but the last runs under the model's ``no_sync()``, so parameter gradients are
+  all-reduced once per step; each rank chunks its own rows; a loss with
+  ``gather_distributed=True`` gathers the embeddings once per step. DDP's buffer broadcast (rank
+  0's buffers to every rank, at a step's first forward) happens once, before the first pass.
+  Every rank must make the same number of chunks.
+- A step that raises leaves the model's buffers as they were; if it raises during the second
+  pass, ``.grad`` may hold part of the step's gradient (zero it before retrying).
 """
 
 from __future__ import annotations
@@ -426,31 +447,8 @@ def contrastive_backward(
     graph and back-propagate its rows of dL/dz. Memory is one chunk's activations plus the
     (V·N, D) embeddings and their gradient; the cost is one extra forward.
 
-    Exact semantics:
-
-    - One chunk (``chunk_size >= N``): this IS the unchunked step — one forward of
-      ``cat(views)``, one backward, bit for bit, with no extra forward.
-    - Several chunks: the loss sees every embedding at once (all V·N rows as negatives), so its
-      value and the gradients equal those of the step whose forward is split into the same
-      chunks, up to floating-point rounding. For a model whose rows do not interact (GroupNorm,
-      LayerNorm, BatchNorm in eval mode) that is the unchunked step. BatchNorm in train mode
-      normalises each chunk by that chunk's statistics, which is what K data-parallel ranks
-      without SyncBatchNorm compute when each holds one chunk (with SyncBatchNorm under DDP, a
-      chunk's statistics are over that chunk on every rank).
-    - The first pass over a chunk leaves no trace: every buffer of ``model`` is restored after it,
-      and the random-number state (CPU and the CUDA devices of the inputs and parameters) is
-      rewound before the second pass, so both see the same statistics and the same dropout
-      masks. Running statistics after a step hold one momentum update per chunk, in chunk
-      order (as K consecutive steps of ``chunk_size`` samples would leave them), and
-      ``num_batches_tracked`` grows by K. The random numbers drawn are those of the chunks in
-      order, not those of one forward of the whole batch.
-    - The loss is called once per step, with embeddings that require grad: a memory bank
-      (``NTXentLoss(memory_bank_size=K)``) is pushed exactly once, as in the unchunked step.
-    - DDP: wrap ``model`` in DistributedDataParallel; every chunk but the last runs under
-      ``no_sync()``, so parameter gradients are all-reduced once per step, and each rank chunks
-      its own rows. Use a loss with ``gather_distributed=True`` to gather embeddings once per
-      step. DDP's buffer broadcast (rank 0's running statistics to every rank) still happens
-      once, at the start of the step. Every rank must make the same number of chunks.
+    Exact semantics (one chunk is the unchunked step bit for bit; BatchNorm, running
+    statistics, random numbers, memory banks, DDP): see the module docstring.
 
     Args:
         model: any ``nn.Module`` (DDP- and ``torch.compile``-wrapped ones included).

@@ -6,9 +6,8 @@
   in fp32 and under bf16 autocast; ragged chunks, 3 views, labels, hypothesis-drawn sizes, a
   GradScaler, a memory bank. Gradient accumulation fails the same comparison (positive control).
 - With BatchNorm (fastclr's ResNet) a chunk is normalised by its own statistics: the result is
-  that of K data-parallel ranks without SyncBatchNorm, each holding one chunk (2 gloo ranks, DDP,
-  the loss with ``gather_distributed=True``); the first pass changes no running statistic. Ranks
-  that chunk their own share all-reduce once per step and keep DDP's buffer broadcast.
+  every chunk forwarded with its graph kept, then one backward; the first pass changes no running
+  statistic. (Against K data-parallel ranks on gloo: ``test_gradcache_ddp.py``.)
 - Dropout draws the same masks in both passes of a chunk; the random-number state ends where the
   chunks forwarded once would leave it.
 - ``chunk_size >= N`` is the unchunked step bit for bit; bad input is one message naming the
@@ -20,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -30,8 +27,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -369,159 +364,6 @@ def test_dropout_masks_agree_between_passes(device: str) -> None:
     torch.testing.assert_close(got, want)
     assert torch.equal(got_rng, want_rng)
     assert not all(torch.allclose(a, b) for a, b in zip(other, want, strict=True))
-
-
-# --------------------------------------------------------------------------------------------
-# against K data-parallel ranks (gloo, DDP without SyncBatchNorm), each holding one chunk
-
-WORLD = 2
-PER_RANK = 4  # samples per rank; the single process chunks the 8 samples by 4 (or by 2)
-BN_MOMENTUM = 0.1  # torch's BatchNorm default, which fastclr's ResNet keeps
-
-
-def _global_views(seed: int) -> list[Tensor]:
-    return _views(WORLD * PER_RANK, seed=seed, side=8)
-
-
-def _shard(views: list[Tensor], rank: int) -> list[Tensor]:
-    return [v[rank * PER_RANK : (rank + 1) * PER_RANK] for v in views]
-
-
-def _ddp(counter: list[int]) -> nn.parallel.DistributedDataParallel:
-    """fastclr's ResNet in DDP (no SyncBatchNorm), counting its all-reduce calls."""
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    model = nn.parallel.DistributedDataParallel(_resnet())
-
-    def hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations
-        counter[0] += 1
-        return allreduce_hook(state, bucket)
-
-    model.register_comm_hook(None, hook)
-    return model
-
-
-def _snapshot(model: nn.Module, loss: Tensor, calls: list[int]) -> dict[str, Any]:
-    return {
-        "loss": loss,
-        "grads": _grads(model),
-        "buffers": [b.clone() for b in model.buffers()],
-        "allreduces": calls[0],
-    }
-
-
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        mine = _shard(_global_views(1), rank)
-        out: dict[str, Any] = {}
-        # one chunk per rank: the plain DDP step, embeddings gathered by the loss
-        calls = [0]
-        plain = _ddp(calls)
-        loss = _plain_step(plain, mine, NTXentLoss(gather_distributed=True))
-        out["plain"] = _snapshot(plain.module, loss, calls)
-        # each rank chunks its own share in two: no_sync, one all-reduce per step
-        calls = [0]
-        chunked = _ddp(calls)
-        loss_fn = NTXentLoss(gather_distributed=True)
-        loss = fastclr.contrastive_backward(chunked, mine, loss_fn, chunk_size=PER_RANK // 2)
-        out["chunked"] = _snapshot(chunked.module, loss, calls)
-        # a second step starts from rank 0's running statistics (DDP's buffer broadcast)
-        chunked.zero_grad(set_to_none=True)
-        step2 = _shard(_global_views(2), rank)
-        loss = fastclr.contrastive_backward(chunked, step2, loss_fn, chunk_size=PER_RANK // 2)
-        out["step2"] = _snapshot(chunked.module, loss, calls)
-        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def ddp_ranks(free_port: Callable[[], int]) -> list[dict[str, Any]]:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
-        return [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
-
-
-def _references(chunk: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Gradients of the chunks-with-graphs computation on the global batch: float64, float32."""
-    views = _global_views(1)
-    m64, m32 = _resnet().double(), _resnet()
-    contrastive_backward_reference(
-        m64,
-        [v.double() for v in views],
-        NTXentLoss(),
-        chunk_size=chunk,
-        embed=_embed(torch.float64),
-    )
-    contrastive_backward_reference(m32, views, NTXentLoss(), chunk_size=chunk)
-    return _grads(m64), _grads(m32)
-
-
-def test_equals_ranks_each_holding_one_chunk(ddp_ranks: list[dict[str, Any]]) -> None:
-    """One process, chunks of PER_RANK samples == WORLD DDP ranks without SyncBatchNorm each
-    holding one (loss with gather_distributed=True): loss, gradients (DDP's average), and the
-    running statistics, which hold the ranks' updates one after the other."""
-    ranks = [r["plain"] for r in ddp_ranks]
-    model = _resnet()
-    initial = [b.clone() for b in model.buffers()]
-    loss = fastclr.contrastive_backward(model, _global_views(1), NTXentLoss(), chunk_size=PER_RANK)
-    ref64, ref32 = _references(PER_RANK)
-    ddp_grads = ranks[0]["grads"]
-    assert all(torch.equal(a, b) for a, b in zip(ddp_grads, ranks[1]["grads"], strict=True))
-    # DDP agrees with the exact value as well as fp32 can, and the chunked step as well as DDP
-    assert_close_to_reference(ddp_grads, ref64, ref32, name="DDP ranks vs fp64")
-    assert_close_to_reference(_grads(model), ref64, ddp_grads, name="chunked vs fp64")
-    torch.testing.assert_close(loss, torch.stack([r["loss"] for r in ranks]).mean())
-    # rank r updated r0 with its chunk once: R_r = (1-m)·r0 + m·s_r. One process, K = 2 updates
-    # in chunk order: (1-m)·R_0 + m·s_1 = (1-m)·R_0 + R_1 − (1-m)·r0.
-    keep = 1 - BN_MOMENTUM
-    for got, r0, b0, b1 in zip(
-        model.buffers(), initial, ranks[0]["buffers"], ranks[1]["buffers"], strict=True
-    ):
-        if got.dtype == torch.long:  # num_batches_tracked: one per chunk, one per rank
-            assert (int(got - r0), int(b0 - r0), int(b1 - r0)) == (WORLD, 1, 1)
-        else:
-            torch.testing.assert_close(got, keep * b0 + b1 - keep * r0)
-
-
-def test_ddp_ranks_chunking_their_share(ddp_ranks: list[dict[str, Any]]) -> None:
-    """Under DDP each rank chunks its own rows (2 chunks per rank): the gradients are those of
-    the 4 chunks in one process, with one all-reduce per step, as many as the unchunked step."""
-    ranks = [r["chunked"] for r in ddp_ranks]
-    ref64, ref32 = _references(PER_RANK // 2)
-    assert_close_to_reference(ranks[0]["grads"], ref64, ref32, name="DDP + chunks vs fp64")
-    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"], strict=True))
-    model = _resnet()
-    want = fastclr.contrastive_backward(
-        model, _global_views(1), NTXentLoss(), chunk_size=PER_RANK // 2
-    )
-    torch.testing.assert_close(torch.stack([r["loss"] for r in ranks]).mean(), want)
-    plain_calls = ddp_ranks[0]["plain"]["allreduces"]
-    assert plain_calls >= 1
-    assert [r["allreduces"] for r in ranks] == [plain_calls] * WORLD
-
-
-def test_ddp_buffer_broadcast_kept(ddp_ranks: list[dict[str, Any]]) -> None:
-    """DDP copies rank 0's buffers to every rank at a step's start; the chunked step keeps that:
-    after step 2, rank 1 holds rank 0's statistics after step 1 updated by its own two chunks."""
-    r0_step1 = ddp_ranks[0]["chunked"]["buffers"]
-    r1_step1, r1_step2 = ddp_ranks[1]["chunked"]["buffers"], ddp_ranks[1]["step2"]["buffers"]
-    assert not all(torch.equal(a, b) for a, b in zip(r0_step1, r1_step1, strict=True))
-    model = _resnet()
-    with torch.no_grad():
-        for b, want in zip(model.buffers(), r0_step1, strict=True):
-            b.copy_(want)
-        v1, v2 = _shard(_global_views(2), 1)
-        for start in range(0, PER_RANK, PER_RANK // 2):
-            model(torch.cat([v1[start : start + 2], v2[start : start + 2]]))
-    for got, want in zip(r1_step2, model.buffers(), strict=True):
-        torch.testing.assert_close(got, want)
 
 
 # --------------------------------------------------------------------------------------------
