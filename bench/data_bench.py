@@ -73,13 +73,25 @@ def _loader(spec: dict[str, Any]) -> Any:
     if spec["loader"] == "dali":
         from fastclr.data.dali import DaliLoader
 
-        return DaliLoader(listing.files, listing.labels, crop, spec["batch"],
-                          num_threads=spec["workers"], device=spec["device"])  # fmt: skip
+        return DaliLoader(
+            listing.files,
+            listing.labels,
+            crop,
+            spec["batch"],
+            num_threads=spec["workers"],
+            device=spec["device"],
+        )
     from fastclr.data.stream import StreamingLoader
 
     pin = spec["device"] == "cuda"
-    return StreamingLoader(listing.files, listing.labels, crop, spec["batch"],
-                           num_workers=spec["workers"], pin_memory=pin)  # fmt: skip
+    return StreamingLoader(
+        listing.files,
+        listing.labels,
+        crop,
+        spec["batch"],
+        num_workers=spec["workers"],
+        pin_memory=pin,
+    )
 
 
 def _child_loader(spec: dict[str, Any]) -> dict[str, Any]:
@@ -105,13 +117,13 @@ def _model_step(spec: dict[str, Any]) -> tuple[Callable[..., Any], Any]:
     from fastclr.loss import NTXentLoss
     from fastclr.optim import LARS, lars_param_groups, scaled_lr
     from fastclr.train.builders import build_augmentation, build_model
-    from fastclr.train.config import recipe_for_size
     from fastclr.train.loop import TrainingStep
     from fastclr.train.precision import make_scaler, resolve_precision
+    from fastclr.train.recipe import stem_for
 
     dev = torch.device(spec["device"])
     prec = resolve_precision("auto", dev)
-    stem = recipe_for_size(spec["size"])
+    stem = stem_for(spec["size"])[0]
     model = build_model(spec["arch"], stem, spec["width"]).to(dev)
     aug = build_augmentation(stem, spec["size"], prec, "auto", 0, dev)
     opt = LARS(lars_param_groups(model), lr=scaled_lr(spec["batch"]))
@@ -130,8 +142,10 @@ def _child_model(spec: dict[str, Any]) -> dict[str, Any]:
         step(v1, v2)
     if spec["device"] == "cuda":
         torch.cuda.synchronize()
-    return {"images_per_s": spec["steps"] * b / (time.perf_counter() - t0),
-            "peak_rss_mb": _peak_mb()}  # fmt: skip
+    return {
+        "images_per_s": spec["steps"] * b / (time.perf_counter() - t0),
+        "peak_rss_mb": _peak_mb(),
+    }
 
 
 def _child_e2e(spec: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +171,13 @@ def _child_e2e(spec: dict[str, Any]) -> dict[str, Any]:
             step(*augment_views(aug, next(batches)))
         rates["files"].append(per_round * b / (time.perf_counter() - t0))
     model, files = (statistics.median(rates[k]) for k in ("model", "files"))
-    return {"model_images_per_s": model, "files_images_per_s": files, "ratio": files / model,
-            "round_rates": rates, "peak_rss_mb": _peak_mb()}  # fmt: skip
+    return {
+        "model_images_per_s": model,
+        "files_images_per_s": files,
+        "ratio": files / model,
+        "round_rates": rates,
+        "peak_rss_mb": _peak_mb(),
+    }
 
 
 def _in_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -253,14 +272,29 @@ def run(device: torch.device, quick: bool, progress: Callable[[str], None]) -> d
             out["rows"].append({"name": "DALI nvJPEG on GPU", **_in_child("loader", spec)})
         model = {**CPU_MODEL} if dev == "cpu" else {"arch": "resnet50", "width": 1.0}
         progress(f"data: model-only step at {big} px")
-        mspec = {**model, "size": big, "batch": batch if dev == "cpu" else 256,
-                 "steps": 1 if quick else 2, "device": dev}  # fmt: skip
-        out["model"] = {"name": f"{model['arch']} width {model['width']}", **mspec,
-                        **_in_child("model", mspec)}  # fmt: skip
+        mspec = {
+            **model,
+            "size": big,
+            "batch": batch if dev == "cpu" else 256,
+            "steps": 1 if quick else 2,
+            "device": dev,
+        }
+        out["model"] = {
+            "name": f"{model['arch']} width {model['width']}",
+            **mspec,
+            **_in_child("model", mspec),
+        }
         progress("data: end to end from files at 64 px vs model-only (2 workers)")
-        espec = {**CPU_MODEL, "folder": str(folder), "size": 64, "workers": 2,
-                 "batch": 16 if quick else 32, "steps": 1 if quick else 2,
-                 "rounds": 1 if quick else 3, "device": dev}  # fmt: skip
+        espec = {
+            **CPU_MODEL,
+            "folder": str(folder),
+            "size": 64,
+            "workers": 2,
+            "batch": 16 if quick else 32,
+            "steps": 1 if quick else 2,
+            "rounds": 1 if quick else 3,
+            "device": dev,
+        }
         out["e2e"] = {**espec, **_in_child("e2e", espec)}
     failed = [r for r in [*out["rows"], out["model"], out["e2e"]] if r.get("status") != "ok"]
     out["status"] = "ok" if not failed else f"error: {failed[0].get('status')}"

@@ -129,6 +129,47 @@ def _check(
     return f"first {ROWS_CHECKED} anchors error/bound {ratio:.2g}"
 
 
+def _measure(
+    row: LossRow, fn: LossFn, a: torch.Tensor, b: torch.Tensor, device: torch.device, reps: int
+) -> None:
+    """Peak extra memory (which doubles as the warm-up), forward and forward+backward times."""
+    x = a.detach().clone().requires_grad_()
+    y = b.detach().clone().requires_grad_()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn(x, y)
+
+    def fwdbwd() -> None:
+        x.grad = None
+        y.grad = None
+        fn(x, y).backward()
+
+    row.mem_mb = peak_extra_mb(fwdbwd, device)
+    row.fwd_ms = time_fn(fwd, device, warmup=0, reps=reps).ms
+    row.fwdbwd_ms = time_fn(fwdbwd, device, warmup=0, reps=reps).ms
+    row.bwd_ms = max(0.0, row.fwdbwd_ms - row.fwd_ms)
+    if device.type == "cuda":
+        flops, _, limit_ms = ntxent_work(row.m, row.d, torch.cuda.get_device_name(device))
+        row.tflops = flops / (row.fwdbwd_ms * 1e-3) / 1e12
+        if limit_ms is not None:
+            row.extra["fraction_of_limit"] = limit_ms / row.fwdbwd_ms
+
+
+def _relative_to_reference(rows: list[LossRow]) -> None:
+    """Speed-up and memory ratio of each measured row of one size against the reference's."""
+    ref = next((r for r in rows if r.impl == "reference"), None)
+    if ref is None or ref.status != "ok":
+        return
+    for row in rows:
+        if row.status != "ok":
+            continue
+        if row.fwdbwd_ms and ref.fwdbwd_ms:
+            row.speedup = ref.fwdbwd_ms / row.fwdbwd_ms
+        if row.mem_mb is not None and ref.mem_mb:
+            row.mem_ratio = row.mem_mb / ref.mem_mb
+
+
 def run(
     device: torch.device,
     dtype: torch.dtype,
@@ -178,38 +219,10 @@ def run(
             except (RuntimeError, MemoryError) as exc:  # allocation failure
                 row.status = "OOM" if "memory" in str(exc).lower() else f"error: {exc}"[:80]
                 continue
-            x = a.detach().clone().requires_grad_()
-            y = b.detach().clone().requires_grad_()
-
-            def fwd(fn: LossFn = fn, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
-                with torch.no_grad():
-                    fn(x, y)
-
-            def fwdbwd(fn: LossFn = fn, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
-                x.grad = None
-                y.grad = None
-                fn(x, y).backward()
-
-            mem = peak_extra_mb(fwdbwd, device)  # doubles as the warm-up run
-            row.mem_mb = mem
-            if mem is not None:
-                per_impl_mem[name] = (m, mem)
-            row.fwd_ms = time_fn(fwd, device, warmup=0, reps=reps).ms
-            row.fwdbwd_ms = time_fn(fwdbwd, device, warmup=0, reps=reps).ms
-            row.bwd_ms = max(0.0, row.fwdbwd_ms - row.fwd_ms)
-            if device.type == "cuda":
-                flops, _, limit_ms = ntxent_work(m, d, torch.cuda.get_device_name(device))
-                row.tflops = flops / (row.fwdbwd_ms * 1e-3) / 1e12
-                if limit_ms is not None:
-                    row.extra["fraction_of_limit"] = limit_ms / row.fwdbwd_ms
-        ref = next((r for r in rows if r.impl == "reference" and r.m == m), None)
-        for row in rows:
-            if row.m != m or ref is None or row.status != "ok" or ref.status != "ok":
-                continue
-            if row.fwdbwd_ms and ref.fwdbwd_ms:
-                row.speedup = ref.fwdbwd_ms / row.fwdbwd_ms
-            if row.mem_mb is not None and ref.mem_mb:
-                row.mem_ratio = row.mem_mb / ref.mem_mb
+            _measure(row, fn, a, b, device, reps)
+            if row.mem_mb is not None:
+                per_impl_mem[name] = (m, row.mem_mb)
+        _relative_to_reference([r for r in rows if r.m == m])
     return rows
 
 

@@ -18,7 +18,8 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +124,134 @@ def plot_loss(rows: list[loss_bench.LossRow], path: Path, title: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Context:
+    """What every section of a run shares: the options, the device and the progress line."""
+
+    args: argparse.Namespace
+    device: torch.device
+    tag: dict[str, Any]
+    progress: Callable[[str], None]
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class Section:
+    """One section's result: its table, what goes into the JSON record, and whether a row's
+    check against the reference failed."""
+
+    title: str
+    lines: list[str]
+    record: Any
+    failed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def loss_section(ctx: Context) -> Section:
+    quick = ctx.args.quick
+    if ctx.gpu:
+        dtype, d, reps = torch.bfloat16, 128, 20
+        sizes = [4096, 8192, 16384] if quick else [4096, 8192, 16384, 32768, 65536, 131072]
+    else:
+        dtype, d, reps = torch.float32, 128, 5
+        sizes = [512, 2048] if quick else [512, 2048, 8192, 32768, 65536]
+    peer_max = sizes[0] if quick else None
+    rows = loss_bench.run(ctx.device, dtype, sizes, d, reps, ctx.progress, peer_max_m=peer_max)
+    matmul = {m: loss_bench.matmul_ms(ctx.device, dtype, m, d) for m in sizes if m <= 16384}
+    title = f"NT-Xent forward+backward, D = {d}, {str(dtype).replace('torch.', '')}"
+    if not ctx.args.no_save:
+        ctx.args.out.mkdir(parents=True, exist_ok=True)
+        stem = f"{ctx.device.type}{'-quick' if quick else ''}"
+        plot_loss(rows, ctx.args.out / f"loss-{stem}.png", f"{title} — {ctx.tag['device']}")
+    return Section(
+        title,
+        loss_table(rows, matmul, gpu=ctx.gpu),
+        {"rows": [asdict(r) for r in rows], "matmul_ms": matmul, "dtype": str(dtype)},
+        any(r.status.startswith(("CHECK FAILED", "error")) for r in rows),
+        [
+            "× matmul: time as a multiple of one M×M×D matmul of the same dtype here "
+            "(the fused algorithm's floor is about 2)."
+        ],
+    )
+
+
+def compat_section(ctx: Context) -> Section:
+    dtype = torch.bfloat16 if ctx.gpu else torch.float32
+    rows = compat_bench.run(ctx.device, dtype, ctx.args.quick, ctx.progress)
+    return Section(
+        f"Switching from a peer: its loss vs fastclr.compat, D = 128, {dtype}",
+        compat_bench.table(rows),
+        {"rows": [asdict(r) for r in rows]},
+        any(r.status.startswith("CHECK FAILED") for r in rows),
+    )
+
+
+def augment_section(ctx: Context) -> Section:
+    reps = 3 if ctx.args.quick else 5
+    rows = augment_bench.run(ctx.device, ctx.args.quick, reps=reps, progress=ctx.progress)
+    return Section(
+        "Augmentation: two SimCLR views per image",
+        augment_bench.table(rows, gpu=ctx.gpu),
+        {"rows": [asdict(r) for r in rows]},
+        any(r.status.startswith("CHECK FAILED") for r in rows),
+    )
+
+
+def train_section(ctx: Context) -> Section:
+    res = train_bench.run(ctx.device, ctx.args.quick, ctx.progress)
+    return Section(
+        "End to end: pretraining step vs model-only step",
+        train_bench.table(res),
+        res,
+        str(res.get("status", "")).startswith("CHECK FAILED"),
+    )
+
+
+def data_section(ctx: Context) -> Section:
+    res = data_bench.run(ctx.device, ctx.args.quick, ctx.progress)
+    return Section(
+        "Data: loaders from JPEG files vs the model step",
+        data_bench.table(res),
+        res,
+        str(res.get("status", "")).startswith(("CHECK FAILED", "error")),
+    )
+
+
+#: The sections, in the order a full run makes them (``--only NAME`` picks some).
+SECTIONS: dict[str, Callable[[Context], Section]] = {
+    "loss": loss_section,
+    "compat": compat_section,
+    "augment": augment_section,
+    "train": train_section,
+    "data": data_section,
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for CI (< 1 minute)")
-    p.add_argument(
-        "--only", choices=["loss", "compat", "augment", "train", "data"], action="append"
-    )
+    p.add_argument("--only", choices=list(SECTIONS), action="append")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON/Markdown/PNG")
     p.add_argument("--no-save", action="store_true", help="print only, write no files")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _save(args: argparse.Namespace, device: torch.device, md: list[str], record: Any) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{device.type}{'-quick' if args.quick else ''}"
+    (args.out / f"throughput-{stem}.md").write_text("\n".join(md) + "\n")
+    history = args.out / f"throughput-{stem}.jsonl"
+    with history.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"wrote {args.out}/throughput-{stem}.md, {history.name} and plots")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
         # Peak-memory figures on CPU come from the process's resident set. glibc keeps freed
@@ -140,14 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         # of small implementations; a fixed threshold makes every large block its own mapping.
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    sections = args.only or ["loss", "compat", "augment", "train", "data"]
     tag = machine_tag(device)
     print(
         f"fastclr benchmark on {tag['device']} ({device.type}, {tag['threads']} threads), "
         f"torch {tag['torch']}, triton {tag['triton']}"
     )
     print(f"loss backends here: {', '.join(fastclr.available_backends())}")
-
     record: dict[str, Any] = {"machine": tag, "quick": args.quick, "sections": {}}
     md: list[str] = [f"# fastclr benchmark — {tag['device']}", "", f"`{json.dumps(tag)}`", ""]
     t_start = time.perf_counter()
@@ -157,93 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         def progress(msg: str) -> None:
             bar.set_description_str(f"[{time.perf_counter() - t_start:5.0f}s] {msg}")
 
-        if "loss" in sections:
-            if device.type == "cuda":
-                dtype, d, reps = torch.bfloat16, 128, 20
-                sizes = (
-                    [4096, 8192, 16384] if args.quick else [4096, 8192, 16384, 32768, 65536, 131072]
-                )
-            else:
-                dtype, d, reps = torch.float32, 128, 5
-                sizes = [512, 2048] if args.quick else [512, 2048, 8192, 32768, 65536]
-            rows = loss_bench.run(
-                device, dtype, sizes, d, reps, progress, peer_max_m=sizes[0] if args.quick else None
-            )
-            matmul = {m: loss_bench.matmul_ms(device, dtype, m, d) for m in sizes if m <= 16384}
-            failed |= any(r.status.startswith(("CHECK FAILED", "error")) for r in rows)
-            lines = loss_table(rows, matmul, gpu=device.type == "cuda")
-            title = f"NT-Xent forward+backward, D = {d}, {str(dtype).replace('torch.', '')}"
+        ctx = Context(args, device, tag, progress)
+        for name in args.only or list(SECTIONS):
+            section = SECTIONS[name](ctx)
+            failed |= section.failed
             bar.clear()
-            print(f"\n## {title}\n")
-            print("\n".join(lines))
-            print(
-                "× matmul: time as a multiple of one M×M×D matmul of the same dtype here "
-                "(the fused algorithm's floor is about 2)."
-            )
-            record["sections"]["loss"] = {
-                "rows": [asdict(r) for r in rows],
-                "matmul_ms": matmul,
-                "dtype": str(dtype),
-            }
-            md += [f"## {title}", "", *lines, ""]
-            if not args.no_save:
-                args.out.mkdir(parents=True, exist_ok=True)
-                stem = f"{device.type}{'-quick' if args.quick else ''}"
-                plot_loss(rows, args.out / f"loss-{stem}.png", f"{title} — {tag['device']}")
-
-        if "compat" in sections:
-            cdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-            crows = compat_bench.run(device, cdtype, args.quick, progress)
-            failed |= any(r.status.startswith("CHECK FAILED") for r in crows)
-            lines = compat_bench.table(crows)
-            ctitle = f"Switching from a peer: its loss vs fastclr.compat, D = 128, {cdtype}"
-            bar.clear()
-            print(f"\n## {ctitle}\n")
-            print("\n".join(lines))
-            record["sections"]["compat"] = {"rows": [asdict(r) for r in crows]}
-            md += [f"## {ctitle}", "", *lines, ""]
-
-        if "augment" in sections:
-            arows = augment_bench.run(
-                device, args.quick, reps=3 if args.quick else 5, progress=progress
-            )
-            failed |= any(r.status.startswith("CHECK FAILED") for r in arows)
-            lines = augment_bench.table(arows, gpu=device.type == "cuda")
-            bar.clear()
-            print("\n## Augmentation: two SimCLR views per image\n")
-            print("\n".join(lines))
-            record["sections"]["augment"] = {"rows": [asdict(r) for r in arows]}
-            md += ["## Augmentation: two SimCLR views per image", "", *lines, ""]
-
-        if "train" in sections:
-            tres = train_bench.run(device, args.quick, progress)
-            failed |= str(tres.get("status", "")).startswith("CHECK FAILED")
-            lines = train_bench.table(tres)
-            bar.clear()
-            print("\n## End to end: pretraining step vs model-only step\n")
-            print("\n".join(lines))
-            record["sections"]["train"] = tres
-            md += ["## End to end: pretraining step vs model-only step", "", *lines, ""]
-
-        if "data" in sections:
-            dres = data_bench.run(device, args.quick, progress)
-            failed |= str(dres.get("status", "")).startswith(("CHECK FAILED", "error"))
-            lines = data_bench.table(dres)
-            bar.clear()
-            print("\n## Data: loaders from JPEG files vs the model step\n")
-            print("\n".join(lines))
-            record["sections"]["data"] = dres
-            md += ["## Data: loaders from JPEG files vs the model step", "", *lines, ""]
-
+            print(f"\n## {section.title}\n")
+            print("\n".join([*section.lines, *section.notes]))
+            record["sections"][name] = section.record
+            md += [f"## {section.title}", "", *section.lines, ""]
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if not args.no_save:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"{device.type}{'-quick' if args.quick else ''}"
-        (args.out / f"throughput-{stem}.md").write_text("\n".join(md) + "\n")
-        history = args.out / f"throughput-{stem}.jsonl"
-        with history.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"wrote {args.out}/throughput-{stem}.md, {history.name} and plots")
+        _save(args, device, md, record)
     if failed:
         print("SOME CHECKS FAILED", file=sys.stderr)
         return 1

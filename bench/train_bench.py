@@ -22,9 +22,9 @@ from fastclr.optim import LARS, lars_param_groups, scaled_lr
 from fastclr.reference import ntxent_reference, views_to_batch
 from fastclr.testing import assert_close_to_reference, error_ratio
 from fastclr.train.builders import Augmentation, build_augmentation, build_model
-from fastclr.train.config import recipe_for_size
 from fastclr.train.loop import TrainingStep
 from fastclr.train.precision import make_scaler, resolve_precision
+from fastclr.train.recipe import stem_for
 
 
 def _sync(device: torch.device) -> None:
@@ -74,7 +74,7 @@ def step_rates(
     torch.manual_seed(seed)
     model = build_model(arch, stem, width).to(dev)
     if augment is None:
-        preset = recipe_for_size(image_size)
+        preset = stem_for(image_size)[0]  # "cifar" or "imagenet": the size recipe
         augment = build_augmentation(preset, image_size, prec, augment_backend, seed, dev)
     loss_fn = NTXentLoss(temperature, backend=loss_backend, check_finite=False)  # type: ignore[arg-type]
     optimizer = LARS(lars_param_groups(model), lr=scaled_lr(batch_size))
@@ -86,30 +86,13 @@ def step_rates(
         0, 256, (batch_size, src, src, 3), generator=g, device=dev, dtype=torch.uint8
     )
     v1, v2 = augment(images)
-
-    def timed(fn: Callable[[], object], n: int) -> float:
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        _sync(dev)
-        return n * batch_size / (time.perf_counter() - t0)
-
-    model_step: Callable[[], object] = lambda: stepper(v1, v2)  # noqa: E731
-    full_step: Callable[[], object] = lambda: stepper(*augment(images))  # noqa: E731
-    aug_step: Callable[[], object] = lambda: augment(images)  # noqa: E731
-    for fn in (model_step, full_step, aug_step):
-        timed(fn, warmup_steps)
-    # Interleaved rounds, median of each: drift (clocks, other jobs) hits both rates alike.
-    rates: dict[str, list[float]] = {"model": [], "full": [], "aug": []}
-    per_round = max(1, steps // rounds)
-    for _ in range(rounds):
-        rates["model"].append(timed(model_step, per_round))
-        rates["full"].append(timed(full_step, per_round))
-        rates["aug"].append(timed(aug_step, per_round))
-    model_only, end_to_end, augment_only = (
-        statistics.median(rates[k]) for k in ("model", "full", "aug")
-    )
+    steps_by_kind: dict[str, Callable[[], object]] = {
+        "model": lambda: stepper(v1, v2),
+        "full": lambda: stepper(*augment(images)),
+        "aug": lambda: augment(images),
+    }
+    rates = _interleaved_rates(steps_by_kind, dev, batch_size, steps, warmup_steps, rounds)
+    model_only, end_to_end, augment_only = (rates[k] for k in ("model", "full", "aug"))
     return {
         "end_to_end_images_per_s": end_to_end,
         "model_only_images_per_s": model_only,
@@ -128,6 +111,35 @@ def step_rates(
         "rounds": rounds,
         "view_dtype": str(v1.dtype),
     }
+
+
+def _interleaved_rates(
+    kinds: dict[str, Callable[[], object]],
+    dev: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup_steps: int,
+    rounds: int,
+) -> dict[str, float]:
+    """Images/s of each kind of step: ``steps`` split over ``rounds`` interleaved rounds, the
+    median over rounds (drift from clocks or other jobs hits every kind alike)."""
+
+    def timed(fn: Callable[[], object], n: int) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(dev)
+        return n * batch_size / (time.perf_counter() - t0)
+
+    for fn in kinds.values():
+        timed(fn, warmup_steps)
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        for k, fn in kinds.items():
+            rates[k].append(timed(fn, per_round))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def settings(device: torch.device, quick: bool) -> dict[str, Any]:

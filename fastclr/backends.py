@@ -16,10 +16,18 @@ The resolution rule, the same for every op:
 
 The fallback warning is shown once per missing requirement per process, whichever op meets it
 first: the loss and the augmentation share the native library, so its absence is reported once.
+
+Everything else code needs to know about a backend is a declared property of its entry, asked
+through the registry (:meth:`Registry.info`, :meth:`Registry.runs_on`, :meth:`Registry.require`),
+so no module outside this one compares backend names: where it runs when named explicitly
+(``devices``, and Triton on the CPU under ``TRITON_INTERPRET=1``), whether it computes in its
+inputs' own precision (``exact``: the reference keeps float64), and whether it draws its own
+random parameters (``draws_own_params``: kornia).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +36,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from fastclr import _native
+from fastclr.errors import UsageError
 
 __all__ = ["TRITON_HINT", "Impl", "Registry", "fallback_warning", "native_impl", "triton_impl"]
 
@@ -71,6 +80,9 @@ class Impl(Generic[T]):
         priority: ``"auto"`` tries higher priorities first (ties: registration order).
         requires: what it needs, in words (the fallback warning's subject).
         hint: how to get what it needs.
+        interpreted: runs on the CPU too under Triton's interpreter (``TRITON_INTERPRET=1``).
+        exact: computes in its inputs' own precision (float64 stays float64): the definition.
+        draws_own_params: draws its own random parameters (no explicit-parameter ``apply``).
     """
 
     name: str
@@ -82,6 +94,15 @@ class Impl(Generic[T]):
     priority: int = 0
     requires: str = ""
     hint: str = ""
+    interpreted: bool = False
+    exact: bool = False
+    draws_own_params: bool = False
+
+    def runs_on(self, device: str) -> bool:
+        """Whether the backend can run on a ``device`` type here when named explicitly."""
+        if not self.devices or device in self.devices:
+            return True
+        return self.interpreted and device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
     def serves(self, device: str, dtype: torch.dtype | None, dense: bool) -> bool:
         """Whether ``"auto"`` may send a call on ``device`` with ``dtype`` and layout here."""
@@ -169,6 +190,33 @@ class Registry(Generic[T]):
             skipped = skipped or impl
         raise RuntimeError(f"no backend of {self.op} serves {device.type} {dtype}")
 
+    def info(self, name: str) -> Impl[T]:
+        """The declared entry of backend ``name`` (not ``"auto"``: resolve it first)."""
+        if self.check_name(name) == "auto":
+            raise ValueError("resolve backend='auto' to a concrete backend first")
+        return self._impls[name]
+
+    def runs_on(self, name: str, device: str) -> bool:
+        """Whether ``name`` can run on ``device`` in this process (``"auto"`` always can)."""
+        return self.check_name(name) == "auto" or self._impls[name].runs_on(device)
+
+    def require(self, name: str, device: torch.device, flag: str) -> None:
+        """Refuse, with one :class:`~fastclr.errors.UsageError` naming ``flag``, a backend that
+        cannot run on ``device`` in this process: the wrong device, or not loadable here."""
+        if self.check_name(name) == "auto":
+            return
+        impl = self._impls[name]
+        if not impl.runs_on(device.type):
+            where = " or ".join("CUDA devices" if d == "cuda" else "the CPU" for d in impl.devices)
+            raise UsageError(
+                f"{flag} {name} runs on {where}, and the run is on {device}; use {flag} auto"
+            )
+        if not self._try_load(name):
+            hint = f"; {impl.hint}" if impl.hint else ""
+            raise UsageError(
+                f"{flag} {name} is not available in this process ({self._errors[name]}){hint}"
+            )
+
     def get(self, name: str) -> T:
         """The implementation of backend ``name``; RuntimeError naming the fix if unavailable."""
         if name == "auto":
@@ -207,5 +255,12 @@ def native_impl(load: Callable[[], T], **kw: Any) -> Impl[T]:
 def triton_impl(load: Callable[[], T], **kw: Any) -> Impl[T]:
     """The ``"triton"`` entry of an op: CUDA tensors through Triton, preferred over everything."""
     return Impl(
-        "triton", load, devices=("cuda",), priority=2, requires="triton", hint=TRITON_HINT, **kw
+        "triton",
+        load,
+        devices=("cuda",),
+        priority=2,
+        requires="triton",
+        hint=TRITON_HINT,
+        interpreted=True,
+        **kw,
     )

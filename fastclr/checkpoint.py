@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from fastclr.atomic import pid_alive, write_atomic
 from fastclr.digest import DIGEST_ALGORITHM, state_digest
 
 __all__ = [
@@ -47,8 +48,17 @@ __all__ = [
 
 #: What evaluation reads from a checkpoint, and what resuming a run reads besides.
 EVAL_FIELDS = ("model_spec", "model", "image_size", "mean", "std")
-RESUME_FIELDS = (*EVAL_FIELDS, "config", "epoch", "step_in_epoch", "global_step", "optimizer",
-                 "scheduler", "scaler", "rng")  # fmt: skip
+RESUME_FIELDS = (
+    *EVAL_FIELDS,
+    "config",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+)
 
 CHECKPOINT_FORMAT = "fastclr-simclr-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -79,32 +89,6 @@ class ModelFields(Protocol):
     def head_bn(self) -> bool: ...
 
 
-def _temp_name(path: Path, pid: int) -> Path:
-    return path.with_name(f".{path.name}.tmp-{pid}")
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file ``path`` and fsync it (the byte-level step of a save)."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint_atomic(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``state`` plus ``format_version`` and ``digest`` to ``path`` atomically.
 
@@ -120,19 +104,13 @@ def save_checkpoint_atomic(state: dict[str, Any], path: str | os.PathLike[str]) 
     body[_DIGEST_KEY] = {"algorithm": DIGEST_ALGORITHM, "value": state_digest(body)}
     buf = io.BytesIO()
     torch.save(body, buf)
-    tmp = _temp_name(path, os.getpid())
     try:
-        _write_durably(tmp, buf.getbuffer().tobytes())
-        os.replace(tmp, path)
+        write_atomic(path, buf.getbuffer().tobytes())
     except OSError as e:
         kept = "the previous checkpoint is unchanged" if path.exists() else "nothing was saved"
         raise OSError(
             e.errno, f"could not write checkpoint {path}: {e.strerror or e}; {kept}"
         ) from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def remove_stale_temps(folder: str | os.PathLike[str], name: str = CHECKPOINT_NAME) -> list[Path]:
@@ -153,7 +131,7 @@ def remove_stale_temps(folder: str | os.PathLike[str], name: str = CHECKPOINT_NA
         if m is None:
             continue
         pid = int(m.group(1))
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         try:
             p.unlink()
@@ -161,18 +139,6 @@ def remove_stale_temps(folder: str | os.PathLike[str], name: str = CHECKPOINT_NA
             continue
         removed.append(p)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _what_is(p: Path) -> str:

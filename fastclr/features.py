@@ -1,7 +1,7 @@
 """Frozen-encoder features of labelled images for evaluation: decoded in memory, or streamed.
 
 * in memory (:func:`extract_features`): a :class:`~fastclr.data.TensorImageDataset` (digits, or
-  a folder decoded whole by :func:`~fastclr.data.load_data`), encoded batch by batch;
+  a folder decoded whole), encoded batch by batch;
 * streamed (:func:`stream_features`): the files are decoded :data:`STREAM_BATCH` at a time in
   DataLoader worker processes by the in-memory loader's own decode
   (:func:`~fastclr.data.decode.decode_resized_square`: shorter side → S, centre square), so each
@@ -12,12 +12,10 @@
 :func:`eval_data` picks the path for an image folder by the size half of the pretraining loader's
 ``auto`` rule (:func:`fastclr.data.select.fits_in_memory`: N · S² · 3 ≤ 1 GiB for the N files of
 train and held-out together): a folder within it is decoded in memory, a larger one streams. The
-split is the loaders': ``ROOT/train`` + ``ROOT/val`` when both exist, else the fixed stratified
-10% of each class (:func:`fastclr.data.memory._stratified_split`). The streamed path splits the
-listing, as the streaming pretraining loader does; the in-memory one splits the files that could
-be read, as the in-memory loader does (the two agree when every file reads). Unreadable files are
-skipped, reported by path and counted (:class:`~fastclr.data.DataSummary`), never fatal unless
-none can be read.
+split is the one every command uses (:mod:`fastclr.data.split`: ``ROOT/train`` + ``ROOT/val``
+when both exist, else the fixed stratified 10% of each class), made on the listing, so both paths
+hold out the same files. Unreadable files are skipped, reported by path and counted
+(:class:`~fastclr.data.DataSummary`), never fatal unless none can be read.
 """
 
 from __future__ import annotations
@@ -33,16 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastclr.data import ImageData, TensorImageDataset, load_data, select
-from fastclr.data.files import FileList, list_image_folder
-from fastclr.data.memory import FOLDER_HELDOUT_FRACTION, _DecodeSet, _stratified_split
-from fastclr.data.select import (
-    _train_root,
-    decoded_bytes,
-    fits_in_memory,
-    resolve_num_workers,
-)
+from fastclr.data import ImageData, TensorImageDataset, plan_data, select
+from fastclr.data.memory import _DecodeSet
+from fastclr.data.select import decoded_bytes, fits_in_memory, resolve_num_workers
+from fastclr.data.split import FileSet
 from fastclr.data.summary import DataSummary
+from fastclr.errors import UsageError
 
 __all__ = [
     "STREAM_BATCH",
@@ -124,17 +118,6 @@ def extract_features(
     return torch.cat(feats)
 
 
-@dataclass
-class FileSet:
-    """Image files and their labels (the listing's), to be decoded while they are encoded."""
-
-    files: FileList
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-
 @torch.no_grad()
 def stream_features(
     encoder: nn.Module,
@@ -183,7 +166,7 @@ def stream_features(
             bar.update(1)
     bar.close()
     if feats is None:
-        raise ValueError(f"none of the {len(data)} image files could be read")
+        raise UsageError(f"none of the {len(data)} image files could be read")
     return feats[:n], torch.from_numpy(data.labels[kept]).to(device)
 
 
@@ -214,51 +197,35 @@ def _gib(n: int) -> str:
 def eval_data(data: str | ImageData, image_size: int, num_workers: int | None) -> EvalData:
     """Plan the evaluation of ``data`` (module docstring): an in-memory set, or file lists.
 
-    ``num_workers=None``: :func:`~fastclr.data.select.resolve_num_workers` (auto).
+    The folder is listed and split once (:func:`~fastclr.data.plan.plan_data`, the split every
+    fastclr command uses). ``num_workers=None``:
+    :func:`~fastclr.data.select.resolve_num_workers` (auto).
     """
-    if isinstance(data, ImageData):
-        return _in_memory(data, "given in memory", 0)
-    if data == "digits":
-        return _in_memory(load_data(data), "decoded in memory (digits)", 0)
-    train_root, held_root = _train_root(data)
-    listing = list_image_folder(train_root)
-    held = list_image_folder(held_root) if held_root is not None else None
-    n = len(listing) + (len(held) if held is not None else 0)
+    plan = plan_data(data)
+    if not plan.is_folder:
+        assert plan.memory is not None
+        how = "decoded in memory (digits)" if data == "digits" else "given in memory"
+        return _in_memory(plan.memory, how, 0)
+    assert plan.train is not None
+    n = len(plan.train) + (len(plan.heldout) if plan.heldout is not None else 0)
     size = decoded_bytes(n, image_size)
     if fits_in_memory(n, image_size):
         workers, _ = resolve_num_workers(num_workers, "memory")
-        loaded = load_data(data, image_size, workers)
+        loaded = plan.decoded(image_size, workers).memory
+        assert loaded is not None
+        plan.summary.report(plan.name)
         how = (
             f"decoded in memory ({n:,} files at {image_size} px: {_gib(size)} <= "
             f"{_gib(select.MEMORY_AUTO_BYTES)}), {workers} worker{'s' if workers != 1 else ''}"
         )
         return _in_memory(loaded, how, workers)
     workers, why = resolve_num_workers(num_workers, "stream")
-    summary = DataSummary()
-    summary.add_listing(listing)
-    files, labels = listing.files, listing.labels
-    if held is not None:
-        summary.add_listing(held)
-        if held.classes != listing.classes:
-            raise ValueError(f"{data}/train and {data}/val have different class subfolders")
-        held_set: FileSet | None = FileSet(held.files, held.labels)
-    elif len(listing.classes) >= 2:
-        tr, ho = (t.numpy() for t in _stratified_split(torch.from_numpy(labels), _HELD))
-        held_set = FileSet(files.select(ho), labels[ho])
-        files, labels = files.select(tr), labels[tr]
-    else:
-        held_set = None
     how = (
         f"streamed from {n:,} files, {workers} worker{'s' if workers != 1 else ''} "
         f"({why}; decoded at {image_size} px they would take {_gib(size)} > "
         f"{_gib(select.MEMORY_AUTO_BYTES)})"
     )
-    return EvalData(
-        data, listing.classes, FileSet(files, labels), held_set, how, workers, summary
-    )  # fmt: skip
-
-
-_HELD = FOLDER_HELDOUT_FRACTION
+    return EvalData(plan.name, plan.classes, plan.train, plan.heldout, how, workers, plan.summary)
 
 
 def _in_memory(data: ImageData, how: str, workers: int) -> EvalData:

@@ -29,7 +29,6 @@ rule, so tests and benchmarks import the same numbers and production code import
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -189,9 +188,7 @@ def loss_backends() -> list[str]:
     ``reference`` always; ``native`` when the library is built; ``triton`` when it imports and
     there is a CUDA device or the CPU interpreter (``TRITON_INTERPRET=1``) to run it.
     """
-    from fastclr.loss import available_backends
+    from fastclr.loss import BACKENDS
 
-    triton_runs = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    wanted = ("reference", "native", "triton") if triton_runs else ("reference", "native")
-    names = available_backends()
-    return [n for n in wanted if n in names]
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    return [n for n in BACKENDS.available() if any(BACKENDS.runs_on(n, d) for d in devices)]

@@ -91,3 +91,48 @@ def free_port() -> Callable[[], int]:
             return int(s.getsockname()[1])
 
     return pick
+
+
+@pytest.fixture(scope="session")
+def write_checkpoint() -> Callable[..., Path]:
+    """``write(path, arch, stem, width, image_size=16, head_bn=False, seed=0)``: a pretraining
+    checkpoint of an untrained fastclr model with seeded random weights and BatchNorm statistics
+    (what ``fastclr pretrain`` writes, less the optimiser and RNG state); returns ``path``."""
+    from types import SimpleNamespace
+
+    from fastclr.checkpoint import CHECKPOINT_FORMAT, model_spec, save_checkpoint_atomic
+    from fastclr.models import build_model
+
+    def write(
+        path: Path,
+        arch: str = "resnet18",
+        stem: str = "cifar",
+        width: float = 0.125,
+        image_size: int = 16,
+        head_bn: bool = False,
+        seed: int = 0,
+    ) -> Path:
+        torch.manual_seed(seed)
+        model = build_model(arch, stem, width, 16, head_bn)  # type: ignore[arg-type]
+        for name, buf in model.named_buffers():  # non-trivial running statistics
+            if name.endswith("running_mean"):
+                buf.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+        spec = SimpleNamespace(arch=arch, stem=stem, width=width, proj_dim=16, head_bn=head_bn)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model_spec": model_spec(spec),
+            "feature_dim": model.feature_dim,
+            "image_size": image_size,
+            "mean": [0.5, 0.4, 0.3],
+            "std": [0.2, 0.25, 0.3],
+            "model": model.state_dict(),
+            "epoch": 0,
+            "step_in_epoch": 3,
+            "global_step": 3,
+        }
+        save_checkpoint_atomic(state, path)
+        return path
+
+    return write

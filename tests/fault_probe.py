@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _install(kill_fraction: float | None, enospc: bool) -> None:
-    import fastclr.checkpoint as ck
+    import fastclr.atomic as ck
 
     real = ck._write_durably
 

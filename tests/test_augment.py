@@ -482,7 +482,7 @@ def test_auto_falls_back_to_torch_without_triton(monkeypatch: pytest.MonkeyPatch
     import fastclr.augment as aug_mod
     from fastclr import backends
 
-    registry = aug_mod._REGISTRY
+    registry = aug_mod.REGISTRY
     monkeypatch.delitem(registry._loaded, "triton", raising=False)
     monkeypatch.setitem(registry._errors, "triton", "No module named 'triton'")
     monkeypatch.setattr(backends, "_announced", set())

@@ -15,7 +15,7 @@ BAD: list[tuple[list[str], str]] = [
     (["--epochs", "0"], "--epochs"),
     (["--epochs", "-2"], "--epochs"),
     (["--batch-size", "0"], "--batch-size"),
-    (["--batch-size", "1"], "--batch-size must be >= 2"),
+    (["--batch-size", "1"], "--batch-size must be an integer >= 2, got 1: with one image"),
     (["--batch-size", "-8"], "--batch-size"),
     (["--image-size", "0"], "--image-size"),
     (["--image-size", "-1"], "--image-size"),
@@ -78,7 +78,7 @@ def test_internal_errors_say_how_to_get_the_traceback(
 ) -> None:
     import fastclr.cli
 
-    def boom(cfg: object) -> None:
+    def boom(cfg: object, **kw: object) -> None:
         raise TypeError("something broke inside")
 
     monkeypatch.setattr(fastclr.cli, "pretrain", boom)

@@ -112,8 +112,8 @@ def test_corrupt_truncated_and_unsupported_files_are_replaced(tmp_path: Path) ->
 
 
 def test_missing_dali_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastclr.data import dali
+    from fastclr.optional import import_dali
 
     monkeypatch.setitem(sys.modules, "nvidia.dali.fn", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"pip install fastclr\[dali\]"):
-        dali.import_dali()
+        import_dali()

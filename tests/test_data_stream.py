@@ -28,7 +28,8 @@ from fastclr.augment.params import AugmentParams
 from fastclr.augment.reference import apply_reference
 from fastclr.data import list_image_folder
 from fastclr.data.decode import decode_views, draft_scale, resize_box
-from fastclr.data.stream import StreamingLoader, ViewBatch, augment_views, draw_boxes
+from fastclr.data.stream import StreamingLoader, ViewBatch, draw_boxes
+from fastclr.train.views import augment_views
 
 # A colour-coded test image: R codes the column, G the row (4:3, like most photos).
 CODE_W, CODE_H = 64, 48
@@ -294,7 +295,7 @@ _DDP_SCRIPT = textwrap.dedent(
     from fastclr.augment import AugmentConfig
     from fastclr.data import list_image_folder
     from fastclr.data.stream import StreamingLoader
-    from fastclr.train.distributed import DistInfo, gather_objects, teardown
+    from fastclr.distributed import DistInfo, gather_objects, teardown
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -17,9 +17,10 @@ from torch import Tensor
 
 from fastclr.augment import AugmentConfig, SimCLRAugmentation
 from fastclr.cli import main
-from fastclr.data import list_image_folder
-from fastclr.data.select import dali_available, resolve_loader
+from fastclr.data import DataPlan, plan_data
+from fastclr.data.select import resolve_loader
 from fastclr.loss import NTXentLoss
+from fastclr.optional import dali_available
 from fastclr.train import TrainConfig, pretrain
 
 TINY: dict[str, Any] = {
@@ -57,17 +58,25 @@ def _weights(result: Any) -> dict[str, Tensor]:
 def test_auto_rule(tmp_path: Path, photos: Path) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     squares = _folder(tmp_path / "squares", 8, 8)
-    assert resolve_loader("auto", "digits", 16, cpu, None) == "memory"
-    assert resolve_loader("auto", str(squares), 8, cpu, list_image_folder(squares)) == "memory"
+    digits, square_plan, photo_plan = (
+        plan_data("digits"),
+        plan_data(str(squares)),
+        plan_data(str(photos)),
+    )
+
+    def loader(choice: str, data: DataPlan, size: int, device: torch.device) -> str:
+        return resolve_loader(choice, data, size, device)[0]
+
+    assert loader("auto", digits, 16, cpu) == "memory"
+    assert loader("auto", square_plan, 8, cpu) == "memory"
     # larger than the views, or not square: decoding once would lose the original
-    assert resolve_loader("auto", str(squares), 4, cpu, list_image_folder(squares)) == "stream"
-    listing = list_image_folder(photos)
-    assert resolve_loader("auto", str(photos), 32, cpu, listing) == "stream"
+    assert loader("auto", square_plan, 4, cpu) == "stream"
+    assert loader("auto", photo_plan, 32, cpu) == "stream"
     want = "dali" if dali_available() else "stream"
-    assert resolve_loader("auto", str(photos), 32, cuda, listing) == want
-    with pytest.raises(ValueError, match="loader='stream' streams image files"):
-        resolve_loader("stream", "digits", 16, cpu, None)
-    with pytest.raises(ValueError, match="loader must be one of"):
+    assert loader("auto", photo_plan, 32, cuda) == want
+    with pytest.raises(ValueError, match="--loader stream streams image files"):
+        loader("stream", digits, 16, cpu)
+    with pytest.raises(ValueError, match="--loader must be one of"):
         TrainConfig(loader="disk").validate()  # type: ignore[arg-type]
 
 

@@ -2,8 +2,8 @@
 
 A finished gloo collective's tensors are freed by the group's worker thread after the caller has
 returned, which takes the GIL; a process that starts shutting down first aborts ("terminate
-called without an active exception"). :mod:`fastclr.train.distributed`'s collectives record their
-tensors and :func:`~fastclr.train.distributed.teardown` waits for them. Here: the objects arrive
+called without an active exception"). :mod:`fastclr.distributed`'s collectives record their
+tensors and :func:`~fastclr.distributed.teardown` waits for them. Here: the objects arrive
 intact, the record is emptied, and processes that exit right after many gathers exit cleanly.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastclr.train import distributed as fd
+from fastclr import distributed as fd
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -83,7 +83,7 @@ _EXIT_SCRIPT = """
 import os, sys
 sys.setswitchinterval(1000)
 import torch, torch.distributed as dist
-from fastclr.train import distributed as fd
+from fastclr import distributed as fd
 info, device = fd.setup_distributed("cpu")
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 3))
 for i in range(20):

@@ -1,4 +1,5 @@
-"""The default recipe's rules (lr switch, warm-up, preset, kNN k) and the plateau watcher."""
+"""The default recipe's rules (lr switch, warm-up, preset, kNN k), the run plan that applies each
+of them once, and the plateau watcher."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 import torch
 
 from fastclr.augment.presets import SMALL_CROP_SCALE, preset_config
+from fastclr.data import load_digits, plan_data
+from fastclr.data.select import images_are_grey
 from fastclr.evaluate import knn_accuracy, knn_k_for
 from fastclr.train import TrainConfig
-from fastclr.train.builders import augment_preset_for, warmup_steps
-from fastclr.train.loop import resolve_batch, resolve_preset
+from fastclr.train.plan import RunPlan, plan_run
 from fastclr.train.recipe import (
     DEFAULT_BATCH,
     MIN_AUTO_BATCH,
@@ -26,7 +28,6 @@ from fastclr.train.recipe import (
     sqrt_lr,
     warmup_for,
 )
-from fastclr.train.rundir import ResumePlan
 from fastclr.train.watch import PlateauWatcher, patience_for
 
 
@@ -77,26 +78,46 @@ def test_batch_rule_splits_over_ranks() -> None:
     assert batch_for(100, world_size=48)[0] == 48  # every rank gets at least one image
 
 
-def test_resolve_batch_given_checkpoint_then_rule() -> None:
-    from fastclr.data import load_digits
+def _saved(**values: object) -> dict[str, object]:
+    """A checkpoint's stored plan holding ``values`` (what a resume reads)."""
+    return {k: {"value": v, "reason": "x"} for k, v in values.items()}
+
+
+def test_plan_batch_given_checkpoint_then_rule() -> None:
+    digits = load_digits(8)
+    plan = plan_run(TrainConfig(batch_size=24, image_size=8), data=digits)
+    assert (plan.batch, plan.reason("batch")) == (24, "given")  # an explicit batch always wins
+    plan = plan_run(TrainConfig(image_size=8), data=digits, saved=_saved(batch=40))
+    assert (plan.batch, plan.reason("batch")) == (40, "the checkpoint's")  # resume keeps it
+    plan = plan_run(TrainConfig(image_size=8), data=digits)
+    assert plan.batch == batch_for(len(digits.train))[0] == 128
+    assert plan.reason("batch").startswith(f"{len(digits.train)} images")
+    assert plan.steps_per_epoch == len(digits.train) // 128 and plan.per_rank == 128
+    demo = plan_run(TrainConfig())  # --data digits itself: the demo recipe, said so
+    assert (demo.batch, demo.image_size, demo.width, demo.epochs, demo.lr) == (
+        128,
+        16,
+        0.25,
+        15,
+        6.0,
+    )
+    assert "digits demo" in demo.reason("lr") and "rule would give" in demo.reason("lr")
+
+
+def test_plan_refuses_a_batch_the_data_or_ranks_cannot_take() -> None:
+    from fastclr.errors import UsageError
 
     digits = load_digits(8)
-    cfg, line = resolve_batch(TrainConfig(batch_size=24), None, digits, 1)
-    assert (cfg.batch_size, line.reason) == (24, "given")  # an explicit --batch-size always wins
-    plan = ResumePlan(checkpoint={"config": {"batch_size": 40}})
-    cfg, line = resolve_batch(TrainConfig(), plan, digits, 1)
-    assert (cfg.batch_size, line.reason) == (40, "the checkpoint's")  # resume keeps its batch
-    cfg, line = resolve_batch(TrainConfig(), None, digits, 1)
-    assert cfg.batch_size == batch_for(len(digits.train))[0] == 128
-    assert line.line().startswith(f"batch: 128 ({len(digits.train)} images")
-    with pytest.raises(RuntimeError, match="not resolved"):
-        TrainConfig().batch()
+    with pytest.raises(UsageError, match="larger than the dataset"):
+        plan_run(TrainConfig(batch_size=4096, image_size=8), data=digits)
+    with pytest.raises(UsageError, match="does not split evenly over 3 ranks"):
+        plan_run(TrainConfig(batch_size=64, image_size=8), data=digits, world_size=3)
 
 
-def test_count_train_images_leaves_out_the_held_out_part(tmp_path: Path) -> None:
+def test_plan_counts_what_the_loader_trains_on(tmp_path: Path) -> None:
     from PIL import Image
 
-    from fastclr.data.select import build_train_data, count_train_images
+    from fastclr.data.select import build_train_data
 
     def fill(root: Path, per_class: int) -> None:
         for c in ("a", "b"):
@@ -107,13 +128,30 @@ def test_count_train_images_leaves_out_the_held_out_part(tmp_path: Path) -> None
     fill(tmp_path / "flat", 10)  # no val/: 10% of each class is held out for the monitor
     fill(tmp_path / "split" / "train", 7)
     fill(tmp_path / "split" / "val", 2)
-    for root, want in ((tmp_path / "flat", 18), (tmp_path / "split", 14)):
-        assert count_train_images(str(root)) == want
-        built = build_train_data(
-            str(root), loader="auto", crop=preset_config("small", 4), image_size=4, batch_size=2,
-            seed=0, rank=0, world_size=1, device=torch.device("cpu"), num_workers=0,
-        )  # fmt: skip
-        assert built.n_images == want  # the count is the one the loader trains on
+    fill(tmp_path / "trainonly" / "train", 10)  # train/ without val/: the same as flat
+    cases = ((tmp_path / "flat", 18), (tmp_path / "split", 14), (tmp_path / "trainonly", 18))
+    for root, want in cases:
+        data = plan_data(str(root))
+        assert data.n_train == want and data.classes == ["a", "b"], root
+        for loader in ("memory", "stream"):
+            plan = plan_run(
+                TrainConfig(data=str(root), image_size=4, batch_size=2, loader=loader),
+                data=data,
+            )
+            built = build_train_data(
+                plan.data,
+                loader=loader,
+                num_workers=0,
+                crop=preset_config("small", 4),
+                image_size=4,
+                batch_size=2,
+                seed=0,
+                rank=0,
+                world_size=1,
+                device=torch.device("cpu"),
+            )
+            assert built.n_images == want == plan.data.n_train  # the loader trains on the count
+            assert built.loader.steps_per_epoch == plan.steps_per_epoch == want // 2
 
 
 def test_lr_rules_are_the_papers() -> None:
@@ -132,11 +170,20 @@ def test_lr_rules_are_the_papers() -> None:
     ],
 )
 def test_warmup_is_a_tenth_capped_at_ten_epochs(spe: int, epochs: int, want: int) -> None:
+    from fastclr.data import ImageData, TensorImageDataset
+
     assert warmup_for(spe, spe * epochs)[0] == want
-    cfg = TrainConfig(epochs=epochs)
-    assert warmup_steps(cfg, spe, spe * epochs) == want
-    cfg.warmup_epochs = 2.0  # a user's value is kept, capped at 10% of the run
-    assert warmup_steps(cfg, spe, spe * epochs) == min(2 * spe, int(0.1 * spe * epochs))
+    images = torch.zeros(spe * 2, 4, 4, 3, dtype=torch.uint8)  # batch 2: spe steps an epoch
+    data = ImageData("tiny", TensorImageDataset(images), None)
+
+    def planned(**kw: object) -> RunPlan:
+        cfg = TrainConfig(epochs=epochs, image_size=4, batch_size=2, **kw)  # type: ignore[arg-type]
+        return plan_run(cfg, data=data)
+
+    plan = planned()
+    assert plan.steps_per_epoch == spe and plan.warmup_steps == want
+    given = planned(warmup_epochs=2.0)  # a user's value is kept, capped at 10% of the run
+    assert given.warmup_steps == min(2 * spe, int(0.1 * spe * epochs))
 
 
 @pytest.mark.parametrize(
@@ -151,12 +198,20 @@ def test_warmup_is_a_tenth_capped_at_ten_epochs(spe: int, epochs: int, want: int
         (224, "imagenet"),
     ],
 )
-def test_preset_rule(size: int, preset: str) -> None:
+def test_preset_rule(size: int, preset: str, tmp_path: Path) -> None:
     assert preset_for(size)[0] == preset
-    assert augment_preset_for(TrainConfig(data="/some/folder", image_size=size)) == preset
-    assert augment_preset_for(TrainConfig(data="digits", image_size=size)) == "digits"
-    user = TrainConfig(data="/some/folder", image_size=size, augment_preset="imagenet")
-    assert augment_preset_for(user) == "imagenet"
+    rng = np.random.default_rng(0)
+    for i in range(4):  # colour images, larger than the views
+        _png(tmp_path / "a" / f"{i}.png", rng.integers(0, 256, (70, 70, 3), dtype=np.uint8), "RGB")
+
+    def planned(**kw: object) -> RunPlan:
+        cfg = TrainConfig(data=str(tmp_path), image_size=size, batch_size=2, **kw)  # type: ignore[arg-type]
+        return plan_run(cfg)
+
+    assert planned().preset == preset
+    assert plan_run(TrainConfig(image_size=size)).preset == "digits"  # the embedded demo
+    user = planned(augment_preset="imagenet")
+    assert (user.preset, user.reason("preset")) == ("imagenet", "given")
 
 
 def test_small_preset_is_cifar_with_milder_crops() -> None:
@@ -174,14 +229,16 @@ def _png(path: Path, pixels: np.ndarray, mode: str) -> None:
 
 def test_grey_detection_in_memory_and_in_files(tmp_path: Path) -> None:
     from fastclr.data import ImageData, TensorImageDataset
-    from fastclr.data.select import images_are_grey
+
+    def grey(data: str | ImageData) -> bool:
+        return images_are_grey(plan_data(data))
 
     g = torch.randint(0, 256, (10, 8, 8, 1), dtype=torch.uint8).expand(-1, -1, -1, 3)
-    assert images_are_grey(ImageData("g", TensorImageDataset(g.contiguous()), None))
+    assert grey(ImageData("g", TensorImageDataset(g.contiguous()), None))
     c = g.clone()
     c[9, 2, 2, 1] ^= 1  # one channel of one pixel of the last image
-    assert not images_are_grey(ImageData("c", TensorImageDataset(c), None))
-    assert images_are_grey("digits")
+    assert not grey(ImageData("c", TensorImageDataset(c), None))
+    assert grey("digits")
 
     rng = np.random.default_rng(0)
     root = tmp_path / "grey"
@@ -190,15 +247,15 @@ def test_grey_detection_in_memory_and_in_files(tmp_path: Path) -> None:
         rgb = np.repeat(rng.integers(0, 256, (9, 9, 1), dtype=np.uint8), 3, axis=2)
         _png(root / "b" / f"{i}.png", rgb, "RGB")
     (root / "b" / "broken.png").write_bytes(b"not a png")  # skipped, not fatal
-    assert images_are_grey(str(root))
+    assert grey(str(root))
     colour = rgb.copy()
     colour[0, 0, 2] ^= 1
     _png(root / "b" / "9.png", colour, "RGB")
-    assert not images_are_grey(str(root))
+    assert not grey(str(root))
     empty = tmp_path / "unreadable" / "a"
     empty.mkdir(parents=True)
     (empty / "x.png").write_bytes(b"nothing")
-    assert not images_are_grey(str(tmp_path / "unreadable"))  # nothing opened: not called grey
+    assert not grey(str(tmp_path / "unreadable"))  # nothing opened: not called grey
 
 
 def test_grey_presets_are_the_size_presets_without_flips() -> None:
@@ -211,27 +268,28 @@ def test_grey_presets_are_the_size_presets_without_flips() -> None:
         assert dataclasses.replace(mono, flip_p=plain.flip_p) == plain
 
 
-def test_resolve_preset_rule_given_and_resumed(tmp_path: Path) -> None:
-    from fastclr.data import load_digits
-
+def test_plan_preset_rule_given_and_resumed(tmp_path: Path) -> None:
     root = tmp_path / "f"
     rng = np.random.default_rng(1)
     for i in range(4):
         _png(root / "a" / f"{i}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8), "L")
-    cfg, line = resolve_preset(TrainConfig(data=str(root), image_size=28), None, None)
-    assert cfg.augment_preset == "small-grey" and line.value == "small-grey"
+
+    def planned(size: int, **kw: object) -> RunPlan:
+        cfg = TrainConfig(data=str(root), image_size=size, batch_size=2, **kw)  # type: ignore[arg-type]
+        return plan_run(cfg)
+
+    assert planned(28).preset == "small-grey"
     _png(root / "a" / "c.png", rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB")
-    cfg, line = resolve_preset(TrainConfig(data=str(root), image_size=40), None, None)
-    assert cfg.augment_preset == "cifar" and "grayscale" not in line.reason
-    cfg, line = resolve_preset(TrainConfig(image_size=16), None, None)
-    assert cfg.augment_preset == "digits"  # the embedded demo keeps its preset
-    cfg, line = resolve_preset(TrainConfig(image_size=16), None, load_digits(16))
-    assert cfg.augment_preset == "small-grey"  # digits handed over as data: the general rule
-    given = TrainConfig(data=str(root), image_size=28, augment_preset="imagenet")
-    assert resolve_preset(given, None, None)[1].reason == "given"
-    plan = ResumePlan(checkpoint={"config": {"augment_preset": "small-grey"}})
-    resumed = TrainConfig(data=str(root), augment_preset="small-grey", resume=str(root))
-    assert resolve_preset(resumed, plan, None)[1].reason == "the checkpoint's"
+    colour = planned(40)
+    assert colour.preset == "cifar" and "grayscale" not in colour.reason("preset")
+    assert plan_run(TrainConfig(image_size=16)).preset == "digits"  # the embedded demo's
+    handed = plan_run(TrainConfig(image_size=16), data=load_digits(16))
+    assert handed.preset == "small-grey"  # digits handed over as data: the general rule
+    assert planned(28, augment_preset="imagenet").reason("preset") == "given"
+    resumed = plan_run(
+        TrainConfig(data=str(root), image_size=28, batch_size=2), saved=_saved(preset="cifar")
+    )
+    assert (resumed.preset, resumed.reason("preset")) == ("cifar", "the checkpoint's")
 
 
 def test_knn_k_rule() -> None:

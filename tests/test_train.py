@@ -33,6 +33,7 @@ from fastclr.train import (
     pretrain,
     save_checkpoint_atomic,
 )
+from fastclr.train.recipe import lr_for
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"width": 0.125, "image_size": 8, "batch_size": 32, "log_every": 10, "progress": False}
@@ -359,7 +360,7 @@ def test_cli_pretrain_has_a_flag_per_config_field_with_its_default_once() -> Non
     options = {a.dest: a for a in parser._actions if a.dest not in ("help", "debug")}
     assert set(options) == {f.name for f in dataclasses.fields(TrainConfig)}
     # every option but the one-way on/off switches shows its default (two-way switches do: their
-    # default depends on the data)
+    # default is a rule)
     values = [
         a for a in options.values() if a.nargs != 0 or isinstance(a, argparse.BooleanOptionalAction)
     ]
@@ -370,30 +371,44 @@ def test_cli_pretrain_has_a_flag_per_config_field_with_its_default_once() -> Non
         if a.choices is not None:
             assert "{" + ",".join(a.choices) + "}" in text, a.dest
     assert "--augment-backend {auto,reference,torch,native" in text
-    assert "(default: 16 for --data digits, else 224)" in text
-    assert "--head-bn, --no-head-bn BatchNorm in the projection head (default: False for" in text
+    assert "(default: 16 for the embedded digits' demo, else 224)" in text
+    assert "--head-bn, --no-head-bn BatchNorm in the projection head (default: off for the" in text
 
 
-def test_cli_defaults_follow_the_data(tmp_path: Path) -> None:
+def test_cli_and_library_share_one_set_of_defaults(tmp_path: Path) -> None:
+    """``fastclr pretrain`` and ``pretrain(TrainConfig())`` are the same run: the command line
+    passes only the flags given, and what depends on the data is decided by the run plan."""
     from fastclr.cli import build_parser, pretrain_config
+    from fastclr.train.plan import plan_run
 
     def cfg(*argv: str) -> TrainConfig:
         return pretrain_config(build_parser().parse_args(["pretrain", *argv]))
 
-    demo = cfg()  # the digits demo recipe
-    assert (demo.width, demo.image_size, demo.batch_size, demo.epochs) == (0.25, 16, 128, 15)
-    assert (demo.lr, demo.threads, demo.stem) == (6.0, 1, "cifar")
-    folder = cfg("--data", str(tmp_path))  # the paper's settings, stem by size
-    assert (folder.width, folder.image_size, folder.lr, folder.threads) == (1.0, 224, None, None)
-    assert (
-        folder.stem == "imagenet"
-        and cfg("--data", str(tmp_path), "--image-size", "64").stem == "cifar"
+    assert cfg() == TrainConfig()
+    assert cfg("--data", str(tmp_path)) == TrainConfig(data=str(tmp_path))
+    demo = plan_run(cfg())  # the digits demo recipe, decided by the plan
+    assert (demo.width, demo.image_size, demo.batch, demo.epochs) == (0.25, 16, 128, 15)
+    assert (demo.lr, demo.threads, demo.stem, demo.head_bn) == (6.0, 1, "cifar", False)
+    _write_folder(tmp_path / "f", n_per_class=6)
+    folder = plan_run(cfg("--data", str(tmp_path / "f"), "--batch-size", "4"))
+    assert (folder.width, folder.image_size, folder.threads, folder.head_bn) == (
+        1.0,
+        224,
+        None,
+        True,
     )
+    assert folder.stem == "imagenet" and folder.lr == lr_for(4, 100)[0]
+    small = plan_run(cfg("--data", str(tmp_path / "f"), "--batch-size", "4", "--image-size", "64"))
+    assert small.stem == "cifar"
     given = cfg("--width", "0.5", "--no-progress", "--compile", "--stem", "imagenet", "--lr", "2")
     assert (given.width, given.progress, given.compile, given.stem, given.lr) == (
-        0.5, False, True, "imagenet", 2.0,
-    )  # fmt: skip
-    assert cfg("--knn-k", "7", "--proj-dim", "64").knn_k == 7  # options the old CLI lacked
+        0.5,
+        False,
+        True,
+        "imagenet",
+        2.0,
+    )
+    assert cfg("--knn-k", "7", "--proj-dim", "64").knn_k == 7
 
 
 def _steps(out: Path) -> list[tuple[str, str]]:
@@ -420,7 +435,7 @@ def test_cli_resume_takes_the_saved_options(tmp_path: Path, capsys: Any) -> None
     assert main(["pretrain", "--out", str(b), "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "with the settings it was started with\n" in printed
-    assert "batch 24" in printed and "lr 0.5" in printed, printed
+    assert "batch:       24 (given)" in printed and "lr:          0.5 (given" in printed, printed
     assert _steps(b) == _steps(a) and len(_steps(a)) == 4
     ck_a, ck_b = load_checkpoint(a), load_checkpoint(b)
     assert ck_b["epoch"] == 2
@@ -456,34 +471,42 @@ def test_num_workers_auto_rule(tmp_path: Path) -> None:
 
     folder = tmp_path / "images"
     _write_folder(folder)
-    common: dict[str, Any] = {
-        "crop": AugmentConfig.cifar(size=8), "image_size": 8, "batch_size": 2, "seed": 0,
-        "rank": 0, "world_size": 1, "device": torch.device("cpu"), "monitor": False,
-    }  # fmt: skip
-    streamed = build_train_data(str(folder), loader="stream", num_workers=None, **common)
-    assert (streamed.num_workers, streamed.num_workers_reason) == resolve_num_workers(
-        None, "stream"
-    )
-    memory = build_train_data("digits", loader="auto", num_workers=None, **common)
-    assert memory.num_workers == 0 and "in-memory" in memory.num_workers_reason
-    assert build_train_data(str(folder), loader="stream", num_workers=0, **common).num_workers == 0
+    from fastclr.train.plan import plan_run
+
+    def workers(**kw: Any) -> tuple[int, str]:
+        plan = plan_run(TrainConfig(image_size=8, batch_size=2, **kw))
+        return plan.num_workers, plan.reason("workers")
+
+    assert workers(data=str(folder), loader="stream") == resolve_num_workers(None, "stream")
+    n, why = workers(loader="auto")  # the digits: in memory
+    assert n == 0 and "in-memory" in why
+    assert workers(data=str(folder), loader="stream", num_workers=0) == (0, "--num-workers")
     with pytest.raises(ValueError, match="--num-workers"):
         TrainConfig(num_workers=-1).validate()
+    plan = plan_run(TrainConfig(data=str(folder), image_size=8, batch_size=2, loader="stream"))
+    built = build_train_data(
+        plan.data,
+        loader="stream",
+        num_workers=plan.num_workers,
+        crop=AugmentConfig.cifar(size=8),
+        image_size=8,
+        batch_size=2,
+        seed=0,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        monitor=False,
+    )
+    assert built.num_workers == plan.num_workers
 
     from fastclr.train.header import run_header
 
-    def loader_line(data: Any) -> str:
-        lines = run_header(
-            TrainConfig(batch_size=256), data, torch.device("cpu"), "fp32", torch.nn.Linear(2, 2),
-            data_name=str(folder), steps_per_epoch=3, lr=0.1,
-        )  # fmt: skip
-        return next(line.value for line in lines if line.key == "loader")
-
-    n, why = streamed.num_workers, streamed.num_workers_reason
-    text = f"{n} decode worker{'s' if n != 1 else ''} ({why})" if n else f"decoded inline ({why})"
-    assert text in loader_line(streamed)
-    streamed.num_workers, streamed.num_workers_reason = 4, "--num-workers"
-    assert "4 decode workers (--num-workers)" in loader_line(streamed)
+    lines = run_header(plan, TrainConfig(), built, torch.device("cpu"), torch.nn.Linear(2, 2))
+    shown = {line.key: line.value for line in lines}
+    n, why = plan.num_workers, plan.reason("workers")
+    want = f"{n} decode worker{'s' if n != 1 else ''} ({why})" if n else f"0 ({why})"
+    assert shown["workers"] == want
+    assert shown["loader"] == "stream (given)"
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ kernel also refuses, by itself, any crop box or order that would make it read ou
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -112,39 +113,63 @@ def kornia_pipeline(config: AugmentConfig | None = None) -> Callable[[Images], T
     return make(config)
 
 
-def _load_native() -> _Apply:
+class _ApplyViews(Protocol):
+    """Several views of one batch in one pass (``apply_triton_views``'s contract)."""
+
+    def __call__(
+        self,
+        images: Images,
+        views: Sequence[AugmentParams],
+        config: AugmentConfig,
+        *,
+        layout: str | None = None,
+        validate: bool = True,
+    ) -> list[Tensor]: ...
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """What an augmentation backend provides: one view's ``apply`` (None where the backend
+    draws its own parameters), and optionally every view of a batch in one pass."""
+
+    apply: _Apply | None
+    apply_views: _ApplyViews | None = None
+
+
+def _load_native() -> _Backend:
     from fastclr.augment.native_backend import apply_native
 
-    return apply_native
+    return _Backend(apply_native)
 
 
-def _load_triton() -> _Apply:
-    from fastclr.augment.triton_backend import apply_triton
+def _load_triton() -> _Backend:
+    from fastclr.augment.triton_backend import apply_triton, apply_triton_views
 
-    return apply_triton
-
-
-def _load_dali() -> _Apply:
-    from fastclr.augment.dali import apply_dali  # imports DALI itself lazily, naming the extra
-
-    return apply_dali
+    return _Backend(apply_triton, apply_triton_views)
 
 
-#: The augmentation backends (module docstring). ``None`` marks kornia, which draws its own
-#: parameters and so has no ``apply``. "auto": Triton for CUDA images, the native kernel for a
-#: dense CPU batch, else torch.
-_REGISTRY: Registry[_Apply | None] = Registry(
+def _load_dali() -> _Backend:
+    from fastclr.augment.dali import apply_dali
+    from fastclr.optional import import_dali
+
+    import_dali()  # unavailable without the extra (the error names it)
+    return _Backend(apply_dali)
+
+
+#: The augmentation backends (module docstring). kornia draws its own parameters and so has no
+#: ``apply``. "auto": Triton for CUDA images, the native kernel for a dense CPU batch, else torch.
+REGISTRY: Registry[_Backend] = Registry(
     "the augmentation",
     [
-        Impl("reference", lambda: apply_reference, auto=False),
-        Impl("torch", lambda: apply_torch),
+        Impl("reference", lambda: _Backend(apply_reference), auto=False, exact=True),
+        Impl("torch", lambda: _Backend(apply_torch)),
         native_impl(_load_native, dense_only=True),
         triton_impl(_load_triton),
-        Impl("kornia", lambda: None, auto=False),
+        Impl("kornia", lambda: _Backend(None), auto=False, draws_own_params=True),
         Impl("dali", _load_dali, auto=False),
     ],
 )
-BACKENDS = _REGISTRY.names
+BACKENDS = REGISTRY.names
 
 
 class SimCLRAugmentation:
@@ -180,12 +205,13 @@ class SimCLRAugmentation:
     ) -> None:
         if config is not None and not isinstance(config, AugmentConfig):
             raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
-        _REGISTRY.check_name(backend)
+        REGISTRY.check_name(backend)
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be None or one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
         self.config = config or AugmentConfig.imagenet()
         self.backend = backend
+        self._draws_own_params = backend != "auto" and REGISTRY.info(backend).draws_own_params
         self.seed = seed
         self._generator: torch.Generator | None = None
         self._device = torch.device(device) if device is not None else None
@@ -211,11 +237,11 @@ class SimCLRAugmentation:
 
     def resolve_backend(self, device: torch.device, ragged: bool = False) -> str:
         """The concrete backend ``"auto"`` stands for on ``device`` (and for a ragged batch)."""
-        return _REGISTRY.resolve(self.backend, device, dense=not ragged)
+        return REGISTRY.resolve(self.backend, device, dense=not ragged)
 
     def _apply_fn(self, device: torch.device, ragged: bool = False) -> _Apply:
         name = self.resolve_backend(device, ragged)
-        fn = _REGISTRY.get(name)
+        fn = REGISTRY.get(name).apply
         if fn is None:
             raise ValueError(f"backend={name!r} cannot apply explicit parameters")
         return fn
@@ -230,8 +256,10 @@ class SimCLRAugmentation:
             src_sizes: (n, 2) integer (H, W) of the sources.
             device: where to draw (default: this object's device, else ``src_sizes.device``).
         """
-        if self.backend == "kornia":
-            raise ValueError("backend='kornia' draws its own parameters; sample() is unavailable")
+        if self._draws_own_params:
+            raise ValueError(
+                f"backend={self.backend!r} draws its own parameters; sample() is unavailable"
+            )
         dev = torch.device(device) if device is not None else (self._device or src_sizes.device)
         g = self.generator(dev)
         sizes = src_sizes.to(g.device)
@@ -245,7 +273,7 @@ class SimCLRAugmentation:
 
         ``validate=False`` skips the check (a host sync) for parameters valid by construction,
         e.g. drawn by :meth:`sample` for these very sources (the streaming loaders' full-image
-        crops in :func:`fastclr.data.augment_views`).
+        crops in :func:`fastclr.train.views.augment_views`).
         """
         imgs, params = check_apply_args(images, params, layout=self.layout, validate=validate)
         fn = self._apply_fn(images_device(imgs), not isinstance(imgs, Tensor))
@@ -255,7 +283,7 @@ class SimCLRAugmentation:
         """Two independent views ``(v1, v2)`` of ``images``."""
         imgs = check_images(images, self.layout)
         dev = images_device(imgs)
-        if self.backend == "kornia":
+        if self._draws_own_params:
             if self._kornia is None:
                 from fastclr.augment.kornia import KorniaAugmentation
 
@@ -265,12 +293,9 @@ class SimCLRAugmentation:
         p1, p2 = self.sample(n, src_sizes_of(imgs))
         ragged = not isinstance(imgs, Tensor)
         # The parameters were just drawn for these sources: valid by construction, no host sync.
-        if self.resolve_backend(dev, ragged) == "triton":
-            # both views in one launch sequence (a ragged batch is packed once)
-            from fastclr.augment.triton_backend import apply_triton_views
-
-            views: Sequence[AugmentParams] = [p1, p2]
-            v1, v2 = apply_triton_views(imgs, views, self.config, layout="NHWC", validate=False)
+        both = REGISTRY.get(self.resolve_backend(dev, ragged)).apply_views
+        if both is not None:  # both views in one pass (a ragged batch is packed once)
+            v1, v2 = both(imgs, [p1, p2], self.config, layout="NHWC", validate=False)
             return v1, v2
         fn = self._apply_fn(dev, ragged)
         return (

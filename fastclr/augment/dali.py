@@ -49,7 +49,7 @@ from torch import Tensor
 
 from fastclr.augment.inputs import Images, check_apply_args, images_device, to_rgb
 from fastclr.augment.params import AugmentConfig, AugmentParams
-from fastclr.data.dali import import_dali
+from fastclr.optional import import_dali
 
 __all__ = ["apply_dali", "can_blur", "colour_and_tail", "uniform_draw"]
 
@@ -134,9 +134,17 @@ def can_blur(config: AugmentConfig) -> bool:
 
 #: AugmentParams fields fed per sample to the tensor pipeline, after the crop box (y0, x0, h, w).
 _TENSOR_FIELDS = (
-    "flip", "jitter_apply", "brightness", "contrast", "saturation", "hue", "gray", "blur_apply",
-    "sigma", "solarize",
-)  # fmt: skip
+    "flip",
+    "jitter_apply",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "gray",
+    "blur_apply",
+    "sigma",
+    "solarize",
+)
 _TENSOR_PRM = ("y0", "x0", "h", "w", *_TENSOR_FIELDS)
 #: Built tensor pipelines, keyed by (config, device_id); each remembers its max batch size.
 _TENSOR_PIPES: dict[tuple[AugmentConfig, int | None], tuple[int, Any]] = {}
@@ -153,9 +161,12 @@ def _build_tensor_pipeline(config: AugmentConfig, device_id: int | None, max_bat
     @pipeline_def(enable_conditionals=True)
     def tensor_pipeline() -> Any:
         img = fn.external_source(
-            name="images", layout="HWC", dtype=types.UINT8, ndim=3,
+            name="images",
+            layout="HWC",
+            dtype=types.UINT8,
+            ndim=3,
             device="gpu" if on_gpu else "cpu",
-        )  # fmt: skip
+        )
         prm = fn.external_source(name="params", dtype=types.FLOAT, ndim=1)
 
         def p(name: str) -> Any:

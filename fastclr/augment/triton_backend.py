@@ -174,58 +174,68 @@ def _checked_views(
     return [check_apply_args(imgs, p, layout="NHWC", validate=validate)[1] for p in views]
 
 
+def _blocks(npix: int) -> tuple[int, int]:
+    """(pixels per program, pixels per mean program) for images of ``npix`` pixels."""
+    if _interpreting():
+        block = min(BLOCK_INTERPRETED, max(16, _next_pow2(npix)))
+        return block, block
+    return BLOCK_PIXELS, BLOCK_MEAN
+
+
 def _launch(src: Tensor, img_rows: Tensor, prm: Tensor, config: AugmentConfig) -> Tensor:
     """Run the mean, colour and (if ``config.blur_kernel_size`` > 1) two blur kernels.
 
     ``prm`` holds one parameter row per output image and ``img_rows`` its source's row of the
     :func:`pack_sources` table; returns the (rows, S, S, 3) output in ``config.dtype``.
     """
-    dev = prm.device
-    rows = prm.shape[0]
-    s = config.size
-    k = config.blur_kernel_size
+    dev, rows, s, k = prm.device, prm.shape[0], config.size, config.blur_kernel_size
     blur = k > 1  # as the reference: blur_apply decides per row, whatever config.blur_p says
     out_nhwc = torch.empty((rows, s, s, 3), dtype=config.dtype, device=dev)
-    m0, m1, m2 = (float(x) for x in config.mean)
-    s0, s1, s2 = (float(x) for x in config.std)
-    thr = float(config.solarize_threshold)
-
+    # the tail every kernel applies: solarize threshold, then normalisation by mean and std
+    tail = (
+        float(config.solarize_threshold),
+        *(float(x) for x in config.mean),
+        *(float(x) for x in config.std),
+    )
     npix = s * s
-    if _interpreting():
-        block = min(BLOCK_INTERPRETED, max(16, _next_pow2(npix)))
-        block_mean = block
-    else:
-        block = BLOCK_PIXELS
-        block_mean = BLOCK_MEAN
+    block, block_mean = _blocks(npix)
     grid = (rows * ((npix + block - 1) // block),)  # 1-D: rows are not capped at 65,535
     n_chunks = (npix + block_mean - 1) // block_mean
     partials = torch.empty((rows, n_chunks), dtype=torch.float32, device=dev)
-    chunks = _next_pow2(n_chunks)
-
     augment_contrast_mean_kernel[(rows * n_chunks,)](
         src, img_rows, prm, partials, s, n_chunks, BLOCK=block_mean
     )
-    if not blur:
-        augment_color_kernel[grid](
-            src, img_rows, prm, partials, out_nhwc, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
-            FUSE_TAIL=True, CHUNKS=chunks, BLOCK=block,
-        )  # fmt: skip
-        return out_nhwc
-    tmp = torch.empty((rows, s, s, 3), dtype=torch.float32, device=dev)
-    tmp2 = torch.empty_like(tmp)
+    colour_out = (
+        out_nhwc if not blur else torch.empty(out_nhwc.shape, dtype=torch.float32, device=dev)
+    )
     augment_color_kernel[grid](
-        src, img_rows, prm, partials, tmp, s, n_chunks, thr, m0, m1, m2, s0, s1, s2,
-        FUSE_TAIL=False, CHUNKS=chunks, BLOCK=block,
-    )  # fmt: skip
-    radius = k // 2
-    augment_blur_kernel[grid](
-        tmp, prm, tmp2, s, thr, m0, m1, m2, s0, s1, s2,
-        RADIUS=radius, AXIS=0, FINISH=False, BLOCK=block,
-    )  # fmt: skip
-    augment_blur_kernel[grid](
-        tmp2, prm, out_nhwc, s, thr, m0, m1, m2, s0, s1, s2,
-        RADIUS=radius, AXIS=1, FINISH=True, BLOCK=block,
-    )  # fmt: skip
+        src,
+        img_rows,
+        prm,
+        partials,
+        colour_out,
+        s,
+        n_chunks,
+        *tail,
+        FUSE_TAIL=not blur,
+        CHUNKS=_next_pow2(n_chunks),
+        BLOCK=block,
+    )
+    if not blur:
+        return out_nhwc
+    between = torch.empty_like(colour_out)
+    for axis, (src_, dst) in enumerate(((colour_out, between), (between, out_nhwc))):
+        augment_blur_kernel[grid](
+            src_,
+            prm,
+            dst,
+            s,
+            *tail,
+            RADIUS=k // 2,
+            AXIS=axis,
+            FINISH=axis == 1,
+            BLOCK=block,
+        )
     return out_nhwc
 
 

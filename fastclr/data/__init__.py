@@ -6,6 +6,8 @@ Modules, one job each:
   followed without loops, what is left out and why), nothing decoded;
 * :mod:`~fastclr.data.decode`: files → 8-bit RGB by one conversion rule; crops taken from the
   original image (with reduced-scale JPEG decoding where it keeps the crop the same);
+* :mod:`~fastclr.data.plan`: what a run reads, listed once and split once
+  (:mod:`~fastclr.data.split`: the one train / held-out rule);
 * :mod:`~fastclr.data.memory`: the in-memory path (digits, small folders as one uint8 tensor);
 * :mod:`~fastclr.data.stream`: the streaming loader (DataLoader workers decode each batch);
 * :mod:`~fastclr.data.dali`: the same loader with NVIDIA DALI (nvJPEG on a GPU), lazily imported;
@@ -16,33 +18,31 @@ Modules, one job each:
 """
 
 from fastclr.data.files import IMAGE_EXTENSIONS, FileList, FolderListing, list_image_folder
-from fastclr.data.memory import (
-    ImageData,
-    TensorImageDataset,
-    load_data,
-    load_digits,
-    load_image_folder,
-)
+from fastclr.data.memory import ImageData, TensorImageDataset, load_digits
+from fastclr.data.plan import DataPlan, load_data, load_image_folder, plan_data
 from fastclr.data.select import LOADERS, TrainData, build_train_data, resolve_loader
-from fastclr.data.stream import StreamingLoader, ViewBatch, augment_views
+from fastclr.data.split import FileSet
+from fastclr.data.stream import StreamingLoader, ViewBatch
 from fastclr.data.summary import DataSummary
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "LOADERS",
+    "DataPlan",
     "DataSummary",
     "FileList",
+    "FileSet",
     "FolderListing",
     "ImageData",
     "StreamingLoader",
     "TensorImageDataset",
     "TrainData",
     "ViewBatch",
-    "augment_views",
     "build_train_data",
     "list_image_folder",
     "load_data",
     "load_digits",
     "load_image_folder",
+    "plan_data",
     "resolve_loader",
 ]

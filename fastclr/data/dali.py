@@ -49,28 +49,13 @@ from fastclr.data.stream import (
 )
 from fastclr.data.summary import DataSummary
 from fastclr.data.validate import check_file
+from fastclr.optional import import_dali
 
-__all__ = ["DaliLoader", "import_dali"]
+__all__ = ["DaliLoader"]
 
 #: PIL modes DALI's decoder turns into 8-bit RGB the way fastclr's rule does.
 _DALI_MODES = ("RGB", "L", "1", "P", "PA", "LA", "RGBA", "CMYK", "YCbCr")
 _DALI_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "MPO")
-
-
-def import_dali() -> tuple[Any, Any, Any, Any, Any]:
-    """(fn, types, math, pipeline_def, pytorch plugin), or an ImportError naming the extra."""
-    try:
-        import nvidia.dali.fn as fn
-        import nvidia.dali.math as dmath
-        import nvidia.dali.plugin.pytorch as dali_torch
-        import nvidia.dali.types as types
-        from nvidia.dali import pipeline_def
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "fastclr's DALI loader needs NVIDIA DALI: install it with `pip install fastclr[dali]` "
-            f"(the nvidia-dali-cuda120 wheel). Import failed with: {e}"
-        ) from e
-    return fn, types, dmath, pipeline_def, dali_torch
 
 
 def _header(data: bytes) -> tuple[int, int]:

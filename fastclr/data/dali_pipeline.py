@@ -40,9 +40,9 @@ from torch import Tensor
 
 from fastclr.augment.dali import can_blur, colour_and_tail, uniform_draw
 from fastclr.augment.params import AugmentConfig
-from fastclr.data.dali import import_dali
 from fastclr.data.files import list_images
 from fastclr.data.validate import Validate, validate_images
+from fastclr.optional import import_dali
 
 __all__ = ["READER_NAME", "DaliBatch", "DaliSimCLRLoader", "build_simclr_pipeline"]
 

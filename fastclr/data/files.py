@@ -40,8 +40,17 @@ __all__ = [
 #: Lower-case suffixes of the files every fastclr loader lists (PIL decodes all of them; DALI
 #: decodes all but GIF, which its loader checks and reports as skipped like any unreadable file).
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-)  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 #: Paths quoted by name in one warning before the rest are only counted.
 _SHOW = 5
 

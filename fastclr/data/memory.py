@@ -5,8 +5,8 @@
 * image folders (layout and listing rules: :mod:`fastclr.data.files`): every file is decoded once
   by the conversion rule of :mod:`fastclr.data.decode`, its shorter side resized to the view size
   and centre-cropped to a square, and kept in memory; unreadable files are skipped, reported by
-  path and counted (:class:`~fastclr.data.summary.DataSummary`). ``ROOT/train`` + ``ROOT/val``
-  are used as the split when present, else a fixed 10% of each class is held out.
+  path and counted (:class:`~fastclr.data.summary.DataSummary`), after the folder was listed
+  and split (:mod:`fastclr.data.plan`, :mod:`fastclr.data.split`).
 * :class:`TensorImageDataset`: the in-memory uint8 tensor (kept on the training device) that the
   training loop batches from, with deterministic per-epoch shuffling and rank sharding.
 
@@ -17,32 +17,29 @@ wrong for photos. Larger sets stream (:mod:`fastclr.data.stream`, :mod:`fastclr.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fastclr.data.decode import decode_resized_square
-from fastclr.data.files import FileList, list_image_folder
+from fastclr.data.files import FileList
+from fastclr.data.split import DIGITS_HELDOUT_FRACTION, FileSet, stratified_split
 from fastclr.data.summary import DataSummary
+from fastclr.errors import UsageError
 
 __all__ = [
+    "DIGITS_SIZE",
     "ImageData",
     "TensorImageDataset",
-    "load_data",
+    "decode_files",
+    "decode_split",
     "load_digits",
-    "load_image_folder",
 ]
 
-DIGITS_HELDOUT_FRACTION = 0.2
-FOLDER_HELDOUT_FRACTION = 0.1
 DIGITS_SIZE = 32
-SPLIT_SEED = 0  # the held-out split is fixed, independent of the training seed
 
 
 class TensorImageDataset:
@@ -130,21 +127,6 @@ class ImageData:
     summary: DataSummary | None = None  # what was skipped, converted or left out, by path
 
 
-def _stratified_split(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
-    """Indices (train, held-out): ``fraction`` of every class (at least one when it has ≥ 2)."""
-    g = torch.Generator().manual_seed(SPLIT_SEED)
-    train_idx: list[Tensor] = []
-    held_idx: list[Tensor] = []
-    for c in torch.unique(labels):
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=g)]
-        n_held = round(idx.numel() * fraction) if idx.numel() >= 2 else 0
-        n_held = max(n_held, 1) if idx.numel() >= 2 else 0
-        held_idx.append(idx[:n_held])
-        train_idx.append(idx[n_held:])
-    return torch.cat(train_idx).sort().values, torch.cat(held_idx).sort().values
-
-
 def load_digits(size: int = 32) -> ImageData:
     """scikit-learn's digits as ``size``×``size`` RGB uint8 with a fixed 80/20 stratified split."""
     from sklearn.datasets import load_digits as sk_load_digits
@@ -155,7 +137,7 @@ def load_digits(size: int = 32) -> ImageData:
     rgb = up.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
     images = rgb.permute(0, 2, 3, 1).contiguous()  # (N, size, size, 3)
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    tr, ho = _stratified_split(labels, DIGITS_HELDOUT_FRACTION)
+    tr, ho = stratified_split(labels, DIGITS_HELDOUT_FRACTION)
     return ImageData(
         name="digits",
         train=TensorImageDataset(images[tr], labels[tr]),
@@ -200,12 +182,19 @@ class _DecodeSet(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, 
         return out, ok, events
 
 
-def _decode_all(
-    files: FileList, labels: np.ndarray, size: int, num_workers: int, summary: DataSummary
-) -> tuple[Tensor, Tensor]:
-    """Decode every file (in ``num_workers`` processes); returns images and labels."""
+def decode_files(
+    files: FileSet,
+    size: int,
+    num_workers: int,
+    summary: DataSummary,
+    what: str = "image files",
+) -> TensorImageDataset:
+    """Every readable file of ``files`` decoded to a ``size`` square (in ``num_workers``
+    processes), with its label (none for unlabelled files); unreadable ones are recorded in
+    ``summary`` and left out. Raises :class:`~fastclr.errors.UsageError` naming ``what`` when
+    none is readable."""
     loader = torch.utils.data.DataLoader(
-        _DecodeSet(files, size),
+        _DecodeSet(files.files, size),
         batch_size=None,
         num_workers=num_workers,
     )
@@ -215,54 +204,29 @@ def _decode_all(
         chunks.append(out[ok])
         kept.append(ok)
         for i, kind, detail in events:
-            summary.record(files[i], kind, detail)
+            summary.record(files.files[i], kind, detail)
     keep = torch.cat(kept)
     if not bool(keep.any()):
-        raise ValueError(f"none of the {len(files)} image files could be read")
-    return torch.cat(chunks), torch.from_numpy(labels)[keep]
+        raise UsageError(f"none of the {len(files)} {what} could be read")
+    labelled = len(files) > 0 and int(files.labels.min()) >= 0
+    labels = torch.from_numpy(files.labels)[keep] if labelled else None
+    return TensorImageDataset(torch.cat(chunks), labels)
 
 
-def _folder_set(
-    root: Path, size: int, num_workers: int, summary: DataSummary
-) -> tuple[TensorImageDataset, list[str]]:
-    listing = list_image_folder(root)
-    summary.add_listing(listing)
-    images, labels = _decode_all(listing.files, listing.labels, size, num_workers, summary)
-    return TensorImageDataset(images, labels if listing.classes else None), listing.classes
-
-
-def load_image_folder(root: str | os.PathLike[str], size: int, num_workers: int = 0) -> ImageData:
-    """Decode an image folder into memory (see the module docstring for layout and split)."""
-    root = Path(root)
-    summary = DataSummary()
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train, classes = _folder_set(root / "train", size, num_workers, summary)
-        held, held_classes = _folder_set(root / "val", size, num_workers, summary)
-        if held_classes != classes:
-            raise ValueError(f"{root}/train and {root}/val have different class subfolders")
-        summary.report(str(root))
-        return ImageData(str(root), train, held, classes, summary.skipped_count, summary)
-    data, classes = _folder_set(root, size, num_workers, summary)
-    summary.report(str(root))
-    if data.labels is None or len(classes) < 2:
-        return ImageData(str(root), data, None, classes, summary.skipped_count, summary)
-    tr, ho = _stratified_split(data.labels, FOLDER_HELDOUT_FRACTION)
-    return ImageData(
-        str(root),
-        TensorImageDataset(data.images[tr], data.labels[tr]),
-        TensorImageDataset(data.images[ho], data.labels[ho]),
-        classes,
-        summary.skipped_count,
-        summary,
-    )
-
-
-def load_data(spec: str, image_size: int = 32, num_workers: int = 0) -> ImageData:
-    """``"digits"`` or the path of an image folder.
-
-    Digits are always stored at 32 px (``DIGITS_SIZE``); ``image_size`` is the size image-folder
-    files are decoded to. The training views' size is the augmentation's output size.
-    """
-    if spec == "digits":
-        return load_digits(DIGITS_SIZE)
-    return load_image_folder(spec, image_size, num_workers)
+def decode_split(
+    name: str,
+    train: FileSet,
+    heldout: FileSet | None,
+    classes: list[str],
+    size: int,
+    num_workers: int,
+    summary: DataSummary,
+) -> ImageData:
+    """A folder's split (:mod:`fastclr.data.split`) decoded into memory as an :class:`ImageData`."""
+    n = len(train) + (len(heldout) if heldout is not None else 0)
+    tr = decode_files(train, size, num_workers, summary, f"training image files of {name}")
+    held = None
+    if heldout is not None:
+        what = f"held-out image files of {name} ({summary.skipped_count} of its {n} unreadable)"
+        held = decode_files(heldout, size, num_workers, summary, what)
+    return ImageData(name, tr, held, classes, summary.skipped_count, summary)

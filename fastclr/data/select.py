@@ -23,29 +23,23 @@ explicit count is used as given.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from fastclr.augment.params import AugmentConfig
-from fastclr.data.files import FileList, FolderListing, list_image_folder
-from fastclr.data.memory import (
-    FOLDER_HELDOUT_FRACTION,
-    ImageData,
-    TensorImageDataset,
-    _decode_all,
-    _stratified_split,
-    load_data,
-    load_digits,
-)
+from fastclr.data.files import FileList
+from fastclr.data.memory import ImageData, TensorImageDataset, decode_files
+from fastclr.data.plan import DataPlan
+from fastclr.data.split import FileSet
 from fastclr.data.stream import StreamingLoader, ViewBatch
 from fastclr.data.summary import DataSummary
+from fastclr.errors import UsageError
+from fastclr.optional import dali_available
 
 __all__ = [
     "HEADER_PROBES",
@@ -57,14 +51,12 @@ __all__ = [
     "MemoryLoader",
     "TrainData",
     "build_train_data",
-    "count_train_images",
-    "dali_available",
     "decoded_bytes",
     "fits_in_memory",
     "images_are_grey",
+    "monitor_picks",
     "resolve_loader",
     "resolve_num_workers",
-    "train_listing",
     "usable_cpus",
 ]
 
@@ -92,14 +84,6 @@ class BatchLoader(Protocol):
     def steps_per_epoch(self) -> int: ...
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]: ...
-
-
-def dali_available() -> bool:
-    """True when ``nvidia.dali`` can be imported (the ``dali`` extra)."""
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 class MemoryLoader:
@@ -162,13 +146,6 @@ def fits_in_memory(n_images: int, image_size: int) -> bool:
     return decoded_bytes(n_images, image_size) <= MEMORY_AUTO_BYTES
 
 
-def _train_root(spec: str) -> tuple[Path, Path | None]:
-    root = Path(spec)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        return root / "train", root / "val"
-    return root, None
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one, else all)."""
     if hasattr(os, "sched_getaffinity"):
@@ -208,30 +185,39 @@ def resolve_num_workers(
 
 
 def resolve_loader(
-    choice: str, data: str, image_size: int, device: torch.device, listing: FolderListing | None
-) -> str:
-    """The loader ``choice`` stands for (module docstring); errors name ``loader``."""
+    choice: str, data: DataPlan, image_size: int, device: torch.device
+) -> tuple[str, str]:
+    """(loader, reason): the loader ``choice`` stands for on ``data`` (module docstring).
+
+    Raises :class:`~fastclr.errors.UsageError` naming ``--loader`` for a choice the data or
+    this process cannot serve.
+    """
     if choice not in LOADERS:
-        raise ValueError(f"loader must be one of {LOADERS}, got {choice!r}")
-    if data == "digits":
+        raise UsageError(f"--loader must be one of {', '.join(LOADERS)}, got {choice!r}")
+    if not data.is_folder:
         if choice not in ("auto", "memory"):
-            raise ValueError(
-                f"loader={choice!r} streams image files; digits is an in-memory set "
-                "(use loader 'memory' or 'auto', or pass an image folder as data)"
+            raise UsageError(
+                f"--loader {choice} streams image files; {data.name} is an in-memory set "
+                "(use --loader memory or auto, or pass an image folder as --data)"
             )
-        return "memory"
+        return "memory", "the data are in memory"
     if choice == "dali" and not dali_available():
-        raise ValueError(
-            "loader='dali' needs NVIDIA DALI: pip install 'fastclr[dali]' (or use loader 'stream')"
+        raise UsageError(
+            "--loader dali needs NVIDIA DALI: pip install 'fastclr[dali]' (or use --loader stream)"
         )
     if choice != "auto":
-        return choice
-    assert listing is not None
-    if fits_in_memory(len(listing), image_size) and _probe_small_squares(listing.files, image_size):
-        return "memory"
+        return choice, "given"
+    assert data.train is not None
+    n = len(data.train) + (len(data.heldout) if data.heldout is not None else 0)
+    size = decoded_bytes(n, image_size)
+    if fits_in_memory(n, image_size) and _probe_small_squares(data.train.files, image_size):
+        return "memory", (
+            f"auto: {n:,} small square files, {size / 2**20:.0f} MiB decoded at {image_size} px "
+            f"<= {MEMORY_AUTO_BYTES >> 20} MiB: decoded once"
+        )
     if device.type == "cuda" and dali_available():
-        return "dali"
-    return "stream"
+        return "dali", "auto: CUDA with NVIDIA DALI installed"
+    return "stream", "auto: files larger than the views, or too many to decode once"
 
 
 @dataclass
@@ -247,59 +233,29 @@ class TrainData:
     summary: DataSummary = field(default_factory=DataSummary)
     #: whether the kNN monitor runs (the same on every rank; the sets exist on rank 0 at least)
     monitored: bool = False
-    #: decode worker processes of this loader, and why that many (:func:`resolve_num_workers`)
+    #: decode worker processes of this loader (:func:`resolve_num_workers`)
     num_workers: int = 0
-    num_workers_reason: str = ""
+
+
+def monitor_picks(n_train: int, n_held: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices of the fixed random subsets (train 4 : held-out 1) of streamed data that
+    the kNN monitor decodes, within :data:`MONITOR_BYTES` at ``size`` px."""
+    cap = max(2, MONITOR_BYTES // (size * size * 3))
+    n_tr = min(n_train, cap * 4 // 5)
+    n_ho = min(n_held, cap - n_tr)
+    rng = np.random.default_rng(0)
+    return np.sort(rng.permutation(n_train)[:n_tr]), np.sort(rng.permutation(n_held)[:n_ho])
 
 
 def _monitor_sets(
-    train: FileList,
-    train_labels: np.ndarray,
-    held: FileList,
-    held_labels: np.ndarray,
-    size: int,
-    num_workers: int,
-    summary: DataSummary,
+    train: FileSet, held: FileSet, size: int, num_workers: int, summary: DataSummary
 ) -> tuple[TensorImageDataset, TensorImageDataset]:
-    """Fixed random subsets (train 4 : held-out 1) decoded within MONITOR_BYTES."""
-    cap = max(2, MONITOR_BYTES // (size * size * 3))
-    n_tr = min(len(train), cap * 4 // 5)
-    n_ho = min(len(held), cap - n_tr)
-    rng = np.random.default_rng(0)
-    pick_tr = np.sort(rng.permutation(len(train))[:n_tr])
-    pick_ho = np.sort(rng.permutation(len(held))[:n_ho])
-    x_tr, y_tr = _decode_all(
-        train.select(pick_tr), train_labels[pick_tr], size, num_workers, summary
-    )
-    x_ho, y_ho = _decode_all(held.select(pick_ho), held_labels[pick_ho], size, num_workers, summary)
-    return TensorImageDataset(x_tr, y_tr), TensorImageDataset(x_ho, y_ho)
-
-
-def train_listing(data: str | ImageData) -> FolderListing | None:
-    """The listing of an image folder's training files (``ROOT/train`` in the ImageNet layout);
-    None for in-memory data and the embedded digits. Lets :func:`count_train_images` and
-    :func:`images_are_grey` share one listing."""
-    if isinstance(data, ImageData) or data == "digits":
-        return None
-    return list_image_folder(_train_root(data)[0])
-
-
-def count_train_images(data: str | ImageData, listing: FolderListing | None = None) -> int:
-    """How many images a run on ``data`` trains on (the held-out part excluded), from the listing
-    alone: nothing is decoded, so the batch size can be chosen before any loader is built.
-
-    ``listing``: :func:`train_listing` of ``data``, where the caller already has it.
-    """
-    if isinstance(data, ImageData):
-        return len(data.train)
-    if data == "digits":
-        return len(load_digits().train)
-    if listing is None:
-        listing = list_image_folder(_train_root(data)[0])
-    n = len(listing.files)
-    if _train_root(data)[1] is None and len(listing.classes) >= 2:
-        n -= int(_stratified_split(torch.from_numpy(listing.labels), _HELD)[1].numel())
-    return n
+    """The monitor's subsets (:func:`monitor_picks`) decoded."""
+    pick_tr, pick_ho = monitor_picks(len(train), len(held), size)
+    what = "kNN monitor's {} images"
+    tr = decode_files(train.select(pick_tr), size, num_workers, summary, what.format("training"))
+    ho = decode_files(held.select(pick_ho), size, num_workers, summary, what.format("held-out"))
+    return tr, ho
 
 
 def _grey(img: np.ndarray | torch.Tensor) -> bool:
@@ -308,23 +264,19 @@ def _grey(img: np.ndarray | torch.Tensor) -> bool:
     return bool(((a[..., 0] == a[..., 1]) & (a[..., 1] == a[..., 2])).all())
 
 
-def images_are_grey(data: str | ImageData, listing: FolderListing | None = None) -> bool:
+def images_are_grey(data: DataPlan) -> bool:
     """Whether the training images are grayscale: R = G = B in every one of up to
     :data:`GREY_PROBES` evenly spaced images (files decoded by the one 8-bit rule of
     :mod:`fastclr.data.decode`; files that do not open are skipped, and if none opens the answer
-    is False). Nothing else is decoded, so the augmentation can be chosen before any loader.
-
-    ``listing``: :func:`train_listing` of ``data``, where the caller already has it.
-    """
-    if isinstance(data, ImageData):
-        images = data.train.images
+    is False). Only those files are decoded (in memory data: none)."""
+    if data.memory is not None:
+        images = data.memory.train.images
         picks = _evenly_spaced(len(images), GREY_PROBES)
         return len(images) > 0 and all(_grey(images[i]) for i in picks)
-    if data == "digits":
-        return True
     from fastclr.data.decode import open_rgb
 
-    files = (listing if listing is not None else list_image_folder(_train_root(data)[0])).files
+    assert data.train is not None
+    files = data.train.files
     opened = 0
     for i in _evenly_spaced(len(files), GREY_PROBES):
         try:
@@ -338,9 +290,10 @@ def images_are_grey(data: str | ImageData, listing: FolderListing | None = None)
 
 
 def build_train_data(
-    data: str | ImageData,
+    data: DataPlan,
     *,
     loader: str,
+    num_workers: int,
     crop: AugmentConfig,
     image_size: int,
     batch_size: int,
@@ -348,66 +301,39 @@ def build_train_data(
     rank: int,
     world_size: int,
     device: torch.device,
-    num_workers: int | None,
     monitor: bool = True,
 ) -> TrainData:
-    """Resolve ``loader`` and build it for this rank (``batch_size`` is per rank).
-
-    ``num_workers=None``: as many decode workers as :func:`resolve_num_workers` says.
-    """
-    if isinstance(data, ImageData):
-        if loader not in ("auto", "memory"):
-            raise ValueError(f"loader={loader!r} needs an image folder, not an in-memory ImageData")
-        return _memory_data(data, "memory", batch_size, seed, rank, world_size, device)
-    listing = held_listing = None
-    if data != "digits":
-        train_root, held_root = _train_root(data)
-        listing = list_image_folder(train_root)
-        held_listing = list_image_folder(held_root) if held_root is not None else None
-    name = resolve_loader(loader, data, image_size, device, listing)
-    workers, why = resolve_num_workers(num_workers, name)
-    if name == "memory":
-        loaded = load_data(data, image_size, workers)
-        mem = _memory_data(loaded, name, batch_size, seed, rank, world_size, device)
-        mem.num_workers, mem.num_workers_reason = workers, why
+    """The planned ``loader`` (``memory``, ``stream`` or ``dali``) over ``data`` for this rank
+    (``batch_size`` is per rank), with the kNN monitor's sets where the data have held-out
+    labels (``monitor``). In-memory data not decoded yet (other ranks than the planning one)
+    are decoded here."""
+    if loader == "memory":
+        if data.memory is None:
+            data = data.decoded(image_size, num_workers)
+        assert data.memory is not None
+        mem = _memory_data(data.memory, batch_size, seed, rank, world_size, device, data.summary)
+        mem.num_workers = num_workers
         return mem
-    assert listing is not None
-    summary = DataSummary()
-    main = rank == 0  # the listing and its summary are the same on every rank: said once
-    summary.add_listing(listing, warn=main)
-    files, labels = listing.files, listing.labels
-    if held_listing is not None:
-        summary.add_listing(held_listing, warn=main)
-        if held_listing.classes != listing.classes:
-            raise ValueError(f"{data}/train and {data}/val have different class subfolders")
-        held_files, held_labels = held_listing.files, held_listing.labels
-    elif len(listing.classes) >= 2:
-        tr, ho = (t.numpy() for t in _stratified_split(torch.from_numpy(labels), _HELD))
-        held_files, held_labels = files.select(ho), labels[ho]
-        files, labels = files.select(tr), labels[tr]
-    else:
-        held_files, held_labels = None, None
+    assert data.train is not None
+    summary = data.summary
     common: dict[str, Any] = {"seed": seed, "rank": rank, "world_size": world_size}
-    batches = _file_loader(name, files, labels, crop, batch_size, device, workers, summary, common)
+    train = data.train
+    batches = _file_loader(loader, train, crop, batch_size, device, num_workers, summary, common)
     mon_tr = mon_ho = None
-    monitored = monitor and held_files is not None and held_labels is not None
+    monitored = monitor and data.heldout is not None and len(data.heldout) > 0
     if monitored and rank == 0:
-        assert held_files is not None and held_labels is not None
-        mon_tr, mon_ho = _monitor_sets(
-            files, labels, held_files, held_labels, image_size, workers, summary
-        )
-    if main:
-        summary.report(str(data))
+        assert data.heldout is not None
+        mon_tr, mon_ho = _monitor_sets(train, data.heldout, image_size, num_workers, summary)
+    if rank == 0:
+        summary.report(data.name)
     return TrainData(
-        name, batches, len(files), listing.classes, mon_tr, mon_ho, summary, monitored,
-        workers, why,
-    )  # fmt: skip
+        loader, batches, len(train), data.classes, mon_tr, mon_ho, summary, monitored, num_workers
+    )
 
 
 def _file_loader(
     name: str,
-    files: FileList,
-    labels: np.ndarray,
+    files: FileSet,
     crop: AugmentConfig,
     batch_size: int,
     device: torch.device,
@@ -419,10 +345,12 @@ def _file_loader(
     if name == "dali":
         from fastclr.data.dali import DaliLoader
 
-        return DaliLoader(files, labels, crop, batch_size, device=device, summary=summary, **common)
+        return DaliLoader(
+            files.files, files.labels, crop, batch_size, device=device, summary=summary, **common
+        )
     return StreamingLoader(
-        files,
-        labels,
+        files.files,
+        files.labels,
         crop,
         batch_size,
         num_workers=workers,
@@ -432,23 +360,21 @@ def _file_loader(
     )
 
 
-_HELD = FOLDER_HELDOUT_FRACTION
-
-
 def _memory_data(
     data: ImageData,
-    name: str,
     batch_size: int,
     seed: int,
     rank: int,
     world_size: int,
     device: torch.device,
+    summary: DataSummary,
 ) -> TrainData:
     train = data.train.to(device)
-    summary = data.summary if data.summary is not None else DataSummary()
     batches = MemoryLoader(
         train, batch_size, seed=seed, rank=rank, world_size=world_size, summary=summary
     )
     held = data.heldout
     monitored = held is not None and held.labels is not None and data.train.labels is not None
-    return TrainData(name, batches, len(train), data.classes, data.train, held, summary, monitored)
+    return TrainData(
+        "memory", batches, len(train), data.classes, data.train, held, summary, monitored
+    )

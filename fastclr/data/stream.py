@@ -22,7 +22,7 @@ on the ORIGINAL image size read from the file header, and applied to the origina
 (:func:`fastclr.data.decode.decode_views`, with reduced-scale JPEG decoding where the crop allows).
 The colour jitter, grey, blur, flip and normalisation are NOT done here: the uint8 crops go through
 fastclr's augmentation backends (native on CPU, Triton on CUDA) with a full-image crop
-(:func:`augment_views`).
+(:func:`fastclr.train.views.augment_views`: the view step belongs to training).
 
 A file that cannot be read (corrupt, vanished, rejected by the conversion rule) is replaced in
 its batch by another file drawn from the same seeded stream, so neither the epoch nor the batch
@@ -32,15 +32,13 @@ size changes; its path is reported once and counted in :class:`~fastclr.data.Dat
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fastclr.augment import SimCLRAugmentation
-from fastclr.augment.params import AugmentConfig, AugmentParams, sample_params
+from fastclr.augment.params import AugmentConfig, sample_params
 from fastclr.data.decode import BoxDraw, decode_views
 from fastclr.data.files import FileList
 from fastclr.data.summary import DataSummary
@@ -49,7 +47,6 @@ __all__ = [
     "MAX_SUBSTITUTES",
     "StreamingLoader",
     "ViewBatch",
-    "augment_views",
     "draw_boxes",
     "epoch_order",
     "mix_seed",
@@ -116,47 +113,6 @@ class ViewBatch:
             None if self.views is None else self.views.to(device, non_blocking=nb),
             None if self.images is None else self.images.to(device, non_blocking=nb),
         )
-
-
-class _Augmentation(Protocol):
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]: ...
-
-
-def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
-    """Two augmented views of ``batch`` with fastclr's augmentation.
-
-    Uncropped images go through ``augment(images)`` as before. Pre-cropped views keep their crop:
-    the augmentation's own parameters are drawn (``augment.sample``) and their crop replaced by the
-    full (S, S) box, so only flip, colour, grey, blur, solarize and normalisation are applied, by
-    the same backend and definition as for in-memory data (``augment.apply``, both views in one
-    call).
-    """
-    if batch.views is None:
-        assert batch.images is not None
-        v1, v2 = augment(batch.images)
-        return v1, v2
-    views = batch.views
-    n_views, n, s = views.shape[0], views.shape[1], views.shape[2]
-    if n_views != 2:
-        raise ValueError(f"the training loop takes 2 views per image, the batch has {n_views}")
-    if not (hasattr(augment, "sample") and hasattr(augment, "apply")):
-        raise TypeError(
-            "streamed batches are already cropped: the augmentation needs sample() and apply() "
-            "(fastclr.augment.SimCLRAugmentation) to apply the rest of the recipe"
-        )
-    sizes = torch.tensor([s, s], device=views.device).expand(n, 2)
-    p1, p2 = augment.sample(n, sizes, device=views.device)
-    full = torch.tensor([0, 0, s, s], dtype=torch.int32, device=p1.device).expand(n, 4)
-    params = AugmentParams.cat([replace(p1, crop=full), replace(p2, crop=full.clone())])
-    flat = views.reshape(2 * n, s, s, views.shape[-1])
-    if isinstance(augment, SimCLRAugmentation):
-        # drawn by sample() for (S, S) sources with the full box: valid by construction, so no
-        # parameter check (a host sync per step on a GPU)
-        out = augment.apply(flat, params, validate=False)
-    else:
-        out = augment.apply(flat, params)
-    v1, v2 = out.chunk(2)
-    return v1, v2
 
 
 def _fixed(boxes: np.ndarray) -> BoxDraw:

@@ -11,11 +11,18 @@ from fastclr.models.resnet import (
     resnet34,
     resnet50,
 )
-from fastclr.models.simclr import ProjectionHead, SimCLR, build_model, infer_feature_dim
+from fastclr.models.simclr import (
+    Architecture,
+    ProjectionHead,
+    SimCLR,
+    build_model,
+    infer_feature_dim,
+)
 
 __all__ = [
     "ARCHS",
     "STEMS",
+    "Architecture",
     "BasicBlock",
     "Bottleneck",
     "ProjectionHead",

@@ -6,14 +6,15 @@ probe, kNN), ``z = g(h)`` the embeddings the NT-Xent loss sees.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from fastclr.models.resnet import resnet
 
-__all__ = ["ProjectionHead", "SimCLR", "build_model", "infer_feature_dim"]
+__all__ = ["Architecture", "ProjectionHead", "SimCLR", "build_model", "infer_feature_dim"]
 
 
 class ProjectionHead(nn.Sequential):
@@ -113,3 +114,19 @@ def build_model(
     encoder = resnet(arch, stem=stem, width=width)
     model = SimCLR(encoder, feature_dim=encoder.feature_dim, proj_dim=proj_dim, head_bn=head_bn)
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a fastclr SimCLR model is: the fields a checkpoint records (``model_spec``)."""
+
+    arch: str
+    stem: str
+    width: float
+    proj_dim: int = 128
+    head_bn: bool = False
+
+    def build(self) -> SimCLR:
+        """The model (random weights, channels_last)."""
+        stem = cast(Literal["cifar", "imagenet"], self.stem)
+        return build_model(self.arch, stem, self.width, self.proj_dim, self.head_bn)

@@ -27,10 +27,11 @@ from fastclr.checkpoint import (
     model_spec,
     save_checkpoint_atomic,
 )
+from fastclr.distributed import DistInfo, gather_objects
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
-from fastclr.train.distributed import DistInfo, gather_objects
+from fastclr.train.plan import RunPlan
 from fastclr.train.rng import capture_rng
 
 __all__ = ["CheckpointSaver", "Position", "TrainingState", "resume"]
@@ -63,12 +64,13 @@ class CheckpointSaver:
         self,
         out: Path,
         cfg: TrainConfig,
+        plan: RunPlan,
         ddp: DistInfo,
         device: torch.device,
         mean: tuple[float, ...],
         std: tuple[float, ...],
     ) -> None:
-        self.out, self.cfg, self.ddp, self.device = out, cfg, ddp, device
+        self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
         self.mean, self.std = mean, std
 
     @property
@@ -84,15 +86,16 @@ class CheckpointSaver:
         all_rng = self._all_rng(state.augment)
         if not self.ddp.is_main:
             return
-        cfg = self.cfg
+        cfg, plan = self.cfg, self.plan
         payload = {
             "format": CHECKPOINT_FORMAT,
-            "model_spec": model_spec(cfg),
+            "model_spec": model_spec(plan.architecture(cfg)),
             "feature_dim": state.model.feature_dim,
-            "image_size": cfg.image_size,
+            "image_size": plan.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
             "config": dataclasses.asdict(cfg),
+            "plan": plan.to_dict(),
             "epoch": at.epoch,
             "step_in_epoch": at.step_in_epoch,
             "global_step": at.global_step,
@@ -106,27 +109,42 @@ class CheckpointSaver:
         save_checkpoint_atomic(payload, self.path)
 
 
+def _follow_plan(
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    optimizer: torch.optim.Optimizer,
+    schedule: WarmupCosine,
+) -> None:
+    """Put ``schedule`` in place of the saved one and set the learning rate of the step about
+    to be taken from it (LambdaLR only sets it at its next ``step()``): a run extended with a
+    larger ``--epochs`` continues from where the longer cosine is, not at the old end's 0."""
+    scheduler.lr_lambdas[0] = schedule
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * schedule(scheduler.last_epoch)
+
+
 def resume(
     path: str | os.PathLike[str],
     cfg: TrainConfig,
+    plan: RunPlan,
     state: TrainingState,
     ddp: DistInfo,
-    schedule: WarmupCosine,
     checkpoint: dict[str, Any] | None = None,
 ) -> tuple[Position, dict[str, Any]]:
     """Load a checkpoint into ``state``; return its position and this rank's RNG state.
 
     The RNG state is returned rather than restored so that the caller restores it last, after
-    everything that may still draw random numbers during set-up. ``schedule`` replaces the saved
-    one: the schedule follows this run's ``epochs`` (a resumed run may be extended).
+    everything that may still draw random numbers during set-up. The schedule follows the plan
+    (a resumed run may be extended: ``epochs`` is then longer than the saved one's).
     ``checkpoint``: the file's contents when already read (and verified) by the caller.
     """
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
-    check_spec(ckpt["model_spec"], model_spec(cfg), path)
+    check_spec(ckpt["model_spec"], model_spec(plan.architecture(cfg)), path)
     load_model_state(state.model, ckpt["model"], f"checkpoint {path}")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
-    state.scheduler.lr_lambdas[0] = schedule
+    _follow_plan(
+        state.scheduler, state.optimizer, WarmupCosine(plan.warmup_steps, plan.total_steps)
+    )
     state.scaler.load_state_dict(ckpt["scaler"])
     at = Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]))
     rngs = ckpt["rng"]

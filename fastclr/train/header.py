@@ -1,17 +1,18 @@
-"""What a pretraining run prints when it starts: one ``key: value`` line per fact.
+"""What a pretraining run prints when it starts: the facts, then the plan, one line each.
 
 :func:`run_header` returns the lines; :func:`format_header` lays them out. The facts are what a
-user needs to know the run is the one they meant: which data and how many images, how they are
-loaded, the device and precision, the model and its size, the schedule, and where the run is
-written (and from where it resumes). To add a fact, append a :class:`HeaderLine` in
-:func:`run_header` (or to its result); the layout needs nothing else.
+user needs to know the run is the one they meant (which data and how many images, the device,
+the model and its size, where the run is written and from where it resumes); then every decision
+of the run plan (:mod:`fastclr.train.plan`) with its reason, in the order it was made. A new
+decision appears here by being added to the plan (and, for its label, to :data:`LABELS`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,8 +20,9 @@ from torch import nn
 if TYPE_CHECKING:
     from fastclr.data.select import TrainData
     from fastclr.train.config import TrainConfig
+    from fastclr.train.plan import RunPlan
 
-__all__ = ["HeaderLine", "count_parameters", "format_header", "run_header"]
+__all__ = ["LABELS", "HeaderLine", "count_parameters", "format_header", "run_header"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,33 @@ class HeaderLine:
 
     key: str
     value: str
+
+
+def _onoff(v: Any) -> str:
+    return "on" if v else "off"
+
+
+#: How each decision of the plan is shown: its label and how its value reads.
+LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "image_size": ("view size", lambda v: f"{v} px"),
+    "width": ("width", lambda v: f"{v:g}"),
+    "epochs": ("epochs", str),
+    "head_bn": ("head BN", _onoff),
+    "stem": ("stem", str),
+    "threads": ("threads", lambda v: "torch's choice" if v in (None, 0) else str(v)),
+    "loader": ("loader", str),
+    "workers": ("workers", lambda v: f"{v} decode worker{'s' if v != 1 else ''}" if v else "0"),
+    "batch": ("batch", str),
+    "steps": ("steps", lambda v: f"{v} per epoch and rank"),
+    "preset": ("augment", str),
+    "rule_lr": ("lr rule", lambda v: f"{v:.4g}"),
+    "lr": ("lr", lambda v: f"{v:.4g}"),
+    "warmup": ("warm-up", lambda v: f"{v} steps"),
+    "knn_k": ("kNN k", lambda v: "none" if v is None else str(v)),
+    "precision": ("precision", str),
+}
+#: Decisions left out of the header (shown inside another line).
+_HIDDEN = ("rule_lr",)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -47,72 +76,55 @@ def _device_text(device: torch.device) -> str:
     return f"{device} ({n} thread{'s' if n != 1 else ''})"
 
 
-def run_header(
-    cfg: TrainConfig,
-    train_data: TrainData,
-    device: torch.device,
-    precision: str,
-    model: nn.Module,
-    *,
-    data_name: str,
-    steps_per_epoch: int,
-    lr: float,
-    world_size: int = 1,
-    resume_from: tuple[str, int, int] | None = None,
+def _facts(
+    plan: RunPlan, cfg: TrainConfig, train_data: TrainData, device: torch.device, model: nn.Module
 ) -> list[HeaderLine]:
-    """The facts printed at the start of a run (module docstring).
-
-    Args:
-        data_name: what ``--data`` named (``digits`` or a folder).
-        steps_per_epoch: steps of one epoch on one rank (after ``limit_steps``).
-        lr: the peak learning rate.
-        resume_from: ``(checkpoint, epoch, global_step)`` when resuming.
-    """
     images = f"{train_data.n_images:,} training images"
     if train_data.classes:
         images += f", {len(train_data.classes)} classes"
     notes = train_data.summary.lines()
     if notes:
         images += f" ({'; '.join(notes)})"
-    loader = f"{train_data.loader_name}, {steps_per_epoch} steps/epoch per rank"
-    if train_data.loader_name == "stream":
-        n, why = train_data.num_workers, train_data.num_workers_reason
-        loader += f", {n} decode worker{'s' if n != 1 else ''}" if n else ", decoded inline"
-        loader += f" ({why})" if why else ""
-    params = count_parameters(model)
-    size = _millions(params)
+    size = _millions(count_parameters(model))
     encoder = getattr(model, "encoder", None)
     if isinstance(encoder, nn.Module):
         size += f" (encoder {_millions(count_parameters(encoder))})"
-    prec = precision
-    if precision == "fp16" and device.type == "cpu":
-        prec += " (emulated on the CPU: slow)"
     feature = getattr(model, "feature_dim", None)
-    ranks = f", {world_size} ranks" if world_size > 1 else ""
-    lines = [
-        HeaderLine("data", data_name),
+    ranks = f", {plan.world_size} ranks" if plan.world_size > 1 else ""
+    arch = f"{cfg.arch}" + (f", {feature}-d features" if feature else "")
+    arch += f", head → {cfg.proj_dim}"
+    return [
+        HeaderLine("data", f"{plan.data.name} ({plan.data.layout})"),
         HeaderLine("images", images),
-        HeaderLine("loader", loader),
         HeaderLine("device", _device_text(device) + ranks),
-        HeaderLine("precision", prec),
-        HeaderLine(
-            "arch",
-            f"{cfg.arch}, {cfg.stem} stem, width {cfg.width:g}"
-            + (f", {feature}-d features" if feature else "")
-            + f", head → {cfg.proj_dim}"
-            + (" (BatchNorm in the head)" if cfg.head_bn else ""),
-        ),
+        HeaderLine("arch", arch),
         HeaderLine("parameters", size),
-        HeaderLine(
-            "schedule",
-            f"{cfg.epochs} epochs × {steps_per_epoch} steps, batch {cfg.batch()}, "
-            f"{cfg.image_size}-px views, lr {lr:.4g}",
-        ),
         HeaderLine("out", str(Path(cfg.out))),
     ]
+
+
+def run_header(
+    plan: RunPlan,
+    cfg: TrainConfig,
+    train_data: TrainData,
+    device: torch.device,
+    model: nn.Module,
+    *,
+    resume_from: tuple[str, int, int] | None = None,
+) -> list[HeaderLine]:
+    """The lines printed at the start of a run (module docstring).
+
+    ``resume_from`` is ``(checkpoint, epoch, global_step)`` when resuming.
+    """
+    lines = _facts(plan, cfg, train_data, device, model)
     if resume_from is not None:
         path, epoch, step = resume_from
         lines.append(HeaderLine("resume", f"{path} (epoch {epoch}, step {step})"))
+    for name, decision in plan.decisions.items():
+        if name in _HIDDEN:
+            continue
+        label, show = LABELS.get(name, (name, str))
+        lines.append(HeaderLine(label, f"{show(decision.value)} ({decision.reason})"))
     return lines
 
 

@@ -13,11 +13,9 @@ the next step boundary: a checkpoint is written, then ``KeyboardInterrupt`` is r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,48 +27,40 @@ from fastclr.augment.params import AugmentConfig
 from fastclr.augment.presets import preset_config
 from fastclr.checkpoint import load_model_state
 from fastclr.data import ImageData
-from fastclr.data.files import FolderListing
-from fastclr.data.select import (
-    TrainData,
-    build_train_data,
-    count_train_images,
-    images_are_grey,
-    train_listing,
+from fastclr.data.select import TrainData, build_train_data
+from fastclr.data.stream import ViewBatch
+from fastclr.distributed import (
+    DistInfo,
+    agree,
+    check_device,
+    on_main,
+    setup_distributed,
+    teardown,
+    wrap_model,
 )
-from fastclr.data.stream import ViewBatch, augment_views
-from fastclr.models import SimCLR
-from fastclr.optim import WarmupCosine
+from fastclr.models import Architecture, SimCLR
 from fastclr.train.builders import (
     Augmentation,
     LossFn,
     augment_mean_std,
-    augment_preset_for,
     build_augmentation,
     build_loss,
     build_optimizer,
     build_scheduler,
     build_simclr,
-    warmup_steps,
 )
 from fastclr.train.checkpoint import CheckpointSaver, Position, TrainingState, resume
 from fastclr.train.config import TrainConfig
-from fastclr.train.distributed import (
-    DistInfo,
-    agree,
-    broadcast_object,
-    setup_distributed,
-    teardown,
-    wrap_model,
-)
-from fastclr.train.header import HeaderLine, format_header, run_header
+from fastclr.train.header import format_header, run_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
 from fastclr.train.monitor import knn_monitor
-from fastclr.train.precision import autocast, make_scaler, resolve_precision
-from fastclr.train.recipe import Choice, batch_for, lr_for, preset_for, run_recipe
+from fastclr.train.plan import RunPlan, plan_run
+from fastclr.train.precision import autocast, make_scaler
 from fastclr.train.rng import restore_rng, seed_everything
-from fastclr.train.rundir import ResumePlan, prepare_run_folder
-from fastclr.train.validation import check_device, check_environment
+from fastclr.train.rundir import ResumeFrom, prepare_run_folder
+from fastclr.train.validation import check_environment
+from fastclr.train.views import augment_views
 from fastclr.train.watch import PlateauWatcher
 
 __all__ = [
@@ -143,19 +133,18 @@ class TrainingStep:
 class _Run:
     """Everything one pretraining run works on, built by :func:`_build_run`.
 
-    The fields after ``start`` change as the run goes: the step count, the device-side
-    "every loss so far was finite" flag, the last logged loss, the kNN monitor's last result and
-    the per-epoch history. The normalisation the kNN monitor applies is ``saver.mean/std``, the
-    one the checkpoint records for evaluation.
+    ``plan`` holds every derived setting (:mod:`fastclr.train.plan`). The fields after
+    ``start`` change as the run goes: the step count, the device-side "every loss so far was
+    finite" flag, the last logged loss, the kNN monitor's last result and the per-epoch history.
+    The normalisation the kNN monitor applies is ``saver.mean/std``, the one the checkpoint
+    records for evaluation.
     """
 
     cfg: TrainConfig
+    plan: RunPlan
     ddp: DistInfo
     device: torch.device
     data: TrainData
-    per_rank: int
-    steps_per_epoch: int
-    total_steps: int
     stop_epoch: int
     state: TrainingState
     step: TrainingStep
@@ -164,7 +153,6 @@ class _Run:
     start: Position
     global_step: int
     finite: Tensor
-    knn_k: int
     watcher: PlateauWatcher
     last_loss: float = math.nan
     knn_top1: float | None = None
@@ -191,173 +179,24 @@ def pretrain(
     augment: Augmentation | None = None,
     loss_fn: LossFn | None = None,
     data: ImageData | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Run SimCLR pretraining as configured; see :mod:`fastclr.train`.
 
     ``augment``, ``loss_fn`` and ``data`` replace the ones built from ``cfg`` (tests, custom
-    pipelines). Raises :class:`NonFiniteLossError` on a NaN/Inf loss and
-    :class:`~fastclr.checkpoint.CheckpointError` on a checkpoint that cannot be resumed.
+    pipelines). ``checkpoint``: the contents of ``cfg.resume`` when the caller has read them
+    already (so the file is read once). Raises :class:`NonFiniteLossError` on a NaN/Inf loss,
+    :class:`~fastclr.errors.UsageError` for settings or data that cannot be used and
+    :class:`~fastclr.checkpoint.CheckpointError` for a checkpoint that cannot be resumed.
     """
     cfg.validate()
     check_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     ddp, device = setup_distributed(cfg.device)
     try:
         check_environment(cfg, device)
-        return fit(cfg, ddp, device, augment, loss_fn, data)
+        return fit(cfg, ddp, device, augment, loss_fn, data, checkpoint)
     finally:
         teardown(ddp)
-
-
-def _check_setup(cfg: TrainConfig, ddp: DistInfo, device: torch.device) -> str:
-    """The resolved precision, after the checks that need the device and the world size."""
-    precision = resolve_precision(cfg.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes every step: pick the fastest convs
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--precision bf16 needs a GPU with bf16 support; use fp16")
-    if precision == "fp16" and device.type == "cpu":
-        warnings.warn(
-            "--precision fp16 on the CPU is emulated (CPUs have no fp16 matrix units) and much "
-            "slower than fp32; use --precision fp32 (or bf16) on the CPU",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    if cfg.batch() % ddp.world_size:
-        raise ValueError(
-            f"batch size {cfg.batch()} does not split evenly over {ddp.world_size} ranks"
-        )
-    return precision
-
-
-def _build_run(
-    cfg: TrainConfig,
-    ddp: DistInfo,
-    device: torch.device,
-    augment: Augmentation | None,
-    loss_fn: LossFn | None,
-    data: ImageData | None,
-    plan: ResumePlan | None = None,
-    chosen: list[Choice] | None = None,
-) -> _Run:
-    """Seed, load the data, build every component, resume if asked: the run, ready to train."""
-    precision = _check_setup(cfg, ddp, device)
-    per_rank = cfg.batch() // ddp.world_size
-    seed_everything(cfg.seed, ddp.rank)
-    if augment is None:
-        augment = build_augmentation(
-            augment_preset_for(cfg), cfg.image_size, precision, cfg.augment_backend,
-            cfg.seed + ddp.rank, device,
-        )  # fmt: skip
-    train_data = _load_data(cfg, ddp, device, augment, data, per_rank)
-    steps_per_epoch = train_data.loader.steps_per_epoch
-    if cfg.limit_steps is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.limit_steps)
-    total_steps = steps_per_epoch * cfg.epochs
-
-    model = build_simclr(cfg).to(device)
-    if loss_fn is None:
-        loss_fn = build_loss(cfg, ddp.world_size)
-    optimizer = build_optimizer(model, cfg)
-    warmup = warmup_steps(cfg, steps_per_epoch, total_steps)
-    scaler = make_scaler(precision, device)
-    state = TrainingState(
-        model, optimizer, build_scheduler(optimizer, warmup, total_steps), scaler, augment
-    )
-
-    start, rng = Position(), None
-    if cfg.resume:
-        ckpt = plan.checkpoint if plan is not None else None
-        schedule = WarmupCosine(warmup, total_steps)
-        start, rng = resume(cfg.resume, cfg, state, ddp, schedule, checkpoint=ckpt)
-    train_model = wrap_model(model, ddp, device, cfg.compile)
-    step = TrainingStep(train_model, loss_fn, optimizer, scaler, precision, device)
-    if rng is not None:
-        restore_rng(rng, augment, device)
-
-    recipe, knn_k = run_recipe(cfg, steps_per_epoch, total_steps, train_data.monitor_train)
-    lr = float(optimizer.defaults["lr"])
-    if ddp.is_main:
-        choices = [*(chosen or []), *recipe]
-        _print_header(
-            cfg, train_data, device, precision, model, data, steps_per_epoch, lr, ddp, start,
-            choices,
-        )  # fmt: skip
-    out = Path(cfg.out)
-    stop_epoch = cfg.epochs
-    if cfg.stop_after_epochs is not None:
-        stop_epoch = min(cfg.epochs, start.epoch + cfg.stop_after_epochs)
-    return _Run(
-        cfg=cfg, ddp=ddp, device=device, data=train_data, per_rank=per_rank,
-        steps_per_epoch=steps_per_epoch, total_steps=total_steps, stop_epoch=stop_epoch,
-        state=state, step=step,
-        saver=CheckpointSaver(out, cfg, ddp, device, *augment_mean_std(augment)),
-        logger=RunLogger(
-            out, ddp.is_main, append=bool(cfg.resume),
-            resume_at=(start.global_step, start.epoch) if cfg.resume else None,
-        ),
-        start=start, global_step=start.global_step,
-        finite=torch.ones((), dtype=torch.bool, device=device),
-        knn_k=knn_k,
-        watcher=PlateauWatcher(
-            cfg.epochs, warmup / max(steps_per_epoch, 1), lr,
-            lr_for(cfg.batch(), cfg.epochs)[0], math.log(2 * cfg.batch() - 1),
-        ),
-    )  # fmt: skip
-
-
-def _print_header(
-    cfg: TrainConfig,
-    train_data: TrainData,
-    device: torch.device,
-    precision: str,
-    model: nn.Module,
-    data: ImageData | None,
-    steps_per_epoch: int,
-    lr: float,
-    ddp: DistInfo,
-    start: Position,
-    choices: list[Choice],
-) -> None:
-    """Print the run's header: its setup, then every recipe choice with the reason for it."""
-    lines = run_header(
-        cfg, train_data, device, precision, model,
-        data_name=data.name if data is not None else cfg.data,
-        steps_per_epoch=steps_per_epoch, lr=lr, world_size=ddp.world_size,
-        resume_from=(str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None,
-    )  # fmt: skip
-    lines += [HeaderLine(c.name, f"{c.value} ({c.reason})") for c in choices]
-    print(format_header(lines), flush=True)
-
-
-def _load_data(
-    cfg: TrainConfig,
-    ddp: DistInfo,
-    device: torch.device,
-    augment: Augmentation,
-    data: ImageData | None,
-    per_rank: int,
-) -> TrainData:
-    """The loader ``cfg.loader`` resolves to (:mod:`fastclr.data.select`) for this rank.
-
-    Streaming loaders draw the crops themselves, with the augmentation's crop settings.
-    """
-    crop = getattr(augment, "config", None)
-    if not isinstance(crop, AugmentConfig):
-        crop = preset_config(augment_preset_for(cfg), cfg.image_size)
-    return build_train_data(
-        data if data is not None else cfg.data,
-        loader=cfg.loader,
-        crop=crop,
-        image_size=cfg.image_size,
-        batch_size=per_rank,
-        seed=cfg.seed,
-        rank=ddp.rank,
-        world_size=ddp.world_size,
-        device=device,
-        num_workers=cfg.num_workers,
-    )
 
 
 def fit(
@@ -367,21 +206,22 @@ def fit(
     augment: Augmentation | None = None,
     loss_fn: LossFn | None = None,
     data: ImageData | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Set up (and resume) a run, train its epochs, plot the loss; see :func:`pretrain`."""
+    """Check the run folder, plan the run, build it (and resume), train its epochs, plot the
+    loss; see :func:`pretrain`."""
     from tqdm import tqdm
 
-    plan = _prepare_on_every_rank(cfg, ddp)
-    if plan.finished:
-        return _finished(cfg, plan)
-    # the batch and preset rules read the training files' listing: list them once, if needed
-    need = cfg.batch_size is None or cfg.augment_preset == "auto"
-    listing = train_listing(data if data is not None else cfg.data) if need else None
-    cfg, batch = resolve_batch(cfg, plan, data, ddp.world_size, listing)
-    cfg, preset = resolve_preset(cfg, plan, data, listing)
-    run = _build_run(cfg, ddp, device, augment, loss_fn, data, plan, [batch, preset])
+    found = _prepare_on_every_rank(cfg, ddp, checkpoint)
+    if found.finished:
+        return _finished(found)
+    saved = (found.checkpoint or {}).get("plan")
+    plan = _plan_on_main(cfg, ddp, device, data, saved if isinstance(saved, dict) else None)
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    run = _build_run(cfg, plan, ddp, device, augment, loss_fn, found)
     run.bar = tqdm(
-        total=run.total_steps,
+        total=plan.total_steps,
         initial=run.global_step,
         disable=not (cfg.progress and ddp.is_main),
         dynamic_ncols=True,
@@ -410,88 +250,165 @@ def fit(
     )
 
 
-def resolve_batch(
+def _plan_on_main(
     cfg: TrainConfig,
-    plan: ResumePlan | None,
+    ddp: DistInfo,
+    device: torch.device,
     data: ImageData | None,
-    world_size: int,
-    listing: FolderListing | None = None,
-) -> tuple[TrainConfig, Choice]:
-    """``cfg`` with its batch size fixed, and the header line that says why.
+    saved: dict[str, Any] | None,
+) -> RunPlan:
+    """:func:`~fastclr.train.plan.plan_run` on rank 0 alone; the others receive its plan
+    (without the images rank 0 may have decoded for the in-memory loader: each rank decodes its
+    own when it builds the loader). A refusal is raised on every rank."""
+    full: RunPlan | None = None
 
-    Given: kept. Unset: a resumed run's checkpoint's, else :func:`~fastclr.train.recipe.batch_for`
-    of the number of training images (counted from the listing, before any loader is built;
-    ``listing`` is :func:`~fastclr.data.select.train_listing`'s, where the caller has it).
-    """
-    if cfg.batch_size is not None:
-        return cfg, Choice("batch", str(cfg.batch_size), "given")
-    ck = plan.checkpoint if plan is not None else None
-    trained = ck.get("config", {}).get("batch_size") if ck is not None else None
-    if trained is not None:
-        batch, why = int(trained), "the checkpoint's"
-    else:
-        batch, why = batch_for(
-            count_train_images(data if data is not None else cfg.data, listing), world_size
+    def make() -> RunPlan:
+        nonlocal full
+        full = plan_run(cfg, world_size=ddp.world_size, device=device, data=data, saved=saved)
+        return full.without_memory() if ddp.world_size > 1 else full
+
+    shared = on_main(make, ddp)
+    return full if full is not None else shared
+
+
+def _build_run(
+    cfg: TrainConfig,
+    plan: RunPlan,
+    ddp: DistInfo,
+    device: torch.device,
+    augment: Augmentation | None,
+    loss_fn: LossFn | None,
+    found: ResumeFrom,
+) -> _Run:
+    """Seed, load the data, build every component from the plan, resume if asked."""
+    seed_everything(cfg.seed, ddp.rank)
+    if augment is None:
+        augment = build_augmentation(
+            plan.preset,
+            plan.image_size,
+            plan.precision,
+            cfg.augment_backend,
+            cfg.seed + ddp.rank,
+            device,
         )
-    return dataclasses.replace(cfg, batch_size=batch), Choice("batch", str(batch), why)
+    train_data = _load_data(cfg, plan, ddp, device, augment)
+    model = build_simclr(cfg, plan).to(device)
+    optimizer = build_optimizer(model, cfg, plan)
+    scaler = make_scaler(plan.precision, device)
+    state = TrainingState(model, optimizer, build_scheduler(optimizer, plan), scaler, augment)
+    start, rng = Position(), None
+    if cfg.resume:
+        start, rng = resume(cfg.resume, cfg, plan, state, ddp, checkpoint=found.checkpoint)
+    train_model = wrap_model(model, ddp, device, cfg.compile)
+    loss_fn = loss_fn if loss_fn is not None else build_loss(cfg, ddp.world_size)
+    step = TrainingStep(train_model, loss_fn, optimizer, scaler, plan.precision, device)
+    if rng is not None:
+        restore_rng(rng, augment, device)
+    if ddp.is_main:
+        where = (str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None
+        lines = run_header(plan, cfg, train_data, device, model, resume_from=where)
+        print(format_header(lines), flush=True)
+    return _assemble(cfg, plan, ddp, device, train_data, state, step, start, augment)
 
 
-def resolve_preset(
+def _assemble(
     cfg: TrainConfig,
-    plan: ResumePlan | None,
-    data: ImageData | None,
-    listing: FolderListing | None = None,
-) -> tuple[TrainConfig, Choice]:
-    """``cfg`` with its augmentation preset named, and the header line that says why.
+    plan: RunPlan,
+    ddp: DistInfo,
+    device: torch.device,
+    train_data: TrainData,
+    state: TrainingState,
+    step: TrainingStep,
+    start: Position,
+    augment: Augmentation,
+) -> _Run:
+    """The :class:`_Run` of built parts: its saver, logger and plateau watcher."""
+    out = Path(cfg.out)
+    stop_epoch = plan.epochs
+    if cfg.stop_after_epochs is not None:
+        stop_epoch = min(plan.epochs, start.epoch + cfg.stop_after_epochs)
+    steps = max(plan.steps_per_epoch, 1)
+    watcher = PlateauWatcher(
+        plan.epochs, plan.warmup_steps / steps, plan.lr, plan.rule_lr, math.log(2 * plan.batch - 1)
+    )
+    return _Run(
+        cfg=cfg,
+        plan=plan,
+        ddp=ddp,
+        device=device,
+        data=train_data,
+        stop_epoch=stop_epoch,
+        state=state,
+        step=step,
+        saver=CheckpointSaver(out, cfg, plan, ddp, device, *augment_mean_std(augment)),
+        logger=RunLogger(
+            out,
+            ddp.is_main,
+            append=bool(cfg.resume),
+            resume_at=(start.global_step, start.epoch) if cfg.resume else None,
+        ),
+        start=start,
+        global_step=start.global_step,
+        finite=torch.ones((), dtype=torch.bool, device=device),
+        watcher=watcher,
+    )
 
-    Given (or a resumed run's): kept. ``auto``: the embedded digits' demo preset for
-    ``--data digits``, else :func:`~fastclr.train.recipe.preset_for` of the view size and of
-    whether the training images are grayscale (a few decoded, before any loader is built).
+
+def _load_data(
+    cfg: TrainConfig,
+    plan: RunPlan,
+    ddp: DistInfo,
+    device: torch.device,
+    augment: Augmentation,
+) -> TrainData:
+    """This rank's loader of the planned kind (:mod:`fastclr.data.select`).
+
+    Streaming loaders draw the crops themselves, with the augmentation's crop settings.
     """
-    if cfg.augment_preset != "auto":
-        ck = plan.checkpoint if plan is not None else None
-        saved = ck.get("config", {}).get("augment_preset") if ck is not None else None
-        why = "the checkpoint's" if cfg.resume and saved == cfg.augment_preset else "given"
-        return cfg, Choice("augment", cfg.augment_preset, why)
-    if data is None and cfg.data == "digits":
-        name, why = "digits", "the embedded digits' demo preset: crops of at least 30%, no flips"
-    else:
-        grey = images_are_grey(data if data is not None else cfg.data, listing)
-        name, why = preset_for(cfg.image_size, grey)
-    return dataclasses.replace(cfg, augment_preset=name), Choice("augment", name, why)
+    crop = getattr(augment, "config", None)
+    if not isinstance(crop, AugmentConfig):
+        crop = preset_config(plan.preset, plan.image_size)
+    data = build_train_data(
+        plan.data,
+        loader=plan.loader,
+        num_workers=plan.num_workers,
+        crop=crop,
+        image_size=plan.image_size,
+        batch_size=plan.per_rank,
+        seed=cfg.seed,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+        device=device,
+        monitor=plan.knn_k is not None,
+    )
+    if data.loader.steps_per_epoch < plan.steps_per_epoch:
+        raise RuntimeError(
+            f"the {plan.loader} loader has {data.loader.steps_per_epoch} steps an epoch on rank "
+            f"{ddp.rank}, the plan {plan.steps_per_epoch}: the data changed while the run started"
+        )
+    return data
 
 
-def _prepare_on_every_rank(cfg: TrainConfig, ddp: DistInfo) -> ResumePlan:
+def _prepare_on_every_rank(
+    cfg: TrainConfig, ddp: DistInfo, checkpoint: dict[str, Any] | None
+) -> ResumeFrom:
     """:func:`prepare_run_folder` on rank 0 first; its failure, if any, is raised on every rank.
 
     Rank 0 alone checks for an existing run and probes the folder; the other ranks wait for its
     verdict (so none trains alone or hangs in a collective), then read the checkpoint.
     """
-    if ddp.world_size == 1:
-        return prepare_run_folder(cfg, True)
-    verdict: tuple[str, str] | None = None
-    plan: ResumePlan | None = None
-    if ddp.is_main:
-        try:
-            plan = prepare_run_folder(cfg, True)
-        except Exception as e:
-            broadcast_object((type(e).__name__, str(e)), 0, ddp)
-            raise
-    verdict = broadcast_object(verdict, 0, ddp)
-    if verdict is not None:
-        name, message = verdict
-        raise (OSError if name.endswith(("FolderError", "OSError")) else ValueError)(message)
-    return plan if plan is not None else prepare_run_folder(cfg, False)
+    found = on_main(lambda: prepare_run_folder(cfg, True, checkpoint), ddp)
+    return found if ddp.is_main else prepare_run_folder(cfg, False, checkpoint)
 
 
-def _finished(cfg: TrainConfig, plan: ResumePlan) -> TrainResult:
+def _finished(found: ResumeFrom) -> TrainResult:
     """The result of resuming a run that has already reached its last epoch (nothing written)."""
-    ck = plan.checkpoint
-    assert ck is not None
-    model = build_simclr(cfg)
-    load_model_state(model, ck["model"], f"checkpoint {plan.path}")
+    ck = found.checkpoint
+    assert ck is not None and found.path is not None
+    model = Architecture(**ck["model_spec"]).build()
+    load_model_state(model, ck["model"], f"checkpoint {found.path}")
     epochs, step = int(ck["epoch"]), int(ck["global_step"])
-    out = Path(cfg.out)
+    out = found.path.parent
     return TrainResult(model, epochs, step, math.nan, None, out, [], already_finished=True)
 
 
@@ -508,13 +425,13 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     batches = run.data.loader.epoch(epoch, skip)  # the same batches after a resume
     log = _StepLog()
     stop_now = False
-    for step in range(skip, run.steps_per_epoch):
+    for step in range(skip, run.plan.steps_per_epoch):
         batch = next(batches)
         lr_now = run.state.optimizer.param_groups[0]["lr"]
         loss = training_step(run, batch)
         log.pending.append((step, run.global_step, loss, lr_now))
         log.losses.append(loss)
-        last_of_epoch = step == run.steps_per_epoch - 1
+        last_of_epoch = step == run.plan.steps_per_epoch - 1
         local_stop = interrupt.requested and ddp.world_size == 1
         if len(log.pending) >= cfg.log_every or last_of_epoch or local_stop:
             stop_now = _log_point(run, log, epoch, interrupt.requested)
@@ -522,7 +439,7 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
             run.saver.save(run.state, Position(epoch, step + 1, run.global_step))
             raise KeyboardInterrupt
     seconds = time.perf_counter() - t_epoch
-    _end_epoch(run, epoch, log.losses, run.steps_per_epoch - skip, seconds)
+    _end_epoch(run, epoch, log.losses, run.plan.steps_per_epoch - skip, seconds)
     return stop_now
 
 
@@ -550,7 +467,7 @@ def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
             f"({run.saver.path}) was kept. Lower --lr, or use --precision fp32."
         )
     n = len(log.pending)
-    ips = n * run.cfg.batch() / max(time.perf_counter() - log.t0, 1e-9)
+    ips = n * run.plan.batch / max(time.perf_counter() - log.t0, 1e-9)
     values = torch.stack([p[2] for p in log.pending]).tolist()  # one sync
     rows = [
         {"epoch": epoch, "step": s, "global_step": g, "loss": v, "lr": lr, "images_per_s": ips}
@@ -571,16 +488,23 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
     heldout, train = run.data.monitor_heldout, run.data.monitor_train
     if run.data.monitored:  # the same on every rank; the sets themselves may live on rank 0 only
         mean, std = run.saver.mean, run.saver.std
+        assert run.plan.knn_k is not None
         run.knn_top1 = knn_monitor(
-            run.state.model, train, heldout, mean, std, cfg.image_size,
-            run.knn_k, cfg.knn_temperature, run.device, run.ddp,
-        )  # fmt: skip
+            run.state.model,
+            (train, heldout),
+            (mean, std),
+            run.plan.image_size,
+            run.plan.knn_k,
+            cfg.knn_temperature,
+            run.device,
+            run.ddp,
+        )
     row = {
         "epoch": epoch,
         "loss": epoch_loss,
         "lr": run.state.optimizer.param_groups[0]["lr"],
         "knn_top1": math.nan if run.knn_top1 is None else run.knn_top1,
-        "images_per_s": steps * cfg.batch() / seconds,
+        "images_per_s": steps * run.plan.batch / seconds,
         "seconds": seconds,
     }
     run.history.append(row)
@@ -588,7 +512,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
     if run.ddp.is_main:
         knn_txt = "" if run.knn_top1 is None else f"  kNN top-1 {run.knn_top1:.2%}"
         run.bar.write(
-            f"epoch {epoch + 1}/{cfg.epochs}  loss {epoch_loss:.4f}{knn_txt}  "
+            f"epoch {epoch + 1}/{run.plan.epochs}  loss {epoch_loss:.4f}{knn_txt}  "
             f"{row['images_per_s']:.0f} img/s  {seconds:.1f}s"
         )
         for warning in run.watcher.update(epoch, epoch_loss, run.knn_top1):

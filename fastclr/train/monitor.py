@@ -10,19 +10,17 @@ import torch
 import torch.distributed as dist
 
 from fastclr.data import TensorImageDataset
+from fastclr.distributed import DistInfo, unwrap
 from fastclr.evaluate import extract_features, knn_accuracy
 from fastclr.models import SimCLR
-from fastclr.train.distributed import DistInfo, unwrap
 
 __all__ = ["knn_monitor"]
 
 
 def knn_monitor(
     model: SimCLR,
-    train: TensorImageDataset | None,
-    heldout: TensorImageDataset | None,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    sets: tuple[TensorImageDataset | None, TensorImageDataset | None],
+    norm: tuple[tuple[float, ...], tuple[float, ...]],
     image_size: int,
     k: int,
     temperature: float,
@@ -31,8 +29,10 @@ def knn_monitor(
 ) -> float | None:
     """kNN top-1 of the encoder's features, held-out against train (rank 0; others get None).
 
-    Only rank 0 needs the two sets (streamed data decodes its monitor subsets there alone).
+    ``sets`` are (train, held-out), ``norm`` the (mean, std) of the encoder's inputs. Only rank 0
+    needs the two sets (streamed data decodes its monitor subsets there alone).
     """
+    (train, heldout), (mean, std) = sets, norm
     acc: float | None = None
     if ddp.is_main:
         assert train is not None and heldout is not None

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from fastclr.train.config import PRECISIONS
+__all__ = ["AMP_DTYPES", "PRECISIONS", "Precision", "autocast", "make_scaler", "resolve_precision"]
 
-__all__ = ["AMP_DTYPES", "autocast", "make_scaler", "resolve_precision"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -43,50 +43,36 @@ kept (and printed as theirs).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fastclr.augment.presets import GREY_SUFFIX
-
-if TYPE_CHECKING:
-    from fastclr.data import TensorImageDataset
-    from fastclr.train.config import TrainConfig
+from fastclr.optim import BASE_LR, scaled_lr
 
 __all__ = [
-    "Choice",
+    "CIFAR_MAX_SIZE",
+    "MAX_WARMUP_FRACTION",
     "batch_for",
     "linear_lr",
     "lr_for",
     "preset_for",
-    "run_recipe",
     "sqrt_lr",
+    "stem_for",
     "warmup_for",
 ]
 
 DEFAULT_BATCH = 256  # the batch of a run whose data are large enough
 MIN_STEPS_PER_EPOCH = 8  # fewer, and a short run takes too few optimiser steps
 MIN_AUTO_BATCH = 32  # below this, too few negatives per positive pair
-LINEAR_BASE_LR = 0.3  # × batch / 256 (paper, B.1)
 SQRT_BASE_LR = 0.075  # × √batch (paper, B.1)
 LINEAR_MIN_BATCH = 4096  # the paper's main batch; both rules give 4.8 there
 LINEAR_MIN_EPOCHS = 100  # the paper's shortest ImageNet schedule
 WARMUP_FRACTION = 0.1
 WARMUP_MAX_EPOCHS = 10.0  # the paper's warm-up
+#: A given ``--warmup-epochs`` never takes more than this fraction of a run.
+MAX_WARMUP_FRACTION = 0.1
 SMALL_BELOW = 32  # CIFAR's size: smaller views get the "small" preset
+#: Views up to this size get the CIFAR recipe (3×3 stem without max-pool, CIFAR augmentation);
+#: larger ones the ImageNet recipe.
 CIFAR_MAX_SIZE = 64
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One setting of the run: its value and why (``user`` when the user set it)."""
-
-    name: str
-    value: str
-    reason: str
-
-    def line(self) -> str:
-        """``NAME: VALUE (REASON)``, as the run header prints it."""
-        return f"{self.name}: {self.value} ({self.reason})"
 
 
 def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
@@ -112,9 +98,9 @@ def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
     )
 
 
-def linear_lr(batch: int) -> float:
-    """The paper's linear rule, ``0.3 × batch / 256``."""
-    return LINEAR_BASE_LR * batch / 256
+def linear_lr(batch: int, base_lr: float = BASE_LR) -> float:
+    """The paper's linear rule, ``base_lr × batch / 256`` (``base_lr`` 0.3, ``--base-lr``)."""
+    return scaled_lr(batch, base_lr)
 
 
 def sqrt_lr(batch: int) -> float:
@@ -122,11 +108,11 @@ def sqrt_lr(batch: int) -> float:
     return SQRT_BASE_LR * math.sqrt(batch)
 
 
-def lr_for(batch: int, epochs: int) -> tuple[float, str]:
+def lr_for(batch: int, epochs: int, base_lr: float = BASE_LR) -> tuple[float, str]:
     """(learning rate, reason) by the rule: linear iff batch ≥ 4096 and epochs ≥ 100."""
     if batch >= LINEAR_MIN_BATCH and epochs >= LINEAR_MIN_EPOCHS:
-        return linear_lr(batch), (
-            f"linear rule 0.3 × {batch}/256: batch >= {LINEAR_MIN_BATCH} and "
+        return linear_lr(batch, base_lr), (
+            f"linear rule {base_lr:g} × {batch}/256: batch >= {LINEAR_MIN_BATCH} and "
             f"{epochs} epochs >= {LINEAR_MIN_EPOCHS}, large and long (SimCLR paper, App. B.1)"
         )
     why = f"batch {batch} < {LINEAR_MIN_BATCH}" if batch < LINEAR_MIN_BATCH else ""
@@ -134,7 +120,7 @@ def lr_for(batch: int, epochs: int) -> tuple[float, str]:
         why += (" and " if why else "") + f"{epochs} epochs < {LINEAR_MIN_EPOCHS}"
     return sqrt_lr(batch), (
         f"square-root rule 0.075 × √{batch}: {why}, small or short "
-        f"(SimCLR paper, App. B.1; the linear rule would give {linear_lr(batch):.3g})"
+        f"(SimCLR paper, App. B.1; the linear rule would give {linear_lr(batch, base_lr):.3g})"
     )
 
 
@@ -148,6 +134,13 @@ def warmup_for(steps_per_epoch: int, total_steps: int) -> tuple[int, str]:
     else:
         why = f"10% of the run's {total_steps} steps (at most {WARMUP_MAX_EPOCHS:g} epochs)"
     return steps, f"{steps / max(steps_per_epoch, 1):.3g} epochs; {why}"
+
+
+def stem_for(size: int) -> tuple[str, str]:
+    """(stem, reason): the CIFAR stem for views of at most :data:`CIFAR_MAX_SIZE` px."""
+    if size <= CIFAR_MAX_SIZE:
+        return "cifar", f"{size}-px views <= {CIFAR_MAX_SIZE}: 3×3 stem, no max-pool (paper, B.9)"
+    return "imagenet", f"{size}-px views > {CIFAR_MAX_SIZE}: 7×7 stride-2 stem + max-pool"
 
 
 def preset_for(size: int, grey: bool = False) -> tuple[str, str]:
@@ -175,48 +168,3 @@ def preset_for(size: int, grey: bool = False) -> tuple[str, str]:
         "scans a mirror image is another symbol or another anatomy), and of the colour "
         "distortion only brightness and contrast change them"
     )
-
-
-def run_recipe(
-    cfg: TrainConfig,
-    steps_per_epoch: int,
-    total_steps: int,
-    sample: TensorImageDataset | None,
-) -> tuple[list[Choice], int]:
-    """The run's recipe lines and its kNN k, for ``cfg`` on data of which ``sample`` is a part.
-
-    ``sample`` is the kNN monitor's training set (its labels give k); the learning rate and
-    warm-up printed are the ones the builders use. (The batch and the augmentation preset are
-    chosen before the data are loaded: :func:`batch_for`, :func:`preset_for`.)
-    """
-    from fastclr.evaluate import knn_k_for
-    from fastclr.train.builders import warmup_steps
-
-    rule_lr, rule_why = lr_for(cfg.batch(), cfg.epochs)
-    choices = [
-        Choice("lr", f"{cfg.lr:.4g}", f"given; the rule would give {rule_lr:.3g}")
-        if cfg.lr is not None
-        else Choice("lr", f"{rule_lr:.4g}", rule_why)
-    ]
-    warm = warmup_steps(cfg, steps_per_epoch, total_steps)
-    if cfg.warmup_epochs is None:
-        choices.append(
-            Choice("warm-up", f"{warm} steps", warmup_for(steps_per_epoch, total_steps)[1])
-        )
-    else:
-        choices.append(
-            Choice(
-                "warm-up",
-                f"{warm} steps",
-                f"given: {cfg.warmup_epochs:g} epochs, at most 10% of the run",
-            )
-        )
-    labels = sample.labels if sample is not None else None
-    if cfg.knn_k is not None:
-        k = cfg.knn_k
-        choices.append(Choice("kNN k", str(k), "given"))
-    else:
-        k, k_why = knn_k_for(labels)
-        if labels is not None:
-            choices.append(Choice("kNN k", str(k), k_why))
-    return choices, k

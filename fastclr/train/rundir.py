@@ -29,15 +29,16 @@ from fastclr.checkpoint import (
     remove_stale_temps,
     require_fields,
 )
+from fastclr.errors import UsageError
 from fastclr.train.config import TrainConfig
 
-__all__ = ["RUN_FILES", "OutputFolderError", "ResumePlan", "RunExistsError", "prepare_run_folder"]
+__all__ = ["RUN_FILES", "OutputFolderError", "ResumeFrom", "RunExistsError", "prepare_run_folder"]
 
 #: What a run writes into its folder (``--overwrite`` deletes these and nothing else).
 RUN_FILES = (CHECKPOINT_NAME, "steps.csv", "epochs.csv", "loss.png", "tb")
 
 
-class RunExistsError(ValueError):
+class RunExistsError(UsageError):
     """``--out`` already holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
 
 
@@ -46,7 +47,7 @@ class OutputFolderError(OSError):
 
 
 @dataclass
-class ResumePlan:
+class ResumeFrom:
     """What :func:`prepare_run_folder` found: the verified checkpoint to resume, if any."""
 
     checkpoint: dict[str, Any] | None = None
@@ -89,43 +90,57 @@ def _same_folder(checkpoint: Path, out: Path) -> bool:
         return False
 
 
-def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
+def _epochs(cfg: TrainConfig, ck: dict[str, Any]) -> int:
+    """The length of the resumed run: ``--epochs`` when given, else the checkpoint's."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    plan = ck.get("plan")
+    if isinstance(plan, dict) and isinstance(plan.get("epochs"), dict):
+        return int(plan["epochs"]["value"])
+    return int(ck.get("config", {}).get("epochs") or 0)
+
+
+def prepare_run_folder(
+    cfg: TrainConfig, is_main: bool = True, checkpoint: dict[str, Any] | None = None
+) -> ResumeFrom:
     """Check ``cfg.out`` and ``cfg.resume`` (module docstring); return what to resume.
 
     Only the main rank looks for an existing run, probes, deletes or cleans files (other ranks
     may start when rank 0 has already begun writing the new run); every rank reads and verifies
-    the checkpoint it resumes. Raises :class:`RunExistsError`, :class:`OutputFolderError` or
+    the checkpoint it resumes, once: ``checkpoint`` is its contents when the caller has read
+    them already (``fastclr pretrain --resume`` reads the saved settings from it). Raises
+    :class:`RunExistsError`, :class:`OutputFolderError` or
     :class:`~fastclr.checkpoint.CheckpointError`.
     """
     out = Path(cfg.out)
     overwrite = bool(getattr(cfg, "overwrite", False))
     if cfg.resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
     if is_main and out.exists() and not out.is_dir():
         raise OutputFolderError(f"--out {out} is a file, not a folder")
     existing = _existing_run(out) if is_main and out.is_dir() else []
-    plan = ResumePlan()
+    found = ResumeFrom()
     if cfg.resume:
         src = Path(cfg.resume)
-        plan.path = src / CHECKPOINT_NAME if src.is_dir() else src
-        if existing and not _same_folder(plan.path, out):
+        found.path = src / CHECKPOINT_NAME if src.is_dir() else src
+        if existing and not _same_folder(found.path, out):
             raise RunExistsError(
                 f"--out {out} already holds another run ({', '.join(existing)}); resume into "
-                f"the checkpoint's own folder ({plan.path.parent}), or choose another --out"
+                f"the checkpoint's own folder ({found.path.parent}), or choose another --out"
             )
-        plan.checkpoint = load_checkpoint(plan.path)
-        ck = plan.checkpoint
-        require_fields(ck, RESUME_FIELDS, plan.path, "--resume")
+        found.checkpoint = checkpoint if checkpoint is not None else load_checkpoint(found.path)
+        ck = found.checkpoint
+        require_fields(ck, RESUME_FIELDS, found.path, "--resume")
         trained = ck.get("config", {}).get("batch_size")
         if trained is not None and cfg.batch_size is not None and int(trained) != cfg.batch_size:
-            raise ValueError(
+            raise UsageError(
                 f"--batch-size {cfg.batch_size} differs from the batch size {trained} that "
-                f"checkpoint {plan.path} was trained with; an exact resume needs the same one "
+                f"checkpoint {found.path} was trained with; an exact resume needs the same one "
                 f"(the epoch's batches and the schedule depend on it): pass --batch-size {trained}"
             )
-        plan.finished = int(ck["epoch"]) >= cfg.epochs and int(ck["step_in_epoch"]) == 0
-        if plan.finished:
-            return plan  # nothing will be written: no probe, no clean-up
+        found.finished = int(ck["epoch"]) >= _epochs(cfg, ck) and int(ck["step_in_epoch"]) == 0
+        if found.finished:
+            return found  # nothing will be written: no probe, no clean-up
     elif existing and not overwrite:
         if CHECKPOINT_NAME not in existing:
             raise RunExistsError(
@@ -143,4 +158,4 @@ def prepare_run_folder(cfg: TrainConfig, is_main: bool = True) -> ResumePlan:
             _remove_run(out)
         for name in (CHECKPOINT_NAME, "steps.csv", "epochs.csv"):  # the files written via temps
             remove_stale_temps(out, name)
-    return plan
+    return found

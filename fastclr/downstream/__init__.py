@@ -1,0 +1,29 @@
+"""Using a pretrained encoder downstream: load it in your own code, or export it.
+
+* :func:`load_encoder` / :func:`load_simclr` (:mod:`~fastclr.downstream.load`): the encoder
+  (with the preprocessing it was trained with), or encoder + projection head, from a run;
+* :func:`export` (:mod:`~fastclr.downstream.export`): ``fastclr export``'s formats, for
+  torchvision, as plain state dicts, or as TorchScript for a Python without fastclr.
+"""
+
+from fastclr.downstream.export import FORMATS, ExportResult, export
+from fastclr.downstream.load import (
+    PretrainedEncoder,
+    PretrainedSimCLR,
+    RunInfo,
+    load_encoder,
+    load_simclr,
+)
+from fastclr.downstream.preprocess import Preprocess
+
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "Preprocess",
+    "PretrainedEncoder",
+    "PretrainedSimCLR",
+    "RunInfo",
+    "export",
+    "load_encoder",
+    "load_simclr",
+]

@@ -1,0 +1,258 @@
+"""A pretrained encoder from a fastclr run in a few lines: load_encoder, load_simclr.
+
+Both read a checkpoint written by ``fastclr pretrain`` (a run folder, whose ``checkpoint.pt`` is
+read, or the file itself; a finished run or one stopped mid-way), verify its digest
+(:func:`fastclr.checkpoint.load_checkpoint`), rebuild the architecture it records (ResNet-18/34/50,
+any width, either stem) and load the weights. A file that is not a fastclr checkpoint, is
+corrupted, or lacks the fields needed raises :class:`~fastclr.checkpoint.CheckpointError` with one
+sentence naming the file.
+
+The encoder comes back in eval mode (BatchNorm uses its running statistics), its parameters still
+trainable, on ``map_location`` (CPU by default), and knows the input it was trained on:
+``encoder.preprocess`` (:class:`~fastclr.downstream.preprocess.Preprocess`) turns uint8 or [0, 1]
+images into that input, and ``mean`` / ``std`` / ``image_size`` give the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fastclr.checkpoint import (
+    EVAL_FIELDS,
+    CheckpointError,
+    load_checkpoint,
+    require_fields,
+)
+from fastclr.downstream.preprocess import Preprocess, as_triple
+from fastclr.models import ARCHS, STEMS, ResNet, SimCLR
+
+__all__ = ["PretrainedEncoder", "PretrainedSimCLR", "RunInfo", "load_encoder", "load_simclr"]
+
+Device = str | torch.device | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a checkpoint says about the network it holds and the input it was trained on."""
+
+    path: str
+    arch: str
+    stem: str
+    width: float
+    proj_dim: int
+    head_bn: bool
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    #: epochs finished and optimiser steps taken when the checkpoint was written (None if absent)
+    epoch: int | None
+    global_step: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metadata record an export stores beside the weights (plain types only)."""
+        return {
+            "arch": self.arch,
+            "stem": self.stem,
+            "width": self.width,
+            "proj_dim": self.proj_dim,
+            "head_bn": self.head_bn,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+        }
+
+
+class PretrainedEncoder(ResNet):
+    """A fastclr ResNet encoder with the preprocessing it was trained with.
+
+    It maps a normalised (N, 3, S, S) batch to pooled features (N, ``feature_dim``); its
+    parameter names are torchvision's (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...).
+
+    Attributes:
+        feature_dim: size of the features (512 × width for ResNet-18/34, 2048 × width for 50).
+        preprocess: :class:`Preprocess`; ``encoder(encoder.preprocess(images))`` gives features.
+        info: :class:`RunInfo` of the checkpoint it came from.
+    """
+
+    def __init__(self, info: RunInfo) -> None:
+        super().__init__(info.arch, stem=info.stem, width=info.width)  # type: ignore[arg-type]
+        self.info = info
+        self.preprocess = Preprocess(info.mean, info.std, info.image_size)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel mean of the normalisation (after scaling pixels to [0, 1])."""
+        return self.info.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel standard deviation of the normalisation."""
+        return self.info.std
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square views the encoder was trained on."""
+        return self.info.image_size
+
+
+class PretrainedSimCLR(SimCLR):
+    """Encoder + projection head of a fastclr run: ``forward(x)`` returns ``(h, z)``.
+
+    ``encoder`` is a :class:`PretrainedEncoder` (``model.encoder.preprocess`` and
+    ``model.preprocess`` are the same); ``head`` the projection MLP (Linear, [BatchNorm1d], ReLU,
+    Linear).
+    """
+
+    encoder: PretrainedEncoder
+
+    def __init__(self, encoder: PretrainedEncoder) -> None:
+        info = encoder.info
+        super().__init__(encoder, encoder.feature_dim, proj_dim=info.proj_dim, head_bn=info.head_bn)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The encoder's :class:`Preprocess`."""
+        return self.encoder.preprocess
+
+    @property
+    def info(self) -> RunInfo:
+        """:class:`RunInfo` of the checkpoint."""
+        return self.encoder.info
+
+
+def read_run(path: str | os.PathLike[str]) -> tuple[RunInfo, dict[str, Any]]:
+    """The verified checkpoint of a run folder or file: its :class:`RunInfo` and model weights.
+
+    Raises:
+        CheckpointError: missing, unreadable, foreign, corrupted (digest), or lacking the fields
+            a pretrained model needs; an architecture this fastclr does not build.
+    """
+    state = load_checkpoint(path)
+    where = _checkpoint_file(path)
+    require_fields(state, EVAL_FIELDS, where, "loading a pretrained encoder")
+    spec = state["model_spec"]
+    weights = state["model"]
+    if not isinstance(spec, dict) or not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {where} has a malformed model_spec or model entry")
+    if spec.get("arch") not in ARCHS or spec.get("stem") not in STEMS:
+        raise CheckpointError(
+            f"checkpoint {where} holds a {spec.get('arch')!r} encoder with stem "
+            f"{spec.get('stem')!r}; this fastclr builds {sorted(ARCHS)} with stems {list(STEMS)}"
+        )
+    try:
+        info = RunInfo(
+            path=str(where),
+            arch=str(spec["arch"]),
+            stem=str(spec["stem"]),
+            width=float(spec["width"]),
+            proj_dim=int(spec["proj_dim"]),
+            head_bn=bool(spec["head_bn"]),
+            image_size=int(state["image_size"]),
+            mean=as_triple(state["mean"], "mean"),
+            std=as_triple(state["std"], "std"),
+            epoch=_optional_int(state.get("epoch")),
+            global_step=_optional_int(state.get("global_step")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {where} has a malformed model description: {e}") from e
+    return info, weights
+
+
+def _checkpoint_file(path: str | os.PathLike[str]) -> str:
+    from fastclr.checkpoint import CHECKPOINT_NAME
+
+    return str(os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path)
+
+
+def _optional_int(v: object) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _load_weights(model: PretrainedSimCLR, weights: dict[str, Any], info: RunInfo) -> None:
+    """``load_state_dict``; a mismatch is a :class:`CheckpointError` naming the first problem."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        detail = lines[0] if lines else str(e).strip()
+        detail = detail if len(detail) <= 240 else detail[:237] + "..."
+        raise CheckpointError(
+            f"checkpoint {info.path} does not fit the {info.arch} (stem={info.stem}, "
+            f"width={info.width:g}) it records: {detail}"
+        ) from e
+
+
+def _device(map_location: Device) -> torch.device:
+    """The device to load onto; ``ValueError`` naming ``map_location`` when it is not usable."""
+    if map_location is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(map_location)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"map_location must be a device such as 'cpu' or 'cuda', got {map_location!r}"
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"map_location {map_location!r}: no CUDA device is visible; use 'cpu'")
+    return dev
+
+
+def load_simclr(
+    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+) -> PretrainedSimCLR:
+    """The encoder and projection head of a fastclr run, in eval mode.
+
+    Args:
+        run_folder_or_checkpoint: a run folder (its ``checkpoint.pt`` is read) or a checkpoint
+            file written by ``fastclr pretrain`` (finished or mid-run).
+        map_location: device to put the model on (``"cpu"``, ``"cuda"``, a ``torch.device``);
+            None: the CPU.
+
+    Returns:
+        a :class:`PretrainedSimCLR` whose ``forward(x)`` gives ``(h, z)``: features and the
+        projection the loss saw; ``model.encoder`` is the :class:`PretrainedEncoder`.
+
+    Raises:
+        CheckpointError: not a fastclr checkpoint (one sentence naming the file), corrupted, or
+            weights that do not fit the architecture it records.
+        ValueError: ``map_location`` is not a device this process can use.
+    """
+    device = _device(map_location)
+    info, weights = read_run(run_folder_or_checkpoint)
+    model = PretrainedSimCLR(PretrainedEncoder(info))
+    _load_weights(model, weights, info)
+    model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model.eval()
+
+
+def load_encoder(
+    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+) -> PretrainedEncoder:
+    """The pretrained encoder of a fastclr run, in eval mode, with its preprocessing.
+
+    Args:
+        run_folder_or_checkpoint: a run folder or a checkpoint file of ``fastclr pretrain``.
+        map_location: device to put the encoder on; None: the CPU.
+
+    Returns:
+        a :class:`PretrainedEncoder`: (N, 3, S, S) normalised images → (N, ``feature_dim``)
+        pooled features; ``preprocess`` prepares images, ``mean`` / ``std`` / ``image_size``
+        are the numbers it uses.
+
+    Raises:
+        CheckpointError: not a fastclr checkpoint (one sentence naming the file), corrupted, or
+            weights that do not fit the architecture it records.
+        ValueError: ``map_location`` is not a device this process can use.
+
+    Example:
+        >>> enc = fastclr.load_encoder("runs/simclr")
+        >>> with torch.no_grad():
+        ...     h = enc(enc.preprocess(images_uint8))  # (N, enc.feature_dim)
+    """
+    return load_simclr(run_folder_or_checkpoint, map_location).encoder

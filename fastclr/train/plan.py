@@ -1,0 +1,373 @@
+"""The run plan: every setting a pretraining run derives, decided once, each with its reason.
+
+:func:`plan_run` turns what the user asked for (:class:`~fastclr.train.config.TrainConfig`,
+where ``None``/``"auto"`` means "by the rule") and what the data are (the data plan: the folder
+listed once and split once, :mod:`fastclr.data.plan`) into an immutable :class:`RunPlan`. It runs
+on rank 0 alone, and the other ranks receive its result. The run header prints the plan, the
+checkpoint stores it, a resume reads it back, and the builders only read it: no rule is
+evaluated twice, so no two parts of a run can disagree about a setting.
+
+The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` holds the rules):
+
+1. the embedded digits' demo recipe, for ``--data digits``: the settings left unset become
+   16-px views of a quarter-width encoder for 15 epochs at batch 128 and lr 6, no BatchNorm in
+   the head, one thread (about a minute on two CPU cores);
+2. view size (224 px), width (1.0), epochs (100), BatchNorm in the head (on), the stem (cifar up
+   to 64 px, else imagenet);
+3. the loader (the in-memory one decodes the folder here, once, so that every later rule sees
+   the images that could be read) and its decode workers;
+4. the batch (256, halved while an epoch would have fewer than 8 steps), steps per epoch;
+5. the augmentation preset (from the view size and whether the images are grayscale);
+6. the learning rate (the paper's linear or square-root rule) and the warm-up (10% of the run,
+   at most 10 epochs);
+7. kNN k of the monitor (15% of the smallest class of its training images);
+8. the precision (bf16 on CUDA, fp32 on the CPU).
+
+On ``--resume`` the decisions that shape the run (size, width, stem, head, batch, preset,
+learning rate, warm-up) are the checkpoint's; the others (epochs when extended, loader, workers,
+precision, threads, kNN k) are decided again, since they may change between sessions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from fastclr.data import ImageData
+from fastclr.data.plan import DataPlan, plan_data
+from fastclr.data.select import images_are_grey, monitor_picks, resolve_loader, resolve_num_workers
+from fastclr.errors import UsageError
+from fastclr.evaluate import knn_k_for
+from fastclr.models import Architecture
+from fastclr.train.config import TrainConfig
+from fastclr.train.precision import resolve_precision
+from fastclr.train.recipe import (
+    MAX_WARMUP_FRACTION,
+    batch_for,
+    lr_for,
+    preset_for,
+    stem_for,
+    warmup_for,
+)
+
+__all__ = ["DEMO", "Decision", "RunPlan", "plan_run"]
+
+#: The embedded digits' demo recipe (settings left unset; see the module docstring). The
+#: paper's LARS rate (0.3 × 128/256) moves the weights by ~0.005% a step, made for thousands of
+#: steps; the ~165-step demo uses lr 6 so that the loss visibly falls. One intra-op thread: on
+#: ops this small OpenMP barriers cost more than the work.
+DEMO: dict[str, Any] = {
+    "image_size": 16,
+    "width": 0.25,
+    "epochs": 15,
+    "batch": 128,
+    "lr": 6.0,
+    "head_bn": False,
+    "threads": 1,
+}
+_DEMO_WHY = "the digits demo: about a minute on a CPU"
+#: The decisions a resume takes from the checkpoint (they shape the model, batches, schedule).
+KEPT_ON_RESUME = ("image_size", "width", "stem", "head_bn", "batch", "preset", "lr", "warmup")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decided setting: its value and why (``given`` when the user set it)."""
+
+    value: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every derived setting of one run (module docstring); read it, never recompute it.
+
+    ``decisions`` holds each value with its reason, in the order they were made (the run header
+    prints them in that order); the properties below are typed views of it. ``data`` is the data
+    plan (listing, split, the images when decoded in memory).
+    """
+
+    decisions: dict[str, Decision]
+    data: DataPlan
+    world_size: int = 1
+    notes: tuple[str, ...] = field(default=())
+
+    def __getitem__(self, name: str) -> Any:
+        return self.decisions[name].value
+
+    def reason(self, name: str) -> str:
+        return self.decisions[name].reason
+
+    image_size = property(lambda self: int(self["image_size"]))
+    width = property(lambda self: float(self["width"]))
+    stem = property(lambda self: str(self["stem"]))
+    head_bn = property(lambda self: bool(self["head_bn"]))
+    epochs = property(lambda self: int(self["epochs"]))
+    batch = property(lambda self: int(self["batch"]))
+    preset = property(lambda self: str(self["preset"]))
+    loader = property(lambda self: str(self["loader"]))
+    num_workers = property(lambda self: int(self["workers"]))
+    steps_per_epoch = property(lambda self: int(self["steps"]))
+    lr = property(lambda self: float(self["lr"]))
+    warmup_steps = property(lambda self: int(self["warmup"]))
+    precision = property(lambda self: str(self["precision"]))
+
+    @property
+    def per_rank(self) -> int:
+        """The batch of one rank."""
+        return self.batch // self.world_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def threads(self) -> int | None:
+        value = self["threads"]
+        return None if value is None else int(value)
+
+    @property
+    def knn_k(self) -> int | None:
+        """Neighbours of the kNN monitor; None when the data have no held-out labels."""
+        value = self["knn_k"]
+        return None if value is None else int(value)
+
+    @property
+    def rule_lr(self) -> float:
+        """What the learning-rate rule gives for this batch and length (the plateau watcher
+        compares a given lr with it)."""
+        return float(self["rule_lr"])
+
+    def architecture(self, cfg: TrainConfig) -> Architecture:
+        """The model this run trains: ``cfg``'s architecture with the decided stem, width and
+        head."""
+        return Architecture(cfg.arch, self.stem, self.width, cfg.proj_dim, self.head_bn)
+
+    def without_memory(self) -> RunPlan:
+        """This plan without decoded folder images (what other ranks receive)."""
+        return replace(self, data=self.data.without_memory())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decisions as plain values and reasons (what the checkpoint stores)."""
+        out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
+        out["data_root"] = None if self.data.root is None else str(self.data.root)
+        return out
+
+
+class _Planner:
+    """Makes the decisions of one run in order (each method one rule; see the module doc)."""
+
+    def __init__(
+        self, cfg: TrainConfig, world_size: int, device: torch.device, saved: dict[str, Any]
+    ) -> None:
+        self.cfg, self.world_size, self.device, self.saved = cfg, world_size, device, saved
+        self.demo = cfg.data == "digits"
+        self.d: dict[str, Decision] = {}
+
+    def put(self, name: str, value: Any, reason: str) -> Any:
+        self.d[name] = Decision(value, reason)
+        return value
+
+    def kept(self, name: str) -> bool:
+        """Take decision ``name`` from the checkpoint being resumed, if it has one."""
+        entry = self.saved.get(name)
+        if name not in KEPT_ON_RESUME or not isinstance(entry, dict) or "value" not in entry:
+            return False
+        self.put(name, entry["value"], "the checkpoint's")
+        return True
+
+    def setting(self, name: str, given: Any, default: Any, why: str = "the default") -> Any:
+        """A setting with a plain default: given, the checkpoint's, the demo's, the default."""
+        if given is not None:
+            return self.put(name, given, "given")
+        if self.kept(name):
+            return self[name]
+        if self.demo and name in DEMO:
+            return self.put(name, DEMO[name], _DEMO_WHY)
+        return self.put(name, default, why)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.d[name].value
+
+    @property
+    def image_size(self) -> int:
+        return int(self["image_size"])
+
+    def model(self) -> None:
+        cfg = self.cfg
+        size = self.setting("image_size", cfg.image_size, 224)
+        self.setting("width", cfg.width, 1.0)
+        saved_epochs = self.saved.get("epochs", {}).get("value")
+        if cfg.epochs is None and saved_epochs is not None:
+            self.put("epochs", saved_epochs, "the checkpoint's")
+        else:
+            self.setting("epochs", cfg.epochs, 100)
+        self.setting("head_bn", cfg.head_bn, True, "the default (SimCLR's own head has it)")
+        if cfg.stem != "auto":
+            self.put("stem", cfg.stem, "given")
+        elif not self.kept("stem"):
+            self.put("stem", *stem_for(size))
+        self.setting("threads", cfg.threads, None, "torch's choice")
+
+
+def _loader(p: _Planner, data: DataPlan) -> DataPlan:
+    """Decisions 3: the loader and its workers; the in-memory loader decodes a folder here."""
+    cfg = p.cfg
+    name, why = resolve_loader(cfg.loader, data, p.image_size, p.device)
+    p.put("loader", name, why)
+    workers, w_why = resolve_num_workers(cfg.num_workers, name)
+    p.put("workers", workers, w_why)
+    if name == "memory" and data.memory is None:
+        data = data.decoded(p.image_size, workers)
+    return data
+
+
+def _batch(p: _Planner, data: DataPlan) -> None:
+    """Decision 4: the global batch and the steps of an epoch."""
+    cfg, world = p.cfg, p.world_size
+    n = data.n_train
+    if cfg.batch_size is not None:
+        p.put("batch", cfg.batch_size, "given")
+    elif not p.kept("batch"):
+        if p.demo:
+            p.put("batch", DEMO["batch"], _DEMO_WHY)
+        else:
+            p.put("batch", *batch_for(n, world))
+    batch = int(p["batch"])
+    if batch % world:
+        raise UsageError(f"--batch-size {batch} does not split evenly over {world} ranks")
+    if batch > n:
+        raise UsageError(
+            f"batch size {batch} is larger than the dataset ({n} training images of {data.name})"
+        )
+    steps = (n // world) // (batch // world)
+    why = f"{n:,} training images // batch {batch}"
+    if cfg.limit_steps is not None and cfg.limit_steps < steps:
+        steps, why = cfg.limit_steps, f"--limit-steps (an epoch has {steps})"
+    p.put("steps", steps, why)
+
+
+def _preset(p: _Planner, data: DataPlan) -> None:
+    """Decision 5: the augmentation preset."""
+    cfg = p.cfg
+    if cfg.augment_preset != "auto":
+        p.put("preset", cfg.augment_preset, "given")
+    elif not p.kept("preset"):
+        if p.demo:
+            p.put("preset", "digits", "the embedded digits' demo preset: crops >= 30%, no flips")
+        else:
+            p.put("preset", *preset_for(p.image_size, images_are_grey(data)))
+
+
+def _schedule(p: _Planner) -> None:
+    """Decision 6: the learning rate and the warm-up."""
+    cfg = p.cfg
+    batch, epochs, steps = int(p["batch"]), int(p["epochs"]), int(p["steps"])
+    rule, rule_why = lr_for(batch, epochs, cfg.base_lr)
+    p.put("rule_lr", rule, rule_why)
+    if cfg.lr is not None:
+        p.put("lr", cfg.lr, f"given; the rule would give {rule:.3g}")
+    elif not p.kept("lr"):
+        if p.demo:
+            p.put("lr", DEMO["lr"], f"{_DEMO_WHY}; the rule would give {rule:.3g}")
+        else:
+            p.put("lr", rule, rule_why)
+    total = steps * epochs
+    if cfg.warmup_epochs is not None:
+        want = round(cfg.warmup_epochs * steps)
+        cap = int(total * MAX_WARMUP_FRACTION)
+        p.put(
+            "warmup", min(want, cap), f"given: {cfg.warmup_epochs:g} epochs, at most 10% of the run"
+        )
+    elif not p.kept("warmup"):
+        p.put("warmup", *warmup_for(steps, total))
+
+
+def _knn(p: _Planner, data: DataPlan) -> None:
+    """Decision 7: k of the kNN monitor (None: the data have no held-out labels)."""
+    labels = _monitor_labels(data, p.image_size)
+    if labels is None:
+        p.put("knn_k", None, "no held-out labelled images: no kNN monitor")
+    elif p.cfg.knn_k is not None:
+        p.put("knn_k", p.cfg.knn_k, "given")
+    else:
+        p.put("knn_k", *knn_k_for(labels))
+
+
+def _monitor_labels(data: DataPlan, size: int) -> torch.Tensor | None:
+    """The labels of the kNN monitor's training images, or None when there is no monitor."""
+    mem = data.memory
+    if mem is not None:
+        held = mem.heldout
+        if held is None or held.labels is None or mem.train.labels is None or len(held) == 0:
+            return None
+        return mem.train.labels
+    if data.train is None or data.heldout is None or len(data.heldout) == 0:
+        return None
+    pick_tr, _ = monitor_picks(len(data.train), len(data.heldout), size)
+    return torch.from_numpy(data.train.labels[pick_tr])
+
+
+def plan_run(
+    cfg: TrainConfig,
+    *,
+    world_size: int = 1,
+    device: torch.device | None = None,
+    data: ImageData | DataPlan | None = None,
+    saved: dict[str, Any] | None = None,
+) -> RunPlan:
+    """Decide every derived setting of a run (module docstring), once.
+
+    Args:
+        cfg: what was asked; validated before.
+        world_size: ranks of the run (the batch is split over them).
+        device: where it trains (the loader and precision depend on it; default CPU).
+        data: the data instead of ``cfg.data``: in memory, or a data plan already made.
+        saved: the plan stored in the checkpoint being resumed (its run-shaping decisions are
+            kept).
+
+    Raises:
+        UsageError: a batch that does not fit the data or the ranks, or data that cannot be
+            used (:func:`~fastclr.data.plan.plan_data`).
+    """
+    device = device if device is not None else torch.device("cpu")
+    p = _Planner(cfg, world_size, device, saved or {})
+    if isinstance(data, DataPlan):
+        dplan = data
+    else:
+        dplan = plan_data(data if data is not None else cfg.data)
+    p.demo = p.demo and data is None
+    p.model()
+    dplan = _loader(p, dplan)
+    _batch(p, dplan)
+    _preset(p, dplan)
+    _schedule(p)
+    _knn(p, dplan)
+    _precision(p)
+    return RunPlan(dict(p.d), dplan, world_size)
+
+
+def _precision(p: _Planner) -> None:
+    """Decision 8: the numeric precision."""
+    asked, device = p.cfg.precision, p.device
+    precision = resolve_precision(asked, device)
+    if asked != "auto":
+        why = "given"
+    elif device.type == "cuda":
+        why = "auto: bf16 autocast on CUDA (fp16 + loss scaling where bf16 is missing)"
+    else:
+        why = "auto: fp32 on the CPU"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("--precision bf16 needs a GPU with bf16 support; use fp16")
+    if precision == "fp16" and device.type == "cpu":
+        why += "; emulated on the CPU (no fp16 matrix units): slow, use fp32 or bf16 there"
+        warnings.warn(
+            "--precision fp16 on the CPU is emulated (CPUs have no fp16 matrix units) and much "
+            "slower than fp32; use --precision fp32 (or bf16) on the CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    p.put("precision", precision, why)

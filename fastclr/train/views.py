@@ -1,0 +1,57 @@
+"""The view step of training: two augmented views of a loader's batch.
+
+The loaders (:mod:`fastclr.data`) deliver uint8 images, uncropped (in memory) or already cropped
+from the original files (streaming loaders); the augmentation (:mod:`fastclr.augment`) is a
+tensor op. Joining the two is training's job, so neither package imports the other for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastclr.augment import SimCLRAugmentation
+from fastclr.augment.params import AugmentParams
+from fastclr.data.stream import ViewBatch
+
+__all__ = ["augment_views"]
+
+
+def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
+    """Two augmented views of ``batch`` with fastclr's augmentation.
+
+    Uncropped images go through ``augment(images)`` as before. Pre-cropped views keep their crop:
+    the augmentation's own parameters are drawn (``augment.sample``) and their crop replaced by the
+    full (S, S) box, so only flip, colour, grey, blur, solarize and normalisation are applied, by
+    the same backend and definition as for in-memory data (``augment.apply``, both views in one
+    call).
+    """
+    if batch.views is None:
+        assert batch.images is not None
+        v1, v2 = augment(batch.images)
+        return v1, v2
+    views = batch.views
+    n_views, n, s = views.shape[0], views.shape[1], views.shape[2]
+    if n_views != 2:
+        raise ValueError(f"the training loop takes 2 views per image, the batch has {n_views}")
+    if not (hasattr(augment, "sample") and hasattr(augment, "apply")):
+        raise TypeError(
+            "streamed batches are already cropped: the augmentation needs sample() and apply() "
+            "(fastclr.augment.SimCLRAugmentation) to apply the rest of the recipe"
+        )
+    sizes = torch.tensor([s, s], device=views.device).expand(n, 2)
+    p1, p2 = augment.sample(n, sizes, device=views.device)
+    full = torch.tensor([0, 0, s, s], dtype=torch.int32, device=p1.device).expand(n, 4)
+    params = AugmentParams.cat([replace(p1, crop=full), replace(p2, crop=full.clone())])
+    flat = views.reshape(2 * n, s, s, views.shape[-1])
+    if isinstance(augment, SimCLRAugmentation):
+        # drawn by sample() for (S, S) sources with the full box: valid by construction, so no
+        # parameter check (a host sync per step on a GPU)
+        out = augment.apply(flat, params, validate=False)
+    else:
+        out = augment.apply(flat, params)
+    v1, v2 = out.chunk(2)
+    return v1, v2
