@@ -198,7 +198,6 @@ PENDING = (
     "bench/aot_check.py",
     "bench/gpu_loss.py",
     "kernels/triton/ntxent.py",
-    "fastclr/loss.py",
     "fastclr/ops/",
     "fastclr/compat/",
     "fastclr/augment/native_backend.py",

@@ -24,7 +24,9 @@ import torch
 from fastclr.checkpoint import (
     EVAL_FIELDS,
     CheckpointError,
+    check_finite_weights,
     load_checkpoint,
+    load_model_state,
     require_fields,
 )
 from fastclr.downstream.preprocess import Preprocess, as_triple
@@ -126,20 +128,24 @@ class PretrainedSimCLR(SimCLR):
         return self.encoder.info
 
 
-def read_run(path: str | os.PathLike[str]) -> tuple[RunInfo, dict[str, Any]]:
+def read_run(
+    path: str | os.PathLike[str], allow_legacy: bool = False
+) -> tuple[RunInfo, dict[str, Any]]:
     """The verified checkpoint of a run folder or file: its :class:`RunInfo` and model weights.
 
     Raises:
-        CheckpointError: missing, unreadable, foreign, corrupted (digest), or lacking the fields
-            a pretrained model needs; an architecture this fastclr does not build.
+        CheckpointError: missing, unreadable, foreign, corrupted (digest; no digest unless
+            ``allow_legacy``), lacking the fields a pretrained model needs, holding NaN/Inf
+            weights; an architecture this fastclr does not build.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, allow_legacy=allow_legacy)
     where = _checkpoint_file(path)
     require_fields(state, EVAL_FIELDS, where, "loading a pretrained encoder")
     spec = state["model_spec"]
     weights = state["model"]
     if not isinstance(spec, dict) or not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {where} has a malformed model_spec or model entry")
+    check_finite_weights(weights, f"checkpoint {where}")
     if spec.get("arch") not in ARCHS or spec.get("stem") not in STEMS:
         raise CheckpointError(
             f"checkpoint {where} holds a {spec.get('arch')!r} encoder with stem "
@@ -176,16 +182,8 @@ def _optional_int(v: object) -> int | None:
 
 def _load_weights(model: PretrainedSimCLR, weights: dict[str, Any], info: RunInfo) -> None:
     """``load_state_dict``; a mismatch is a :class:`CheckpointError` naming the first problem."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        detail = lines[0] if lines else str(e).strip()
-        detail = detail if len(detail) <= 240 else detail[:237] + "..."
-        raise CheckpointError(
-            f"checkpoint {info.path} does not fit the {info.arch} (stem={info.stem}, "
-            f"width={info.width:g}) it records: {detail}"
-        ) from e
+    net = f"the {info.arch} (stem={info.stem}, width={info.width:g}) it records"
+    load_model_state(model, weights, f"checkpoint {info.path} does not fit {net}")
 
 
 def _device(map_location: Device) -> torch.device:
@@ -204,7 +202,9 @@ def _device(map_location: Device) -> torch.device:
 
 
 def load_simclr(
-    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+    run_folder_or_checkpoint: str | os.PathLike[str],
+    map_location: Device = None,
+    allow_legacy: bool = False,
 ) -> PretrainedSimCLR:
     """The encoder and projection head of a fastclr run, in eval mode.
 
@@ -213,6 +213,7 @@ def load_simclr(
             file written by ``fastclr pretrain`` (finished or mid-run).
         map_location: device to put the model on (``"cpu"``, ``"cuda"``, a ``torch.device``);
             None: the CPU.
+        allow_legacy: read a checkpoint without an integrity digest (only a file you trust).
 
     Returns:
         a :class:`PretrainedSimCLR` whose ``forward(x)`` gives ``(h, z)``: features and the
@@ -224,7 +225,7 @@ def load_simclr(
         ValueError: ``map_location`` is not a device this process can use.
     """
     device = _device(map_location)
-    info, weights = read_run(run_folder_or_checkpoint)
+    info, weights = read_run(run_folder_or_checkpoint, allow_legacy)
     model = PretrainedSimCLR(PretrainedEncoder(info))
     _load_weights(model, weights, info)
     model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -232,13 +233,16 @@ def load_simclr(
 
 
 def load_encoder(
-    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+    run_folder_or_checkpoint: str | os.PathLike[str],
+    map_location: Device = None,
+    allow_legacy: bool = False,
 ) -> PretrainedEncoder:
     """The pretrained encoder of a fastclr run, in eval mode, with its preprocessing.
 
     Args:
         run_folder_or_checkpoint: a run folder or a checkpoint file of ``fastclr pretrain``.
         map_location: device to put the encoder on; None: the CPU.
+        allow_legacy: read a checkpoint without an integrity digest (only a file you trust).
 
     Returns:
         a :class:`PretrainedEncoder`: (N, 3, S, S) normalised images → (N, ``feature_dim``)
@@ -255,4 +259,4 @@ def load_encoder(
         >>> with torch.no_grad():
         ...     h = enc(enc.preprocess(images_uint8))  # (N, enc.feature_dim)
     """
-    return load_simclr(run_folder_or_checkpoint, map_location).encoder
+    return load_simclr(run_folder_or_checkpoint, map_location, allow_legacy).encoder

@@ -1,0 +1,84 @@
+"""``ntxent``: the NT-Xent (SimCLR) / SupCon loss as a function (the semantics are
+:class:`~fastclr.loss.NTXentLoss`'s)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fastclr.distributed import world_size
+from fastclr.loss.checks import (
+    POSITIVES,
+    REDUCTIONS,
+    as_batch,
+    check_choice,
+    check_negatives,
+    check_temperature,
+    require_finite,
+)
+from fastclr.loss.fused import fused_rows, positive_lse, positive_mean, reduce_anchors
+from fastclr.loss.registry import BACKENDS, BackendName, resolve_backend
+from fastclr.reference import ntxent_reference
+
+__all__ = ["Positives", "Reduction", "ntxent"]
+
+Reduction = Literal["mean", "sum", "none"]
+Positives = Literal["out", "in"]
+
+
+def ntxent(
+    *views: Tensor,
+    labels: Tensor | None = None,
+    temperature: float = 0.5,
+    reduction: Reduction = "mean",
+    backend: BackendName = "auto",
+    gather_distributed: bool = False,
+    eps: float = 1e-8,
+    check_finite: bool = True,
+    positives: Positives = "out",
+    negatives: Tensor | None = None,
+) -> Tensor:
+    """NT-Xent (SimCLR) / SupCon loss, functional form. See :class:`~fastclr.loss.NTXentLoss`."""
+    temperature = check_temperature(temperature)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("positives", positives, POSITIVES)
+    if not (isinstance(eps, float) and eps > 0):
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    distributed = gather_distributed and world_size() > 1
+    z, lab = as_batch(views, labels, check_positive=not distributed)
+    if negatives is not None:
+        negatives = check_negatives(negatives, z)
+    if check_finite and not torch.compiler.is_compiling():
+        require_finite(z)
+        if negatives is not None:
+            require_finite(negatives)
+    name = resolve_backend(backend, z.device, z.dtype)
+    if BACKENDS.info(name).exact and not distributed:  # the definition itself, whole
+        return ntxent_reference(
+            z,
+            lab,
+            temperature,
+            reduction,
+            eps=eps,
+            upcast=False,
+            positives=positives,
+            negatives=negatives,
+        )
+    rows = fused_rows(
+        z,
+        lab,
+        temperature,
+        name,
+        eps,
+        from_views=len(views) if labels is None else 0,
+        distributed=distributed,
+        negatives=negatives,
+    )
+    if positives == "out":
+        pos_term, n_pos = positive_mean(rows, temperature)
+    else:
+        pos_lse, n_pos = positive_lse(rows, temperature)
+        pos_term = pos_lse - torch.log(n_pos.clamp(min=1).to(pos_lse.dtype))
+    return reduce_anchors(rows.lse - pos_term, n_pos > 0, reduction).to(z.dtype)
