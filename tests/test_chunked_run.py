@@ -22,17 +22,6 @@ from fastclr.train import TrainConfig, pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY: dict[str, Any] = {
-    "image_size": 8,
-    "width": 0.125,
-    "batch_size": 16,
-    "limit_steps": 2,
-    "epochs": 2,
-    "log_every": 1,
-    "progress": False,
-    "lr": 0.5,
-}
-
 
 def _losses(result: Any) -> list[float]:
     return [h["loss"] for h in result.history]
@@ -42,21 +31,21 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_checkpoint(out)["model"].items() if v.is_floating_point()}
 
 
-def test_a_chunk_as_large_as_the_batch_is_the_plain_step(tmp_path: Path) -> None:
-    plain = pretrain(TrainConfig(out=str(tmp_path / "a"), **TINY))
-    whole = pretrain(TrainConfig(out=str(tmp_path / "b"), chunk_size=16, **TINY))
+def test_a_chunk_as_large_as_the_batch_is_the_plain_step(tmp_path: Path, tiny_run: Any) -> None:
+    plain = pretrain(tiny_run(tmp_path / "a"))
+    whole = pretrain(tiny_run(tmp_path / "b", chunk_size=16))
     assert _losses(whole) == _losses(plain)
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_a_chunked_run_resumes_bit_identically(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_run: Any
 ) -> None:
-    straight = pretrain(TrainConfig(out=str(tmp_path / "a"), chunk_size=4, **TINY))
+    straight = pretrain(tiny_run(tmp_path / "a", chunk_size=4))
     out = tmp_path / "b"
-    pretrain(TrainConfig(out=str(out), chunk_size=4, stop_after_epochs=1, **TINY))
-    resumed = pretrain(TrainConfig(out=str(out), chunk_size=4, resume=str(out), **TINY))
+    pretrain(tiny_run(out, chunk_size=4, stop_after_epochs=1))
+    resumed = pretrain(tiny_run(out, chunk_size=4, resume=str(out)))
     assert resumed.global_step == straight.global_step
     wa, wb = _weights(tmp_path / "a"), _weights(out)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -68,14 +57,14 @@ def test_a_chunked_run_resumes_bit_identically(
 
 
 def test_the_header_states_batch_chunk_and_peak(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_run: Any
 ) -> None:
-    pretrain(TrainConfig(out=str(tmp_path / "a"), chunk_size=4, **{**TINY, "epochs": 1}))
+    pretrain(tiny_run(tmp_path / "a", chunk_size=4, epochs=1))
     header = capsys.readouterr().out
     line = next(ln for ln in header.splitlines() if ln.strip().startswith("chunk:"))
     assert "4 images per forward" in line and "whole batch of 16" in line
     assert "4 forwards of 4 per rank" in line and "expected peak" in line
-    pretrain(TrainConfig(out=str(tmp_path / "b"), chunk_size="auto", **{**TINY, "epochs": 1}))
+    pretrain(tiny_run(tmp_path / "b", chunk_size="auto", epochs=1))
     line = next(
         ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("chunk:")
     )
