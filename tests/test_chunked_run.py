@@ -9,6 +9,7 @@ the chunk and the expected peak memory. Tiny runs: about 20 s.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,35 @@ def test_bad_chunk_sizes_on_the_command_line(
         main(["pretrain", "--out", str(tmp_path / "r"), "--chunk-size", bad])
     assert e.value.code == 2
     assert "--chunk-size: must be a whole number >= 1 or auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("loader", "precision"),
+    [("memory", "bf16"), ("stream", "fp32"), ("stream", "bf16")],
+)
+def test_chunking_runs_with_every_cpu_loader_and_precision(
+    loader: str,
+    precision: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tiny_run: Any,
+    write_many_pngs: Any,
+) -> None:
+    """The chunked step under each loader and precision this machine has: finite losses, and the
+    header names the loader, the precision and the chunk it trained with."""
+    data = write_many_pngs(tmp_path / "data", 60)
+    cfg = tiny_run(
+        tmp_path / "run",
+        data=str(data),
+        loader=loader,
+        precision=precision,
+        chunk_size=4,
+        epochs=1,
+        num_workers=0 if loader == "stream" else None,
+    )
+    result = pretrain(cfg)
+    header = capsys.readouterr().out
+    assert f"loader:      {loader}" in header and f"precision:   {precision}" in header
+    assert "4 images per forward" in header
+    losses = _losses(result)
+    assert result.global_step == 2 and losses and all(math.isfinite(x) for x in losses)
