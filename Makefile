@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastclr-installed
 NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard kernels/cpu/*.cpp kernels/cpu/*.h)
 
-.PHONY: setup setup-peers test test-peers lint format bench bench-quick gpu-check aot-check test-triton36 quality clean
+.PHONY: setup setup-peers test test-peers lint format bench bench-quick bench-peers gpu-check aot-check test-triton36 quality clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/throughput.py --quick
+
+# fastclr's pretraining step against the lightly-example pipeline on one JPEG folder, per stage
+# and against the measured matmul rate (bench/pipeline_bench.py; 40-75 min on 2 shared cores):
+# bench/results/pipeline-cpu.{md,jsonl}. `make bench-peers BENCH_ARGS=--quick`: a smoke run.
+BENCH_ARGS ?=
+bench-peers: setup-peers
+	.venv-peers/bin/python bench/pipeline_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -220,6 +220,18 @@ def data_section(ctx: Context) -> Section:
     )
 
 
+def pipeline_section(ctx: Context) -> Section:
+    """fastclr's step vs the lightly-example pipeline (bench/pipeline_bench.py): where lightly and
+    torchvision import (``.venv-peers``); elsewhere one line saying why it was skipped."""
+    import pipeline_bench
+
+    lines, record, failed = pipeline_bench.section(ctx.args.quick, ctx.args.no_save)
+    return Section("Pretraining step vs the lightly-example pipeline", lines, record, failed)
+
+
+#: Sections only ``--only NAME`` runs: pipeline needs lightly and takes over an hour on 2 cores.
+EXTRA_SECTIONS: dict[str, Callable[[Context], Section]] = {"pipeline": pipeline_section}
+
 #: The sections, in the order a full run makes them (``--only NAME`` picks some).
 SECTIONS: dict[str, Callable[[Context], Section]] = {
     "loss": loss_section,
@@ -233,7 +245,7 @@ SECTIONS: dict[str, Callable[[Context], Section]] = {
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for CI (< 1 minute)")
-    p.add_argument("--only", choices=list(SECTIONS), action="append")
+    p.add_argument("--only", choices=[*SECTIONS, *EXTRA_SECTIONS], action="append")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON/Markdown/PNG")
     p.add_argument("--no-save", action="store_true", help="print only, write no files")
@@ -276,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ctx = Context(args, device, tag, progress)
         for name in args.only or list(SECTIONS):
-            section = SECTIONS[name](ctx)
+            section = {**SECTIONS, **EXTRA_SECTIONS}[name](ctx)
             failed |= section.failed
             bar.clear()
             print(f"\n## {section.title}\n")

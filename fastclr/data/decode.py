@@ -48,6 +48,7 @@ import numpy as np
 
 __all__ = [
     "UnsupportedImage",
+    "decode_for_boxes",
     "decode_resized_square",
     "decode_views",
     "open_rgb",
@@ -229,12 +230,14 @@ def _box(row: np.ndarray) -> tuple[int, int, int, int]:
     return y0, x0, h, w
 
 
-def decode_views(
+def decode_for_boxes(
     path: str, draw: BoxDraw, size: int, draft: bool = True
-) -> tuple[np.ndarray, str | None, int]:
-    """Crops of one file: ``draw(H, W)`` gives (V, 4) boxes on the original size; → (V, S, S, 3).
+) -> tuple[np.ndarray, np.ndarray, str | None, int]:
+    """Decode one file for the boxes ``draw(H, W)`` draws on its original size, not cropping.
 
-    Returns the views, the conversion's name (or None) and the decode scale used (1 = full).
+    Returns the (h, w, 3) uint8 image decoded at 1/scale (the largest reduced-scale JPEG decode
+    that keeps every box at least ``size`` pixels per side; 1 = full size), the (V, 4) boxes in
+    ORIGINAL pixels, the conversion's name (or None) and the scale.
     """
     from PIL import Image
 
@@ -250,6 +253,17 @@ def decode_views(
             scale = round(stored_w / got[1][2]) if got else 1
         im.load()
         rgb, conversion = _oriented(*to_rgb8(im, path), tag)
+    return rgb, boxes, conversion, scale
+
+
+def decode_views(
+    path: str, draw: BoxDraw, size: int, draft: bool = True
+) -> tuple[np.ndarray, str | None, int]:
+    """Crops of one file: ``draw(H, W)`` gives (V, 4) boxes on the original size; → (V, S, S, 3).
+
+    Returns the views, the conversion's name (or None) and the decode scale used (1 = full).
+    """
+    rgb, boxes, conversion, scale = decode_for_boxes(path, draw, size, draft)
     views = np.stack([resize_box(rgb, _box(b), size, scale) for b in boxes])
     return views, conversion, scale
 

@@ -33,19 +33,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fastclr.augment.params import AugmentConfig, sample_params
-from fastclr.data.decode import BoxDraw, decode_views, oriented_size
+from fastclr.data.decode import BoxDraw, decode_for_boxes, decode_views, oriented_size
 from fastclr.data.files import FileList
 from fastclr.data.summary import DataSummary
 from fastclr.errors import UsageError
 
 __all__ = [
     "MAX_SUBSTITUTES",
+    "FinishViews",
     "StreamingLoader",
     "ViewBatch",
     "draw_boxes",
@@ -63,6 +65,19 @@ MAX_SUBSTITUTES = 16
 FATAL = "fatal"
 #: Multiplier of the seed in the epoch permutation's seed (shared with TensorImageDataset).
 _EPOCH_SEED_STRIDE = 100_003
+#: Last part of the seed of a batch's view parameters (FinishViews): a stream of its own.
+_VIEW_STREAM = 0x5EED_7E5
+
+
+class FinishViews(Protocol):
+    """Finishes a batch's views in the loader's workers; given by training (data never imports
+    the augmentation): ``(images, scales, boxes, seed) -> (V, B, 3, S, S)`` floating views of B
+    decoded (H, W, 3) uint8 images, each decoded at 1/scale, with boxes (B, V, 4) in ORIGINAL
+    pixels and an int seed for the other random parameters. Must be picklable."""
+
+    def __call__(
+        self, images: list[np.ndarray], scales: list[int], boxes: np.ndarray, seed: int
+    ) -> Tensor: ...
 
 
 def mix_seed(*parts: int) -> int:
@@ -103,8 +118,10 @@ class ViewBatch:
     """One batch for the training loop.
 
     ``views`` is (V, N, S, S, 3) uint8 with every view already cropped from the original image
-    (streaming loaders), or None; ``images`` is (N, H, W, 3) uint8 uncropped images (in-memory
-    loader; the augmentation crops them), or None. ``labels`` is (N,) int64 (-1: unlabelled).
+    (streaming loaders), or (V, N, 3, S, S) floating views already finished in the workers (a
+    streaming loader given ``finish_views``), or None; ``images`` is (N, H, W, 3) uint8
+    uncropped images (in-memory loader; the augmentation crops them), or None. ``labels`` is
+    (N,) int64 (-1: unlabelled).
     """
 
     labels: Tensor
@@ -141,9 +158,11 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
         seed: int,
         rank: int,
         draft: bool,
+        finish: FinishViews | None = None,
     ) -> None:
         self.files, self.labels, self.crop = files, labels, crop
         self.views, self.seed, self.rank, self.draft = views, seed, rank, draft
+        self.finish = finish
         self.bad: set[int] = set()  # files this worker already found unreadable
 
     def __len__(self) -> int:  # not used: the sampler hands out keys
@@ -170,6 +189,7 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
         labels = torch.empty(b, dtype=torch.int64)
         events: list[tuple[int, str, str]] = []
         current = [int(i) for i in idx]
+        decoded: list[tuple[np.ndarray, int, np.ndarray]] = []  # with finish: (rgb, scale, boxes)
         sizes = np.zeros((b, 2), dtype=np.int64)
         ok = np.zeros(b, dtype=bool)
         for j, i in enumerate(current):
@@ -189,12 +209,13 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
                 i = current[j]
                 if box is not None:
                     try:
-                        arr, conversion, _ = decode_views(self.files[i], _fixed(box), s, self.draft)
+                        arr, conversion = self._decode(i, box, s, decoded)
                     except Exception as e:  # corrupt data, conversion rule, vanished file
                         self.bad.add(i)
                         events.append((i, "skipped", f"{type(e).__name__}: {e}"))
                     else:
-                        out_np[:, j] = arr
+                        if arr is not None:
+                            out_np[:, j] = arr
                         labels[j] = int(self.labels[i])
                         if conversion is not None:
                             events.append((i, "converted", conversion))
@@ -220,7 +241,24 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
                     events.append((current[j], "skipped", f"{type(e).__name__}: {e}"))
                     continue
                 box = self._boxes(hw, epoch, self.rank, step, j, attempt)[0]
+        if self.finish is not None:
+            rgbs, scales, used = zip(*decoded, strict=True)
+            seed = mix_seed(self.seed, epoch, self.rank, step, _VIEW_STREAM)
+            out = self.finish(list(rgbs), list(scales), np.stack(used), seed)
         return out, labels, events
+
+    def _decode(
+        self, i: int, box: np.ndarray, size: int, decoded: list[tuple[np.ndarray, int, np.ndarray]]
+    ) -> tuple[np.ndarray | None, str | None]:
+        """Crops of file ``i`` (V, S, S, 3) uint8, or, with ``finish``, its decode kept for it."""
+        if self.finish is None:
+            arr, conversion, _ = decode_views(self.files[i], _fixed(box), size, self.draft)
+            return arr, conversion
+        rgb, boxes, conversion, scale = decode_for_boxes(
+            self.files[i], _fixed(box), size, self.draft
+        )
+        decoded.append((rgb, scale, boxes))
+        return None, conversion
 
 
 class _Keys:
@@ -255,6 +293,9 @@ class StreamingLoader:
         draft: reduced-scale JPEG decoding where the crop allows it.
         views: crops per image (SimCLR: 2).
         summary: where skipped and converted files are counted (a new one by default).
+        finish_views: when given (by training), the workers also finish the views: they call it
+            with each batch's decoded images and boxes, and the batches carry its floating
+            (V, B, 3, S, S) views instead of uint8 crops (:class:`FinishViews`).
     """
 
     def __init__(
@@ -273,6 +314,7 @@ class StreamingLoader:
         draft: bool = True,
         views: int = 2,
         summary: DataSummary | None = None,
+        finish_views: FinishViews | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -294,7 +336,7 @@ class StreamingLoader:
         self.views = views
         self.summary = summary if summary is not None else DataSummary()
         self._keys = _Keys()
-        decoder = _Decoder(files, labels, crop, views, seed, rank, draft)
+        decoder = _Decoder(files, labels, crop, views, seed, rank, draft, finish_views)
         self._loader = torch.utils.data.DataLoader(
             decoder,
             batch_size=None,

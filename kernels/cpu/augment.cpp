@@ -14,19 +14,32 @@ constexpr float kGrayR = 0.299f, kGrayG = 0.587f, kGrayB = 0.114f;  // ITU-R BT.
 
 inline float clamp01(float v) { return std::min(std::max(v, 0.0f), 1.0f); }
 
-// Bilinear taps along one axis, as F.interpolate(align_corners=False): source coordinate
-// (o + 0.5)·len/S − 0.5 clamped at 0, neighbours lo and min(lo + 1, len − 1). The coordinate is
+// Bilinear taps along one axis for a box [start, start + len) of ORIGINAL pixels, sampled S times
+// as F.interpolate(align_corners=False) samples the cropped tensor: local coordinate
+// p = (o + 0.5)·len/S − 0.5 clamped to [0, len − 1] (the box's edge pixels), neighbours floor and
+// floor + 1 (kept inside the box). For a source decoded at 1/scale of the original (libjpeg DCT
+// scaling), the original coordinate start + p maps to (start + p + 0.5)/scale − 0.5 on the reduced
+// grid, clamped to its `limit` pixels (fastclr/data/decode.py, resize_box). Coordinates are
 // computed in double, like the float64 reference.
-void axis_taps(int32_t start, int32_t len, int64_t S, int32_t* lo, int32_t* hi, float* w) {
-  const double scale = static_cast<double>(len) / static_cast<double>(S);
+void axis_taps(int64_t start, int64_t len, int64_t S, int64_t scale, int64_t limit, int32_t* lo,
+               int32_t* hi, float* w) {
+  const double step = static_cast<double>(len) / static_cast<double>(S);
+  const double last_local = static_cast<double>(len - 1);
   for (int64_t o = 0; o < S; ++o) {
-    double pos = (static_cast<double>(o) + 0.5) * scale - 0.5;
-    if (pos < 0.0) pos = 0.0;
-    const double f = std::floor(pos);
-    const int32_t l = static_cast<int32_t>(f);
-    lo[o] = start + l;
-    hi[o] = start + std::min(l + 1, len - 1);
-    w[o] = static_cast<float>(pos - f);
+    double p = (static_cast<double>(o) + 0.5) * step - 0.5;
+    p = std::min(std::max(p, 0.0), last_local);
+    double c = static_cast<double>(start) + p;
+    int64_t last = start + len - 1;
+    if (scale > 1) {
+      c = (c + 0.5) / static_cast<double>(scale) - 0.5;
+      c = std::min(std::max(c, 0.0), static_cast<double>(limit - 1));
+      last = limit - 1;
+    }
+    const double f = std::floor(c);
+    const int64_t l = static_cast<int64_t>(f);
+    lo[o] = static_cast<int32_t>(l);
+    hi[o] = static_cast<int32_t>(std::min(l + 1, last));
+    w[o] = static_cast<float>(c - f);
   }
 }
 
@@ -128,35 +141,120 @@ void blur(float* x, float* tmp, int64_t S, const float* taps, int64_t K) {
   }
 }
 
-// Every value the kernel indexes memory with, checked before any pixel is read: sizes, the crop
-// boxes (rows y0 .. y0+h-1 and columns x0 .. x0+w-1 of an H x W source, in int64 so that no sum
-// wraps), the jitter orders (a permutation of 0..3; only 0..3 select an op) and the blur width
-// (reflect padding reads at most K/2 pixels past an edge, so K/2 < S). Returns "" when all
-// hold, else one sentence naming the first image and field that does not.
-std::string check_view_args(int64_t N, int64_t H, int64_t W, const int32_t* crop,
-                            const int32_t* order, int64_t K, int64_t S) {
-  if (N < 0 || H < 1 || W < 1 || S < 1)
-    return "sizes must be N >= 0, H, W, S >= 1, got N=" + std::to_string(N) +
-           " H=" + std::to_string(H) + " W=" + std::to_string(W) + " S=" + std::to_string(S);
+// Every value the kernel indexes memory with is checked before any pixel is read: sizes, the crop
+// boxes (rows y0 .. y0+h-1 and columns x0 .. x0+w-1 of the ORIGINAL H x W image, in int64 so that
+// no sum wraps), the jitter orders (a permutation of 0..3; only 0..3 select an op) and the blur
+// width (reflect padding reads at most K/2 pixels past an edge, so K/2 < S). Each check returns ""
+// when it holds, else one sentence naming the image and field that does not.
+std::string check_out_args(int64_t N, int64_t K, int64_t S) {
+  if (N < 0 || S < 1)
+    return "sizes must be N >= 0, S >= 1, got N=" + std::to_string(N) + " S=" + std::to_string(S);
   if (K < 1 || K % 2 == 0 || (K > 1 && K / 2 >= S))
     return "blur width K must be odd, >= 1 and K/2 < S, got K=" + std::to_string(K) +
            " S=" + std::to_string(S);
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t y0 = crop[4 * n], x0 = crop[4 * n + 1], h = crop[4 * n + 2],
-                  w = crop[4 * n + 3];
-    if (y0 < 0 || x0 < 0 || h < 1 || w < 1 || y0 + h > H || x0 + w > W)
-      return "crop[" + std::to_string(n) + "] = (" + std::to_string(y0) + ", " +
-             std::to_string(x0) + ", " + std::to_string(h) + ", " + std::to_string(w) +
-             ") (y0, x0, h, w) does not fit the " + std::to_string(H) + "x" + std::to_string(W) +
-             " source";
-    unsigned seen = 0;
-    for (int step = 0; step < 4; ++step) {
-      const int32_t op = order[4 * n + step];
-      if (op >= 0 && op < 4) seen |= 1u << op;
-    }
-    if (seen != 0xFu) return "order[" + std::to_string(n) + "] is not a permutation of 0..3";
-  }
   return "";
+}
+
+std::string check_view(int64_t n, int64_t H, int64_t W, const int32_t* box, const int32_t* order) {
+  if (H < 1 || W < 1)
+    return "image " + std::to_string(n) + " has size " + std::to_string(H) + "x" +
+           std::to_string(W) + "; H, W must be >= 1";
+  const int64_t y0 = box[0], x0 = box[1], h = box[2], w = box[3];
+  if (y0 < 0 || x0 < 0 || h < 1 || w < 1 || y0 + h > H || x0 + w > W)
+    return "crop[" + std::to_string(n) + "] = (" + std::to_string(y0) + ", " + std::to_string(x0) +
+           ", " + std::to_string(h) + ", " + std::to_string(w) + ") (y0, x0, h, w) does not fit the " +
+           std::to_string(H) + "x" + std::to_string(W) + " source";
+  unsigned seen = 0;
+  for (int step = 0; step < 4; ++step) {
+    const int32_t op = order[step];
+    if (op >= 0 && op < 4) seen |= 1u << op;
+  }
+  if (seen != 0xFu) return "order[" + std::to_string(n) + "] is not a permutation of 0..3";
+  return "";
+}
+
+// Per-thread work buffers: one S x S x 3 image and the resize taps.
+struct Scratch {
+  std::vector<float> buf, tmp, wy, wx;
+  std::vector<int32_t> ylo, yhi, xlo, xhi;
+  explicit Scratch(int64_t S)
+      : buf(3 * S * S), tmp(3 * S * S), wy(S), wx(S), ylo(S), yhi(S), xlo(S), xhi(S) {}
+};
+
+// The parameters of one view: rows of the caller's (N, .) arrays (augment.h).
+struct View {
+  const int32_t* box;     // (y0, x0, h, w) in ORIGINAL pixels
+  const uint8_t* flags;   // flip, jitter, gray, blur, solarize
+  const float* factors;   // brightness, contrast, saturation, hue
+  const int32_t* order;   // jitter order
+  const float* taps;      // K blur taps
+};
+
+struct Output {
+  int64_t S, K;
+  float solarize_threshold;
+  const float* mean;
+  float inv_std[3];
+};
+
+// Crop + bilinear resize (+ flip: output column j samples column S - 1 - j) of one view from img,
+// an (H, W, 3) uint8 image decoded at 1/scale of the original, into x (S, S, 3) in [0, 1].
+void crop_resize(const uint8_t* img, int64_t H, int64_t W, int64_t scale, const View& v,
+                 int64_t S, Scratch& s) {
+  axis_taps(v.box[0], v.box[2], S, scale, H, s.ylo.data(), s.yhi.data(), s.wy.data());
+  axis_taps(v.box[1], v.box[3], S, scale, W, s.xlo.data(), s.xhi.data(), s.wx.data());
+  float* x = s.buf.data();
+  for (int64_t i = 0; i < S; ++i) {
+    const uint8_t* top = img + static_cast<int64_t>(s.ylo[i]) * W * 3;
+    const uint8_t* bot = img + static_cast<int64_t>(s.yhi[i]) * W * 3;
+    const float a = s.wy[i];
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t jj = v.flags[0] ? S - 1 - j : j;
+      const int64_t l = static_cast<int64_t>(s.xlo[jj]) * 3, h = static_cast<int64_t>(s.xhi[jj]) * 3;
+      const float b = s.wx[jj];
+      for (int c = 0; c < 3; ++c) {
+        const float t = top[l + c] + b * (static_cast<float>(top[h + c]) - top[l + c]);
+        const float u = bot[l + c] + b * (static_cast<float>(bot[h + c]) - bot[l + c]);
+        x[(i * S + j) * 3 + c] = (t + a * (u - t)) * (1.0f / 255.0f);
+      }
+    }
+  }
+}
+
+// One whole view: crop_resize, then jitter, gray, blur, solarize, normalise into out (S, S, 3).
+void one_view(const uint8_t* img, int64_t H, int64_t W, int64_t scale, const View& v,
+              const Output& o, Scratch& s, float* out) {
+  const int64_t S = o.S, pixels = S * S;
+  crop_resize(img, H, W, scale, v, S, s);
+  float* x = s.buf.data();
+  if (v.flags[1]) {
+    for (int step = 0; step < 4; ++step) {
+      switch (v.order[step]) {
+        case 0: brightness(x, 3 * pixels, v.factors[0]); break;
+        case 1: contrast(x, pixels, v.factors[1]); break;
+        case 2: saturation(x, pixels, v.factors[2]); break;
+        default: hue(x, pixels, v.factors[3]); break;
+      }
+    }
+  }
+  if (v.flags[2]) grayscale(x, pixels);
+  if (v.flags[3] && o.K > 1) blur(x, s.tmp.data(), S, v.taps, o.K);
+  for (int64_t p = 0; p < pixels; ++p)
+    for (int c = 0; c < 3; ++c) {
+      float val = x[3 * p + c];
+      if (v.flags[4] && val >= o.solarize_threshold) val = 1.0f - val;
+      out[3 * p + c] = (val - o.mean[c]) * o.inv_std[c];
+    }
+}
+
+Output make_output(int64_t S, int64_t K, float solarize_threshold, const float* mean,
+                   const float* std) {
+  return Output{S, K, solarize_threshold, mean, {1.0f / std[0], 1.0f / std[1], 1.0f / std[2]}};
+}
+
+View view_at(int64_t n, const int32_t* crop, const uint8_t* flags, const float* factors,
+             const int32_t* order, const float* taps, int64_t K) {
+  return View{crop + 4 * n, flags + 5 * n, factors + 4 * n, order + 4 * n, taps + n * K};
 }
 
 }  // namespace
@@ -165,59 +263,50 @@ void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const 
                      const uint8_t* flags, const float* factors, const int32_t* order,
                      const float* taps, int64_t K, float solarize_threshold, const float* mean,
                      const float* std, int64_t S, float* out) {
-  const std::string bad = check_view_args(N, H, W, crop, order, K, S);
+  std::string bad = check_out_args(N, K, S);
+  for (int64_t n = 0; n < N && bad.empty(); ++n)
+    bad = check_view(n, H, W, crop + 4 * n, order + 4 * n);
   if (!bad.empty()) throw std::invalid_argument("simclr_view_f32: " + bad);
-  const int64_t pixels = S * S;
-  const float inv_std[3] = {1.0f / std[0], 1.0f / std[1], 1.0f / std[2]};
+  const Output o = make_output(S, K, solarize_threshold, mean, std);
 #pragma omp parallel
   {
-    std::vector<float> buf(3 * pixels), tmp(3 * pixels), wy(S), wx(S);
-    std::vector<int32_t> ylo(S), yhi(S), xlo(S), xhi(S);
+    Scratch s(S);
 #pragma omp for schedule(dynamic, 4)
-    for (int64_t n = 0; n < N; ++n) {
-      const int32_t* box = crop + 4 * n;
-      const uint8_t* fl = flags + 5 * n;
-      const uint8_t* img = src + n * H * W * 3;
-      axis_taps(box[0], box[2], S, ylo.data(), yhi.data(), wy.data());
-      axis_taps(box[1], box[3], S, xlo.data(), xhi.data(), wx.data());
-      float* x = buf.data();
-      // crop + bilinear resize (+ flip: output column j samples source column S − 1 − j)
-      for (int64_t i = 0; i < S; ++i) {
-        const uint8_t* top = img + static_cast<int64_t>(ylo[i]) * W * 3;
-        const uint8_t* bot = img + static_cast<int64_t>(yhi[i]) * W * 3;
-        const float a = wy[i];
-        for (int64_t j = 0; j < S; ++j) {
-          const int64_t jj = fl[0] ? S - 1 - j : j;
-          const int64_t l = static_cast<int64_t>(xlo[jj]) * 3, h = static_cast<int64_t>(xhi[jj]) * 3;
-          const float b = wx[jj];
-          for (int c = 0; c < 3; ++c) {
-            const float t = top[l + c] + b * (static_cast<float>(top[h + c]) - top[l + c]);
-            const float u = bot[l + c] + b * (static_cast<float>(bot[h + c]) - bot[l + c]);
-            x[(i * S + j) * 3 + c] = (t + a * (u - t)) * (1.0f / 255.0f);
-          }
-        }
-      }
-      if (fl[1]) {
-        const float* f = factors + 4 * n;
-        for (int step = 0; step < 4; ++step) {
-          switch (order[4 * n + step]) {
-            case 0: brightness(x, 3 * pixels, f[0]); break;
-            case 1: contrast(x, pixels, f[1]); break;
-            case 2: saturation(x, pixels, f[2]); break;
-            default: hue(x, pixels, f[3]); break;
-          }
-        }
-      }
-      if (fl[2]) grayscale(x, pixels);
-      if (fl[3] && K > 1) blur(x, tmp.data(), S, taps + n * K, K);
-      float* o = out + n * pixels * 3;
-      for (int64_t p = 0; p < pixels; ++p)
-        for (int c = 0; c < 3; ++c) {
-          float v = x[3 * p + c];
-          if (fl[4] && v >= solarize_threshold) v = 1.0f - v;
-          o[3 * p + c] = (v - mean[c]) * inv_std[c];
-        }
+    for (int64_t n = 0; n < N; ++n)
+      one_view(src + n * H * W * 3, H, W, 1, view_at(n, crop, flags, factors, order, taps, K), o,
+               s, out + n * S * S * 3);
+  }
+}
+
+void simclr_view_ragged_f32(const uint64_t* srcs, const int64_t* shapes, int64_t N,
+                            const int32_t* crop, const uint8_t* flags, const float* factors,
+                            const int32_t* order, const float* taps, int64_t K,
+                            float solarize_threshold, const float* mean, const float* std,
+                            int64_t S, float* out) {
+  std::string bad = check_out_args(N, K, S);
+  for (int64_t n = 0; n < N && bad.empty(); ++n) {
+    const int64_t H = shapes[3 * n], W = shapes[3 * n + 1], scale = shapes[3 * n + 2];
+    if (scale < 1 || scale > kMaxDecodeScale) {
+      bad = "scale[" + std::to_string(n) + "] = " + std::to_string(scale) + " is not in [1, " +
+            std::to_string(kMaxDecodeScale) + "]";
+    } else if (srcs[n] == 0) {
+      bad = "source " + std::to_string(n) + " is a null pointer";
+    } else {
+      // the box is in original pixels; a 1/scale decode has ceil(original / scale) pixels, so
+      // the original is at most scale times the decoded size (the sampling clamps to the image)
+      bad = check_view(n, H * scale, W * scale, crop + 4 * n, order + 4 * n);
     }
+  }
+  if (!bad.empty()) throw std::invalid_argument("simclr_view_ragged_f32: " + bad);
+  const Output o = make_output(S, K, solarize_threshold, mean, std);
+#pragma omp parallel
+  {
+    Scratch s(S);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t n = 0; n < N; ++n)
+      one_view(reinterpret_cast<const uint8_t*>(srcs[n]), shapes[3 * n], shapes[3 * n + 1],
+               shapes[3 * n + 2], view_at(n, crop, flags, factors, order, taps, K), o, s,
+               out + n * S * S * 3);
   }
 }
 

@@ -24,7 +24,12 @@
   void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const int32_t* crop,  \
                        const uint8_t* flags, const float* factors, const int32_t* order,          \
                        const float* taps, int64_t K, float solarize_threshold, const float* mean, \
-                       const float* std, int64_t S, float* out);
+                       const float* std, int64_t S, float* out);                          \
+  void simclr_view_ragged_f32(const uint64_t* srcs, const int64_t* shapes, int64_t N,              \
+                              const int32_t* crop, const uint8_t* flags, const float* factors,    \
+                              const int32_t* order, const float* taps, int64_t K,                 \
+                              float solarize_threshold, const float* mean, const float* std,      \
+                              int64_t S, float* out);
 
 // The baseline copy's name: with FASTCLR_NATIVE_ARCH it is the one copy, built for this machine.
 #ifdef FASTCLR_NATIVE_ARCH
@@ -176,6 +181,15 @@ void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const 
                      const float* taps, int64_t K, float solarize_threshold, const float* mean,
                      const float* std, int64_t S, float* out) {
   FASTCLR_DISPATCH(simclr_view_f32, src, N, H, W, crop, flags, factors, order, taps, K,
+                   solarize_threshold, mean, std, S, out)
+}
+
+void simclr_view_ragged_f32(const uint64_t* srcs, const int64_t* shapes, int64_t N,
+                            const int32_t* crop, const uint8_t* flags, const float* factors,
+                            const int32_t* order, const float* taps, int64_t K,
+                            float solarize_threshold, const float* mean, const float* std,
+                            int64_t S, float* out) {
+  FASTCLR_DISPATCH(simclr_view_ragged_f32, srcs, shapes, N, crop, flags, factors, order, taps, K,
                    solarize_threshold, mean, std, S, out)
 }
 

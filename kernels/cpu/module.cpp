@@ -101,4 +101,29 @@ NB_MODULE(_cpu, m) {
       nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
       nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
       "One fused SimCLR view of a dense uint8 NHWC batch into (N, S, S, 3) fp32 (augment.h).");
+  m.attr("max_decode_scale") = fastclr::kMaxDecodeScale;
+  m.def(
+      "simclr_view_ragged_f32",
+      [](uintptr_t srcs, uintptr_t shapes, int64_t N, uintptr_t crop, uintptr_t flags,
+         uintptr_t factors, uintptr_t order, uintptr_t taps, int64_t K, float solarize_threshold,
+         uintptr_t mean, uintptr_t std, int64_t S, uintptr_t out, int nthreads) {
+#ifdef FASTCLR_HAVE_OPENMP
+        if (nthreads > 0) omp_set_num_threads(nthreads);
+#else
+        (void)nthreads;
+#endif
+        fastclr::simclr_view_ragged_f32(
+            reinterpret_cast<const uint64_t*>(srcs), reinterpret_cast<const int64_t*>(shapes), N,
+            reinterpret_cast<const int32_t*>(crop), reinterpret_cast<const uint8_t*>(flags),
+            reinterpret_cast<const float*>(factors), reinterpret_cast<const int32_t*>(order),
+            reinterpret_cast<const float*>(taps), K, solarize_threshold,
+            reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std), S,
+            reinterpret_cast<float*>(out));
+      },
+      nb::arg("srcs"), nb::arg("shapes"), nb::arg("N"), nb::arg("crop"), nb::arg("flags"),
+      nb::arg("factors"), nb::arg("order"), nb::arg("taps"), nb::arg("K"),
+      nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
+      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
+      "SimCLR views of ragged uint8 sources decoded at 1/scale, boxes in original pixels "
+      "(augment.h).");
 }
