@@ -150,7 +150,7 @@ def _child_model(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _child_e2e(spec: dict[str, Any]) -> dict[str, Any]:
     """Interleaved rounds: model-only steps, then steps fed by the streaming loader."""
-    from fastclr.data.stream import augment_views
+    from fastclr.train.views import augment_views
 
     step, aug = _model_step(spec)
     loader = _loader({**spec, "loader": "stream"})
