@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_check.sh              every step (budgets below: 540 s in all)
 #   bash scripts/gpu_check.sh --quick      env, the loss benchmark at M = 8192, the fast tests and
-#                                          the loss table (budgets: 370 s)
+#                                          the loss table (budgets: 350 s)
 #   bash scripts/gpu_check.sh --dry-run    real imports and test collection, then each step's
 #                                          command, budget and output file; no CUDA needed
 #
@@ -16,8 +16,9 @@
 # step is recorded and the next one runs; the exit status is the first failure's.
 #
 # Budgets (seconds, `timeout` per step; a step killed at its budget keeps what it wrote):
-#   env 30 · gpu_loss 150 · tests 150 · loss table 50 · augmentation 40 · data 40 · train 40 ·
-#   gradcache 40 (ResNet-50 224² bf16, batch 4,096 in chunks of 512, one round: issue 21) = 540
+#   env 30 · gpu_loss 130 · tests 150 · loss table 40 · augmentation 40 · data 40 · train 40 ·
+#   gradcache 40 (ResNet-50 224² bf16, batch 4,096 in chunks of 512, one round: issue 21) ·
+#   step_limit 30 (ResNet-50 224² bf16 batch 256: FLOPs, matmul rate, fraction per stage) = 540
 # The first GPU session measured none of them; they are sized from the CPU dry run and the
 # compile counts (~100 kernel compiles over 8 test processes).
 set -uo pipefail
@@ -61,15 +62,16 @@ LOSS_ARGS=(--out "$RES")
 # name | budget s | output under bench/results/gpu-check | command
 STEPS=(
   "env|30|env.out|$PY scripts/gpu_env.py"
-  "gpu_loss|150|gpu_loss.md|$PY bench/gpu_loss.py ${LOSS_ARGS[*]}"
+  "gpu_loss|130|gpu_loss.md|$PY bench/gpu_loss.py ${LOSS_ARGS[*]}"
   "tests|150|tests.out|env FASTCLR_TEST_COMPILED=1 FASTCLR_TRITON_AUTOTUNE=0 $PY -m pytest ${TEST_ARGS[*]} ${TESTS[*]}"
-  "loss_table|50|throughput-loss|$PY bench/throughput.py --quick --only loss --out $RES/throughput-loss"
+  "loss_table|40|throughput-loss|$PY bench/throughput.py --quick --only loss --out $RES/throughput-loss"
   "augment|40|throughput-augment|$PY bench/throughput.py --quick --only augment --out $RES/throughput-augment"
   "data|40|throughput-data|$PY bench/throughput.py --quick --only data --out $RES/throughput-data"
   "train|40|throughput-train|$PY bench/throughput.py --quick --only train --out $RES/throughput-train"
   "gradcache|40|gradcache|$PY bench/gradcache_bench.py --cuda --rounds 1 --out $RES/gradcache"
+  "step_limit|30|step-limit.json|$PY bench/step_limit.py --device cuda --arch resnet50 --width 1.0 --size 224 --batch 256 --precision bf16 --steps 5 --json $RES/step-limit.json"
 )
-[ "$MODE" = quick ] && STEPS=("${STEPS[@]:0:3}" "${STEPS[3]/|50|/|40|}")
+[ "$MODE" = quick ] && STEPS=("${STEPS[@]:0:4}")
 if [ -n "${GPU_CHECK_SELFTEST:-}" ]; then
   # The runner's own positive control (tests/test_gpu_check.py), no GPU: a step that fails, one
   # that outlives its budget, and one after them that must still run and reach $OUT.
@@ -93,6 +95,8 @@ dry_run() {
     -p no:cacheprovider "${TESTS[@]}" | tail -n 1 | tee -a "$RES/gpu-check.log"
   "$PY" bench/gpu_loss.py --dry-run ${LOSS_ARGS[@]+"${LOSS_ARGS[@]}"} | tee -a "$RES/gpu-check.log" || return 1
   "$PY" bench/throughput.py --help >/dev/null || return 1
+  "$PY" bench/step_limit.py --help >/dev/null || return 1
+  "$PY" bench/gradcache_bench.py --help >/dev/null || return 1
   local total=0
   for step in "${STEPS[@]}"; do
     IFS='|' read -r name budget output cmd <<<"$step"
