@@ -192,25 +192,16 @@ def test_layers_point_down_and_nothing_imports_in_a_circle() -> None:
     assert cycles(graph) == []
 
 
-#: Files being split in work still open (the native augmentation backend, issue 25);
-#: removed from here as each lands.
-PENDING = ("fastclr/augment/native_backend.py",)
-
-
-def _settled(found: list[str]) -> list[str]:
-    return [f for f in found if not f.startswith(PENDING)]
-
-
 def test_no_function_longer_than_a_screen_and_no_module_past_600_lines() -> None:
     found = {p.relative_to(REPO).as_posix() for p in _python_files(REPO, SOURCES)}
     # every folder is walked, the Triton kernels and the benchmarks included
     assert {"fastclr/cli.py", "bench/throughput.py", "kernels/triton/ntxent.py"} <= found
-    assert _settled(long_functions(REPO, SOURCES)) == []
-    assert _settled(long_modules(REPO, SOURCES)) == []
+    assert long_functions(REPO, SOURCES) == []
+    assert long_modules(REPO, SOURCES) == []
 
 
 def test_no_line_packing_to_meet_the_limits() -> None:
-    assert _settled(packed_lines(REPO, SOURCES)) == []
+    assert packed_lines(REPO, SOURCES) == []
 
 
 # ------------------------------------------------------------------------- positive controls
