@@ -118,3 +118,23 @@ def test_chunking_runs_with_every_cpu_loader_and_precision(
     assert "4 images per forward" in header
     losses = _losses(result)
     assert result.global_step == 2 and losses and all(math.isfinite(x) for x in losses)
+
+
+def test_views_forward_separate_is_decided_once_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_run: Any, one_error_line: Any
+) -> None:
+    """``--views-forward separate``: stated in the header, different from the joint forward (its
+    BatchNorm statistics are per view), kept on resume, and refused beside --chunk-size."""
+    joint = pretrain(tiny_run(tmp_path / "a", epochs=1))
+    assert "views:       joint forward (the default" in capsys.readouterr().out
+    out = tmp_path / "b"
+    separate = pretrain(tiny_run(out, views_forward="separate", stop_after_epochs=1))
+    assert "views:       separate forward (given)" in capsys.readouterr().out
+    assert _losses(separate)[0] != _losses(joint)[0]
+    resumed = pretrain(tiny_run(out, resume=str(out)))
+    assert "views:       separate forward (the checkpoint's)" in capsys.readouterr().out
+    assert resumed.global_step == 4
+    argv = ["pretrain", "--out", str(tmp_path / "c"), "--views-forward", "separate"]
+    assert main([*argv, "--chunk-size", "4", "--image-size", "8", "--width", "0.125"]) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "--chunk-size" in err and "--views-forward separate" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -110,3 +112,21 @@ def test_any_encoder_with_inferred_dim() -> None:
 def test_encoder_without_flat_output_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"\(N, features\)"):
         SimCLR(nn.Conv2d(3, 4, 1))
+
+
+def test_views_forward_each_group_on_its_own() -> None:
+    """``views=2`` is two separate forwards (BatchNorm statistics per view), not one of both;
+    the running statistics get one update per view, as two calls would give."""
+    torch.manual_seed(0)
+    model = SimCLR(resnet("resnet18", stem="cifar", width=0.125), proj_dim=8, head_bn=True)
+    twin = copy.deepcopy(model)
+    x = torch.randn(6, 3, 16, 16)
+    h, z = model(x, views=2)
+    parts = [twin(part) for part in x.chunk(2)]
+    torch.testing.assert_close(h, torch.cat([p[0] for p in parts]), rtol=0, atol=0)
+    torch.testing.assert_close(z, torch.cat([p[1] for p in parts]), rtol=0, atol=0)
+    torch.testing.assert_close(model.state_dict(), twin.state_dict(), rtol=0, atol=0)
+    _, joint = copy.deepcopy(twin)(x)
+    assert not torch.allclose(joint, z)  # the control: one forward of both normalises jointly
+    with pytest.raises(ValueError, match="views must divide the 6 rows"):
+        model(x, views=4)

@@ -510,10 +510,15 @@ def test_num_workers_auto_rule(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk", [[], ["--chunk-size", "2"]], ids=["one-forward", "chunked"])
+@pytest.mark.parametrize(
+    "chunk",
+    [[], ["--chunk-size", "2"], ["--views-forward", "separate"]],
+    ids=["one-forward", "chunked", "per-view"],
+)
 def test_torchrun_two_cpu_processes(tmp_path: Path, chunk: list[str]) -> None:
     """Two ranks; chunked, each rank forwards its share in chunks (gradient caching), gathers
-    the embeddings once and all-reduces the gradients once per step."""
+    the embeddings once and all-reduces the gradients once per step; per view, each rank's
+    model forwards the views one after the other inside one DDP forward."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -533,8 +538,10 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, chunk: list[str]) -> None:
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("done: 1 epochs, 2 steps") == 1  # rank 0 reports
-    if chunk:
+    if "--chunk-size" in chunk:
         assert "chunk:       2 images per forward" in proc.stdout
+    if "--views-forward" in chunk:
+        assert "views:       separate forward (given)" in proc.stdout
     ckpt = load_checkpoint(out)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert ckpt["rng"][0]["python"] != ckpt["rng"][1]["python"]  # per-rank streams

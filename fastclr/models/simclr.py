@@ -98,9 +98,21 @@ class SimCLR(nn.Module):
         self.feature_dim = int(feature_dim)
         self.head = ProjectionHead(self.feature_dim, hidden_dim, proj_dim, head_bn)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.encoder(x)
-        return h, self.head(h)
+    def forward(self, x: Tensor, views: int = 1) -> tuple[Tensor, Tensor]:
+        """``(h, z)`` of the rows of ``x``.
+
+        ``views > 1``: ``x`` holds that many equal groups of rows (the views, one after the
+        other), each forwarded on its own, so BatchNorm normalises each view by its own
+        statistics; the outputs are concatenated in the same order. One call either way, so a
+        DistributedDataParallel wrapper sees one forward per backward.
+        """
+        if views == 1:
+            h = self.encoder(x)
+            return h, self.head(h)
+        if views < 1 or x.shape[0] % views:
+            raise ValueError(f"views must divide the {x.shape[0]} rows of x, got {views}")
+        parts = [self.forward(part) for part in x.chunk(views)]
+        return torch.cat([h for h, _ in parts]), torch.cat([z for _, z in parts])
 
 
 def build_model(

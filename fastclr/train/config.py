@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 AUGMENT_PRESETS = ("auto", *PRESETS)
+#: ``--views-forward``: both views in one encoder forward, or one forward per view.
+VIEWS_FORWARD = ("joint", "separate")
 Stem = Literal["auto", "cifar", "imagenet"]
 Loader = Literal["auto", "memory", "stream", "dali"]
 #: Settings a resumed run may change without losing exactness: the length of the schedule (to
@@ -200,6 +202,14 @@ class TrainConfig:
         "CPU's available memory)",
         unset="the rank's whole batch in one forward",
         parse=chunk_value,
+    )
+    views_forward: str | None = option(
+        None,
+        "how the two views go through the encoder: joint (one forward of both; BatchNorm "
+        "normalises over all 2N views) or separate (one forward per view; BatchNorm statistics "
+        "per view, as in lightly's examples); not with --chunk-size",
+        unset="joint (measured faster on CPU; docs/design.md)",
+        choices=VIEWS_FORWARD,
     )
     limit_steps: int | None = option(
         None, "cap on the steps of every epoch", unset="no cap", at_least=1

@@ -59,6 +59,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "knn_k": ("kNN k", lambda v: "none" if v is None else str(v)),
     "precision": ("precision", str),
     "chunk": ("chunk", lambda v: f"{v} images per forward"),
+    "views_forward": ("views", lambda v: f"{v} forward"),
 }
 #: Decisions left out of the header (shown inside another line).
 _HIDDEN = ("rule_lr",)

@@ -83,7 +83,7 @@ _DEMO_WHY = "the digits demo: about a minute on a CPU"
 #: The decisions a resume takes from the checkpoint (they shape the model, batches, schedule).
 KEPT_ON_RESUME = (
     *("image_size", "width", "stem", "head_bn", "batch", "preset", "lr", "warmup"),
-    *("total", "rebase", "chunk"),
+    *("total", "rebase", "chunk", "views_forward"),
 )
 
 
@@ -128,6 +128,7 @@ class RunPlan:
     lr = property(lambda self: float(self["lr"]))
     warmup_steps = property(lambda self: int(self["warmup"]))
     precision = property(lambda self: str(self["precision"]))
+    views_forward = property(lambda self: str(self["views_forward"]))
 
     @property
     def per_rank(self) -> int:
@@ -245,6 +246,12 @@ class _Planner:
         else:
             self.setting("epochs", cfg.epochs, 100)
         self.setting("head_bn", cfg.head_bn, True, "the default (SimCLR's own head has it)")
+        self.setting(
+            "views_forward",
+            cfg.views_forward,
+            "joint",
+            "the default: one forward of both views, measured faster than one per view on CPU",
+        )
         if cfg.stem != "auto":
             self.put("stem", cfg.stem, "given")
         elif not self.kept("stem"):
@@ -467,6 +474,11 @@ def plan_run(
 def _chunk(p: _Planner) -> None:
     """Decision 9: images per encoder forward on each rank (gradient caching below the batch)."""
     asked, per_rank = p.cfg.chunk_size, int(p["batch"]) // p.world_size
+    if asked is not None and p["views_forward"] == "separate":
+        raise UsageError(
+            "--chunk-size forwards a chunk of both views at once: it does not combine with "
+            "--views-forward separate (drop one of them)"
+        )
     if asked is None:
         p.put("chunk", per_rank, "the rank's whole batch in one forward")
         return

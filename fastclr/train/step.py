@@ -26,6 +26,8 @@ class TrainingStep:
     encoder's work by gradient caching (:func:`fastclr.contrastive_backward`): the loss still sees
     the whole batch, so the gradient is the large batch's, with one chunk's activations in
     memory; ``None`` (or a chunk as large as the batch) is one forward of both views.
+    ``separate=True`` forwards each view on its own instead (BatchNorm statistics per view; not
+    with ``chunk``).
     """
 
     def __init__(
@@ -37,9 +39,14 @@ class TrainingStep:
         precision: str,
         device: torch.device,
         chunk: int | None = None,
+        *,
+        separate: bool = False,
     ) -> None:
+        if separate and chunk is not None:
+            raise ValueError("separate view forwards do not combine with a chunk")
         self.model, self.loss_fn, self.optimizer, self.scaler = model, loss_fn, optimizer, scaler
         self.precision, self.device, self.chunk = precision, device, chunk
+        self.separate = separate
 
     def __call__(self, v1: Tensor, v2: Tensor) -> Tensor:
         """The detached loss of this step (on the device; no host sync)."""
@@ -58,15 +65,21 @@ class TrainingStep:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return loss
-        x = torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last)
-        with autocast(self.precision, self.device):
-            _, z = self.model(x)
-        z1, z2 = z.float().chunk(2)
+        z1, z2 = self._embed(v1, v2)
         loss = self.loss_fn(z1, z2)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
+
+    def _embed(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+        """The two views' projections (fp32), from one forward of both views, or (``separate``)
+        one call whose model forwards each view on its own."""
+        x = torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
+            _, z = self.model(x, views=2) if self.separate else self.model(x)
+        z1, z2 = z.float().chunk(2)
+        return z1, z2
 
 
 def _projection(out: tuple[Tensor, Tensor]) -> Tensor:
