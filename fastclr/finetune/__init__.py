@@ -6,7 +6,7 @@
   each with its reason.
 """
 
-from fastclr.finetune.recipe import Choice, FinetuneRecipe, finetune_recipe
+from fastclr.finetune.recipe import FinetuneRecipe, finetune_recipe
 from fastclr.finetune.subset import (
     SUBSET_FILE,
     LabelledSubset,
@@ -20,7 +20,6 @@ from fastclr.finetune.subset import (
 
 __all__ = [
     "SUBSET_FILE",
-    "Choice",
     "FinetuneRecipe",
     "LabelSpec",
     "LabelledSubset",

@@ -19,10 +19,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from fastclr.train.plan import Decision
+
 __all__ = [
     "IMAGENET_TRAIN_IMAGES",
     "PAPER_BATCH",
-    "Choice",
     "FinetuneRecipe",
     "finetune_recipe",
     "paper_epochs",
@@ -41,26 +42,13 @@ DEFAULT_BATCH = 256
 
 
 @dataclass(frozen=True)
-class Choice:
-    """A setting and the reason it has this value."""
-
-    value: Any
-    reason: str
-
-
-@dataclass(frozen=True)
 class FinetuneRecipe:
-    """Every fine-tuning setting with its reason (see the module docstring)."""
+    """The size-dependent fine-tuning settings, each with its reason (module docstring)."""
 
-    optimizer: Choice
-    momentum: Choice
-    weight_decay: Choice
-    warmup_epochs: Choice
-    augmentation: Choice
-    batch_size: Choice
-    lr: Choice
-    epochs: Choice
-    steps_per_epoch: Choice
+    batch_size: Decision
+    steps_per_epoch: Decision
+    lr: Decision
+    epochs: Decision
 
     @property
     def total_steps(self) -> int:
@@ -68,7 +56,7 @@ class FinetuneRecipe:
         return int(self.epochs.value) * int(self.steps_per_epoch.value)
 
     def rows(self) -> list[tuple[str, str, str]]:
-        """(name, value, reason) for each setting, in order, as a run's header prints them."""
+        """(name, value, reason) for each setting, in order."""
         choices = [(f.name, getattr(self, f.name)) for f in fields(self)]
         return [(name, _show(c.value), c.reason) for name, c in choices]
 
@@ -107,33 +95,47 @@ def _check(n_labelled: int, n_train: int, batch_size: int | None, epochs: int | 
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
 
 
-def _batch(n_labelled: int, given: int | None) -> Choice:
+def _batch(n_labelled: int, given: int | None, world_size: int) -> Decision:
     if given is not None:
         if given > n_labelled:
             raise ValueError(
                 f"--batch-size {given} is larger than the {n_labelled} labelled images"
             )
-        return Choice(given, "given")
+        if given % world_size:
+            raise ValueError(f"--batch-size {given} does not split evenly over {world_size} ranks")
+        return Decision(given, "given")
     b = min(DEFAULT_BATCH, n_labelled)
+    b = max(world_size, b // world_size * world_size)
     why = (
         f"the paper's {PAPER_BATCH} exceeds small subsets; at most {DEFAULT_BATCH} (the lr "
         "rule's base batch)"
     )
     if b == n_labelled:
         why += f", here all {n_labelled} labelled images in one step"
-    return Choice(b, why)
+    return Decision(b, why)
 
 
-def _epochs(fraction: float, steps_per_epoch: int, given: int | None) -> Choice:
+def _lr(batch: int, given: float | None) -> Decision:
     if given is not None:
-        return Choice(given, "given")
+        if not (math.isfinite(given) and given > 0):
+            raise ValueError(f"--lr must be a finite number > 0, got {given}")
+        return Decision(given, "given")
+    return Decision(
+        PAPER_LR_PER_256 * batch / 256,
+        f"0.05 x batch / 256 (paper B.5; 0.8 at its batch {PAPER_BATCH})",
+    )
+
+
+def _epochs(fraction: float, steps_per_epoch: int, given: int | None) -> Decision:
+    if given is not None:
+        return Decision(given, "given")
     base = math.ceil(paper_epochs(fraction))
     need = paper_steps(fraction)
     epochs = max(base, math.ceil(need / steps_per_epoch))
     paper = f"the paper's {base} epochs at {fraction:.3g} of the labels (60 at 1%, 30 at 10%)"
     if epochs == base:
-        return Choice(epochs, paper)
-    return Choice(
+        return Decision(epochs, paper)
+    return Decision(
         epochs,
         f"{paper} make {base * steps_per_epoch} steps here ({steps_per_epoch} an epoch); "
         f"raised to the {need} steps the paper's schedule takes on ImageNet at this fraction",
@@ -146,6 +148,7 @@ def finetune_recipe(
     batch_size: int | None = None,
     epochs: int | None = None,
     lr: float | None = None,
+    world_size: int = 1,
 ) -> FinetuneRecipe:
     """The fine-tuning settings for ``n_labelled`` labelled of ``n_train`` training images.
 
@@ -154,43 +157,30 @@ def finetune_recipe(
             (:func:`~fastclr.finetune.subset.choose_labelled`).
         n_train: training images the subset was drawn from (the fraction is their ratio).
         batch_size, epochs, lr: given values win over the rule (reason "given").
+        world_size: ranks the global batch is split over (it must divide evenly).
 
     Returns:
         :class:`FinetuneRecipe`; ``rows()`` gives (name, value, reason) for the header.
 
     Raises:
-        ValueError: sizes out of range, a batch larger than the subset, values < 1 or lr <= 0.
+        ValueError: sizes out of range, a batch larger than the subset or not divisible by the
+            ranks, values < 1 or lr <= 0.
 
     Example:
         >>> r = finetune_recipe(14, 1438)  # 1% of the digits
         >>> r.batch_size.value, r.epochs.value, round(r.lr.value, 5)
-        (14, 183, 0.00273)
+        (14, 188, 0.00273)
     """
     _check(n_labelled, n_train, batch_size, epochs)
-    fraction = n_labelled / n_train
-    batch = _batch(n_labelled, batch_size)
-    steps = math.ceil(n_labelled / batch.value)
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"--lr must be a finite number > 0, got {lr}")
-    rate = (
-        Choice(lr, "given")
-        if lr is not None
-        else Choice(
-            PAPER_LR_PER_256 * batch.value / 256,
-            f"0.05 x batch / 256 (paper B.5; 0.8 at its batch {PAPER_BATCH})",
-        )
-    )
+    batch = _batch(n_labelled, batch_size, world_size)
+    b = int(batch.value)
+    steps = (n_labelled // world_size) // (b // world_size)
+    per = f" over {world_size} ranks" if world_size > 1 else ""
     return FinetuneRecipe(
-        optimizer=Choice("SGD, Nesterov", "paper B.5"),
-        momentum=Choice(PAPER_MOMENTUM, "paper B.5"),
-        weight_decay=Choice(0.0, "paper B.5: no regularisation when fine-tuning"),
-        warmup_epochs=Choice(0, "paper B.5: no warm-up"),
-        augmentation=Choice(
-            "random resized crop + horizontal flip",
-            "paper B.5: random crop with flip only (no colour distortion, no blur)",
-        ),
         batch_size=batch,
-        lr=rate,
-        epochs=_epochs(fraction, steps, epochs),
-        steps_per_epoch=Choice(steps, f"ceil({n_labelled} labelled / batch {batch.value})"),
+        steps_per_epoch=Decision(
+            steps, f"{n_labelled} labelled images // batch {b}{per} (full batches)"
+        ),
+        lr=_lr(b, lr),
+        epochs=_epochs(n_labelled / n_train, steps, epochs),
     )
