@@ -202,6 +202,51 @@ def test_resume_is_bit_identical_and_overwrite_replaces(
     assert code == 0 and "already finished" in printed and printed.strip().endswith("%")
 
 
+def test_ctrl_c_mid_epoch_checkpoints_and_resumes_identically(
+    tmp_path: Path, ckpt: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    import os
+    import signal
+
+    import fastclr.finetune.loop as loop
+
+    data = _folder(tmp_path / "data")
+    common = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "6-per-class"]
+    common += [*TINY, "--batch-size", "6"]  # 3 steps an epoch, 2 epochs
+    assert _run([*common, "--out", str(tmp_path / "a")], capsys)[0] == 0
+    calls = {"n": 0}
+    one_view = loop.one_view
+
+    def interrupt_at_fifth_step(augment: Any, batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return one_view(augment, batch)
+
+    monkeypatch.setattr(loop, "one_view", interrupt_at_fifth_step)
+    code, _, err = _run([*common, "--out", str(tmp_path / "b")], capsys)
+    assert code == 130 and "interrupted" in err
+    ck = load_checkpoint(tmp_path / "b")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 5)
+    monkeypatch.undo()
+    assert _run(["--resume", str(tmp_path / "b"), "--no-progress"], capsys)[0] == 0
+    ka, kb = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for key in ka["model"]:
+        assert torch.equal(ka["model"][key], kb["model"][key]), key
+    logged = [
+        [(r["global_step"], r["loss"], r["lr"]) for r in _rows(tmp_path / run / "steps.csv")]
+        for run in ("a", "b")
+    ]
+    assert logged[0] == logged[1] and len(logged[0]) == 6  # every step once, in order
+
+
+def test_a_diverging_run_stops_with_exit_1(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
+    data = _folder(tmp_path / "data")
+    args = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "6-per-class"]
+    code, _, err = _run([*args, *TINY, "--lr", "1e30", "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "NaN or Inf" in err and "Lower --lr" in err, err
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
@@ -230,6 +275,41 @@ def test_bad_input_is_one_message_and_exit_2(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--epochs", "0"],
+        ["--batch-size", "0"],
+        ["--lr", "0"],
+        ["--lr", "nan"],
+        ["--momentum", "1"],
+        ["--weight-decay=-1"],
+        ["--from-head-layer=-1"],
+        ["--seed=-1"],
+        ["--num-workers=-1"],
+    ],
+)
+def test_bad_numbers_are_refused_by_name(flags: list[str], capsys: Any) -> None:
+    code, _, err = _run(["--checkpoint", "x", "--labels", "1%", *flags], capsys)
+    assert code == 2 and flags[0].split("=")[0] in err and "Traceback" not in err
+
+
+def test_a_flag_per_config_field_with_its_default_once() -> None:
+    import argparse
+    import dataclasses
+
+    from fastclr.cli import build_parser
+    from fastclr.finetune.config import FinetuneConfig
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices["finetune"]
+    options = {a.dest for a in parser._actions if a.dest not in ("help", "debug")}
+    assert options == {f.name for f in dataclasses.fields(FinetuneConfig)}
+    text = " ".join(parser.format_help().split())
+    assert "--from-head-layer FROM_HEAD_LAYER" in text and "None" not in text
+    assert "(default: required unless --resume)" in text
+
+
 def test_other_refusals(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
     data = _folder(tmp_path / "data", val=2)
     (data / "val" / "dog").mkdir()
@@ -239,3 +319,58 @@ def test_other_refusals(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
     assert code == 2 and "different class subfolders" in err
     code, _, err = _run(["--resume", str(ckpt), "--no-progress"], capsys)
     assert code == 2 and "not a fine-tuning run's" in err
+
+
+# ------------------------------------------------------------------------------ streaming, DDP
+
+
+def _val_top1(out: Path, data: Path) -> float:
+    """Top-1 of the run's saved classifier on ``data/val``, computed here in one process."""
+    from PIL import Image
+
+    clf = fastclr.load_classifier(out)
+    files = sorted((data / "val").rglob("*.png"))
+    with torch.no_grad():
+        pred = clf(clf.preprocess([Image.open(f) for f in files])).argmax(1)
+    return float(
+        np.mean([clf.classes[p] == f.parent.name for p, f in zip(pred, files, strict=True)])
+    )
+
+
+def test_streamed_labelled_images_and_validation(
+    tmp_path: Path, ckpt: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    """Labelled crops streamed from the files (drawn on the original 12-px images), validation
+    streamed at every evaluation (the in-memory limit set to nothing)."""
+    import fastclr.finetune.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "fits_in_memory", lambda n, size: False)
+    data, out = _folder(tmp_path / "data", val=2), tmp_path / "ft"
+    args = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "4-per-class"]
+    code, printed, err = _run([*args, *TINY, "--out", str(out), "--loader", "stream"], capsys)
+    assert code == 0, err
+    assert "loader:      stream (given)" in printed and "streamed from the files" in printed
+    assert float(_rows(out / "epochs.csv")[-1]["top1"]) == pytest.approx(_val_top1(out, data))
+
+
+def test_torchrun_two_cpu_processes(tmp_path: Path, ckpt: Path, free_port: Any) -> None:
+    """DDP on 2 gloo processes: one printed result, files written once, and the validation
+    accuracy summed over the ranks' shares equals the saved classifier's on all of val/."""
+    import os
+    import subprocess
+    import sys
+
+    data, out = _folder(tmp_path / "data", val=3), tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
+    cmd += ["--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "fastclr"]
+    cmd += ["finetune", "--checkpoint", str(ckpt), "--data", str(data)]
+    cmd += ["--labels", "6-per-class", "--batch-size", "6", *TINY, "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stdout.count("top-1 ") == 3  # two epoch lines and the last line, from rank 0
+    assert "2 ranks" in proc.stdout
+    ck = load_checkpoint(out)
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert len(_rows(out / "steps.csv")) == 2 * 3  # 18 labelled / batch 6, written once
+    assert float(_rows(out / "epochs.csv")[-1]["top1"]) == pytest.approx(_val_top1(out, data))
