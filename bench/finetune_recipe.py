@@ -41,6 +41,8 @@ CANDIDATES: dict[str, list[str]] = {
     "b16-sqrt": ["--batch-size", "16", "--lr", "0.05"],
     "b16-3sqrt": ["--batch-size", "16", "--lr", "0.15"],
     "b16-sqrt-paper-epochs": ["--batch-size", "16", "--lr", "0.05", "--epochs", "{epochs}"],
+    # SimCLRv2: the classifier on the projection head's first layer
+    "b16-sqrt-head1": ["--batch-size", "16", "--lr", "0.05", "--from-head-layer", "1"],
 }
 
 

@@ -100,20 +100,20 @@ class FinetuneConfig:
     epochs: int | None = option(
         None,
         "epochs over the labelled images",
-        unset="the paper's 60 at 1%, 30 at 10%, raised to its number of steps on small "
-        "folders (fastclr.finetune.recipe)",
+        unset="the paper's 60 at 1%, 30 at 10%, raised to its number of steps (188 at 1%, "
+        "939 at 10%) on small folders (fastclr.finetune.recipe)",
         at_least=1,
     )
     batch_size: int | None = option(
         None,
         "global batch (all ranks together)",
-        unset="the recipe's rule (fastclr.finetune.recipe)",
+        unset="the largest power of two <= 256 giving >= 8 steps an epoch, at least 16",
         at_least=1,
     )
     lr: float | None = option(
         None,
         "peak learning rate (cosine decay to 0, no warm-up)",
-        unset="the recipe's rule (fastclr.finetune.recipe)",
+        unset="0.0125 × √batch, the paper's 0.8 at its batch 4096 (fastclr.finetune.recipe)",
         positive=True,
     )
     momentum: float = option(0.9, "Nesterov momentum (paper, B.5)", non_negative=True, below=1.0)

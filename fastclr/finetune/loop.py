@@ -38,8 +38,10 @@ from fastclr.distributed import (
 )
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.data import FinetuneData, augment_config, build_finetune_data, one_view
-from fastclr.finetune.plan import FinetunePlan
-from fastclr.finetune.source import labelled_file, read_source, write_labelled
+from fastclr.finetune.header import finetune_header
+from fastclr.finetune.logs import CURVES_NAME, FinetuneLogger, plot_curves
+from fastclr.finetune.plan import FinetunePlan, plan_finetune
+from fastclr.finetune.source import labelled_file, prepare_folder, read_source, write_labelled
 from fastclr.finetune.state import FinetuneSaver, FinetuneState, build_state, resume_state
 from fastclr.finetune.validate import Accuracy, validate
 from fastclr.models import Architecture, Classifier
@@ -136,8 +138,6 @@ def fit(
     checkpoint: dict[str, Any] | None = None,
 ) -> FinetuneResult:
     """Check the run folder, plan the run, build it (and resume), train its epochs, plot."""
-    from fastclr.finetune.source import prepare_folder
-
     found = prepare_folder(cfg, ddp, checkpoint)
     if found.finished:
         return _finished(found)
@@ -146,8 +146,6 @@ def fit(
     listing = labelled_file(cfg) if cfg.resume else None
 
     def make() -> FinetunePlan:
-        from fastclr.finetune.plan import plan_finetune
-
         plan = plan_finetune(
             cfg,
             source,
@@ -158,6 +156,8 @@ def fit(
         )
         if ddp.is_main and not cfg.resume:
             write_labelled(cfg, plan)
+            if cfg.overwrite:  # the replaced run's plot, until this run draws its own
+                (Path(cfg.out) / CURVES_NAME).unlink(missing_ok=True)
         return plan.without_memory() if ddp.world_size > 1 else plan
 
     plan = on_main(make, ddp)
@@ -178,9 +178,6 @@ def _build_run(
 ) -> _Run:
     """Seed, load the data, build the network and optimiser from the plan, resume if asked."""
     from tqdm import tqdm
-
-    from fastclr.finetune.header import finetune_header
-    from fastclr.finetune.logs import FinetuneLogger
 
     seed_everything(cfg.seed, ddp.rank)
     augment = SimCLRAugmentation(
@@ -233,8 +230,6 @@ def _build_run(
 
 def _train(run: _Run) -> None:
     """The epochs of this process; Ctrl-C checkpoints and ends it."""
-    from fastclr.finetune.logs import plot_curves
-
     try:
         with InterruptFlag() as interrupt:
             for epoch in range(run.start.epoch, run.stop_epoch):

@@ -382,6 +382,13 @@ def plan_finetune(
     _check_labelled_data(data)
     size = int(p["input"]["image_size"])
     _validation(p, data, size)
+    before = saved.get("validation", {}).get("value", {}).get("images")
+    if before is not None and before != p["validation"]["images"]:
+        raise UsageError(
+            f"the run validated on {before} images and {cfg.data} now gives "
+            f"{p['validation']['images']}: the data changed; resume with the same data, or "
+            "start a new run"
+        )
     labelled, subset = _labels(p, data, labelled_file)
     _loader(p, data, labelled, size)
     _recipe(p, len(labelled), data.n_train, saved)
