@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastclr-installed
 NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard kernels/cpu/*.cpp kernels/cpu/*.h)
 
-.PHONY: setup setup-peers test test-peers lint format bench bench-quick gpu-check aot-check quality clean
+.PHONY: setup setup-peers test test-peers lint format bench bench-quick gpu-check aot-check test-triton36 quality clean
 
 setup: $(STAMP)
 
@@ -47,16 +47,24 @@ bench-quick: setup
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-# On a CUDA machine: tests with compiled kernels + GPU benchmarks, results under bench/results/.
-# Works from a bare copy (no install); `bash scripts/gpu_check.sh --dry-run` stops before CUDA.
+# On a CUDA machine: tests with compiled kernels + GPU benchmarks, every result under $OUT (when
+# set) and bench/results/, each section as it finishes. Works from a bare copy (no install).
+# `make gpu-check GPU_CHECK_ARGS=--dry-run` shows each step, its budget and its output file.
+GPU_CHECK_ARGS ?=
 gpu-check:
-	bash scripts/gpu_check.sh
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # Every Triton kernel compiled for sm_90 without a GPU: bench/results/triton-sm90.{md,json}.
-# `make aot-check AOT_TRITON=3.6` runs it with triton 3.6.* from .venv/triton-3.6 instead.
+# `make aot-check AOT_TRITON=3.6` uses triton 3.6.* from .venv/triton-3.6 instead (the GPU image's
+# version); AOT_ARGS=--full compiles the whole configuration product.
 AOT_TRITON ?=
+AOT_ARGS ?=
 aot-check: setup
-	bash scripts/aot_check.sh $(AOT_TRITON)
+	bash scripts/aot_check.sh $(if $(AOT_TRITON),--triton $(AOT_TRITON)) $(AOT_ARGS)
+
+# The Triton test files under triton 3.6's interpreter (.venv/triton-3.6; CI runs it).
+test-triton36: setup
+	bash scripts/triton_tests.sh 3.6
 
 # Representation quality: digits as a PNG folder through the default recipe, and the digits demo;
 # 3 seeds each, pretrained vs random-weight encoder vs raw pixels (bench/results/quality.md).

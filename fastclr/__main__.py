@@ -1,6 +1,6 @@
 """``python -m fastclr ...`` runs the ``fastclr`` command line (see :mod:`fastclr.cli`)."""
 
-from fastclr.cli import main
+from fastclr.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

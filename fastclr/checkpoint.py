@@ -13,7 +13,11 @@ Guarantees:
   removed by :func:`remove_stale_temps` (a run calls it when it starts).
 * **verified**: every file carries ``format_version`` and a SHA-256 ``digest`` of its contents
   (:func:`fastclr.digest.state_digest`); :func:`load_checkpoint` recomputes it, so a flipped byte
-  in the weights is refused instead of loaded.
+  in the weights is refused instead of loaded. A file without a digest (fastclr before the
+  check, or one whose ``format_version`` key is itself damaged) is refused unless the caller
+  asks for a legacy file (``allow_legacy``, ``--allow-legacy-checkpoint``).
+* **finite**: :func:`check_finite_weights` refuses to save, and loaders refuse to use, weights
+  that hold NaN or Inf (a run that diverged at its last step).
 * **one sentence per failure**: a missing, foreign (text, image, a pickled module), truncated,
   corrupted or too-new file raises :class:`CheckpointError` with one sentence naming the file.
 """
@@ -37,13 +41,16 @@ __all__ = [
     "CHECKPOINT_NAME",
     "FORMAT_VERSION",
     "CheckpointError",
+    "check_finite_weights",
     "check_spec",
+    "first_non_finite",
     "load_checkpoint",
     "load_model_state",
     "model_spec",
     "remove_stale_temps",
     "require_fields",
     "save_checkpoint_atomic",
+    "still_current",
 ]
 
 #: What evaluation reads from a checkpoint, and what resuming a run reads besides.
@@ -163,13 +170,13 @@ def _what_is(p: Path) -> str:
     return "a text file"
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], allow_legacy: bool = False) -> dict[str, Any]:
     """Read and verify a fastclr checkpoint (a file, or a run folder holding ``checkpoint.pt``).
 
     Raises :class:`CheckpointError`, one sentence naming the file, when it is missing, not a
     PyTorch file, holds pickled Python objects (``weights_only`` loading refuses those: a whole
     ``nn.Module``, for instance), is truncated, is not a fastclr checkpoint, was written by a
-    newer fastclr, or does not match its digest.
+    newer fastclr, does not match its digest, or has no digest (unless ``allow_legacy``).
     """
     p = Path(path)
     if p.is_dir():
@@ -208,6 +215,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint {p} has format version {version!r}; this fastclr reads versions up to "
             f"{FORMAT_VERSION} (upgrade fastclr)"
         )
+    if version < 2 and not allow_legacy:
+        raise CheckpointError(
+            f"checkpoint {p} carries no integrity digest: it was written before fastclr verified "
+            "its checkpoints, or its format_version field is damaged; if you trust the file, "
+            "pass --allow-legacy-checkpoint (allow_legacy=True)"
+        )
     if version >= 2:
         stored = state.pop(_DIGEST_KEY, None)
         try:
@@ -223,7 +236,48 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"checkpoint {p} is corrupted: its contents do not match the {DIGEST_ALGORITHM} "
                 "digest stored in it"
             )
+    state[READ_FROM] = _identity(p)
     return state
+
+
+#: Key :func:`load_checkpoint` adds to what it returns: the file it read, as it was then
+#: (path, inode, size, modification time), so that :func:`still_current` can tell whether the
+#: file has been replaced since.
+READ_FROM = "_read_from"
+
+
+def _identity(p: Path) -> list[Any]:
+    st = p.stat()
+    return [str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def still_current(state: dict[str, Any]) -> bool:
+    """Whether the file ``state`` was read from (by :func:`load_checkpoint`) is unchanged."""
+    read = state.get(READ_FROM)
+    if not isinstance(read, list):
+        return False
+    try:
+        return _identity(Path(read[0])) == read
+    except OSError:
+        return False
+
+
+def first_non_finite(state: dict[str, Tensor]) -> str | None:
+    """The name of the first floating tensor of ``state`` (a state dict) holding NaN or Inf."""
+    for name, t in state.items():
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def check_finite_weights(state: dict[str, Tensor], desc: str) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor of ``state`` (a state dict) that
+    holds NaN or Inf: weights a run diverged to, never worth evaluating."""
+    name = first_non_finite(state)
+    if name is not None:
+        raise CheckpointError(
+            f"{desc}: the weights hold NaN or Inf ({name}); the run that wrote them diverged"
+        )
 
 
 def require_fields(
@@ -267,8 +321,13 @@ def check_spec(
 
 
 def load_model_state(model: nn.Module, state: dict[str, Tensor], desc: str) -> None:
-    """``model.load_state_dict(state)``, a mismatch raised as :class:`CheckpointError`."""
+    """``model.load_state_dict(state)``, a mismatch raised as :class:`CheckpointError` naming
+    the first missing, unexpected or wrongly shaped key (torch's own first line says only
+    "Error(s) in loading state_dict")."""
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{desc}: {str(e).splitlines()[0]}") from e
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        detail = lines[0] if lines else str(e).strip()
+        detail = detail if len(detail) <= 240 else detail[:237] + "..."
+        raise CheckpointError(f"{desc}: {detail}") from e

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import time
 import traceback
@@ -34,7 +35,14 @@ from fastclr.options import field_types, flag
 from fastclr.train import NonFiniteLossError, TrainConfig, pretrain
 from fastclr.train.config import resumed_config
 
-__all__ = ["add_options", "build_parser", "main", "pretrain_config", "resume_config"]
+__all__ = [
+    "add_options",
+    "build_parser",
+    "main",
+    "pretrain_config",
+    "resume_config",
+    "run",
+]
 
 #: ``--resume`` given without a value: resume the ``--out`` folder.
 _RESUME_OUT = ""
@@ -221,8 +229,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 #: Exit statuses: a user mistake (a :class:`~fastclr.errors.UsageError`: bad argument, unusable
 #: data, existing run; a foreign or corrupted checkpoint; a missing file) is 2, like argparse's
 #: own errors; a failure while running (disk full, read-only folder, a NaN loss, a bug) is 1;
-#: Ctrl-C is 130.
-EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+#: a run stopped by Ctrl-C is 130 and by SIGTERM 143 (128 + the signal), as shells expect.
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 128 + signal.SIGINT
 DEBUG_ENV = "FASTCLR_DEBUG"
 
 
@@ -276,9 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return run_export(ExportConfig(**_given(args, ExportConfig)))
         return _run_eval(args)
-    except KeyboardInterrupt:
-        print("fastclr: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        signum = int(getattr(e, "signum", signal.SIGINT))
+        name = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"fastclr: {name}", file=sys.stderr)
+        return 128 + signum
     except Exception as e:
         if debug:
             traceback.print_exc()
@@ -287,3 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         warnings.formatwarning = format_warning
+
+
+def run() -> int:
+    """The console script: :func:`main` on ``sys.argv``, after which further Ctrl-C are ignored,
+    so that a second Ctrl-C during the interpreter's shutdown (DataLoader workers, atexit
+    handlers) cannot print a traceback or turn the exit status into -2."""
+    try:
+        return main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -97,31 +97,31 @@ def is_main() -> bool:
 # device
 
 
-def check_device(device: str | None) -> None:
-    """Raise :class:`~fastclr.errors.UsageError` naming ``--device`` when this process cannot
-    use it (``None``, the default, always can)."""
+def check_device(device: str | torch.device | None, name: str = "--device") -> None:
+    """Raise :class:`~fastclr.errors.UsageError` naming ``name`` (the flag or argument) when this
+    process cannot use ``device`` (``None``, the default, always can)."""
     if device is None:
         return
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise UsageError(
-            f"--device must be cpu, cuda or cuda:N, got {device!r} ({str(e).splitlines()[0]})"
+            f"{name} must be cpu, cuda or cuda:N, got {device!r} ({str(e).splitlines()[0]})"
         ) from e
     if dev.type == "cpu":
         return
     if dev.type != "cuda":
-        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        raise UsageError(f"{name} must be cpu, cuda or cuda:N, got {device!r}")
     if not torch.cuda.is_available():
         reason = (
             "this torch build has no CUDA support"
             if torch.version.cuda is None
             else "no CUDA device is visible"
         )
-        raise UsageError(f"--device {device}: {reason}; use --device cpu")
+        raise UsageError(f"{name} {device}: {reason}; use {name} cpu")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UsageError(
-            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            f"{name} {device}: only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pickle
 
-__all__ = ["MissingDependencyError", "UsageError", "portable"]
+__all__ = ["MissingDependencyError", "NonFiniteLossError", "UsageError", "portable"]
 
 
 class UsageError(ValueError):
@@ -21,6 +21,11 @@ class UsageError(ValueError):
 
 class MissingDependencyError(UsageError, ImportError):
     """An optional dependency the request needs is not installed (the message names the extra)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged (a NaN/Inf loss, weights or features); it stopped, and the last good
+    checkpoint, if any, was kept (CLI exit 1)."""
 
 
 def portable(error: BaseException) -> BaseException:

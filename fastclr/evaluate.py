@@ -28,25 +28,19 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastclr.checkpoint import (
-    EVAL_FIELDS,
-    CheckpointError,
-    load_checkpoint,
-    load_model_state,
-    require_fields,
-)
+from fastclr.checkpoint import CheckpointError
 from fastclr.data import ImageData, TensorImageDataset
 from fastclr.data.split import FileSet
 from fastclr.distributed import resolve_device
+from fastclr.downstream.load import load_simclr
 from fastclr.errors import UsageError
 from fastclr.features import EvalData, eval_data, extract_features, stream_features
-from fastclr.models import ARCHS, build_model
+from fastclr.models import ARCHS
 from fastclr.options import (
     KNN_K,
     KNN_TEMPERATURE,
@@ -54,14 +48,17 @@ from fastclr.options import (
     device_option,
     knn_k_option,
     knn_temperature_option,
+    legacy_option,
     num_workers_option,
     option,
     progress_option,
 )
+from fastclr.reference import l2_normalize
 
 __all__ = [
     "EvalConfig",
     "EvalResult",
+    "check_finite_features",
     "evaluate_checkpoint",
     "extract_features",
     "knn_accuracy",
@@ -108,6 +105,9 @@ def knn_accuracy(
 ) -> float:
     """Weighted kNN top-1 accuracy (cosine similarity, votes ``exp(sim/τ)``, k capped by N).
 
+    The votes are computed as ``exp((sim − max sim) / τ)`` per test row, the same ranking of the
+    classes without overflow at any τ.
+
     ``k=None``: :func:`knn_k_for` of the training labels. Test rows go in blocks of ``chunk``,
     fewer where a block's (rows × N_train) similarities would pass :data:`KNN_BLOCK_BYTES`.
     Memory: an L2-normalised fp32 copy of both feature sets plus one block.
@@ -118,15 +118,17 @@ def knn_accuracy(
         k = knn_k_for(train_labels)[0]
     k = min(k, len(train_features))
     n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    ftr = F.normalize(train_features.float(), dim=1)
-    fte = F.normalize(test_features.float(), dim=1)
+    ftr = l2_normalize(train_features.float())
+    fte = l2_normalize(test_features.float())
     rows = max(1, min(chunk, KNN_BLOCK_BYTES // (4 * len(ftr))))
     correct = 0
     for i in range(0, len(fte), rows):
         sim = fte[i : i + rows] @ ftr.T
         top_sim, top_idx = sim.topk(k, dim=1)
         del sim
-        weights = (top_sim / temperature).exp()
+        # exp((sim − row max) / τ): the classes' vote ratios of exp(sim / τ), but never above 1
+        # (sim / τ overflows float32 above ~88, e.g. every close neighbour at τ = 0.01)
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         votes = torch.zeros(len(top_idx), n_classes, device=fte.device)
         votes.scatter_add_(1, train_labels[top_idx], weights)
         correct += int((votes.argmax(1) == test_labels[i : i + rows]).sum())
@@ -244,6 +246,7 @@ class EvalConfig:
     num_workers: int | None = num_workers_option()
     device: str | None = device_option()
     progress: bool = progress_option()
+    allow_legacy_checkpoint: bool = legacy_option()
 
     def validate(self) -> None:
         """:class:`~fastclr.errors.UsageError` naming the first flag that cannot be used."""
@@ -272,6 +275,7 @@ def evaluate_checkpoint(
     num_workers: int | None = None,
     progress: bool = True,
     header: bool = False,
+    allow_legacy_checkpoint: bool = False,
 ) -> EvalResult:
     """Linear-probe and kNN top-1 of a pretraining checkpoint's encoder on a labelled dataset.
 
@@ -280,33 +284,30 @@ def evaluate_checkpoint(
     given, must match the checkpoint's (a :class:`CheckpointError` names both). Arguments are
     checked first (:class:`~fastclr.errors.UsageError` naming the flag); ``progress`` shows tqdm
     bars and ``header`` prints what is evaluated and which path the features take before they
-    are extracted.
+    are extracted. Weights and features that hold NaN or Inf are refused
+    (:class:`CheckpointError`), never scored.
     """
     EvalConfig(
         str(checkpoint), "digits", arch, knn_k, knn_temperature, num_workers, device, progress
     ).validate()
     dev = resolve_device(device)
-    state = load_checkpoint(checkpoint)
-    require_fields(state, EVAL_FIELDS, checkpoint, "evaluation")
-    spec: dict[str, Any] = dict(state["model_spec"])
-    if arch is not None and arch != spec["arch"]:
+    model = load_simclr(checkpoint, dev, allow_legacy_checkpoint)  # verified, finite weights
+    info = model.info
+    if arch is not None and arch != info.arch:
         raise CheckpointError(
-            f"checkpoint {checkpoint} holds a {spec['arch']} encoder, not the requested {arch}"
+            f"checkpoint {checkpoint} holds a {info.arch} encoder, not the requested {arch}"
         )
-    model = build_model(
-        spec["arch"], spec["stem"], spec["width"], spec["proj_dim"], spec["head_bn"]
-    )
-    load_model_state(model, state["model"], f"checkpoint {checkpoint} ({spec['arch']})")
-    model.to(dev)
-    image_size = int(state["image_size"])
+    image_size = info.image_size
     ed = eval_data(data, image_size, num_workers)
     train, held = _labelled_split(ed)
     if header:
-        print(_header(checkpoint, spec["arch"], image_size, ed, len(train), len(held)), flush=True)
-    mean, std = tuple(state["mean"]), tuple(state["std"])
+        print(_header(checkpoint, info.arch, image_size, ed, len(train), len(held)), flush=True)
+    mean, std = info.mean, info.std
     bars = ("features (train)", "features (held-out)") if progress else (None, None)
     f_tr, y_tr = _features(model.encoder, train, ed, (mean, std), image_size, dev, bars[0])
     f_te, y_te = _features(model.encoder, held, ed, (mean, std), image_size, dev, bars[1])
+    for f in (f_tr, f_te):
+        check_finite_features(f, f"the encoder of checkpoint {checkpoint}")
     if ed.streamed:
         ed.summary.report(ed.name)
     return EvalResult(
@@ -314,10 +315,21 @@ def evaluate_checkpoint(
         knn_top1=knn_accuracy(f_tr, y_tr, f_te, y_te, k=knn_k, temperature=knn_temperature),
         n_train=len(f_tr),
         n_test=len(f_te),
-        arch=spec["arch"],
+        arch=info.arch,
         data=ed.name,
         features=ed.how,
     )
+
+
+def check_finite_features(features: Tensor, source: str) -> None:
+    """Raise :class:`CheckpointError` when ``features`` hold NaN or Inf (``source`` names the
+    encoder): no accuracy is computed from them."""
+    bad = ~torch.isfinite(features).all(dim=1)
+    if bool(bad.any()):
+        raise CheckpointError(
+            f"{source} gives NaN or Inf features for {int(bad.sum())} of {len(features)} "
+            "images: its weights are not usable (the run that wrote them diverged)"
+        )
 
 
 def _header(

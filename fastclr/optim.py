@@ -150,23 +150,40 @@ class LARS(Optimizer):
 class WarmupCosine:
     """LR multiplier per step: linear warm-up to 1 over ``warmup_steps``, then cosine to 0.
 
+    ``rebase=(step, progress)``: from ``step`` on, the cosine continues from ``progress`` (its
+    fraction reached there) and ends at ``total_steps`` — what a run resumed on a data set of
+    another size uses, so that the learning rate does not jump when its length changes.
     A callable object (not a lambda) so ``LambdaLR.state_dict()`` saves it with the checkpoint.
     """
 
-    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+    def __init__(
+        self, warmup_steps: int, total_steps: int, rebase: tuple[int, float] | None = None
+    ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= warmup_steps <= total_steps:
             raise ValueError(f"warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
+        if rebase is not None and not (0 <= rebase[1] <= 1 and rebase[0] >= warmup_steps):
+            raise ValueError(
+                f"rebase must be (step >= warmup_steps, progress in [0, 1]), got {rebase}"
+            )
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
+        self.rebase = rebase
+
+    def progress(self, step: int) -> float:
+        """The cosine's fraction done at ``step`` (0 until the warm-up ends, 1 at the end)."""
+        if self.rebase is not None and step >= self.rebase[0]:
+            start, done = self.rebase
+            left = max(1, self.total_steps - start)
+            return min(1.0, done + (1.0 - done) * (step - start) / left)
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        return min(1.0, max(0.0, (step - self.warmup_steps) / decay_steps))
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
 
 
 def warmup_cosine_schedule(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:

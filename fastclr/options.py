@@ -31,6 +31,7 @@ __all__ = [
     "flag",
     "knn_k_option",
     "knn_temperature_option",
+    "legacy_option",
     "num_workers_option",
     "option",
     "progress_option",
@@ -54,6 +55,7 @@ def option(
     choices: Sequence[str] | None = None,
     unset: str | None = None,
     at_least: int | None = None,
+    at_most: int | None = None,
     positive: bool = False,
     non_negative: bool = False,
     below: float | None = None,
@@ -69,6 +71,7 @@ def option(
         choices: the accepted values of a closed set.
         unset: what ``None`` means, for fields that may be left unset (an automatic rule).
         at_least: integers: the smallest accepted value.
+        at_most: integers: the largest accepted value.
         positive: numbers: finite and > 0.
         non_negative: numbers: finite and >= 0.
         below: numbers: also < this bound.
@@ -83,6 +86,8 @@ def option(
         meta["unset"] = unset
     if at_least is not None:
         meta["at_least"] = at_least
+    if at_most is not None:
+        meta["at_most"] = at_most
     meta.update(positive=positive, non_negative=non_negative, below=below, why=why)
     if required:
         return dataclasses.field(metadata=meta)
@@ -120,6 +125,15 @@ def device_option() -> Any:
     return option(None, "cpu, cuda, cuda:1, ...", unset="cuda if present, else cpu")
 
 
+def legacy_option() -> Any:
+    """``--allow-legacy-checkpoint``: read a checkpoint that carries no integrity digest."""
+    return option(
+        False,
+        "read a checkpoint without an integrity digest (written before fastclr verified them; "
+        "a damaged file can look like one, so only for files you trust)",
+    )
+
+
 def progress_option() -> Any:
     """``--no-progress`` turns the progress bars off."""
     return option(True, "progress bars")
@@ -146,9 +160,12 @@ def _refuse(name: str, rule: str, value: object, why: str) -> UsageError:
 def _check_number(name: str, v: Any, kind: Any, meta: dict[str, Any]) -> None:
     why = meta.get("why", "")
     if kind is int:
-        low = meta.get("at_least")
-        if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
-            raise _refuse(name, "an integer" + (f" >= {low}" if low is not None else ""), v, why)
+        low, high = meta.get("at_least"), meta.get("at_most")
+        rule = "an integer" + (f" >= {low}" if low is not None else "")
+        rule += (" and" if low is not None else "") + f" <= {high}" if high is not None else ""
+        bad = isinstance(v, bool) or not isinstance(v, int)
+        if bad or (low is not None and v < low) or (high is not None and v > high):
+            raise _refuse(name, rule, v, why)
         return
     ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     below = meta.get("below")

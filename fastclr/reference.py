@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "l2_normalize",
     "lightly_memory_bank_reference",
     "ntxent_lse_reference",
     "ntxent_reference",
@@ -23,6 +24,37 @@ __all__ = [
     "supcontrast_reference",
     "views_to_batch",
 ]
+
+
+def l2_normalize(z: Tensor, eps: float = 1e-8) -> Tensor:
+    """Rows of ``z`` (M, D) divided by ``max(‖z‖₂, eps)``, exact for any finite scale.
+
+    ``F.normalize`` squares the entries, so a float32 row whose norm is above ~1.8e19 (or whose
+    entries are all below ~1e-19) gets a norm of inf (or 0) and a wrong ẑ. Here each row is first
+    divided by ``s``, the power of two at or below ``max_k |z_k|`` (1 for a zero row), then
+    ``ẑ = u / max(‖u‖, eps / s)`` with ``u = z / s`` — the same quotient, since
+    ``‖z‖ = s·‖u‖``. Dividing by a power of two is exact, so ordinary rows get bit for bit
+    ``F.normalize``'s result; ``s`` carries no gradient (ẑ does not depend on it).
+
+    Args:
+        z: (M, D) floating rows.
+        eps: lower bound on a row's norm (a zero row gives a zero vector, no NaN).
+
+    Returns:
+        ẑ, same shape and dtype as ``z``.
+
+    Example:
+        >>> l2_normalize(torch.tensor([[3e30, 4e30]]))
+        tensor([[0.6000, 0.8000]])
+    """
+    peak = z.detach().abs().amax(dim=1, keepdim=True)
+    scale = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+    u = z / scale
+    norm = torch.linalg.vector_norm(u, dim=1, keepdim=True)
+    # a tensor numerator: ``eps / scale`` with a Python float computes eps · (1 / scale), and
+    # 1 / scale overflows for the smallest subnormal scales
+    floor = torch.full_like(scale, eps) / scale
+    return u / norm.clamp(min=floor)
 
 
 def views_to_batch(views: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -45,8 +77,8 @@ def ntxent_lse_reference(
     Query row ``i`` is key row ``q_offset + i`` (the self term excluded). Inputs are normalised
     here; the result is in the inputs' dtype. This is the part of the loss the fused kernels tile.
     """
-    qn = F.normalize(q, dim=1, eps=eps)
-    kn = F.normalize(k, dim=1, eps=eps)
+    qn = l2_normalize(q, eps)
+    kn = l2_normalize(k, eps)
     s = qn @ kn.T / temperature
     rows = torch.arange(q.shape[0], device=q.device)
     s = s.index_put((rows, rows + q_offset), torch.tensor(float("-inf"), dtype=s.dtype))
@@ -91,13 +123,13 @@ def ntxent_reference(
     out_dtype = z.dtype
     if upcast:
         z = z.double()
-    zn = F.normalize(z, dim=1, eps=eps)
+    zn = l2_normalize(z, eps)
     s = zn @ zn.T / temperature
     m = z.shape[0]
     self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
     s_keys = s.masked_fill(self_mask, float("-inf"))
     if negatives is not None:
-        neg = F.normalize(negatives.to(z.dtype), dim=1, eps=eps)
+        neg = l2_normalize(negatives.to(z.dtype), eps)
         s_keys = torch.cat([s_keys, zn @ neg.T / temperature], dim=1)
     lse = torch.logsumexp(s_keys, dim=1)
     pos = (labels[:, None] == labels[None, :]) & ~self_mask
@@ -130,7 +162,7 @@ def ntxent_reference_rows(
     Memory is O(len(rows)·M), so the definition can check a fast path at sizes where the full
     M×M reference does not fit. Anchors without a positive get 0, as ``reduction="none"``.
     """
-    zn = F.normalize(z.double(), dim=1, eps=eps)
+    zn = l2_normalize(z.double(), eps)
     start = rows.start or 0
     q = zn[rows]
     s = q @ zn.T / temperature
@@ -149,7 +181,7 @@ def ntxent_reference_rows(
 
 
 def _unit64(z: Tensor, eps: float) -> Tensor:
-    return F.normalize(z.double(), dim=1, eps=eps)
+    return l2_normalize(z.double(), eps)
 
 
 def pml_ntxent_reference(
@@ -202,16 +234,20 @@ def supcontrast_reference(
     temperature: float = 0.07,
     base_temperature: float = 0.07,
     contrast_mode: str = "all",
+    upcast: bool = True,
 ) -> Tensor:
     """SupContrast's ``SupConLoss`` (Khosla et al.'s code) in float64, on (bsz, V, D) features.
 
     Rows are the V views stacked view-major; anchors are all rows (``"all"``) or view 0
-    (``"one"``); per anchor ``−(τ/τ_base) · mean_{p ∈ P(a)} (s_ap − logsumexp_{k ≠ a} s_ak)``,
-    0 for an anchor without a positive; the mean is over ALL anchors. The features are used as
-    given: SupContrast expects them already L2-normalised (its models normalise).
+    (``"one"``); per anchor ``−(τ/τ_base) · mean_{p ∈ P(a)} (s_ap − logsumexp_{k ≠ a} s_ak)``
+    with ``s_ak = f_a·f_k / τ``, 0 for an anchor without a positive; the mean is over ALL
+    anchors. The features are used as given, NOT normalised: SupContrast's loss does not
+    normalise (its models do, before the loss). ``labels`` are (bsz,) class ids or None (each
+    sample its own class). ``upcast=False`` computes in the features' dtype.
     """
     bsz, n_views = features.shape[0], features.shape[1]
-    keys = torch.cat(torch.unbind(features.reshape(bsz, n_views, -1).double(), dim=1), dim=0)
+    flat = features.reshape(bsz, n_views, -1)
+    keys = torch.cat(torch.unbind(flat.double() if upcast else flat, dim=1), dim=0)
     row_labels = (labels if labels is not None else torch.arange(bsz)).to(keys.device)
     row_labels = row_labels.repeat(n_views)
     n_anchors = bsz if contrast_mode == "one" else bsz * n_views

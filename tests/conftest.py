@@ -81,6 +81,19 @@ def write_many_pngs() -> Callable[[Path, int], Path]:
     return write
 
 
+def _one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if "error:" in ln]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def one_error_line() -> Callable[[str], str]:
+    """``line(stderr)``: the one ``error:`` line of a refused command's stderr, asserting there
+    is exactly one and no traceback (what every refusal of the command line must look like)."""
+    return _one_error_line
+
+
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
     """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on now (for MASTER_PORT)."""
@@ -95,9 +108,10 @@ def free_port() -> Callable[[], int]:
 
 @pytest.fixture(scope="session")
 def write_checkpoint() -> Callable[..., Path]:
-    """``write(path, arch, stem, width, image_size=16, head_bn=False, seed=0)``: a pretraining
-    checkpoint of an untrained fastclr model with seeded random weights and BatchNorm statistics
-    (what ``fastclr pretrain`` writes, less the optimiser and RNG state); returns ``path``."""
+    """``write(path, arch, stem, width, image_size=16, head_bn=False, seed=0, edit=None)``: a
+    pretraining checkpoint of an untrained fastclr model with seeded random weights and BatchNorm
+    statistics (what ``fastclr pretrain`` writes, less the optimiser and RNG state); ``edit``
+    changes the state dict before it is saved (a NaN weight, say); returns ``path``."""
     from types import SimpleNamespace
 
     from fastclr.checkpoint import CHECKPOINT_FORMAT, model_spec, save_checkpoint_atomic
@@ -111,6 +125,7 @@ def write_checkpoint() -> Callable[..., Path]:
         image_size: int = 16,
         head_bn: bool = False,
         seed: int = 0,
+        edit: Callable[[dict[str, torch.Tensor]], None] | None = None,
     ) -> Path:
         torch.manual_seed(seed)
         model = build_model(arch, stem, width, 16, head_bn)  # type: ignore[arg-type]
@@ -132,6 +147,8 @@ def write_checkpoint() -> Callable[..., Path]:
             "step_in_epoch": 3,
             "global_step": 3,
         }
+        if edit is not None:
+            edit(state["model"])
         save_checkpoint_atomic(state, path)
         return path
 

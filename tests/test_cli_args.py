@@ -4,6 +4,7 @@ probes are in test_faults_cli.py); the refusals come before any data is loaded: 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,28 +96,11 @@ def test_internal_errors_say_how_to_get_the_traceback(
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, write_checkpoint: Callable[..., Path]
+) -> Path:
     """A valid checkpoint of an untrained 1/8-width ResNet-18 (evaluation reads nothing else)."""
-    from types import SimpleNamespace
-
-    from fastclr.checkpoint import CHECKPOINT_FORMAT, model_spec, save_checkpoint_atomic
-    from fastclr.models import build_model
-
-    spec = SimpleNamespace(arch="resnet18", stem="cifar", width=0.125, proj_dim=16, head_bn=False)
-    model = build_model("resnet18", "cifar", 0.125, 16)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    save_checkpoint_atomic(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model_spec": model_spec(spec),
-            "image_size": 8,
-            "mean": [0.5] * 3,
-            "std": [0.25] * 3,
-            "model": model.state_dict(),
-        },
-        path,
-    )
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", image_size=8)
 
 
 def _folder(root: Path, classes: list[str], per_class: int = 4) -> Path:

@@ -131,9 +131,11 @@ def test_truncated_version_and_missing(tmp_path: Path) -> None:
     path.write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError, match=r"format version 3; this fastclr reads versions"):
         load_checkpoint(path)
-    legacy = _state()  # version 1 (before the digest): still read
+    legacy = _state()  # version 1 (before the digest): read only when asked for
     torch.save(legacy, path)
-    assert load_checkpoint(path)["epoch"] == 3
+    with pytest.raises(CheckpointError, match=r"carries no integrity digest.*allow-legacy"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, allow_legacy=True)["epoch"] == 3
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
 

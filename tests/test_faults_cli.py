@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,12 +61,10 @@ def _run(
     )
 
 
-def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
-    """The stderr of a refused command: no traceback, and its one 'error:' line."""
-    assert "Traceback" not in res.stderr, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if "error:" in ln]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+@pytest.fixture
+def error_line(one_error_line: Callable[[str], str]) -> Callable[..., str]:
+    """``error_line(res)``: the one 'error:' line of a refused command, no traceback."""
+    return lambda res: one_error_line(res.stderr)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -115,14 +113,16 @@ def _kill_when(proc: subprocess.Popen[str], out: Path, step: int, timeout: float
     proc.wait(timeout=60)
 
 
-def test_run_header_and_existing_run_refused(reference: Path, tmp_path: Path) -> None:
+def test_run_header_and_existing_run_refused(
+    reference: Path, tmp_path: Path, error_line: Callable[..., str]
+) -> None:
     # The reference run's own output is checked elsewhere; here: rerun into the same folder.
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = _snapshot(out)
     res = _run([*TINY, "--out", str(out)])
     assert res.returncode == 2
-    line = _one_error_line(res)
+    line = error_line(res)
     assert "--resume" in line and "--overwrite" in line and str(out) in line
     assert _snapshot(out) == before  # nothing touched
 
@@ -210,7 +210,7 @@ def small_disk(tmp_path: Path, reference: Path) -> Iterator[tuple[Path, bool]]:
 
 
 def test_disk_full_and_read_only_keep_the_last_checkpoint(
-    reference: Path, small_disk: tuple[Path, bool]
+    reference: Path, small_disk: tuple[Path, bool], error_line: Callable[..., str]
 ) -> None:
     folder, mounted = small_disk
     out = folder / "run"
@@ -219,7 +219,7 @@ def test_disk_full_and_read_only_keep_the_last_checkpoint(
     fault = [] if mounted else ["--enospc-in-write"]
     res = _run(more, fault)
     assert res.returncode == 1, res.stderr
-    line = _one_error_line(res)
+    line = error_line(res)
     assert "No space left on device" in line and CHECKPOINT_NAME in line, line
     ck = load_checkpoint(out)  # verified by its digest
     assert ck["epoch"] == EPOCHS and not _temps(out)
@@ -236,7 +236,7 @@ def test_disk_full_and_read_only_keep_the_last_checkpoint(
         if not mounted:
             out.chmod(0o755)
     assert res.returncode == 1, res.stderr
-    line = _one_error_line(res)
+    line = error_line(res)
     assert "--out" in line and str(out) in line
     assert "Read-only file system" in line or "Permission denied" in line
     assert load_checkpoint(out)["epoch"] == EPOCHS
@@ -251,13 +251,15 @@ def test_disk_full_and_read_only_keep_the_last_checkpoint(
     ],
     ids=["threads", "cuda", "triton-on-cpu"],
 )
-def test_bad_arguments_one_line_no_traceback(args: list[str], flag: str, tmp_path: Path) -> None:
+def test_bad_arguments_one_line_no_traceback(
+    args: list[str], flag: str, tmp_path: Path, error_line: Callable[..., str]
+) -> None:
     if flag == "--device" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     out = tmp_path / "run"
     res = _run([*TINY, "--out", str(out), *args])
     assert res.returncode == 2, res.stderr
-    assert flag in _one_error_line(res)
+    assert flag in error_line(res)
     assert not out.exists() or not any(out.iterdir())  # refused before writing anything
 
 
@@ -266,7 +268,9 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" in res.stderr
 
 
-def test_corrupted_and_foreign_checkpoints(reference: Path, tmp_path: Path) -> None:
+def test_corrupted_and_foreign_checkpoints(
+    reference: Path, tmp_path: Path, error_line: Callable[..., str]
+) -> None:
     bad = tmp_path / "flipped.pt"
     raw = bytearray((reference / CHECKPOINT_NAME).read_bytes())
     weights = load_checkpoint(reference)["model"]
@@ -280,7 +284,7 @@ def test_corrupted_and_foreign_checkpoints(reference: Path, tmp_path: Path) -> N
     for path, what in ((bad, "is corrupted"), (text, "text file")):
         res = _run(["linear-eval", "--checkpoint", str(path), "--data", "digits"])
         assert res.returncode == 2, res.stderr
-        line = _one_error_line(res)
+        line = error_line(res)
         assert what in line and str(path) in line, line
     res = _run([*TINY, "--out", str(tmp_path / "r"), "--resume", str(bad)])
-    assert res.returncode == 2 and "is corrupted" in _one_error_line(res)
+    assert res.returncode == 2 and "is corrupted" in error_line(res)

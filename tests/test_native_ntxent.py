@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastclr import NTXentLoss, _native
+from fastclr import NTXentLoss, _native, ntxent
 from fastclr.reference import ntxent_lse_reference, ntxent_reference, views_to_batch
 from fastclr.testing import assert_close_to_reference
 
@@ -284,6 +284,52 @@ def test_fp64_input_gives_fp64_gradient() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # layouts, degenerate rows, threads
+
+
+# Any finite scale (issue 24): F.normalize squared the entries, so float32 rows with norm above
+# ~1.8e19 became ẑ = 0 and the loss the constant log(M − 1) with zero gradient. The loss is
+# scale-invariant: z · c must give z's float64 loss, and gradients that are z's divided by c.
+@given(
+    n=st.integers(1, 41),
+    d=st.integers(1, 130),
+    tau=st.sampled_from([0.5, 0.1, 0.01]),
+    log2_scale=st.integers(-60, 120),
+    labels=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_loss_is_exact_at_any_scale(
+    n: int, d: int, tau: float, log2_scale: int, labels: bool, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(2 * n, d, generator=g, dtype=torch.float64)
+    lab = torch.randint(0, max(1, n // 2), (2 * n,), generator=g) if labels else None
+    lab_ref = lab if lab is not None else torch.arange(n).repeat(2)
+    ref = z.clone().requires_grad_()
+    want = ntxent_reference(ref, lab_ref, tau)
+    want.backward()
+    scale = 2.0**log2_scale
+    leaf = (z * scale).float().requires_grad_()
+    views = (leaf,) if lab is not None else (leaf[:n], leaf[n:])
+    # eps = 1e-30 keeps every scaled row above it (below eps, ẑ = z / eps by definition)
+    got = ntxent(*views, labels=lab, temperature=tau, backend="native", eps=1e-30)
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=2e-5, abs=4e-7 / tau)
+    assert ref.grad is not None and leaf.grad is not None
+    floor = 1e-6 / (tau * float(z.norm(dim=1).min()))
+    assert_grad_close(leaf.grad.double() * scale, ref.grad, atol=floor)
+
+
+def test_memory_bank_keeps_huge_rows_as_unit_keys() -> None:
+    """The queued keys go through the same normalisation: rows of norm ~1e25 enter the bank as
+    unit rows (they were zeros), and the next loss sees them as negatives."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    loss_fn = NTXentLoss(temperature=0.5, backend="native", memory_bank_size=6)
+    loss_fn((a * 1e25).requires_grad_(), (b * 1e25).requires_grad_())
+    torch.testing.assert_close(loss_fn.bank, F.normalize(b, dim=1))
+    got = loss_fn(a * 1e25, b * 1e25)
+    want = ntxent_reference(*views_to_batch([a.double(), b.double()]), 0.5, negatives=b.double())
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
 
 
 def test_non_contiguous_inputs() -> None:

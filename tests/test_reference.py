@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fastclr import NTXentLoss, ntxent
 from fastclr.reference import (
+    l2_normalize,
     ntxent_lse_reference,
     ntxent_reference,
     ntxent_reference_rows,
@@ -162,3 +163,96 @@ def test_reference_rows_matches_full() -> None:
     full = ntxent_reference(z, labels, 0.3, reduction="none")
     for rows in (slice(0, 13), slice(4, 9), slice(12, 13)):
         torch.testing.assert_close(ntxent_reference_rows(z, labels, rows, 0.3), full[rows])
+
+
+# ------------------------------------------------------------------------------------------------
+# any finite scale: F.normalize squares the entries, so a float32 row with norm above ~1.8e19 got
+# norm inf, ẑ = 0, and the loss the constant log(M − 1) with zero gradient (issue 24).
+
+
+def scaled_loss_and_grad(
+    vs: list[torch.Tensor], scale: float, tau: float, backend: str, dtype: torch.dtype
+) -> tuple[float, list[torch.Tensor]]:
+    """The loss of the views multiplied by ``scale`` (cast to ``dtype``), and its gradients
+    multiplied back by ``scale`` (the loss is scale-invariant, so these equal the unscaled ones).
+    ``eps`` = 1e-30 keeps every scaled row above it (below eps, ẑ = z / eps by definition)."""
+    leaves = [(v * scale).to(dtype).requires_grad_() for v in vs]
+    loss = ntxent(*leaves, temperature=tau, backend=backend, eps=1e-30)
+    loss.backward()
+    return float(loss.detach()), [leaf.grad.double() * scale for leaf in leaves]  # type: ignore[union-attr]
+
+
+def check_scale_invariance(
+    n: int, d: int, tau: float, log2_scale: int, seed: int, backend: str, dtype: torch.dtype
+) -> None:
+    """Values and gradients of ``z · 2^log2_scale`` against the float64 reference at ``z``."""
+    g = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(2)]
+    leaves = [v.clone().requires_grad_() for v in vs]
+    want = ntxent_reference(*views_to_batch(leaves), tau)
+    want.backward()
+    got, grads = scaled_loss_and_grad(vs, 2.0**log2_scale, tau, backend, dtype)
+    assert got == pytest.approx(float(want.detach()), rel=2e-5, abs=4e-7 / tau)
+    for mine, leaf in zip(grads, leaves, strict=True):
+        assert leaf.grad is not None
+        floor = 1e-6 / (tau * float(leaf.detach().norm(dim=1).min()))
+        tol = 1e-4 * float(leaf.grad.abs().max()) + floor
+        assert float((mine - leaf.grad).abs().max()) <= tol
+
+
+@given(
+    n=st.integers(1, 9),
+    d=st.integers(1, 40),
+    tau=st.sampled_from([0.05, 0.2, 0.5]),
+    log2_scale=st.integers(-60, 120),
+    seed=st.integers(0, 2**16),
+)
+def test_float32_reference_is_exact_at_any_scale(
+    n: int, d: int, tau: float, log2_scale: int, seed: int
+) -> None:
+    """``backend="reference"`` computes in the inputs' dtype: float32 rows scaled by 2^-60..2^120
+    (norms from ~1e-18 to ~1e37) give the float64 loss of the unscaled rows, and its gradient."""
+    check_scale_invariance(n, d, tau, log2_scale, seed, "reference", torch.float32)
+
+
+def test_issue_probe_huge_rows_are_not_the_constant() -> None:
+    """The issue's symptom: at norm ~1e20 the loss was log(M − 1) and every gradient 0."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(8, 16, generator=g)
+    b = a + 0.3 * torch.randn(8, 16, generator=g)
+    want = float(ntxent(a.double(), b.double(), temperature=0.5))
+    x, y = (a * 1e20).requires_grad_(), (b * 1e20).requires_grad_()
+    loss = ntxent(x, y, temperature=0.5, backend="reference")
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
+    assert float(loss.detach()) != pytest.approx(math.log(15), rel=1e-3)
+    assert x.grad is not None and float(x.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_l2_normalize_is_f_normalize_on_ordinary_rows(dtype: torch.dtype) -> None:
+    """Dividing by a power of two is exact: bit for bit F.normalize's values and gradients on rows
+    whose squares neither overflow nor underflow (norms 1e-6..1e6 here), a zero row included."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(41, 130, generator=g) * torch.exp(3 * torch.randn(41, 1, generator=g))
+    z[5] = 0
+    z = z.to(dtype)
+    a, b = z.clone().requires_grad_(), z.clone().requires_grad_()
+    mine, theirs = l2_normalize(a, 1e-8), F.normalize(b, dim=1, eps=1e-8)
+    up = torch.randn(mine.shape, generator=g).to(dtype)
+    mine.backward(up)
+    theirs.backward(up)
+    assert torch.equal(mine, theirs)
+    assert torch.equal(a.grad, b.grad)  # type: ignore[arg-type]
+
+
+def test_l2_normalize_extremes() -> None:
+    """Huge rows are unit rows; rows below eps are z / eps, subnormal ones included; zero is 0."""
+    z = torch.tensor([[3e30, 4e30], [3e38, -3e38], [1e-30, 1e-30], [3e-45, 4e-45], [0.0, 0.0]])
+    want = torch.tensor(
+        [[0.6, 0.8], [0.5**0.5, -(0.5**0.5)], [1e-22, 1e-22], [2.8026e-37, 4.2039e-37], [0, 0]]
+    )
+    torch.testing.assert_close(l2_normalize(z, 1e-8), want, rtol=1e-4, atol=0)
+    leaf = z.clone().requires_grad_()
+    l2_normalize(leaf, 1e-8).sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()

@@ -273,14 +273,17 @@ def test_tiny_temperature_fp16_is_finite_and_right() -> None:
 def test_deterministic_path_matches_symmetric(temperature: float, dtype: torch.dtype) -> None:
     views = _inputs(3, 21, 40, 4, dtype)
     w = _weights("none", 63, 4)
-    sym, sym_g = _run(views, None, w, DEVICE, backend="triton", temperature=temperature,
-                      reduction="none")  # fmt: skip
+    sym, sym_g = _run(
+        views, None, w, DEVICE, backend="triton", temperature=temperature, reduction="none"
+    )
     torch.use_deterministic_algorithms(True)
     try:
-        det, det_g = _run(views, None, w, DEVICE, backend="triton", temperature=temperature,
-                          reduction="none")  # fmt: skip
-        det2, det2_g = _run(views, None, w, DEVICE, backend="triton", temperature=temperature,
-                            reduction="none")  # fmt: skip
+        det, det_g = _run(
+            views, None, w, DEVICE, backend="triton", temperature=temperature, reduction="none"
+        )
+        det2, det2_g = _run(
+            views, None, w, DEVICE, backend="triton", temperature=temperature, reduction="none"
+        )
     finally:
         torch.use_deterministic_algorithms(False)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -454,7 +457,10 @@ MANY_BLOCKS = (2, 131, 40)
 
 
 def _blocks(m: int) -> int:
-    bm = max(c.kwargs["BLOCK_M"] for c in _ops()._k.SYM_CONFIGS + _ops()._k.ROW_CONFIGS)
+    bm = max(
+        c.kwargs["BLOCK_M"]
+        for c in _ops()._k.SYM_CONFIGS + _ops()._k.ROW_CONFIGS + _ops()._k.ROW_BWD_CONFIGS
+    )
     return -(-m // bm)
 
 
@@ -534,11 +540,19 @@ def test_fp16_backward_scales_p_before_the_cast(temperature: float) -> None:
     meta = ops._meta(m, d, torch.float16)
     lse32, g = lse.float().to(DEVICE), (w * tiny).float().to(DEVICE)
     zd = z16.to(DEVICE)
-    got, _ = ops._rows_backward(
-        zd, zd, lse32, g, lse32, g, (0, 0), (True, True), temperature,
-        ops.select_path(temperature).online, meta, out_dtype=torch.float32,
-    )  # fmt: skip
-    got = got.cpu().double() / tiny
+    q = ops.q_factor(lse32, temperature)
+    part, _ = ops._rows_backward(
+        zd,
+        zd,
+        (lse32, q, lse32, q),
+        (g, 1.0),
+        (0, 0),
+        (True, True),
+        temperature,
+        ops.select_path(temperature).online,
+        meta,
+    )
+    got = part.sum(dim=0).cpu().double() / tiny
     # each σP entry is rounded to fp16 (≤ 2^-11 relative), Σ_k |P_ak| ≤ 2 max w/τ
     bar = 2.0**-11 * 2 * float(w.max()) / temperature * 2
     assert _err(got, want) <= bar, (_err(got, want), bar)

@@ -23,12 +23,20 @@ Reproduced (lightly 1.5/1.6):
   pointer wraps like lightly's: a batch that reaches the end fills it and the rest of that batch
   is dropped. With ``gather_distributed=True`` every rank's ``out1`` is enqueued.
 
+The bank is lightly's: ``loss.memory_bank`` holds ``bank`` (K, dim) float32 and ``bank_ptr``, and
+stores ``out1`` normalised the way lightly normalises it (``F.normalize`` in ``out1``'s dtype,
+under the caller's autocast), so the bank's rows are rounded as lightly's are.
+The loss is returned in lightly's dtype: float32 under autocast (lightly's cross-entropy runs in
+float32 there), the inputs' dtype otherwise; it is computed in float32 (float64 for float64
+inputs) whatever the inputs' dtype.
+
 The bank term runs through the rectangular fused kernel (N anchors against K keys, forward and
 backward) and never forms the N×K logits; queries are taken in chunks of at most K rows with the
 kernel's excluded self term added back exactly.
 
-Deliberate difference: lightly accepts a negative temperature; here τ must be > 0 (a negative τ
-turns the loss into one that pushes positives apart).
+Deliberate differences: lightly accepts a negative temperature; here τ must be > 0 (a negative τ
+turns the loss into one that pushes positives apart). Rows with norm above ~1.8e19 (float32):
+lightly's normalisation overflows (every logit becomes 0); here it is exact.
 """
 
 from __future__ import annotations
@@ -39,20 +47,66 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastclr.compat._common import check_rows
+from fastclr.compat._common import check_rows, full_precision, peer_dtype
 from fastclr.distributed import all_gather_no_grad, world_size
 from fastclr.loss import (
     BackendName,
-    _check_finite,
-    _check_temperature,
+    check_temperature,
+    fused_rows,
     lse_all_keys,
-    ntxent,
+    positive_mean,
+    require_finite,
     resolve_backend,
 )
+from fastclr.reference import l2_normalize, views_to_batch
 
 __all__ = ["NTXentLoss"]
 
 _LIGHTLY_EPS = 1e-12  # lightly normalises with torch.nn.functional.normalize's default eps
+
+
+class MemoryBank(nn.Module):
+    """lightly's ``MemoryBankModule`` state: ``bank`` (K, dim) float32 and ``bank_ptr`` (1,).
+
+    The bank starts as K random unit rows (``torch.randn`` on the global generator, normalised);
+    ``enqueue`` writes from the pointer and, at the end, fills the bank, drops the rest of the
+    batch and returns the pointer to 0 (lightly's queue rule). Both buffers are non-persistent,
+    as lightly's are.
+    """
+
+    bank: Tensor
+    bank_ptr: Tensor
+
+    def __init__(self, size: tuple[int, ...], gather_distributed: bool) -> None:
+        super().__init__()
+        self.size = size
+        self.gather_distributed = gather_distributed
+        self._ptr = 0  # bank_ptr on the host, so that enqueue needs no device sync
+        self.register_buffer("bank", torch.empty(size, dtype=torch.float), persistent=False)
+        self.register_buffer("bank_ptr", torch.zeros(1, dtype=torch.long), persistent=False)
+        if len(size) == 2:
+            self.init_bank(size)
+
+    @torch.no_grad()
+    def init_bank(self, size: tuple[int, ...]) -> None:
+        """K random unit rows, the same draw as lightly: randn on the global CPU generator."""
+        self.bank = F.normalize(torch.randn(size).type_as(self.bank), dim=-1)
+        self._ptr = 0
+        self.bank_ptr.zero_()
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Write ``keys`` (every rank's under ``gather_distributed``) at the pointer."""
+        if self.gather_distributed and world_size() > 1:
+            keys = all_gather_no_grad(keys)
+        k, n = self.size[0], keys.shape[0]
+        if self._ptr + n >= k:
+            self.bank[self._ptr :] = keys[: k - self._ptr]
+            self._ptr = 0
+        else:
+            self.bank[self._ptr : self._ptr + n] = keys
+            self._ptr += n
+        self.bank_ptr.fill_(self._ptr)
 
 
 class NTXentLoss(nn.Module):
@@ -65,14 +119,16 @@ class NTXentLoss(nn.Module):
             into the bank (with a bank).
         backend / check_finite: as in :class:`fastclr.NTXentLoss` (keyword-only).
 
-    Shape: out0, out1 (N, D); output a scalar in their dtype.
+    Attributes:
+        memory_bank: lightly's bank state (``.bank`` (K, dim), ``.bank_ptr``, ``.size``).
+
+    Shape: out0, out1 (N, D); output a scalar in lightly's dtype (float32 under autocast, the
+    inputs' dtype otherwise).
 
     Example:
         >>> loss_fn = NTXentLoss(temperature=0.2, memory_bank_size=(4096, 128))
         >>> loss = loss_fn(torch.randn(32, 128, requires_grad=True), torch.randn(32, 128))
     """
-
-    bank: Tensor
 
     def __init__(
         self,
@@ -84,7 +140,7 @@ class NTXentLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         size = (memory_bank_size,) if isinstance(memory_bank_size, int) else tuple(memory_bank_size)
         if (
             not 1 <= len(size) <= 2
@@ -103,28 +159,12 @@ class NTXentLoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.backend: BackendName = backend
         self.check_finite = check_finite
-        self._ptr = 0
-        self.register_buffer("bank", torch.empty(size, dtype=torch.float), persistent=False)
-        if len(size) == 2:
-            self._init_bank(size)
+        self.memory_bank = MemoryBank(size, gather_distributed)
 
-    @torch.no_grad()
-    def _init_bank(self, size: tuple[int, ...]) -> None:
-        # the same draw as lightly: randn on the global CPU generator, then the buffer's device
-        self.bank = F.normalize(torch.randn(size).type_as(self.bank), dim=-1)
-        self._ptr = 0
-
-    @torch.no_grad()
-    def _enqueue(self, keys: Tensor) -> None:
-        if self.gather_distributed and world_size() > 1:
-            keys = all_gather_no_grad(keys)
-        k, n = self.size[0], keys.shape[0]
-        if self._ptr + n >= k:
-            self.bank[self._ptr :] = keys[: k - self._ptr]
-            self._ptr = 0
-        else:
-            self.bank[self._ptr : self._ptr + n] = keys
-            self._ptr += n
+    @property
+    def bank(self) -> Tensor:
+        """The memory bank's rows, ``memory_bank.bank`` (K, dim)."""
+        return self.memory_bank.bank
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
         out0 = check_rows("out0", out0)
@@ -134,39 +174,51 @@ class NTXentLoss(nn.Module):
                 f"out0 and out1 must have the same shape, got {tuple(out0.shape)} and "
                 f"{tuple(out1.shape)}"
             )
-        if self.size[0] == 0:
-            return ntxent(
-                out0,
-                out1,
-                temperature=self.temperature,
-                backend=self.backend,
-                gather_distributed=self.gather_distributed,
-                eps=_LIGHTLY_EPS,
-                check_finite=self.check_finite,
-            )
         if self.check_finite and not torch.compiler.is_compiling():
-            _check_finite(out0)
-            _check_finite(out1)
-        if self.bank.dim() == 1:
-            self._init_bank((self.size[0], out0.shape[1]))
+            require_finite(out0)
+            require_finite(out1)
+        out_dtype = peer_dtype("lightly", out0)
+        name = resolve_backend(self.backend, out0.device, out0.dtype)
+        if self.size[0] == 0:
+            with full_precision(out0):
+                return self._simclr(out0, out1, name).to(out_dtype)
+        if self.memory_bank.bank.dim() == 1:
+            self.memory_bank.init_bank((self.size[0], out0.shape[1]))
         if self.bank.shape[1] != out0.shape[1]:
             raise ValueError(
                 f"out0 has {out0.shape[1]} features but the memory bank holds "
                 f"{self.bank.shape[1]}-dim keys (memory_bank_size={self.size})"
             )
-        name = resolve_backend(self.backend, out0.device, out0.dtype)
+        # a copy read before the update (the kernels' backward needs the keys it saw)
+        bank = self.bank.detach().clone()
+        if out0.requires_grad:
+            # lightly's own normalisation of out1, in its dtype and under the caller's autocast,
+            # so that the stored rows are rounded as lightly's are
+            self.memory_bank.enqueue(F.normalize(out1.detach(), dim=1))
+        with full_precision(out0):
+            return self._banked(out0, out1, bank, name).to(out_dtype)
+
+    def _simclr(self, out0: Tensor, out1: Tensor, name: str) -> Tensor:
+        """NT-Xent over the 2N rows (every rank's rows as keys under gather_distributed)."""
+        z, labels = views_to_batch([out0, out1])
+        distributed = self.gather_distributed and world_size() > 1
+        rows = fused_rows(
+            z, labels, self.temperature, name, _LIGHTLY_EPS, from_views=2, distributed=distributed
+        )
+        pos_mean, _ = positive_mean(rows, self.temperature)
+        return (rows.lse.to(pos_mean.dtype) - pos_mean).mean()
+
+    def _banked(self, out0: Tensor, out1: Tensor, bank: Tensor, name: str) -> Tensor:
+        """The MoCo form: each out0 row against its out1 row and the K rows of ``bank``."""
         work = torch.float64 if out0.dtype == torch.float64 else torch.float32
         kdtype = out0.dtype if out0.dtype in (torch.float16, torch.bfloat16) else work
-        q = F.normalize(out0.to(work), dim=1, eps=_LIGHTLY_EPS)
-        p = F.normalize(out1.to(work), dim=1, eps=_LIGHTLY_EPS)
-        # a copy read before the update (the kernels' backward needs the keys it saw)
-        bank = self.bank.detach().to(device=q.device, dtype=work, copy=True)
-        if out0.requires_grad:
-            self._enqueue(p.detach())
+        q = l2_normalize(out0.to(work), _LIGHTLY_EPS)
+        p = l2_normalize(out1.to(work), _LIGHTLY_EPS)
+        keys = bank.to(device=q.device, dtype=work)
         s_pos = (q * p).sum(dim=1) / self.temperature
-        bank_lse = lse_all_keys(q, bank, self.temperature, name, kdtype)
+        bank_lse = lse_all_keys(q, keys, self.temperature, name, kdtype)
         # −log softmax of the positive among [positive, bank] = softplus(bank LSE − positive)
-        return F.softplus(bank_lse - s_pos).mean().to(out0.dtype)
+        return F.softplus(bank_lse - s_pos).mean()
 
     def extra_repr(self) -> str:
         return (

@@ -19,10 +19,22 @@ Reproduced (PML 2.x with its default ``CosineSimilarity`` distance and default r
 * a batch with no positive pair or no negative pair gives 0 (still attached to the graph, so
   ``backward()`` works), where ``fastclr.ntxent`` raises.
 
-Not reproduced, with a clear ``TypeError``: miners (``indices_tuple``), ``ref_emb``/``ref_labels``,
-and non-default ``distance``, ``reducer``, regularizers. PML adds the dtype's smallest normal
-number inside the log of each pair; that changes a pair's loss only above about 87 (float32) or
-9.7 (float16), and is left out. Computation is in float32 for float16/bfloat16 inputs.
+PML's constructor arguments are accepted at their default values —
+``distance=CosineSimilarity()``, ``reducer=MeanReducer()`` (NTXent) / ``AvgNonZeroReducer()``
+(SupCon), ``embedding_regularizer=None`` with any ``embedding_reg_weight``, any ``collect_stats``
+— and the losses have PML's ``.distance``,
+``.reducer`` and ``.collect_stats``. Where pytorch-metric-learning is installed they extend its
+``BaseMetricLossFunction``, so its wrappers take them: ``DistributedLossWrapper(loss)`` gathers
+every rank's rows and computes this loss on them, as for PML's own losses. Labels may be integer,
+bool or floating (compared by equality, as PML does). The loss is returned in PML's dtype (under
+autocast that of its last ops on that device: bfloat16 on a CPU, float32 on CUDA) and computed in
+float32 (float64 for float64 inputs).
+
+Not reproduced, with a clear ``TypeError``: miners (``indices_tuple``, which also rules out
+``DistributedLossWrapper(efficient=True)``), ``ref_emb``/``ref_labels``, any other distance,
+reducer or an embedding regularizer, and a distance or reducer with ``collect_stats=True`` (no
+statistics are recorded). PML adds the dtype's smallest normal number inside the log of each
+pair; that changes a pair's loss only above about 87 (float32) or 9.7 (float16), and is left out.
 
 How the pair form is computed without the M×M matrix: the fused kernel gives
 ``L_a = logsumexp_{k≠a} s_ak``; the positive pairs (M·(V−1) for V views, Σ n_c² for classes of
@@ -35,20 +47,21 @@ negatives hold a tiny part of the anchor's mass (absolute error about float32 ep
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from fastclr.compat._common import check_labels, check_rows, reject
+from fastclr.compat._common import check_labels, check_rows, full_precision, peer_dtype, reject
 from fastclr.loss import (
     BackendName,
     FusedRows,
-    _check_finite,
-    _check_temperature,
+    check_temperature,
     fused_rows,
-    ntxent,
+    positive_mean,
     positive_pairs,
+    require_finite,
     resolve_backend,
     segment_logsumexp,
 )
@@ -66,7 +79,7 @@ def _prepare(loss: str, embeddings: Any, labels: Any) -> tuple[Tensor, Tensor] |
             "indices_tuple without labels, is not supported)"
         )
     z = check_rows("embeddings", embeddings)
-    lab = check_labels("labels", labels, z.shape[0], z)
+    lab = check_labels("labels", labels, z.shape[0], z)  # integer, bool or floating, as PML
     if z.shape[0] < 2:
         return None
     _, counts = torch.unique(lab, return_counts=True)
@@ -80,6 +93,31 @@ def _zero(embeddings: Tensor) -> Tensor:
     return (embeddings * 0).sum()
 
 
+def _run(
+    loss: str,
+    peer: str,
+    form: Callable[[Tensor, Tensor, float, str], Tensor],
+    embeddings: Tensor,
+    labels: Tensor | None,
+    temperature: float,
+    backend: BackendName,
+    check_finite: bool,
+) -> Tensor:
+    """What both losses do around their maths: the checks, PML's zero without pairs, the
+    backend, full precision inside, PML's output dtype outside."""
+    temperature = check_temperature(temperature)
+    ready = _prepare(loss, embeddings, labels)
+    if ready is None:
+        return _zero(embeddings)
+    z, lab = ready
+    if check_finite and not torch.compiler.is_compiling():
+        require_finite(z)
+    name = resolve_backend(backend, z.device, z.dtype)
+    out_dtype = peer_dtype(peer, z)
+    with full_precision(z):
+        return form(z, lab, temperature, name).to(out_dtype)
+
+
 def pml_ntxent(
     embeddings: Tensor,
     labels: Tensor | None,
@@ -88,14 +126,20 @@ def pml_ntxent(
     check_finite: bool = True,
 ) -> Tensor:
     """Functional form of :class:`NTXentLoss` (see the module docstring for the maths)."""
-    temperature = _check_temperature(temperature)
-    ready = _prepare("NTXentLoss", embeddings, labels)
-    if ready is None:
-        return _zero(embeddings)
-    z, lab = ready
-    if check_finite and not torch.compiler.is_compiling():
-        _check_finite(z)
-    name = resolve_backend(backend, z.device, z.dtype)
+    return _run(
+        "NTXentLoss",
+        "pml_ntxent",
+        _pair_form,
+        embeddings,
+        labels,
+        temperature,
+        backend,
+        check_finite,
+    )
+
+
+def _pair_form(z: Tensor, lab: Tensor, temperature: float, name: str) -> Tensor:
+    """The mean over positive pairs of ``logaddexp(s_ap, N_a) − s_ap`` (N_a: negatives' LSE)."""
     rows = fused_rows(z, lab, temperature, name, _PML_EPS)
     m = z.shape[0]
     a, p = positive_pairs(lab, 0, m)
@@ -112,7 +156,7 @@ def pml_ntxent(
     )
     single = n_pos[a] == 1
     pair_loss = torch.where(single, lse[a] - s_pair, torch.logaddexp(s_pair, neg_lse[a]) - s_pair)
-    return pair_loss.mean().to(z.dtype)
+    return pair_loss.mean()
 
 
 # The subtraction above multiplies the kernel's relative error (~1e-7) by at most this factor
@@ -165,25 +209,96 @@ def pml_supcon(
     check_finite: bool = True,
 ) -> Tensor:
     """Functional form of :class:`SupConLoss` (SupCon's L_out, PML's zero-when-no-pair)."""
-    temperature = _check_temperature(temperature)
-    ready = _prepare("SupConLoss", embeddings, labels)
-    if ready is None:
-        return _zero(embeddings)
-    z, lab = ready
-    return ntxent(
-        z,
-        labels=lab,
-        temperature=temperature,
-        backend=backend,
-        eps=_PML_EPS,
-        check_finite=check_finite,
+    return _run(
+        "SupConLoss",
+        "pml_supcon",
+        _supcon_form,
+        embeddings,
+        labels,
+        temperature,
+        backend,
+        check_finite,
     )
 
 
-class _PMLLoss(nn.Module):
-    """Shared constructor: PML's temperature plus fastclr's backend options."""
+def _supcon_form(z: Tensor, lab: Tensor, temperature: float, name: str) -> Tensor:
+    rows = fused_rows(z, lab, temperature, name, _PML_EPS)
+    pos_mean, n_pos = positive_mean(rows, temperature)
+    has_pos = n_pos > 0
+    per_anchor = torch.where(has_pos, rows.lse.to(pos_mean.dtype) - pos_mean, 0.0)
+    return per_anchor.sum() / has_pos.sum()
+
+
+def _pml_base() -> Any:
+    """PML's ``BaseMetricLossFunction`` where PML is installed (its wrappers check for it)."""
+    try:
+        from pytorch_metric_learning.losses import BaseMetricLossFunction
+    except ImportError:
+        return nn.Module
+    return BaseMetricLossFunction
+
+
+if TYPE_CHECKING:
+    _Base = nn.Module
+else:
+    _Base = _pml_base()
+_PML_INSTALLED = _Base is not nn.Module
+_PML_ARGS = (
+    "collect_stats",
+    "reducer",
+    "distance",
+    "embedding_regularizer",
+    "embedding_reg_weight",
+)
+
+
+def _default_cosine(distance: Any) -> bool:
+    from pytorch_metric_learning.distances import CosineSimilarity
+
+    return (
+        type(distance) is CosineSimilarity
+        and distance.p == 2
+        and distance.power == 1
+        and distance.normalize_embeddings
+    )
+
+
+def _default_reducer(reducer: Any, name: str) -> bool:
+    from pytorch_metric_learning import reducers
+
+    want = getattr(reducers, name)
+    if type(reducer) is not want:
+        return False
+    return name != "AvgNonZeroReducer" or (reducer.low == 0 and reducer.high is None)
+
+
+def _unsupported(loss: str, reducer_name: str, given: dict[str, Any]) -> list[str]:
+    """The PML arguments in ``given`` that differ from PML's defaults, described."""
+    if not _PML_INSTALLED:
+        return [
+            f"{k}={v!r} (pytorch-metric-learning is not installed)"
+            for k, v in given.items()
+            if k in ("reducer", "distance", "embedding_regularizer") and v is not None
+        ]
+    out = []
+    distance, reducer = given.get("distance"), given.get("reducer")
+    if distance is not None and not _default_cosine(distance):
+        out.append(f"distance={distance!r} (only CosineSimilarity() with p=2, power=1)")
+    if reducer is not None and not _default_reducer(reducer, reducer_name):
+        out.append(f"reducer={reducer!r} (only {reducer_name}(), {loss}'s default)")
+    if given.get("embedding_regularizer") is not None:
+        out.append("embedding_regularizer (none is supported)")
+    for key, obj in (("distance", distance), ("reducer", reducer)):
+        if obj is not None and getattr(obj, "collect_stats", False):
+            out.append(f"{key} with collect_stats=True (no statistics are recorded)")
+    return out
+
+
+class _PMLLoss(_Base):
+    """Shared constructor: PML's temperature and constructor arguments, fastclr's options."""
 
     _name = ""
+    _reducer = "MeanReducer"
 
     def __init__(
         self,
@@ -193,23 +308,58 @@ class _PMLLoss(nn.Module):
         check_finite: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__()
-        reject(
-            f"pytorch-metric-learning {self._name}",
-            "the default CosineSimilarity distance and default reducer only",
-            **kwargs,
-        )
-        self.temperature = _check_temperature(temperature)
+        unknown = sorted(set(kwargs) - set(_PML_ARGS))
+        if unknown:
+            raise TypeError(
+                f"pytorch-metric-learning {self._name}: unexpected argument(s) "
+                f"{', '.join(unknown)}; PML's are temperature, {', '.join(_PML_ARGS)}"
+            )
+        problems = _unsupported(self._name, self._reducer, kwargs)
+        if problems:
+            raise TypeError(
+                f"pytorch-metric-learning {self._name}: fastclr's compatible loss implements "
+                f"PML's defaults only; not supported: {'; '.join(problems)}. Use "
+                "pytorch-metric-learning itself for these"
+            )
+        if _PML_INSTALLED:
+            super().__init__(**kwargs)  # sets .distance, .reducer, .collect_stats as PML does
+        else:
+            super().__init__()
+            self.collect_stats = bool(kwargs.get("collect_stats") or False)
+            self.distance: Any = None
+            self.reducer: Any = None
+            self.embedding_regularizer = None
+            self.embedding_reg_weight = kwargs.get("embedding_reg_weight", 1)
+        self.temperature = check_temperature(temperature)
+        if _PML_INSTALLED:  # recorded as PML records its own losses' temperature
+            record = cast(Any, self).add_to_recordable_attributes
+            record(list_of_names=["temperature"], is_stat=False)
         self.backend: BackendName = backend
         self.check_finite = check_finite
+
+    def get_default_distance(self) -> Any:
+        """PML's default distance of these losses (called by PML's constructor)."""
+        from pytorch_metric_learning.distances import CosineSimilarity
+
+        return CosineSimilarity()
+
+    def get_default_reducer(self) -> Any:
+        """PML's default reducer of this loss (called by PML's constructor)."""
+        from pytorch_metric_learning import reducers
+
+        return getattr(reducers, self._reducer)()
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, backend={self.backend!r}"
 
     def _loss(
-        self, embeddings: Tensor, labels: Tensor | None, temperature: float,
-        backend: BackendName, check_finite: bool,
-    ) -> Tensor:  # fmt: skip
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        temperature: float,
+        backend: BackendName,
+        check_finite: bool,
+    ) -> Tensor:
         """The functional form each subclass computes (pml_ntxent, pml_supcon)."""
         raise NotImplementedError
 
@@ -223,7 +373,7 @@ class _PMLLoss(nn.Module):
     ) -> Tensor:
         reject(
             f"pytorch-metric-learning {self._name}",
-            "labels-only calls",
+            "labels-only calls; with DistributedLossWrapper use efficient=False",
             indices_tuple=indices_tuple,
             ref_emb=ref_emb,
             ref_labels=ref_labels,
@@ -236,9 +386,13 @@ class NTXentLoss(_PMLLoss):
 
     Args:
         temperature: τ > 0 (PML's default 0.07).
+        collect_stats, reducer, distance, embedding_regularizer, embedding_reg_weight: PML's, at
+            their defaults (``MeanReducer()``, ``CosineSimilarity()``, no regularizer); anything
+            else raises ``TypeError`` naming it.
         backend / check_finite: as in :class:`fastclr.NTXentLoss` (keyword-only).
 
-    Shape: embeddings (M, D), labels (M,) integers; output a scalar in the embeddings' dtype.
+    Shape: embeddings (M, D), labels (M,) integer, bool or floating; output a scalar in PML's
+    dtype (the embeddings' dtype without autocast).
 
     Example:
         >>> loss_fn = NTXentLoss()
@@ -247,6 +401,7 @@ class NTXentLoss(_PMLLoss):
     """
 
     _name = "NTXentLoss"
+    _reducer = "MeanReducer"
 
     def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(temperature, **kwargs)
@@ -259,12 +414,17 @@ class SupConLoss(_PMLLoss):
 
     Args:
         temperature: τ > 0 (PML's default 0.1).
+        collect_stats, reducer, distance, embedding_regularizer, embedding_reg_weight: PML's, at
+            their defaults (``AvgNonZeroReducer()``, ``CosineSimilarity()``, no regularizer);
+            anything else raises ``TypeError`` naming it.
         backend / check_finite: as in :class:`fastclr.NTXentLoss` (keyword-only).
 
-    Shape: embeddings (M, D), labels (M,) integers; output a scalar in the embeddings' dtype.
+    Shape: embeddings (M, D), labels (M,) integer, bool or floating; output a scalar in PML's
+    dtype (the embeddings' dtype without autocast).
     """
 
     _name = "SupConLoss"
+    _reducer = "AvgNonZeroReducer"
 
     def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
         super().__init__(temperature, **kwargs)

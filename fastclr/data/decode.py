@@ -20,6 +20,11 @@ F (32-bit float)              documented range [0, 1]: round(255 · v); a file w
 16-bit RGB PNGs are read by PIL as their high byte (v // 256), the same scale within one level.
 A rejected file raises :class:`UnsupportedImage`; loaders skip it, report it by path and count it.
 
+Orientation: a file whose EXIF Orientation tag says it is stored rotated or mirrored (phone
+cameras write 6 for a portrait photo) is turned upright, as PIL's ``ImageOps.exif_transpose``
+and every photo viewer do, and counted as converted ("EXIF orientation N applied"); crop boxes
+are drawn on the upright size. (NVIDIA DALI's loader decodes pixels as stored.)
+
 Views (:func:`decode_views`): the crop boxes are drawn on the ORIGINAL image size read from the
 header, before any pixel is decoded, and are resized to (S, S) by the augmentation's documented
 resize (bilinear, ``align_corners=False``, no antialias, sampling clamped to the box's edge
@@ -46,6 +51,9 @@ __all__ = [
     "decode_resized_square",
     "decode_views",
     "open_rgb",
+    "orient",
+    "orientation",
+    "oriented_size",
     "resize_box",
     "to_rgb8",
 ]
@@ -60,6 +68,53 @@ _SIXTEEN = ("I;16", "I;16B", "I;16L", "I;16N")
 
 class UnsupportedImage(ValueError):
     """A file decodes, but its pixel values have no documented 8-bit meaning."""
+
+
+#: EXIF's Orientation tag, and the orientations that swap height and width.
+_ORIENTATION_TAG = 0x0112
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def orientation(im: Any) -> int:
+    """The EXIF orientation of an opened PIL image (1, upright, when it has none)."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a damaged EXIF block: the pixels as stored
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(im: Any) -> tuple[int, int]:
+    """(height, width) of an opened image as it is meant to be seen (its EXIF orientation)."""
+    w, h = im.size
+    return (w, h) if orientation(im) in _SWAPS_AXES else (h, w)
+
+
+def orient(a: np.ndarray, tag: int) -> np.ndarray:
+    """(H, W, C) pixels as stored → as meant to be seen under EXIF orientation ``tag``
+    (what PIL's ``ImageOps.exif_transpose`` does to an image)."""
+    if tag == 2:
+        a = a[:, ::-1]
+    elif tag == 3:
+        a = a[::-1, ::-1]
+    elif tag == 4:
+        a = a[::-1]
+    elif tag == 5:
+        a = a.transpose(1, 0, 2)
+    elif tag == 6:
+        a = np.rot90(a, k=-1)
+    elif tag == 7:
+        a = a.transpose(1, 0, 2)[::-1, ::-1]
+    elif tag == 8:
+        a = np.rot90(a, k=1)
+    return np.ascontiguousarray(a)
+
+
+def _oriented(rgb: np.ndarray, conversion: str | None, tag: int) -> tuple[np.ndarray, str | None]:
+    if tag == 1:
+        return rgb, conversion
+    note = f"EXIF orientation {tag} applied"
+    return orient(rgb, tag), note if conversion is None else f"{conversion}, {note}"
 
 
 def _grey_to_rgb(a: np.ndarray) -> np.ndarray:
@@ -99,12 +154,14 @@ def to_rgb8(im: Any, name: str = "image") -> tuple[np.ndarray, str | None]:
 
 
 def open_rgb(path: str | os.PathLike[str]) -> tuple[np.ndarray, str | None]:
-    """Decode a whole file to (H, W, 3) uint8 by the conversion rule (and name the conversion)."""
+    """Decode a whole file to (H, W, 3) uint8 by the conversion rule, upright by its EXIF
+    orientation (and name the conversion)."""
     from PIL import Image
 
     with Image.open(path) as im:
+        tag = orientation(im)
         im.load()
-        return to_rgb8(im, str(path))
+        return _oriented(*to_rgb8(im, str(path)), tag) if tag != 1 else to_rgb8(im, str(path))
 
 
 def _axis_coords(start: float, length: float, size: int, scale: int, limit: int) -> np.ndarray:
@@ -182,15 +239,17 @@ def decode_views(
     from PIL import Image
 
     with Image.open(path) as im:
-        width, height = im.size
+        tag = orientation(im)
+        height, width = oriented_size(im)
         boxes = np.asarray(draw(height, width), dtype=np.int64)
         scale = draft_scale(boxes, size) if draft and im.format == "JPEG" else 1
         if scale > 1:
-            got = im.draft(im.mode, (width // scale, height // scale))
+            stored_w = im.size[0]
+            got = im.draft(im.mode, (im.size[0] // scale, im.size[1] // scale))
             # Pillow returns (mode, box) with box = (0, 0, W / s, H / s): s is the scale used.
-            scale = round(width / got[1][2]) if got else 1
+            scale = round(stored_w / got[1][2]) if got else 1
         im.load()
-        rgb, conversion = to_rgb8(im, path)
+        rgb, conversion = _oriented(*to_rgb8(im, path), tag)
     views = np.stack([resize_box(rgb, _box(b), size, scale) for b in boxes])
     return views, conversion, scale
 
@@ -200,9 +259,10 @@ def decode_resized_square(path: str | os.PathLike[str], size: int) -> tuple[np.n
     from PIL import Image
 
     with Image.open(path) as f:
+        tag = orientation(f)
         f.draft(f.mode, (size, size))  # JPEG: decode at the smallest scale still >= size
         f.load()
-        rgb, conversion = to_rgb8(f, str(path))
+        rgb, conversion = _oriented(*to_rgb8(f, str(path)), tag)
     im = Image.fromarray(rgb)
     w, h = im.size
     s = size / min(w, h)

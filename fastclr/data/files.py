@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,11 @@ class FileList:
     @property
     def nbytes(self) -> int:
         return int(self._buf.nbytes + self._offsets.nbytes)
+
+    def hash_into(self, h: Any) -> None:
+        """Feed the relative paths, in order, to the hash object ``h`` (``hashlib``)."""
+        h.update(self._offsets.tobytes())
+        h.update(self._buf.tobytes())
 
 
 @dataclass

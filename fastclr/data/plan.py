@@ -18,9 +18,11 @@ Folder layouts:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from fastclr.data.files import FolderListing, list_image_folder
 from fastclr.data.memory import DIGITS_SIZE, ImageData, decode_split, load_digits
@@ -74,6 +76,24 @@ class DataPlan:
         if self.root is None:
             return self
         return replace(self, memory=None)
+
+    def identity(self) -> dict[str, Any]:
+        """What a resume compares to tell whether the data changed: the folder (absolute), the
+        number of files of the split and a SHA-256 digest of its sorted listing (relative paths
+        and labels); for in-memory data, a digest of the images themselves."""
+        h = hashlib.sha256()
+        if self.root is None:
+            assert self.memory is not None
+            parts = [self.memory.train, *([self.memory.heldout] if self.memory.heldout else [])]
+            for part in parts:
+                h.update(part.images.contiguous().cpu().numpy().tobytes())
+            return {"root": None, "files": sum(len(x) for x in parts), "digest": h.hexdigest()}
+        parts_f = [f for f in (self.train, self.heldout) if f is not None]
+        for fs in parts_f:
+            fs.files.hash_into(h)
+            h.update(fs.labels.tobytes())
+        files = sum(len(f) for f in parts_f)
+        return {"root": str(self.root), "files": files, "digest": h.hexdigest()}
 
     def decoded(self, size: int, num_workers: int) -> DataPlan:
         """This plan with its folder decoded into memory at ``size`` px (in-memory loader)."""

@@ -51,10 +51,12 @@ __all__ = [
     "MemoryLoader",
     "TrainData",
     "build_train_data",
+    "check_mostly_readable",
     "decoded_bytes",
     "fits_in_memory",
     "images_are_grey",
     "monitor_picks",
+    "probe_readable",
     "resolve_loader",
     "resolve_num_workers",
     "usable_cpus",
@@ -133,6 +135,37 @@ def _probe_small_squares(files: FileList, size: int) -> bool:
         if w != h or w > size:
             return False
     return True
+
+
+def probe_readable(files: FileList, k: int = HEADER_PROBES) -> list[tuple[str, str]]:
+    """(path, reason) of the files among up to ``k`` evenly spaced ones whose header cannot be
+    read: a cheap look, before a streamed run starts, at whether its data are mostly unreadable
+    (decoding every file would be as slow as an epoch)."""
+    from PIL import Image
+
+    bad = []
+    for i in _evenly_spaced(len(files), k):
+        try:
+            with Image.open(files[i]):  # opening reads (and checks) the header
+                pass
+        except Exception as e:
+            bad.append((files[i], f"{type(e).__name__}: {e}"))
+    return bad
+
+
+def check_mostly_readable(files: FileList, name: str) -> None:
+    """Raise :class:`~fastclr.errors.UsageError` when most of the probed files of a streamed
+    data set cannot be opened (the loader would otherwise train on copies of the few that can,
+    each unreadable file replaced in its batch)."""
+    probed = min(len(files), HEADER_PROBES)
+    bad = probe_readable(files)
+    if 2 * len(bad) > probed:
+        shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
+        raise UsageError(
+            f"--data {name}: {len(bad)} of the {probed} files looked at cannot be opened as "
+            f"images ({shown}{'; ...' if len(bad) > 3 else ''}); most of the data set is "
+            "unreadable"
+        )
 
 
 def decoded_bytes(n_images: int, image_size: int) -> int:

@@ -39,9 +39,10 @@ import torch
 from torch import Tensor
 
 from fastclr.augment.params import AugmentConfig, sample_params
-from fastclr.data.decode import BoxDraw, decode_views
+from fastclr.data.decode import BoxDraw, decode_views, oriented_size
 from fastclr.data.files import FileList
 from fastclr.data.summary import DataSummary
+from fastclr.errors import UsageError
 
 __all__ = [
     "MAX_SUBSTITUTES",
@@ -56,6 +57,10 @@ __all__ = [
 #: Replacement files tried for one slot of a batch before the batch fails (then the data set is
 #: mostly unreadable and the run should stop with the reasons).
 MAX_SUBSTITUTES = 16
+#: The event a worker returns instead of raising when a batch cannot be filled: raised in the
+#: training process with its own message (a worker's exception would reach it wrapped, as
+#: "Caught ... in DataLoader worker process 0", the reason lost).
+FATAL = "fatal"
 #: Multiplier of the seed in the epoch permutation's seed (shared with TensorImageDataset).
 _EPOCH_SEED_STRIDE = 100_003
 
@@ -151,8 +156,7 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
         from PIL import Image
 
         with Image.open(self.files[i]) as im:
-            w, h = im.size
-        return h, w
+            return oriented_size(im)
 
     def __getitem__(
         self, key: tuple[int, int, np.ndarray]
@@ -196,12 +200,13 @@ class _Decoder(torch.utils.data.Dataset[tuple[Tensor, Tensor, list[tuple[int, st
                             events.append((i, "converted", conversion))
                         break
                 attempt += 1
-                if attempt > MAX_SUBSTITUTES:
+                if attempt > MAX_SUBSTITUTES:  # said by the main process, with the reasons
                     reasons = "; ".join(f"{self.files[k]}: {d}" for k, _, d in events[-3:])
-                    raise RuntimeError(
+                    message = (
                         f"{MAX_SUBSTITUTES} files in a row could not be read ({reasons}); "
                         "is the data set mostly unreadable?"
                     )
+                    return out, labels, [*events, (-1, FATAL, message)]
                 current[j] = substitute(
                     len(self.files), self.seed, epoch, self.rank, step, j, attempt
                 )
@@ -326,5 +331,7 @@ class StreamingLoader:
         self._keys.epoch, self._keys.order, self._keys.start = epoch, self.order(epoch), start_step
         for views, labels, events in self._loader:
             for i, kind, detail in events:
+                if kind == FATAL:
+                    raise UsageError(f"{self.files.root}: {detail}")
                 self.summary.record(self.files[i], kind, detail)
             yield ViewBatch(labels=labels, views=views)

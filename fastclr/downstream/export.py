@@ -38,7 +38,7 @@ from fastclr.atomic import write_atomic
 from fastclr.downstream.load import PretrainedSimCLR, RunInfo, load_simclr
 from fastclr.errors import UsageError
 from fastclr.models import ResNet
-from fastclr.options import check_options, option
+from fastclr.options import check_options, legacy_option, option
 
 __all__ = [
     "FORMATS",
@@ -203,6 +203,7 @@ def export(
     format: str,
     out: str | os.PathLike[str],
     overwrite: bool = False,
+    allow_legacy: bool = False,
 ) -> ExportResult:
     """Write a run's pretrained encoder to ``out`` in ``format`` (see the module docstring).
 
@@ -211,6 +212,7 @@ def export(
         format: one of :data:`FORMATS`.
         out: the file to write; its folder is created.
         overwrite: replace an existing ``out`` (otherwise it is refused).
+        allow_legacy: read a checkpoint without an integrity digest (only a file you trust).
 
     Returns:
         :class:`ExportResult`: the path, size, and for ``torchvision`` the matched and absent keys.
@@ -225,7 +227,7 @@ def export(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
     target = Path(out)
     _check_target(target, overwrite)
-    model = load_simclr(checkpoint)
+    model = load_simclr(checkpoint, allow_legacy=allow_legacy)
     data, matched, absent = _serialise(model, format)
     write_atomic(target, data, overwrite=overwrite)
     return ExportResult(target, format, model.info, model.feature_dim, len(data), matched, absent)
@@ -254,11 +256,18 @@ class ExportConfig:
     )
     out: str = option(None, "file to write", required=True)
     overwrite: bool = option(False, "replace --out if it exists")
+    allow_legacy_checkpoint: bool = legacy_option()
 
 
 def run_export(cfg: ExportConfig) -> int:
     """``fastclr export``: write the file and print what was written."""
     check_options(cfg)
-    result = export(cfg.checkpoint, cfg.format, cfg.out, overwrite=cfg.overwrite)
+    result = export(
+        cfg.checkpoint,
+        cfg.format,
+        cfg.out,
+        overwrite=cfg.overwrite,
+        allow_legacy=cfg.allow_legacy_checkpoint,
+    )
     print("\n".join(result.describe()))
     return 0

@@ -24,9 +24,12 @@ import torch
 from fastclr.checkpoint import (
     EVAL_FIELDS,
     CheckpointError,
+    check_finite_weights,
     load_checkpoint,
+    load_model_state,
     require_fields,
 )
+from fastclr.distributed import check_device
 from fastclr.downstream.preprocess import Preprocess, as_triple
 from fastclr.models import ARCHS, STEMS, ResNet, SimCLR
 
@@ -128,20 +131,24 @@ class PretrainedSimCLR(SimCLR):
         return self.encoder.info
 
 
-def read_run(path: str | os.PathLike[str]) -> tuple[RunInfo, dict[str, Any]]:
+def read_run(
+    path: str | os.PathLike[str], allow_legacy: bool = False
+) -> tuple[RunInfo, dict[str, Any]]:
     """The verified checkpoint of a run folder or file: its :class:`RunInfo` and model weights.
 
     Raises:
-        CheckpointError: missing, unreadable, foreign, corrupted (digest), or lacking the fields
-            a pretrained model needs; an architecture this fastclr does not build.
+        CheckpointError: missing, unreadable, foreign, corrupted (digest; no digest unless
+            ``allow_legacy``), lacking the fields a pretrained model needs, holding NaN/Inf
+            weights; an architecture this fastclr does not build.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, allow_legacy=allow_legacy)
     where = _checkpoint_file(path)
     require_fields(state, EVAL_FIELDS, where, "loading a pretrained encoder")
     spec = state["model_spec"]
     weights = state["model"]
     if not isinstance(spec, dict) or not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {where} has a malformed model_spec or model entry")
+    check_finite_weights(weights, f"checkpoint {where}")
     if spec.get("arch") not in ARCHS or spec.get("stem") not in STEMS:
         raise CheckpointError(
             f"checkpoint {where} holds a {spec.get('arch')!r} encoder with stem "
@@ -179,35 +186,21 @@ def _optional_int(v: object) -> int | None:
 
 def _load_weights(model: PretrainedSimCLR, weights: dict[str, Any], info: RunInfo) -> None:
     """``load_state_dict``; a mismatch is a :class:`CheckpointError` naming the first problem."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        detail = lines[0] if lines else str(e).strip()
-        detail = detail if len(detail) <= 240 else detail[:237] + "..."
-        raise CheckpointError(
-            f"checkpoint {info.path} does not fit the {info.arch} (stem={info.stem}, "
-            f"width={info.width:g}) it records: {detail}"
-        ) from e
+    net = f"the {info.arch} (stem={info.stem}, width={info.width:g}) it records"
+    load_model_state(model, weights, f"checkpoint {info.path} does not fit {net}")
 
 
 def _device(map_location: Device) -> torch.device:
-    """The device to load onto; ``ValueError`` naming ``map_location`` when it is not usable."""
-    if map_location is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(map_location)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"map_location must be a device such as 'cpu' or 'cuda', got {map_location!r}"
-        ) from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"map_location {map_location!r}: no CUDA device is visible; use 'cpu'")
-    return dev
+    """The device to load onto (None: the CPU); a ``ValueError`` naming ``map_location`` when
+    this process cannot use it."""
+    check_device(map_location, "map_location")
+    return torch.device("cpu") if map_location is None else torch.device(map_location)
 
 
 def load_simclr(
-    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+    run_folder_or_checkpoint: str | os.PathLike[str],
+    map_location: Device = None,
+    allow_legacy: bool = False,
 ) -> PretrainedSimCLR:
     """The encoder and projection head of a fastclr run, in eval mode.
 
@@ -216,6 +209,7 @@ def load_simclr(
             file written by ``fastclr pretrain`` (finished or mid-run).
         map_location: device to put the model on (``"cpu"``, ``"cuda"``, a ``torch.device``);
             None: the CPU.
+        allow_legacy: read a checkpoint without an integrity digest (only a file you trust).
 
     Returns:
         a :class:`PretrainedSimCLR` whose ``forward(x)`` gives ``(h, z)``: features and the
@@ -227,7 +221,7 @@ def load_simclr(
         ValueError: ``map_location`` is not a device this process can use.
     """
     device = _device(map_location)
-    info, weights = read_run(run_folder_or_checkpoint)
+    info, weights = read_run(run_folder_or_checkpoint, allow_legacy)
     model = PretrainedSimCLR(PretrainedEncoder(info))
     _load_weights(model, weights, info)
     model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -235,13 +229,16 @@ def load_simclr(
 
 
 def load_encoder(
-    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+    run_folder_or_checkpoint: str | os.PathLike[str],
+    map_location: Device = None,
+    allow_legacy: bool = False,
 ) -> PretrainedEncoder:
     """The pretrained encoder of a fastclr run, in eval mode, with its preprocessing.
 
     Args:
         run_folder_or_checkpoint: a run folder or a checkpoint file of ``fastclr pretrain``.
         map_location: device to put the encoder on; None: the CPU.
+        allow_legacy: read a checkpoint without an integrity digest (only a file you trust).
 
     Returns:
         a :class:`PretrainedEncoder`: (N, 3, S, S) normalised images → (N, ``feature_dim``)
@@ -258,4 +255,4 @@ def load_encoder(
         >>> with torch.no_grad():
         ...     h = enc(enc.preprocess(images_uint8))  # (N, enc.feature_dim)
     """
-    return load_simclr(run_folder_or_checkpoint, map_location).encoder
+    return load_simclr(run_folder_or_checkpoint, map_location, allow_legacy).encoder

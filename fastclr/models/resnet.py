@@ -34,6 +34,13 @@ Stem = Literal["imagenet", "cifar"]
 STEMS = ("imagenet", "cifar")
 
 
+def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+    """The 1×1 projection (+ BatchNorm) of a block whose shape changes; None keeps the identity."""
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+
 class BasicBlock(nn.Module):
     """Two 3×3 convs with an identity (or 1×1 projection) shortcut; ResNet-18/34."""
 
@@ -47,11 +54,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+        self.downsample = _shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -75,11 +78,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(ch, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+        self.downsample = _shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)

@@ -17,7 +17,6 @@ type whichever backend runs: ``ValueError`` for a shape, a device, an offset or 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["FLOAT_DTYPES", "LSEKernels", "LSEOps", "check_rows", "register_lse_ops"]
+from fastclr.loss.checks import FLOAT_DTYPES, check_temperature
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["FLOAT_DTYPES", "LSEKernels", "LSEOps", "check_rows", "register_lse_ops"]
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,6 @@ def check_rows(name: str, t: Tensor, kernels: LSEKernels) -> None:
     message = kernels.device_error(name, t)
     if message is not None:
         raise ValueError(message)
-
-
-def _check_temperature(temperature: float) -> None:
-    if not (math.isfinite(temperature) and temperature > 0.0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
 
 
 def _check_rect(q: Tensor, k: Tensor, q_offset: int, kernels: LSEKernels) -> None:
@@ -101,7 +95,7 @@ def register_lse_ops(kernels: LSEKernels) -> LSEOps:
     @torch.library.custom_op(f"{prefix}_sym", mutates_args=())
     def sym(zhat: Tensor, temperature: float) -> Tensor:
         check_rows("zhat", zhat, kernels)
-        _check_temperature(temperature)
+        check_temperature(temperature)
         return kernels.sym(zhat, temperature)
 
     @sym.register_fake
@@ -111,7 +105,7 @@ def register_lse_ops(kernels: LSEKernels) -> LSEOps:
     @torch.library.custom_op(f"{prefix}_sym_backward", mutates_args=())
     def sym_backward(grad: Tensor, zhat: Tensor, lse: Tensor, temperature: float) -> Tensor:
         check_rows("zhat", zhat, kernels)
-        _check_temperature(temperature)
+        check_temperature(temperature)
         return kernels.sym_backward(grad, zhat, lse, temperature)
 
     @sym_backward.register_fake
@@ -134,7 +128,7 @@ def register_lse_ops(kernels: LSEKernels) -> LSEOps:
     @torch.library.custom_op(f"{prefix}_rect", mutates_args=())
     def rect(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
         _check_rect(q, k, q_offset, kernels)
-        _check_temperature(temperature)
+        check_temperature(temperature)
         return kernels.rect(q, k, q_offset, temperature)
 
     @rect.register_fake
@@ -146,7 +140,7 @@ def register_lse_ops(kernels: LSEKernels) -> LSEOps:
         grad: Tensor, q: Tensor, k: Tensor, lse: Tensor, q_offset: int, temperature: float
     ) -> tuple[Tensor, Tensor]:
         _check_rect(q, k, q_offset, kernels)
-        _check_temperature(temperature)
+        check_temperature(temperature)
         return kernels.rect_backward(grad, q, k, lse, q_offset, temperature)
 
     @rect_backward.register_fake

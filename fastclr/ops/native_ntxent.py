@@ -83,9 +83,15 @@ def _sym_backward(grad: Tensor, zhat: Tensor, lse: Tensor, temperature: float) -
     m, d = z.shape
     dz = torch.empty(m, d, dtype=torch.float32)
     _lib().ntxent_lse_sym_bwd_f32(
-        z.data_ptr(), m, d, 1.0 / temperature, lse32.data_ptr(), g.data_ptr(), dz.data_ptr(),
+        z.data_ptr(),
+        m,
+        d,
+        1.0 / temperature,
+        lse32.data_ptr(),
+        g.data_ptr(),
+        dz.data_ptr(),
         _threads(),
-    )  # fmt: skip
+    )
     return dz.to(zhat.dtype)
 
 
@@ -93,9 +99,16 @@ def _rect(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
     q32, k32 = _f32(q), _f32(k)
     out = torch.empty(q32.shape[0], dtype=torch.float32)
     _lib().ntxent_lse_rect_fwd_f32(
-        q32.data_ptr(), q32.shape[0], k32.data_ptr(), k32.shape[0], q32.shape[1], q_offset,
-        1.0 / temperature, out.data_ptr(), _threads(),
-    )  # fmt: skip
+        q32.data_ptr(),
+        q32.shape[0],
+        k32.data_ptr(),
+        k32.shape[0],
+        q32.shape[1],
+        q_offset,
+        1.0 / temperature,
+        out.data_ptr(),
+        _threads(),
+    )
     return out
 
 
@@ -106,10 +119,19 @@ def _rect_backward(
     dq = torch.empty(q32.shape, dtype=torch.float32)
     dk = torch.empty(k32.shape, dtype=torch.float32)
     _lib().ntxent_lse_rect_bwd_f32(
-        q32.data_ptr(), q32.shape[0], k32.data_ptr(), k32.shape[0], q32.shape[1], q_offset,
-        1.0 / temperature, lse32.data_ptr(), g.data_ptr(), dq.data_ptr(), dk.data_ptr(),
+        q32.data_ptr(),
+        q32.shape[0],
+        k32.data_ptr(),
+        k32.shape[0],
+        q32.shape[1],
+        q_offset,
+        1.0 / temperature,
+        lse32.data_ptr(),
+        g.data_ptr(),
+        dq.data_ptr(),
+        dk.data_ptr(),
         _threads(),
-    )  # fmt: skip
+    )
     return dq.to(q.dtype), dk.to(k.dtype)
 
 

@@ -41,6 +41,8 @@ import triton
 from torch import Tensor
 
 from fastclr.kernels.triton import ntxent as _k
+from fastclr.kernels.triton import ntxent_bwd as _kb
+from fastclr.kernels.triton import ntxent_rows as _kr
 from fastclr.ops._register import LSEKernels, register_lse_ops
 
 __all__ = [
@@ -140,6 +142,7 @@ class _Meta:
 
     block_d: int
     single_chunk: bool
+    even_d: bool
     upcast: bool
     dot_prec: str
     m_key: int
@@ -151,6 +154,7 @@ class _Meta:
             "D_KEY": self.d_key,
             "BLOCK_D": self.block_d,
             "SINGLE_CHUNK": self.single_chunk,
+            "EVEN_D": self.even_d,
             "UPCAST": self.upcast,
             "DOT_PREC": self.dot_prec,
         }
@@ -162,6 +166,7 @@ def _meta(m: int, d: int, dtype: torch.dtype) -> _Meta:
     return _Meta(
         block_d=block_d,
         single_chunk=single,
+        even_d=single and d == block_d,
         # The interpreter's bf16 tl.dot is wrong (docs/design.md, build notes): upcast tiles there.
         upcast=_interpreting() and dtype == torch.bfloat16,
         # fp32 operands go through the tensor cores as three TF32 products (hi·hi + hi·lo + lo·hi,
@@ -230,9 +235,19 @@ def _lse_sym_forward(zhat: Tensor, temperature: float) -> Tensor:
         sum_col = torch.zeros(m, device=z.device, dtype=torch.float32)
         LAST_WORKSPACE["lse_sym"] = sum_row.nbytes + sum_col.nbytes
         _launch(
-            _k.ntxent_sym_fwd_kernel, _grid_rows(m, splits), z, sum_row, sum_col, m, d,
-            z.stride(0), z.stride(1), inv_tau, inv_tau, **meta.kwargs(),
-        )  # fmt: skip
+            _k.ntxent_sym_fwd_kernel,
+            _grid_rows(m, splits),
+            z,
+            sum_row,
+            sum_col,
+            m,
+            d,
+            z.stride(0),
+            z.stride(1),
+            inv_tau,
+            inv_tau,
+            **meta.kwargs(),
+        )
         lse = torch.sum(sum_row, dim=0)
         lse.add_(sum_col).log_().add_(inv_tau)
         return lse
@@ -248,46 +263,94 @@ def _rows_forward(
     mq, d = q.shape
     inv_tau = 1.0 / temperature
     _launch(
-        _k.ntxent_rows_fwd_kernel, _grid_rows(mq), q, k, lse, mq, k.shape[0], d, q.stride(0),
-        q.stride(1), k.stride(0), k.stride(1), q_offset, inv_tau, inv_tau, ONLINE=online,
+        _kr.ntxent_rows_fwd_kernel,
+        _grid_rows(mq),
+        q,
+        k,
+        lse,
+        mq,
+        k.shape[0],
+        d,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        q_offset,
+        inv_tau,
+        inv_tau,
+        ONLINE=online,
         **meta.kwargs(),
-    )  # fmt: skip
+    )
+
+
+def q_factor(lse: Tensor, temperature: float) -> Tensor:
+    """e^{c − LSE} (c = 1/τ), the backward's per-row factor of the constant-shift path: one
+    O(M) vector, so the backward tiles need no exp per key (≤ e^{2/τ} ≤ e^64, finite in fp32)."""
+    return torch.exp(1.0 / temperature - lse)
 
 
 def _rows_backward(
     x: Tensor,
     y: Tensor,
-    lx: Tensor,
-    gx: Tensor,
-    ly: Tensor,
-    gy: Tensor,
+    stats: tuple[Tensor, Tensor, Tensor, Tensor],
+    grad: tuple[Tensor, float],
     offsets: tuple[int, int],
     terms: tuple[bool, bool],
     temperature: float,
     online: bool,
     meta: _Meta,
-    out_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, int]:
-    """Σ over the key splits of the rows backward kernel, (MX, D) in ``out_dtype`` (default x's
-    dtype), and the bytes of its fp32 partial buffer."""
+    """The rows backward kernel's (S, MX, D) fp32 split partials and their bytes.
+
+    ``stats`` = (LX, QX, LY, QY): the LSE of each side and its e^{c − LSE} (the Q of an online
+    call are not read; pass the LSE). ``grad`` = (g, scale): row a's upstream value is
+    g[a]·scale, read with g's own stride and dtype (stride 0 for a broadcast scalar).
+    """
     mx, d = x.shape
     splits = _splits(mx, y.shape[0], x.device)
     alloc = torch.empty if meta.single_chunk else torch.zeros  # chunked D read-modify-writes
     part = alloc(splits, mx, d, device=x.device, dtype=torch.float32)
     inv_tau = 1.0 / temperature
+    g, g_scale = grad
+    stride_g = g.stride(0) if g.dim() else 0
+    lx, qx, ly, qy = stats
     _launch(
-        _k.ntxent_rows_bwd_kernel, _grid_rows(mx, splits), x, y, lx, gx, ly, gy, part, mx,
-        y.shape[0], d, x.stride(0), x.stride(1), y.stride(0), y.stride(1), offsets[0],
-        offsets[1], inv_tau, inv_tau, ONLINE=online, ROW_TERM=terms[0], COL_TERM=terms[1],
+        _kb.ntxent_rows_bwd_kernel,
+        _grid_rows(mx, splits),
+        x,
+        y,
+        lx,
+        qx,
+        g,
+        ly,
+        qy,
+        g,
+        part,
+        mx,
+        y.shape[0],
+        d,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        stride_g,
+        g_scale,
+        offsets[0],
+        offsets[1],
+        inv_tau,
+        inv_tau,
+        ONLINE=online,
+        ROW_TERM=terms[0],
+        COL_TERM=terms[1],
+        G_UNIFORM=stride_g == 0,
         **meta.kwargs(),
-    )  # fmt: skip
-    total = part[0] if splits == 1 else part.sum(dim=0)  # fp32 sum of the splits
-    return total.to(out_dtype or x.dtype), part.nbytes
+    )
+    return part, part.nbytes
 
 
-def _grad_f32(grad: Tensor) -> Tensor:
-    """The upstream gradient as a dense fp32 vector (it may arrive expanded or in low precision)."""
-    return grad.to(torch.float32).contiguous()
+def _split_sum(part: Tensor, dtype: torch.dtype) -> Tensor:
+    total = part[0] if part.shape[0] == 1 else part.sum(dim=0)  # fp32 sum of the splits
+    return total.to(dtype)
 
 
 def _lse_sym_backward(grad: Tensor, zhat: Tensor, lse: Tensor, temperature: float) -> Tensor:
@@ -295,14 +358,14 @@ def _lse_sym_backward(grad: Tensor, zhat: Tensor, lse: Tensor, temperature: floa
     m, d = z.shape
     path = select_path(temperature)
     meta = _meta(m, d, z.dtype)
-    g = _grad_f32(grad)
     lse = lse.contiguous()
+    q = lse if path.online else q_factor(lse, temperature)
     # P is symmetric, so the row-block kernel with both terms gives (W + Wᵀ) ẑ / τ with no atomics
-    dz, nbytes = _rows_backward(
-        z, z, lse, g, lse, g, (0, 0), (True, True), temperature, path.online, meta
+    part, nbytes = _rows_backward(
+        z, z, (lse, q, lse, q), (grad, 1.0), (0, 0), (True, True), temperature, path.online, meta
     )
     LAST_WORKSPACE["lse_sym_backward"] = nbytes
-    return dz.to(zhat.dtype)
+    return _split_sum(part, zhat.dtype)
 
 
 def _lse_rect_forward(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
@@ -324,26 +387,31 @@ def _lse_rect_backward(
     mk = kk.shape[0]
     path = select_path(temperature, deterministic=True)
     meta = _meta(max(mq, mk), d, qq.dtype)
-    g = _grad_f32(grad)
     lse = lse.contiguous()
+    qf = lse if path.online else q_factor(lse, temperature)
+    stats = (lse, qf, lse, qf)
     # dq = W k / τ (row term of the queries); dk = Wᵀ q / τ (column term, keys as the X side).
     dq, nq = _rows_backward(
-        qq, kk, lse, g, lse, g, (q_offset, 0), (True, False), temperature, path.online, meta
+        qq, kk, stats, (grad, 1.0), (q_offset, 0), (True, False), temperature, path.online, meta
     )
     dk, nk = _rows_backward(
-        kk, qq, lse, g, lse, g, (0, q_offset), (False, True), temperature, path.online, meta
+        kk, qq, stats, (grad, 1.0), (0, q_offset), (False, True), temperature, path.online, meta
     )
     LAST_WORKSPACE["lse_rect_backward"] = nq + nk
-    return dq.to(q.dtype), dk.to(k.dtype)
+    return _split_sum(dq, q.dtype), _split_sum(dk, k.dtype)
 
 
 # --------------------------------------------------------------------------------------------
 # custom ops (defined by fastclr.ops._register, shared with the native backend)
 
 KERNELS = LSEKernels(
-    "triton", _device_error, _lse_sym_forward, _lse_sym_backward, _lse_rect_forward,
+    "triton",
+    _device_error,
+    _lse_sym_forward,
+    _lse_sym_backward,
+    _lse_rect_forward,
     _lse_rect_backward,
-)  # fmt: skip
+)
 BACKEND = register_lse_ops(KERNELS)
 """The ``triton`` LSE backend used by :func:`fastclr.ntxent` (see ``LSEBackend`` there)."""
 

@@ -13,11 +13,12 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
 
 from fastclr.augment.presets import preset_config
 from fastclr.loss import NTXentLoss
 from fastclr.models import SimCLR, build_model
-from fastclr.optim import LARS, lars_param_groups, warmup_cosine_schedule
+from fastclr.optim import LARS, lars_param_groups
 from fastclr.train.config import TrainConfig
 from fastclr.train.plan import RunPlan
 from fastclr.train.precision import AMP_DTYPES
@@ -101,4 +102,4 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, plan: RunPlan
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over the plan's warm-up steps, then cosine decay to its last step."""
-    return warmup_cosine_schedule(optimizer, plan.warmup_steps, plan.total_steps)
+    return LambdaLR(optimizer, plan.schedule())

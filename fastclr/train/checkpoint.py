@@ -22,17 +22,20 @@ from fastclr.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     check_spec,
+    first_non_finite,
     load_checkpoint,
     load_model_state,
     model_spec,
     save_checkpoint_atomic,
 )
 from fastclr.distributed import DistInfo, gather_objects
+from fastclr.errors import NonFiniteLossError
 from fastclr.models import SimCLR
 from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
 from fastclr.train.plan import RunPlan
 from fastclr.train.rng import capture_rng
+from fastclr.train.rundir import Manifest
 
 __all__ = ["CheckpointSaver", "Position", "TrainingState", "resume"]
 
@@ -69,9 +72,11 @@ class CheckpointSaver:
         device: torch.device,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        manifest: Manifest | None = None,
     ) -> None:
         self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
         self.mean, self.std = mean, std
+        self.manifest = manifest if manifest is not None else Manifest(out, ddp.is_main)
 
     @property
     def path(self) -> Path:
@@ -81,8 +86,32 @@ class CheckpointSaver:
     def _all_rng(self, augment: Any) -> list[Any]:
         return gather_objects(capture_rng(augment, self.device), self.ddp)
 
+    def check_finite(self, state: TrainingState, step: int) -> dict[str, Any]:
+        """The model's state dict, or :class:`~fastclr.errors.NonFiniteLossError` when a weight
+        holds NaN or Inf (the same on every rank: DDP replicas are equal)."""
+        weights = state.model.state_dict()
+        bad = first_non_finite(weights)
+        if bad is not None:
+            kept = (
+                f"the last good checkpoint ({self.path}) was kept"
+                if self.path.exists()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"the weights became NaN or Inf ({bad}) by step {step}, after the last loss "
+                f"check; training stopped and {kept}"
+            )
+        return weights
+
     def save(self, state: TrainingState, at: Position) -> None:
-        """Gather every rank's RNG state; rank 0 writes the checkpoint atomically."""
+        """Check the weights are finite, gather every rank's RNG state; rank 0 writes the
+        checkpoint atomically.
+
+        Weights holding NaN or Inf (a step that diverged after the last loss check) raise
+        :class:`~fastclr.errors.NonFiniteLossError` on every rank (DDP replicas are equal), and
+        the previous checkpoint stays as it was.
+        """
+        weights = self.check_finite(state, at.global_step)
         all_rng = self._all_rng(state.augment)
         if not self.ddp.is_main:
             return
@@ -99,13 +128,14 @@ class CheckpointSaver:
             "epoch": at.epoch,
             "step_in_epoch": at.step_in_epoch,
             "global_step": at.global_step,
-            "model": state.model.state_dict(),
+            "model": weights,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict(),
             "rng": all_rng,
             "world_size": self.ddp.world_size,
         }
+        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
         save_checkpoint_atomic(payload, self.path)
 
 
@@ -142,11 +172,11 @@ def resume(
     load_model_state(state.model, ckpt["model"], f"checkpoint {path}")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
-    _follow_plan(
-        state.scheduler, state.optimizer, WarmupCosine(plan.warmup_steps, plan.total_steps)
-    )
+    _follow_plan(state.scheduler, state.optimizer, plan.schedule())
     state.scaler.load_state_dict(ckpt["scaler"])
     at = Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]))
+    if at.step_in_epoch >= plan.steps_per_epoch:  # the data shrank: that epoch is over
+        at = Position(at.epoch + 1, 0, at.global_step)
     rngs = ckpt["rng"]
     if len(rngs) != ddp.world_size:
         warnings.warn(

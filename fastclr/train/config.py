@@ -29,6 +29,7 @@ from fastclr.options import (
     flag,
     knn_k_option,
     knn_temperature_option,
+    legacy_option,
     num_workers_option,
     option,
     progress_option,
@@ -57,7 +58,9 @@ RESUME_MAY_CHANGE = frozenset(
     }
 )
 #: Settings of this invocation only, never taken from a checkpoint.
-PER_INVOCATION = frozenset({"out", "resume", "overwrite", "stop_after_epochs"})
+PER_INVOCATION = frozenset(
+    {"out", "resume", "overwrite", "stop_after_epochs", "allow_legacy_checkpoint", "data_changed"}
+)
 
 
 @dataclass
@@ -145,7 +148,9 @@ class TrainConfig:
         "auto", "NT-Xent implementation", choices=LOSS_BACKENDS.names
     )
     out: str = option("runs/simclr", "run folder (checkpoint, CSV logs, loss plot)")
-    seed: int = option(0, "random seed (weights, data order, augmentation)", at_least=0)
+    seed: int = option(
+        0, "random seed (weights, data order, augmentation)", at_least=0, at_most=2**32 - 1
+    )
     resume: str | None = option(
         None,
         "checkpoint file or run folder to resume (alone: the --out folder); options not "
@@ -153,7 +158,16 @@ class TrainConfig:
         unset="start afresh",
     )
     overwrite: bool = option(
-        False, "replace a run already in --out (deletes its checkpoint and logs)"
+        False,
+        "replace a run already in --out (deletes the files it wrote there, and nothing else)",
+    )
+    allow_legacy_checkpoint: bool = legacy_option()
+    data_changed: Literal["refuse", "ok"] = option(
+        "refuse",
+        "on --resume, when the data differ from the checkpoint's (files added, removed or "
+        "renamed, or the folder moved): refuse, or ok: resume on the data as they are now, the "
+        "schedule adapted to the new epoch length (the run says how)",
+        choices=("refuse", "ok"),
     )
     compile: bool = option(False, "torch.compile the model")
     num_workers: int | None = num_workers_option()
@@ -238,6 +252,9 @@ def resumed_config(
     """
     names = {f.name for f in fields(TrainConfig)}
     inherited = {k: v for k, v in saved.items() if k in names and k not in PER_INVOCATION}
+    root = plan.get("data_root") if plan is not None else None
+    if isinstance(root, str) and inherited.get("data") != "digits":
+        inherited["data"] = root  # as the run saw it: absolute, whatever the working directory
     cfg = TrainConfig(**{**inherited, **given})
     notes = []
     for name in sorted(given):
@@ -248,7 +265,7 @@ def resumed_config(
             old = _decided(plan, name, old)
         if _same(name, old, new):
             continue
-        if name in RESUME_MAY_CHANGE:
+        if name in RESUME_MAY_CHANGE or (name == "data" and cfg.data_changed == "ok"):
             notes.append(f"{flag(name)} {_shown(name, old)} → {_shown(name, new)}")
             continue
         raise UsageError(

@@ -53,6 +53,9 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "rule_lr": ("lr rule", lambda v: f"{v:.4g}"),
     "lr": ("lr", lambda v: f"{v:.4g}"),
     "warmup": ("warm-up", lambda v: f"{v} steps"),
+    "data_change": ("data", str),
+    "total": ("steps", lambda v: f"{v} in all"),
+    "rebase": ("schedule", lambda v: f"cosine from step {v[0]}"),
     "knn_k": ("kNN k", lambda v: "none" if v is None else str(v)),
     "precision": ("precision", str),
 }

@@ -73,7 +73,8 @@ class RunLogger:
 
     ``append=True`` (a resumed run) keeps existing CSV files and adds rows to them; with
     ``resume_at=(global_step, epochs_done)`` they are first cut back to that point
-    (:func:`cut_back_logs`).
+    (:func:`cut_back_logs`). ``manifest`` (the run folder's
+    :class:`~fastclr.train.rundir.Manifest`) records every file written.
     """
 
     STEP_FIELDS = STEP_FIELDS
@@ -85,12 +86,15 @@ class RunLogger:
         enabled: bool,
         append: bool,
         resume_at: tuple[int, int] | None = None,
+        manifest: Any = None,
     ) -> None:
         self.enabled = enabled
         self.tb: Any = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
+        self._record = manifest.record if manifest is not None else (lambda *paths: None)
+        self._record("steps.csv", "epochs.csv")
         self.step_path, self.epoch_path = out / "steps.csv", out / "epochs.csv"
         if append and resume_at is not None:
             cut_back_logs(out, *resume_at, epoch_fields=self.EPOCH_FIELDS)
@@ -107,7 +111,9 @@ class RunLogger:
             self.tb = None
         else:
             purge = resume_at[0] + 1 if append and resume_at is not None else None
-            self.tb = SummaryWriter(str(out / "tb"), purge_step=purge)
+            self._tb_dir, self._tb_before = out / "tb", _files(out / "tb")
+            self.tb = SummaryWriter(str(self._tb_dir), purge_step=purge)
+            self._record_tb()
 
     def steps(self, rows: list[dict[str, float]]) -> None:
         """Append per-step rows (keys :data:`STEP_FIELDS`)."""
@@ -132,10 +138,24 @@ class RunLogger:
                 if not math.isnan(row[k]):
                     self.tb.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
 
+    def _record_tb(self) -> None:
+        """Add the event files this run's writer created in ``tb/`` to the manifest."""
+        new = _files(self._tb_dir) - self._tb_before
+        self._record(*(self._tb_dir / name for name in sorted(new)))
+
     def close(self) -> None:
         """Flush and close TensorBoard (the CSV files are closed after every write)."""
         if self.tb is not None:
             self.tb.close()
+            self._record_tb()
+
+
+def _files(folder: Path) -> set[str]:
+    """Names of the files in ``folder`` (none when it does not exist)."""
+    try:
+        return {p.name for p in folder.iterdir() if p.is_file()}
+    except OSError:
+        return set()
 
 
 def plot_loss(steps_csv: Path, png: Path) -> None:

@@ -8,20 +8,23 @@ the learning rate (:class:`TrainingStep` is the model part, :func:`training_step
 The loss is checked for finiteness without a host sync per step (a device-side flag, read at
 every log point and before every checkpoint); a non-finite loss raises
 :class:`NonFiniteLossError` and the last good checkpoint is left as it was. Ctrl-C is honoured at
-the next step boundary: a checkpoint is written, then ``KeyboardInterrupt`` is raised.
+the next step boundary, and so is SIGTERM: a checkpoint is written, then
+:class:`~fastclr.train.interrupt.Interrupted` (a ``KeyboardInterrupt``) is raised.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fastclr.augment.params import AugmentConfig
 from fastclr.augment.presets import preset_config
@@ -38,6 +41,7 @@ from fastclr.distributed import (
     teardown,
     wrap_model,
 )
+from fastclr.errors import NonFiniteLossError
 from fastclr.models import Architecture, SimCLR
 from fastclr.train.builders import (
     Augmentation,
@@ -56,9 +60,10 @@ from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
 from fastclr.train.monitor import knn_monitor
 from fastclr.train.plan import RunPlan, plan_run
-from fastclr.train.precision import autocast, make_scaler
+from fastclr.train.precision import make_scaler
 from fastclr.train.rng import restore_rng, seed_everything
-from fastclr.train.rundir import ResumeFrom, prepare_run_folder
+from fastclr.train.rundir import RunFolder, prepare_run_folder
+from fastclr.train.step import TrainingStep
 from fastclr.train.validation import check_environment
 from fastclr.train.views import augment_views
 from fastclr.train.watch import PlateauWatcher
@@ -72,10 +77,6 @@ __all__ = [
     "train_epoch",
     "training_step",
 ]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; training stopped and the last checkpoint was kept."""
 
 
 @dataclass
@@ -94,39 +95,6 @@ class TrainResult:
     out: Path
     history: list[dict[str, float]] = field(default_factory=list)
     already_finished: bool = False
-
-
-class TrainingStep:
-    """One optimisation step on two views: forward, loss, backward, (scaled) optimiser step.
-
-    The model-only part of a step (no augmentation, no schedule); ``bench/train_bench.py`` times
-    it against the full step.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        precision: str,
-        device: torch.device,
-    ) -> None:
-        self.model, self.loss_fn, self.optimizer, self.scaler = model, loss_fn, optimizer, scaler
-        self.precision, self.device = precision, device
-
-    def __call__(self, v1: Tensor, v2: Tensor) -> Tensor:
-        """The detached loss of this step (on the device; no host sync)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        x = torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last)
-        with autocast(self.precision, self.device):
-            _, z = self.model(x)
-        z1, z2 = z.float().chunk(2)
-        loss = self.loss_fn(z1, z2)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
 
 
 @dataclass
@@ -156,6 +124,7 @@ class _Run:
     watcher: PlateauWatcher
     last_loss: float = math.nan
     knn_top1: float | None = None
+    skips_said: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     bar: Any = None
 
@@ -208,22 +177,32 @@ def fit(
     data: ImageData | None = None,
     checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Check the run folder, plan the run, build it (and resume), train its epochs, plot the
-    loss; see :func:`pretrain`."""
+    """Check and lock the run folder, plan the run, build it (and resume), train its epochs,
+    plot the loss; see :func:`pretrain`."""
+    folder = _prepare_on_every_rank(cfg, ddp, checkpoint)
+    try:
+        if folder.finished:
+            return _finished(folder)
+        for note in folder.notes:
+            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=2)
+        plan = _plan_on_main(cfg, ddp, device, data, folder.checkpoint)
+        if plan.threads:
+            torch.set_num_threads(plan.threads)
+        run = _build_run(cfg, plan, ddp, device, augment, loss_fn, folder)
+        return _train(run)
+    finally:
+        folder.release()
+
+
+def _train(run: _Run) -> TrainResult:
+    """The epochs of a built run, with a progress bar, Ctrl-C/SIGTERM honoured; the loss plot."""
     from tqdm import tqdm
 
-    found = _prepare_on_every_rank(cfg, ddp, checkpoint)
-    if found.finished:
-        return _finished(found)
-    saved = (found.checkpoint or {}).get("plan")
-    plan = _plan_on_main(cfg, ddp, device, data, saved if isinstance(saved, dict) else None)
-    if plan.threads:
-        torch.set_num_threads(plan.threads)
-    run = _build_run(cfg, plan, ddp, device, augment, loss_fn, found)
+    ddp = run.ddp
     run.bar = tqdm(
-        total=plan.total_steps,
+        total=run.plan.total_steps,
         initial=run.global_step,
-        disable=not (cfg.progress and ddp.is_main),
+        disable=not (run.cfg.progress and ddp.is_main),
         dynamic_ncols=True,
         desc="pretrain",
         file=sys.stderr,
@@ -233,10 +212,11 @@ def fit(
             for epoch in range(run.start.epoch, run.stop_epoch):
                 stop_now = train_epoch(run, epoch, interrupt)
                 if stop_now or (interrupt.requested and ddp.world_size == 1):
-                    raise KeyboardInterrupt  # requested during the epoch's last step or kNN
-    except KeyboardInterrupt:
+                    raise interrupt.stop()  # requested during the epoch's last step or kNN
+    except KeyboardInterrupt as e:
         if ddp.is_main:
-            run.bar.write(f"interrupted; checkpoint in {run.saver.path} (resume with --resume)")
+            what = "terminated" if getattr(e, "signum", 2) == signal.SIGTERM else "interrupted"
+            run.bar.write(f"{what}; checkpoint in {run.saver.path} (resume with --resume)")
         raise
     finally:
         run.bar.close()
@@ -244,6 +224,7 @@ def fit(
     out = run.saver.out
     if ddp.is_main and (out / "steps.csv").exists():
         plot_loss(out / "steps.csv", out / "loss.png")
+        run.saver.manifest.record("loss.png")
     model = run.state.model
     return TrainResult(
         model, run.stop_epoch, run.global_step, run.last_loss, run.knn_top1, out, run.history
@@ -255,16 +236,28 @@ def _plan_on_main(
     ddp: DistInfo,
     device: torch.device,
     data: ImageData | None,
-    saved: dict[str, Any] | None,
+    checkpoint: dict[str, Any] | None,
 ) -> RunPlan:
     """:func:`~fastclr.train.plan.plan_run` on rank 0 alone; the others receive its plan
     (without the images rank 0 may have decoded for the in-memory loader: each rank decodes its
     own when it builds the loader). A refusal is raised on every rank."""
     full: RunPlan | None = None
+    saved = checkpoint.get("plan") if checkpoint is not None else None
+    at: tuple[int, int, int] | None = None
+    if checkpoint is not None:
+        ck = checkpoint
+        at = (int(ck["epoch"]), int(ck["step_in_epoch"]), int(ck["global_step"]))
 
     def make() -> RunPlan:
         nonlocal full
-        full = plan_run(cfg, world_size=ddp.world_size, device=device, data=data, saved=saved)
+        full = plan_run(
+            cfg,
+            world_size=ddp.world_size,
+            device=device,
+            data=data,
+            saved=saved if isinstance(saved, dict) else None,
+            resume_at=at,
+        )
         return full.without_memory() if ddp.world_size > 1 else full
 
     shared = on_main(make, ddp)
@@ -278,7 +271,7 @@ def _build_run(
     device: torch.device,
     augment: Augmentation | None,
     loss_fn: LossFn | None,
-    found: ResumeFrom,
+    folder: RunFolder,
 ) -> _Run:
     """Seed, load the data, build every component from the plan, resume if asked."""
     seed_everything(cfg.seed, ddp.rank)
@@ -298,7 +291,7 @@ def _build_run(
     state = TrainingState(model, optimizer, build_scheduler(optimizer, plan), scaler, augment)
     start, rng = Position(), None
     if cfg.resume:
-        start, rng = resume(cfg.resume, cfg, plan, state, ddp, checkpoint=found.checkpoint)
+        start, rng = resume(cfg.resume, cfg, plan, state, ddp, checkpoint=folder.checkpoint)
     train_model = wrap_model(model, ddp, device, cfg.compile)
     loss_fn = loss_fn if loss_fn is not None else build_loss(cfg, ddp.world_size)
     step = TrainingStep(train_model, loss_fn, optimizer, scaler, plan.precision, device)
@@ -308,7 +301,7 @@ def _build_run(
         where = (str(cfg.resume), start.epoch, start.global_step) if cfg.resume else None
         lines = run_header(plan, cfg, train_data, device, model, resume_from=where)
         print(format_header(lines), flush=True)
-    return _assemble(cfg, plan, ddp, device, train_data, state, step, start, augment)
+    return _assemble(cfg, plan, ddp, device, train_data, state, step, start, augment, folder)
 
 
 def _assemble(
@@ -321,6 +314,7 @@ def _assemble(
     step: TrainingStep,
     start: Position,
     augment: Augmentation,
+    folder: RunFolder,
 ) -> _Run:
     """The :class:`_Run` of built parts: its saver, logger and plateau watcher."""
     out = Path(cfg.out)
@@ -340,12 +334,15 @@ def _assemble(
         stop_epoch=stop_epoch,
         state=state,
         step=step,
-        saver=CheckpointSaver(out, cfg, plan, ddp, device, *augment_mean_std(augment)),
+        saver=CheckpointSaver(
+            out, cfg, plan, ddp, device, *augment_mean_std(augment), folder.manifest
+        ),
         logger=RunLogger(
             out,
             ddp.is_main,
             append=bool(cfg.resume),
             resume_at=(start.global_step, start.epoch) if cfg.resume else None,
+            manifest=folder.manifest,
         ),
         start=start,
         global_step=start.global_step,
@@ -391,24 +388,29 @@ def _load_data(
 
 def _prepare_on_every_rank(
     cfg: TrainConfig, ddp: DistInfo, checkpoint: dict[str, Any] | None
-) -> ResumeFrom:
+) -> RunFolder:
     """:func:`prepare_run_folder` on rank 0 first; its failure, if any, is raised on every rank.
 
-    Rank 0 alone checks for an existing run and probes the folder; the other ranks wait for its
-    verdict (so none trains alone or hangs in a collective), then read the checkpoint.
+    Rank 0 alone locks the folder, checks for an existing run and cleans it; the other ranks wait
+    for its verdict (so none trains alone or hangs in a collective), then read the checkpoint.
     """
-    found = on_main(lambda: prepare_run_folder(cfg, True, checkpoint), ddp)
-    return found if ddp.is_main else prepare_run_folder(cfg, False, checkpoint)
+    mine: list[RunFolder] = []
+
+    def on_rank0() -> None:
+        mine.append(prepare_run_folder(cfg, True, checkpoint))
+
+    on_main(on_rank0, ddp)
+    return mine[0] if mine else prepare_run_folder(cfg, False, checkpoint)
 
 
-def _finished(found: ResumeFrom) -> TrainResult:
+def _finished(folder: RunFolder) -> TrainResult:
     """The result of resuming a run that has already reached its last epoch (nothing written)."""
-    ck = found.checkpoint
-    assert ck is not None and found.path is not None
+    ck = folder.checkpoint
+    assert ck is not None and folder.path is not None
     model = Architecture(**ck["model_spec"]).build()
-    load_model_state(model, ck["model"], f"checkpoint {found.path}")
+    load_model_state(model, ck["model"], f"checkpoint {folder.path}")
     epochs, step = int(ck["epoch"]), int(ck["global_step"])
-    out = found.path.parent
+    out = folder.path.parent
     return TrainResult(model, epochs, step, math.nan, None, out, [], already_finished=True)
 
 
@@ -416,7 +418,8 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     """Train one epoch (from the resume point in the first), log, monitor and checkpoint it.
 
     Returns whether every rank agreed to stop (Ctrl-C on some rank) at the last log point; on a
-    stop request in the middle of the epoch it checkpoints and raises ``KeyboardInterrupt``.
+    stop request in the middle of the epoch it checkpoints and raises
+    :class:`~fastclr.train.interrupt.Interrupted`.
     """
     cfg, ddp = run.cfg, run.ddp
     run.state.model.train()
@@ -437,7 +440,7 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
             stop_now = _log_point(run, log, epoch, interrupt.requested)
         if (local_stop or (not log.pending and stop_now)) and not last_of_epoch:
             run.saver.save(run.state, Position(epoch, step + 1, run.global_step))
-            raise KeyboardInterrupt
+            raise interrupt.stop()
     seconds = time.perf_counter() - t_epoch
     _end_epoch(run, epoch, log.losses, run.plan.steps_per_epoch - skip, seconds)
     return stop_now
@@ -450,22 +453,60 @@ def training_step(run: _Run, batch: ViewBatch) -> Tensor:
     """
     v1, v2 = augment_views(run.state.augment, batch.to(run.device))
     loss = run.step(v1, v2)
-    run.state.scheduler.step()
+    with warnings.catch_warnings():
+        # with fp16 the grad scaler skips the optimizer's step when it finds Inf gradients (it
+        # then lowers its scale); torch warns the schedule then stepped first, which is intended
+        warnings.filterwarnings(
+            "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+        )
+        run.state.scheduler.step()
     run.global_step += 1
     run.finite &= torch.isfinite(loss)
     return loss
+
+
+def _diverged(run: _Run, log: _StepLog, epoch: int) -> NonFiniteLossError:
+    """The error of a NaN/Inf loss: where, what was kept, and the likely causes of this run."""
+    bad = next((p for p in log.pending if not math.isfinite(float(p[2]))), None)
+    where = (
+        f"loss became {float(bad[2])} at epoch {epoch} step {bad[0]} (global step {bad[1]})"
+        if bad is not None
+        else f"another rank's loss became NaN or Inf in epoch {epoch}"
+    )
+    kept = (
+        f"the last good checkpoint ({run.saver.path}) was kept"
+        if run.saver.path.exists()
+        else "no checkpoint had been written yet"
+    )
+    return NonFiniteLossError(f"{where}; training stopped and {kept}. {_likely_causes(run)}")
+
+
+def _likely_causes(run: _Run) -> str:
+    """What to change, from this run's settings (never advice it already follows)."""
+    cfg, plan = run.cfg, run.plan
+    causes = []
+    if cfg.temperature < 0.05:
+        causes.append(
+            f"--temperature {cfg.temperature:g} is very small (logits reach 1/τ = "
+            f"{1 / cfg.temperature:.3g}); SimCLR uses 0.1 to 0.5"
+        )
+    if plan.lr > 4 * plan.rule_lr:
+        ratio = plan.lr / plan.rule_lr
+        causes.append(f"--lr {plan.lr:.4g} is {ratio:.0f}× the rule's {plan.rule_lr:.3g}: lower it")
+    if plan.precision == "fp16":
+        causes.append("--precision fp16 has a narrow range: use bf16 or fp32")
+    elif plan.precision == "bf16":
+        causes.append("try --precision fp32")
+    if not causes:
+        causes.append(f"lower --lr (now {plan.lr:.4g})")
+    return "Likely: " + "; ".join(causes) + "."
 
 
 def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
     """Agree on finiteness and stopping across ranks, then write the pending step rows."""
     stop_now = agree(run.finite, requested, run.ddp, run.device)
     if not bool(run.finite):
-        bad = next(p for p in log.pending if not math.isfinite(float(p[2])))
-        raise NonFiniteLossError(
-            f"loss became {float(bad[2])} at epoch {epoch} step {bad[0]} "
-            f"(global step {bad[1]}); stopped. The last good checkpoint "
-            f"({run.saver.path}) was kept. Lower --lr, or use --precision fp32."
-        )
+        raise _diverged(run, log, epoch)
     n = len(log.pending)
     ips = n * run.plan.batch / max(time.perf_counter() - log.t0, 1e-9)
     values = torch.stack([p[2] for p in log.pending]).tolist()  # one sync
@@ -481,8 +522,24 @@ def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
     return stop_now
 
 
+def _say_skips(run: _Run) -> None:
+    """After an epoch: how many unreadable files the loader has met (and replaced) so far."""
+    summary = run.data.summary
+    n = summary.skipped_count
+    if n <= run.skips_said or run.plan.loader == "memory":  # memory: dropped when decoded
+        return
+    path, reason = next(iter(summary.skipped.items()))
+    of = f" of {summary.listed:,}" if summary.listed else ""
+    run.bar.write(
+        f"data: {n}{of} files could not be read so far; each was replaced in its batch by "
+        f"another file of the data set (first: {path}: {reason})"
+    )
+    run.skips_said = n
+
+
 def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds: float) -> None:
     """kNN monitor, the epoch's log row and summary line, and the end-of-epoch checkpoint."""
+    run.saver.check_finite(run.state, run.global_step)  # before anything is measured or saved
     cfg = run.cfg
     epoch_loss = float(torch.stack(losses).mean()) if losses else math.nan
     heldout, train = run.data.monitor_heldout, run.data.monitor_train
@@ -504,7 +561,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
         "loss": epoch_loss,
         "lr": run.state.optimizer.param_groups[0]["lr"],
         "knn_top1": math.nan if run.knn_top1 is None else run.knn_top1,
-        "images_per_s": steps * run.plan.batch / seconds,
+        "images_per_s": steps * run.plan.batch / seconds if steps > 0 else math.nan,
         "seconds": seconds,
     }
     run.history.append(row)
@@ -517,4 +574,5 @@ def _end_epoch(run: _Run, epoch: int, losses: list[Tensor], steps: int, seconds:
         )
         for warning in run.watcher.update(epoch, epoch_loss, run.knn_top1):
             run.bar.write(warning)
+        _say_skips(run)
     run.saver.save(run.state, Position(epoch + 1, 0, run.global_step))

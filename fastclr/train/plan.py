@@ -38,10 +38,17 @@ import torch
 
 from fastclr.data import ImageData
 from fastclr.data.plan import DataPlan, plan_data
-from fastclr.data.select import images_are_grey, monitor_picks, resolve_loader, resolve_num_workers
+from fastclr.data.select import (
+    check_mostly_readable,
+    images_are_grey,
+    monitor_picks,
+    resolve_loader,
+    resolve_num_workers,
+)
 from fastclr.errors import UsageError
 from fastclr.evaluate import knn_k_for
 from fastclr.models import Architecture
+from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
 from fastclr.train.precision import resolve_precision
 from fastclr.train.recipe import (
@@ -70,7 +77,10 @@ DEMO: dict[str, Any] = {
 }
 _DEMO_WHY = "the digits demo: about a minute on a CPU"
 #: The decisions a resume takes from the checkpoint (they shape the model, batches, schedule).
-KEPT_ON_RESUME = ("image_size", "width", "stem", "head_bn", "batch", "preset", "lr", "warmup")
+KEPT_ON_RESUME = (
+    *("image_size", "width", "stem", "head_bn", "batch", "preset", "lr", "warmup"),
+    *("total", "rebase"),
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class RunPlan:
     decisions: dict[str, Decision]
     data: DataPlan
     world_size: int = 1
-    notes: tuple[str, ...] = field(default=())
+    data_identity: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.decisions[name].value
@@ -122,7 +132,17 @@ class RunPlan:
 
     @property
     def total_steps(self) -> int:
+        """Steps of the whole run (epochs × steps, or as adapted on a changed data set)."""
+        if "total" in self.decisions:
+            return int(self["total"])
         return self.steps_per_epoch * self.epochs
+
+    def schedule(self) -> WarmupCosine:
+        """The learning-rate multiplier per step: warm-up, then cosine (continued from where it
+        was when a resume changed the run's length)."""
+        rebase = self.decisions.get("rebase")
+        at = None if rebase is None else (int(rebase.value[0]), float(rebase.value[1]))
+        return WarmupCosine(self.warmup_steps, self.total_steps, at)
 
     @property
     def threads(self) -> int | None:
@@ -154,6 +174,7 @@ class RunPlan:
         """The decisions as plain values and reasons (what the checkpoint stores)."""
         out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
         out["data_root"] = None if self.data.root is None else str(self.data.root)
+        out["data_identity"] = dict(self.data_identity)
         return out
 
 
@@ -161,9 +182,15 @@ class _Planner:
     """Makes the decisions of one run in order (each method one rule; see the module doc)."""
 
     def __init__(
-        self, cfg: TrainConfig, world_size: int, device: torch.device, saved: dict[str, Any]
+        self,
+        cfg: TrainConfig,
+        world_size: int,
+        device: torch.device,
+        saved: dict[str, Any],
+        resume_at: tuple[int, int, int] | None,
     ) -> None:
         self.cfg, self.world_size, self.device, self.saved = cfg, world_size, device, saved
+        self.resume_at = resume_at
         self.demo = cfg.data == "digits"
         self.d: dict[str, Decision] = {}
 
@@ -222,6 +249,9 @@ def _loader(p: _Planner, data: DataPlan) -> DataPlan:
     p.put("workers", workers, w_why)
     if name == "memory" and data.memory is None:
         data = data.decoded(p.image_size, workers)
+    elif data.memory is None:
+        assert data.train is not None
+        check_mostly_readable(data.train.files, data.name)
     return data
 
 
@@ -250,6 +280,37 @@ def _batch(p: _Planner, data: DataPlan) -> None:
     p.put("steps", steps, why)
 
 
+def _check_data(p: _Planner, data: DataPlan) -> dict[str, Any]:
+    """The data's identity; on a resume, refused if it changed (unless ``--data-changed ok``)."""
+    now = data.identity()
+    before = p.saved.get("data_identity")
+    if not isinstance(before, dict) or before == now:
+        return now
+    what = _change(before, now)
+    if p.cfg.data_changed != "ok":
+        raise UsageError(
+            f"--data {data.name} is not the data the checkpoint was trained on: {what}. Restore "
+            "it, or pass --data-changed ok to resume on the data as they are now (the schedule "
+            "is adapted to the new epoch length)"
+        )
+    p.put("data_change", what, "--data-changed ok: resumed on the data as they are now")
+    return now
+
+
+def _change(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two data identities, in words."""
+    parts = []
+    if before.get("root") != now.get("root"):
+        parts.append(f"the folder moved from {before.get('root')} to {now.get('root')}")
+    b, n = int(before.get("files", 0)), int(now.get("files", 0))
+    if b != n:
+        more = "more" if n > b else "fewer"
+        parts.append(f"it holds {n:,} files, {more} than the {b:,} of the checkpoint's run")
+    elif before.get("digest") != now.get("digest"):
+        parts.append(f"its {n:,} files are not the same ones (their listing's digest differs)")
+    return "; ".join(parts) or "its listing's digest differs"
+
+
 def _preset(p: _Planner, data: DataPlan) -> None:
     """Decision 5: the augmentation preset."""
     cfg = p.cfg
@@ -275,7 +336,7 @@ def _schedule(p: _Planner) -> None:
             p.put("lr", DEMO["lr"], f"{_DEMO_WHY}; the rule would give {rule:.3g}")
         else:
             p.put("lr", rule, rule_why)
-    total = steps * epochs
+    total = _total(p, steps, epochs)
     if cfg.warmup_epochs is not None:
         want = round(cfg.warmup_epochs * steps)
         cap = int(total * MAX_WARMUP_FRACTION)
@@ -284,6 +345,42 @@ def _schedule(p: _Planner) -> None:
         )
     elif not p.kept("warmup"):
         p.put("warmup", *warmup_for(steps, total))
+    _rebase(p, total)
+
+
+def _total(p: _Planner, steps: int, epochs: int) -> int:
+    """Steps of the whole run: epochs × steps, unless a resume changed the epoch's length
+    (``--data-changed ok``): then the steps done plus those left at the new length (and a run
+    adapted so once keeps its total, extended by whole epochs if ``--epochs`` grows)."""
+    saved_steps = p.saved.get("steps", {}).get("value")
+    if p.resume_at is not None and saved_steps is not None and int(saved_steps) != steps:
+        epoch, step, done = p.resume_at
+        if step >= steps:  # the shorter epoch is over: the next one starts
+            epoch, step = epoch + 1, 0
+        left = (steps - step if step else 0) + (epochs - epoch - (1 if step else 0)) * steps
+        why = f"the epoch's length changed from {saved_steps} to {steps} steps"
+        return int(p.put("total", done + left, why))
+    saved_total = p.saved.get("total", {}).get("value")
+    if saved_total is not None:
+        more = (epochs - int(p.saved["epochs"]["value"])) * steps
+        return int(p.put("total", int(saved_total) + more, "the checkpoint's"))
+    return steps * epochs
+
+
+def _rebase(p: _Planner, total: int) -> None:
+    """Where an adapted schedule continues the cosine from (no jump in the learning rate)."""
+    adapted_now = p.d.get("total") is not None and p.d["total"].reason != "the checkpoint's"
+    if not adapted_now:
+        p.kept("rebase")
+        return
+    assert p.resume_at is not None
+    done, warmup = p.resume_at[2], int(p["warmup"])
+    if done <= warmup:
+        return  # still warming up: the cosine starts later, over the new length
+    old_total = int(p.saved["steps"]["value"]) * int(p["epochs"])
+    progress = WarmupCosine(warmup, max(old_total, warmup + 1)).progress(done)
+    why = f"the cosine goes on from {progress:.0%} (step {done}) over the {total - done} steps left"
+    p.put("rebase", (done, progress), why)
 
 
 def _knn(p: _Planner, data: DataPlan) -> None:
@@ -318,6 +415,7 @@ def plan_run(
     device: torch.device | None = None,
     data: ImageData | DataPlan | None = None,
     saved: dict[str, Any] | None = None,
+    resume_at: tuple[int, int, int] | None = None,
 ) -> RunPlan:
     """Decide every derived setting of a run (module docstring), once.
 
@@ -327,19 +425,22 @@ def plan_run(
         device: where it trains (the loader and precision depend on it; default CPU).
         data: the data instead of ``cfg.data``: in memory, or a data plan already made.
         saved: the plan stored in the checkpoint being resumed (its run-shaping decisions are
-            kept).
+            kept, and its data identity compared with the data now).
+        resume_at: the checkpoint's (epoch, step in the epoch, global step), for adapting the
+            schedule when the data's size changed.
 
     Raises:
         UsageError: a batch that does not fit the data or the ranks, or data that cannot be
             used (:func:`~fastclr.data.plan.plan_data`).
     """
     device = device if device is not None else torch.device("cpu")
-    p = _Planner(cfg, world_size, device, saved or {})
+    p = _Planner(cfg, world_size, device, saved or {}, resume_at)
     if isinstance(data, DataPlan):
         dplan = data
     else:
         dplan = plan_data(data if data is not None else cfg.data)
     p.demo = p.demo and data is None
+    identity = _check_data(p, dplan)
     p.model()
     dplan = _loader(p, dplan)
     _batch(p, dplan)
@@ -347,7 +448,7 @@ def plan_run(
     _schedule(p)
     _knn(p, dplan)
     _precision(p)
-    return RunPlan(dict(p.d), dplan, world_size)
+    return RunPlan(dict(p.d), dplan, world_size, identity)
 
 
 def _precision(p: _Planner) -> None:

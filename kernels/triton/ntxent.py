@@ -81,53 +81,99 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 # On a GPU 2^x is one ex2.approx.ftz (tl.exp2 adds a compare and two multiplies per element to
 # keep subnormal results, which no sum here needs); the interpreter cannot run inline PTX.
 FAST_EXP2: tl.constexpr = tl.constexpr(not INTERPRET)
+# The interpreter rounds fp32 → bf16 by truncation (compiled code rounds to nearest-even).
+INTERPRET_BF16_RNE: tl.constexpr = tl.constexpr(INTERPRET)
 # The backward scales its softmax tile P so that |σP| ≤ 2^LOG2_PSCALE before rounding it to the
 # operand dtype: 2^14 leaves a factor 4 below fp16's largest finite value (65504), and entries down
 # to 2^-28 of the largest stay in fp16's normal range (see ntxent_rows_bwd_kernel).
 LOG2_PSCALE: tl.constexpr = tl.constexpr(14.0)
 
 
-def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in blocks
-    ]
+def _configs(blocks: list[tuple[int, int, int, int, int, bool]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, warps, stages, largest single-chunk BLOCK_D, fits the chunked path)."""
+    out = []
+    for bm, bn, w, s, max_d, chunked in blocks:
+        cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        FITS[id(cfg)] = (max_d, chunked)
+        out.append(cfg)
+    return out
 
+
+# id(config) -> (largest BLOCK_D it holds in registers without spilling in bf16/fp16, whether the
+# chunked-D path fits too). Measured by ptxas for sm_90 (bench/results/triton-sm90.md; make
+# aot-check fails if a kept bf16/fp16 config spills, so a wrong entry cannot go unnoticed).
+FITS: dict[int, tuple[int, bool]] = {}
 
 if INTERPRET:
     # The interpreter runs each program in numpy: few, mid-sized programs are fastest; one config.
-    SYM_CONFIGS = _configs([(32, 32, 1, 1)])
-    ROW_CONFIGS = _configs([(32, 32, 1, 1)])
+    SYM_CONFIGS = _configs([(32, 32, 1, 1, 4096, True)])
+    ROW_CONFIGS = _configs([(32, 32, 1, 1, 4096, True)])
+    ROW_BWD_CONFIGS = ROW_CONFIGS
 elif not AUTOTUNE:
-    # Compiled tests touch dozens of shapes: one safe config each avoids minutes of tuning.
-    SYM_CONFIGS = _configs([(64, 64, 8, 2)])
-    ROW_CONFIGS = _configs([(64, 64, 4, 2)])
+    # Compiled tests touch dozens of shapes: one config each avoids minutes of tuning (where the
+    # keep rule drops it, its fallback runs the same config).
+    SYM_CONFIGS = _configs([(64, 64, 4, 2, 128, True)])
+    ROW_CONFIGS = _configs([(64, 64, 4, 2, 256, True)])
+    ROW_BWD_CONFIGS = _configs([(64, 64, 4, 2, 128, True)])
 else:
-    # (BLOCK_M, BLOCK_N, warps, stages). Symmetric tiles are square (BLOCK_N unused there).
-    # ptxas (sm_90a, bf16, D = 128): the symmetric backward spills at 64 rows × 4 warps and not
-    # at 64 × 8 or 32 × 4; the forward holds 96 registers at 64 × 4.
+    # Symmetric tiles are square (BLOCK_N unused there). A 128-key backward tile spills (a 128 ×
+    # 128 P tile beside the BLOCK_M × D accumulator), so the backward keeps BLOCK_N ≤ 64.
     SYM_CONFIGS = _configs(
-        [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 8, 3), (128, 128, 8, 2), (32, 32, 4, 2)]
+        [
+            (64, 64, 4, 2, 128, True),
+            (64, 64, 8, 2, 256, True),
+            (64, 64, 4, 3, 128, False),
+            (32, 32, 4, 2, 256, True),
+        ]
     )
     ROW_CONFIGS = _configs(
-        [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 2)]
+        [
+            (64, 64, 4, 3, 256, True),
+            (64, 128, 4, 3, 128, True),
+            (128, 64, 8, 3, 128, True),
+            (128, 128, 8, 2, 128, False),
+            (32, 64, 4, 2, 256, True),
+        ]
+    )
+    ROW_BWD_CONFIGS = _configs(
+        [
+            (64, 64, 4, 3, 128, False),
+            (64, 64, 8, 3, 128, True),
+            (128, 64, 8, 3, 128, False),
+            (64, 32, 8, 2, 256, False),
+            (32, 64, 4, 2, 256, True),
+        ]
     )
 
 
-def keep(config: triton.Config, block_d: int, single_chunk: bool, m: int) -> bool:
-    """Drop configs whose register tiles cannot fit or whose row block exceeds the batch."""
+def keep(
+    config: triton.Config, block_d: int, single_chunk: bool, m: int, elem_bytes: int = 2
+) -> bool:
+    """Drop configs that spill at this head dimension or whose row block exceeds the batch.
+
+    bf16/fp16: the measured limits in :data:`FITS`. fp32 (3×TF32 holds a hi and a lo copy of
+    each operand, and spills in every config at D ≥ 64): the configs whose row-block operand
+    tile takes at most 64 registers per thread, the least spilling.
+    """
     bm = config.kwargs["BLOCK_M"]
     if bm > max(MIN_DOT, triton.next_power_of_2(m)):
         return False
-    # BLOCK_M × BLOCK_D fp32 gradient accumulator + two operand tiles must fit in registers.
-    return not (single_chunk and bm * block_d > 128 * 128)
+    max_d, chunked = FITS.get(id(config), (128, True))
+    if not single_chunk:
+        return chunked
+    if elem_bytes == 4:
+        return bm * block_d * 2 / (config.num_warps * 32) <= 64
+    return block_d <= max_d
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     args = {**named_args, **kwargs}
     m = int(args["M_KEY"])  # type: ignore[call-overload]
-    kept = [c for c in configs if keep(c, int(args["BLOCK_D"]), bool(args["SINGLE_CHUNK"]), m)]  # type: ignore[call-overload]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+    first = next(v for k, v in args.items() if k in ("Z", "Q", "X"))  # the operand rows
+    size = first.element_size() if hasattr(first, "element_size") else 2
+    block_d, single = int(args["BLOCK_D"]), bool(args["SINGLE_CHUNK"])  # type: ignore[call-overload]
+    kept = [c for c in configs if keep(c, block_d, single, m, size)]
+    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], -c.num_warps))]
 
 
 # Autotune keys: power-of-two buckets of M and D (computed by the launcher), so each new batch size
@@ -151,6 +197,33 @@ def _load_rows(
     if UPCAST:
         t = t.to(tl.float32)
     return t
+
+
+@triton.jit
+def _load_full(
+    P, offs_r, offs_d, mask_d, stride_m, stride_d, UPCAST: tl.constexpr, EVEN_D: tl.constexpr
+):
+    """An interior tile: every row exists, so no row mask (and no mask at all when D = BLOCK_D)."""
+    ptrs = P + offs_r[:, None] * stride_m + offs_d[None, :] * stride_d
+    if EVEN_D:
+        t = tl.load(ptrs)
+    else:
+        t = tl.load(ptrs, mask=mask_d[None, :], other=0.0)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
+def _round_to(x, DT: tl.constexpr):
+    """fp32 ``x`` rounded to nearest-even in ``DT``. Compiled, ``.to`` does this; the interpreter's
+    fp32 → bf16 cast truncates instead, so there the rounding is done on the bits."""
+    if INTERPRET_BF16_RNE and DT == tl.bfloat16:
+        b = x.to(tl.uint32, bitcast=True)
+        b = b + 0x7FFF + ((b >> 16) & 1)
+        return (b & 0xFFFF0000).to(tl.float32, bitcast=True).to(DT)
+    else:
+        return x.to(DT)
 
 
 @triton.jit
@@ -207,6 +280,151 @@ def _pair_count(pid, T):
     return half + 1 - ((T + 1) % 2) * (pid // tl.maximum(half, 1))
 
 
+@triton.jit
+def _key_plan(n_lo, n_hi, band_lo, band_hi, BLOCK_N: tl.constexpr):
+    """Which key tiles of [n_lo, n_hi) need masks: the self-pair band and the ragged last tile.
+
+    Tiles u = 0 … U−1 start at n_lo + u·BLOCK_N. The tiles that meet the self-pair band
+    [band_lo, band_hi) are [ua, ub); the last one is ragged when the range is not a multiple of
+    BLOCK_N. Returns (ua_f, ub_f, n_interior, ua, ub, n_special, u_ragged): interior tile t is
+    u = t + (t ≥ ua_f)·(ub_f − ua_f); special tile t is ua + t for t < ub − ua, else u_ragged.
+    """
+    span = tl.maximum(n_hi - n_lo, 0)
+    u_full = span // BLOCK_N
+    u_all = tl.cdiv(span, BLOCK_N)
+    lo = tl.maximum(band_lo, n_lo)
+    hi = tl.minimum(band_hi, n_hi)
+    has = hi > lo
+    ua = tl.where(has, (lo - n_lo) // BLOCK_N, 0)
+    ub = tl.where(has, tl.cdiv(hi - n_lo, BLOCK_N), 0)
+    ua_f = tl.minimum(ua, u_full)
+    ub_f = tl.minimum(tl.maximum(ub, ua_f), u_full)
+    n_int = u_full - (ub_f - ua_f)
+    ragged_extra = tl.where((u_all > u_full) & (ub <= u_full), 1, 0)
+    return ua_f, ub_f, n_int, ua, ub, (ub - ua) + ragged_extra, u_full
+
+
+@triton.jit
+def _sym_plan(pid, T, M, d_lo, d_hi, BLOCK_M: tl.constexpr):
+    """The symmetric forward's masked tiles among d ∈ [d_lo, d_hi): the diagonal d = 0, the ragged
+    column block (d = T−1−pid) and, on the ragged row block, every tile. Returns (start, dr,
+    dr_in, n_interior, all_special, n_special); interior tile t is d = start + t (+1 past dr)."""
+    ragged = (M % BLOCK_M) != 0
+    all_sp = ragged & (pid == T - 1)
+    start = tl.maximum(d_lo, 1)
+    dr = T - 1 - pid
+    dr_in = ragged & (dr >= start) & (dr < d_hi)
+    n_int = tl.where(all_sp, 0, tl.maximum(d_hi - start, 0) - tl.where(dr_in, 1, 0))
+    n_sp_mixed = tl.where(d_lo == 0, 1, 0) + tl.where(dr_in, 1, 0)
+    n_sp = tl.where(all_sp, tl.maximum(d_hi - d_lo, 0), n_sp_mixed)
+    return start, dr, dr_in, n_int, all_sp, n_sp
+
+
+@triton.jit
+def _sym_tile(
+    acc_t,
+    Z,
+    z_i,
+    offs_i,
+    mask_i,
+    jb,
+    M,
+    offs_d,
+    mask_d,
+    stride_zm,
+    stride_zd,
+    k2,
+    c2,
+    SUM_COL,
+    BLOCK_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """One symmetric tile (I, J = jb), single D chunk, computed transposed: eᵀ = e^{ẑ_J ẑ_Iᵀ/τ − c}.
+
+    Its sums over I (one per key of J, wanted now, for the relaxed atomics into SUM_COL; none on
+    the diagonal tile, whose I-side sums hold both orientations) are row sums of eᵀ: inside a
+    thread and its quad, no shared memory. Its sums over J (for the rows of I) are only needed at
+    the end: eᵀ is added into ``acc_t`` (returned) and reduced once after the loop.
+    """
+    j0 = jb * BLOCK_M  # int64 base; the tile's own offsets stay int32
+    rows_j = tl.arange(0, BLOCK_M)
+    if MASKED:
+        offs_j = j0 + rows_j
+        mask_j = offs_j < M
+        z_j = _load_rows(
+            Z + j0 * stride_zm, rows_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST
+        )
+    else:
+        z_j = _load_full(
+            Z + j0 * stride_zm, rows_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST, EVEN_D
+        )
+    s2 = tl.dot(z_j, tl.trans(z_i), input_precision=DOT_PREC) * k2
+    if MASKED:
+        valid = mask_j[:, None] & mask_i[None, :] & (offs_j[:, None] != offs_i[None, :])
+        e = tl.where(valid, _ex2(s2 - c2), 0.0)
+        off_diag = offs_j != offs_i  # all False on the diagonal tile, else all True
+        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=1), mask=mask_j & off_diag, sem="relaxed")
+    else:
+        e = _ex2(s2 - c2)
+        tl.atomic_add(SUM_COL + j0 + rows_j, tl.sum(e, axis=1), sem="relaxed")
+    return acc_t + e
+
+
+@triton.jit
+def _sym_tile_chunked(
+    Z,
+    offs_i,
+    mask_i,
+    jb,
+    M,
+    D,
+    stride_zm,
+    stride_zd,
+    k2,
+    c2,
+    SUM_COL,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """:func:`_sym_tile` for D > MAX_SINGLE_CHUNK_D (D looped in BLOCK_D chunks, always masked)."""
+    offs_j = jb * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_j = offs_j < M
+    s2 = _sim_tile(
+        Z,
+        Z,
+        offs_i,
+        mask_i,
+        offs_j,
+        mask_j,
+        D,
+        stride_zm,
+        stride_zd,
+        stride_zm,
+        stride_zd,
+        k2,
+        BLOCK_M,
+        BLOCK_M,
+        BLOCK_D,
+        UPCAST,
+        DOT_PREC,
+    )
+    valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
+    e = tl.where(valid, _ex2(s2 - c2), 0.0)
+    off_diag = offs_j != offs_i
+    tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag, sem="relaxed")
+    return tl.sum(e, axis=1)
+
+
+# Not split: the kernel's 20 arguments, its docstring, and two tile loops (interior, masked)
+# around one helper call each. A jit helper cannot take a tuple of constexprs (triton 3.6 and 3.9
+# reject it), so each call passes its values one per line as ruff formats them; the logic is
+# already in helpers (_sym_plan, _sym_tile, _sym_tile_chunked).
+# longer than a screen: the reasons are in the comment just above.
 @triton.autotune(
     configs=SYM_CONFIGS,
     key=_TUNE_KEY,
@@ -228,6 +446,7 @@ def ntxent_sym_fwd_kernel(
     D_KEY,  # autotune bucket of D (unused in the body)
     BLOCK_D: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr,
+    EVEN_D: tl.constexpr,  # D == BLOCK_D: interior tiles load without any mask
     UPCAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -239,7 +458,8 @@ def ntxent_sym_fwd_kernel(
     contiguous share of the T//2 + 1 block pairs of row block i; exp tiles e_IJ feed row sums of
     I (registers, stored to split s's slot) and column sums of J (fp32 atomics with relaxed
     ordering: a plain L2 reduction, no memory fence; skipped on the diagonal tile J = I where the
-    row sums already cover both orientations).
+    row sums already cover both orientations). Interior tiles (neither the diagonal nor a ragged
+    block) run without masks; the at most two others per program run the masked tile after them.
     """
     pid = tl.program_id(0).to(tl.int64)
     sid = tl.program_id(1).to(tl.int64)
@@ -257,245 +477,77 @@ def ntxent_sym_fwd_kernel(
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
         z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-    for d in range(d_lo, d_hi):
-        offs_j = ((pid + d) % T) * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_j = offs_j < M
-        if SINGLE_CHUNK:
-            z_j = _load_rows(Z, offs_j, mask_j, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
-            s2 = tl.dot(z_i, tl.trans(z_j), input_precision=DOT_PREC) * k2
-        else:
-            s2 = _sim_tile(
-                Z, Z, offs_i, mask_i, offs_j, mask_j, D, stride_zm, stride_zd, stride_zm,
-                stride_zd, k2, BLOCK_M, BLOCK_M, BLOCK_D, UPCAST, DOT_PREC,
-            )  # fmt: skip
-        valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
-        e = tl.where(valid, _ex2(s2 - c2), 0.0)
-        row_acc += tl.sum(e, axis=1)
-        off_diag = offs_j != offs_i  # all False on the diagonal tile (d = 0), else all True
-        tl.atomic_add(SUM_COL + offs_j, tl.sum(e, axis=0), mask=mask_j & off_diag, sem="relaxed")
-    tl.store(SUM_ROW + sid * M + offs_i, row_acc, mask=mask_i)
-
-
-@triton.autotune(
-    configs=ROW_CONFIGS, key=[*_TUNE_KEY, "ONLINE"], prune_configs_by={"early_config_prune": _prune}
-)
-@triton.jit(do_not_specialize=["MQ", "MK", "q_offset", "M_KEY", "D_KEY"])
-def ntxent_rows_fwd_kernel(
-    Q,  # (MQ, D) query rows ẑ, fp32/bf16/fp16, strides (stride_qm, stride_qd)
-    K,  # (MK, D) key rows, same dtype, strides (stride_km, stride_kd)
-    LSE,  # (MQ,) fp32 out: logsumexp_{k ≠ q_offset + i} s_ik (natural log)
-    MQ,
-    MK,
-    D,
-    stride_qm,
-    stride_qd,
-    stride_km,
-    stride_kd,
-    q_offset,  # query i is key q_offset + i (its self term is excluded)
-    inv_tau,
-    shift,  # constant shift c = 1/τ (used when not ONLINE)
-    M_KEY,
-    D_KEY,
-    BLOCK_D: tl.constexpr,
-    SINGLE_CHUNK: tl.constexpr,
-    ONLINE: tl.constexpr,  # running max instead of the constant shift (small τ)
-    UPCAST: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Row-block LSE, no atomics. Grid: (cdiv(MQ, BLOCK_M),); each program scans all key blocks.
-
-    ONLINE: m ← max(m, max_k s_ik), l ← l·e^{m_old − m} + Σ_k e^{s_ik − m}, LSE = m + log l.
-    Otherwise l ← l + Σ_k e^{s_ik − c}, LSE = c + log l.
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    k2 = inv_tau * LOG2E  # base-2 logits s2 = dot·k2, shift c2
-    c2 = shift * LOG2E
-    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_i = offs_i < MQ
-    self_i = offs_i + q_offset
-    m_i = tl.full((BLOCK_M,), -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives no NaN
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if SINGLE_CHUNK:
-        offs_d = tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        q = _load_rows(Q, offs_i, mask_i, offs_d, mask_d, stride_qm, stride_qd, UPCAST)
-    for n0 in range(0, MK, BLOCK_N):
-        offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
-        mask_n = offs_n < MK
-        if SINGLE_CHUNK:
-            k = _load_rows(K, offs_n, mask_n, offs_d, mask_d, stride_km, stride_kd, UPCAST)
-            s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * k2
-        else:
-            s2 = _sim_tile(
-                Q, K, offs_i, mask_i, offs_n, mask_n, D, stride_qm, stride_qd, stride_km,
-                stride_kd, k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
-            )  # fmt: skip
-        valid = mask_i[:, None] & mask_n[None, :] & (self_i[:, None] != offs_n[None, :])
-        if ONLINE:  # m_i in base-2 units
-            s2 = tl.where(valid, s2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s2, axis=1))
-            l_i = l_i * _ex2(m_i - m_new) + tl.sum(_ex2(s2 - m_new[:, None]), axis=1)
-            m_i = m_new
-        else:
-            l_i += tl.sum(tl.where(valid, _ex2(s2 - c2), 0.0), axis=1)
-    l_i = tl.where(mask_i, l_i, 1.0)  # padding rows: keep log() finite (they are not stored)
-    if ONLINE:
-        lse = m_i * LN2 + tl.log(l_i)
+        start, dr, dr_in, n_int, all_sp, n_sp = _sym_plan(pid, T, M, d_lo, d_hi, BLOCK_M)
+        acc_t = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)  # eᵀ summed over the J blocks
+        for t in range(0, n_int):
+            d = start + t
+            d = tl.where(dr_in & (d >= dr), d + 1, d)
+            jb = pid + d
+            jb = tl.where(jb >= T, jb - T, jb)  # (pid + d) mod T without an integer division
+            acc_t = _sym_tile(
+                acc_t,
+                Z,
+                z_i,
+                offs_i,
+                mask_i,
+                jb,
+                M,
+                offs_d,
+                mask_d,
+                stride_zm,
+                stride_zd,
+                k2,
+                c2,
+                SUM_COL,
+                BLOCK_M,
+                UPCAST,
+                DOT_PREC,
+                EVEN_D,
+                False,
+            )
+        for t in range(0, n_sp):
+            d = tl.where(all_sp, d_lo + t, tl.where((t == 0) & (d_lo == 0), 0, dr))
+            jb = pid + d
+            jb = tl.where(jb >= T, jb - T, jb)
+            acc_t = _sym_tile(
+                acc_t,
+                Z,
+                z_i,
+                offs_i,
+                mask_i,
+                jb,
+                M,
+                offs_d,
+                mask_d,
+                stride_zm,
+                stride_zd,
+                k2,
+                c2,
+                SUM_COL,
+                BLOCK_M,
+                UPCAST,
+                DOT_PREC,
+                EVEN_D,
+                True,
+            )
+        row_acc = tl.sum(acc_t, axis=0)
     else:
-        lse = shift + tl.log(l_i)
-    tl.store(LSE + offs_i, lse, mask=mask_i)
-
-
-@triton.autotune(
-    configs=ROW_CONFIGS,
-    key=[*_TUNE_KEY, "ONLINE", "ROW_TERM", "COL_TERM"],
-    prune_configs_by={"early_config_prune": _prune},
-    reset_to_zero=["DX"],
-)
-@triton.jit(do_not_specialize=["MX", "MY", "x_self_off", "y_self_off", "M_KEY", "D_KEY"])
-def ntxent_rows_bwd_kernel(
-    X,  # (MX, D) rows whose gradient this computes, strides (stride_xm, stride_xd)
-    Y,  # (MY, D) the other side, same dtype, strides (stride_ym, stride_yd)
-    LX,  # (MX,) fp32 LSE of X rows (read when ROW_TERM)
-    GX,  # (MX,) fp32 upstream gradient of LX (read when ROW_TERM)
-    LY,  # (MY,) fp32 LSE of Y rows (read when COL_TERM)
-    GY,  # (MY,) fp32 upstream gradient of LY (read when COL_TERM)
-    DX,  # (S, MX, D) fp32 out, contiguous: split s's share; zero-initialised unless SINGLE_CHUNK
-    MX,
-    MY,
-    D,
-    stride_xm,
-    stride_xd,
-    stride_ym,
-    stride_yd,
-    x_self_off,  # X row i and Y row n are the same sample iff i + x_self_off == n + y_self_off
-    y_self_off,
-    inv_tau,
-    shift,
-    M_KEY,
-    D_KEY,
-    BLOCK_D: tl.constexpr,
-    SINGLE_CHUNK: tl.constexpr,
-    ONLINE: tl.constexpr,
-    ROW_TERM: tl.constexpr,
-    COL_TERM: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """DX[s, i] = Σ_{n in split s} P_in Y_n; no atomics. Grid: (cdiv(MX, BLOCK_M), S).
-
-    P_in = [ROW_TERM] GX_i e^{s_in − LX_i} / τ + [COL_TERM] GY_n e^{s_in − LY_n} / τ, self pairs 0.
-    Not ONLINE: e^{s − L} = e^{s − c} e^{c − L}, one exp per element. ONLINE: two exps, each ≤ 1.
-      symmetric dẑ (X = Y = ẑ):     ROW_TERM and COL_TERM → (W + Wᵀ) ẑ / τ
-      rectangular dq (X = q, Y = k): ROW_TERM            → W k / τ
-      rectangular dk (X = k, Y = q): COL_TERM            → Wᵀ q / τ
-    Program (i, s) covers the s-th contiguous range of key blocks, so S splits multiply the
-    programs (enough to fill the GPU at moderate M) and the launcher sums the S slots.
-
-    Scaling before the cast: every e^{s − L} ≤ 1 (L is the log-sum over the same s), so
-    |P_in| ≤ B = (max|GX_I| + max|GY_range|) / τ. P is multiplied by σ = 2^⌊14 − log2 B⌋
-    (``LOG2_PSCALE`` = 14) before it is rounded to the operand dtype, so |σP| ≤ 2^14 sits in
-    fp16's range whatever M and the upstream gradient are (P ~ g/(M τ) would otherwise flush to
-    zero in fp16 at large M); the fp32 accumulator is divided by σ before it is stored.
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    sid = tl.program_id(1).to(tl.int64)
-    k2 = inv_tau * LOG2E  # base-2 logits s2 = dot·k2, shift c2
-    c2 = shift * LOG2E
-    offs_i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_i = offs_i < MX
-    per = tl.cdiv(tl.cdiv(MY, BLOCK_N), tl.num_programs(1)) * BLOCK_N
-    n_lo = sid * per
-    n_hi = tl.minimum(n_lo + per, MY)
-    # bound on |P| over this program's tile range, for the scale σ
-    bound = tl.zeros((), dtype=tl.float32)
-    if ROW_TERM:
-        l_x = tl.load(LX + offs_i, mask=mask_i, other=0.0)
-        g_x = tl.load(GX + offs_i, mask=mask_i, other=0.0) * inv_tau
-        bound += tl.max(tl.abs(g_x), axis=0)
-    if COL_TERM:
-        g_max = tl.zeros((), dtype=tl.float32)
-        for n0 in range(n_lo, n_hi, BLOCK_N):
-            offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
-            g_n = tl.load(GY + offs_n, mask=offs_n < n_hi, other=0.0)
-            g_max = tl.maximum(g_max, tl.max(tl.abs(g_n), axis=0))
-        bound += g_max * inv_tau
-    # (tensor first: constexpr − tensor would wrap the tensor in a constexpr in the interpreter)
-    sigma = tl.exp2(tl.floor(-tl.log2(tl.maximum(bound, 1.0e-30)) + LOG2_PSCALE))
-    if ROW_TERM:
-        g_x = g_x * sigma
-        if not ONLINE:
-            r_x = g_x * tl.exp(shift - l_x)
-    out = DX + sid * MX * D
-    rel = tl.arange(0, BLOCK_M)[:, None] - tl.arange(0, BLOCK_N)[None, :]  # i − n within a tile
-    if SINGLE_CHUNK:
-        offs_d = tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        x = _load_rows(X, offs_i, mask_i, offs_d, mask_d, stride_xm, stride_xd, UPCAST)
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for n0 in range(n_lo, n_hi, BLOCK_N):
-        offs_n = tl.arange(0, BLOCK_N).to(tl.int64) + n0
-        mask_n = offs_n < n_hi
-        if SINGLE_CHUNK:
-            y = _load_rows(Y, offs_n, mask_n, offs_d, mask_d, stride_ym, stride_yd, UPCAST)
-            s2 = tl.dot(x, tl.trans(y), input_precision=DOT_PREC) * k2
-        else:
-            s2 = _sim_tile(
-                X, Y, offs_i, mask_i, offs_n, mask_n, D, stride_xm, stride_xd, stride_ym,
-                stride_yd, k2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PREC,
-            )  # fmt: skip
-        # keep = not the self pair and a real key. In int32 on a loop-invariant (i − n) tile: row
-        # i meets key n as itself iff i − n equals this tile's diagonal offset (clamped: any value
-        # outside (−BLOCK_N, BLOCK_M) matches nothing). Padding rows (≥ MX) need no mask: their
-        # gradient rows are never stored and stay finite (their g is 0).
-        diag = n0 + y_self_off - (pid * BLOCK_M + x_self_off)
-        diag = tl.minimum(tl.maximum(diag, -BLOCK_N), BLOCK_M).to(tl.int32)
-        keep = (rel != diag) & (tl.arange(0, BLOCK_N) < n_hi - n0)[None, :]
-        if COL_TERM:
-            l_y = tl.load(LY + offs_n, mask=mask_n, other=0.0)
-            g_y = tl.load(GY + offs_n, mask=mask_n, other=0.0) * (inv_tau * sigma)
-        if ONLINE:
-            p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            # s − LSE ≤ 0 on every valid pair; the clamp keeps masked pairs from overflowing.
-            if ROW_TERM:
-                p += g_x[:, None] * _ex2(tl.minimum(s2 - (l_x * LOG2E)[:, None], 0.0))
-            if COL_TERM:
-                p += g_y[None, :] * _ex2(tl.minimum(s2 - (l_y * LOG2E)[None, :], 0.0))
-        else:
-            coef = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            if ROW_TERM:
-                coef += r_x[:, None]
-            if COL_TERM:
-                coef += (g_y * tl.exp(shift - l_y))[None, :]
-            p = _ex2(s2 - c2) * coef
-        p = tl.where(keep, p, 0.0)
-        if SINGLE_CHUNK:
-            acc = tl.dot(p.to(Y.dtype.element_ty).to(y.dtype), y, acc, input_precision=DOT_PREC)
-        else:
-            for d0 in range(0, D, BLOCK_D):
-                offs_dc = d0 + tl.arange(0, BLOCK_D)
-                mask_dc = offs_dc < D
-                yc = _load_rows(Y, offs_n, mask_n, offs_dc, mask_dc, stride_ym, stride_yd, UPCAST)
-                out_ptr = out + offs_i[:, None] * D + offs_dc[None, :]
-                out_mask = mask_i[:, None] & mask_dc[None, :]
-                part = tl.load(out_ptr, mask=out_mask, other=0.0)
-                pc = p.to(Y.dtype.element_ty).to(yc.dtype)
-                part = tl.dot(pc, yc, part, input_precision=DOT_PREC)
-                tl.store(out_ptr, part, mask=out_mask)
-    inv_sigma = 1.0 / sigma
-    if SINGLE_CHUNK:
-        tl.store(
-            out + offs_i[:, None] * D + offs_d[None, :],
-            acc * inv_sigma,
-            mask=mask_i[:, None] & mask_d[None, :],
-        )
-    else:  # undo the scale on this program's rows of its slot
-        for d0 in range(0, D, BLOCK_D):
-            offs_dc = d0 + tl.arange(0, BLOCK_D)
-            out_ptr = out + offs_i[:, None] * D + offs_dc[None, :]
-            out_mask = mask_i[:, None] & (offs_dc < D)[None, :]
-            tl.store(out_ptr, tl.load(out_ptr, mask=out_mask, other=0.0) * inv_sigma, mask=out_mask)
+        for d in range(d_lo, d_hi):
+            row_acc += _sym_tile_chunked(
+                Z,
+                offs_i,
+                mask_i,
+                (pid + d) % T,
+                M,
+                D,
+                stride_zm,
+                stride_zd,
+                k2,
+                c2,
+                SUM_COL,
+                BLOCK_M,
+                BLOCK_D,
+                UPCAST,
+                DOT_PREC,
+            )
+    tl.store(SUM_ROW + sid * M + offs_i, row_acc, mask=mask_i)
