@@ -24,6 +24,7 @@ import torch
 from fastclr.checkpoint import (
     EVAL_FIELDS,
     CheckpointError,
+    check_finite_weights,
     load_checkpoint,
     load_model_state,
     require_fields,
@@ -78,7 +79,9 @@ def _parts(state: dict[str, Any], where: str) -> tuple[Architecture, int, list[s
 
 
 def load_classifier(
-    run_folder_or_checkpoint: str | os.PathLike[str], map_location: Device = None
+    run_folder_or_checkpoint: str | os.PathLike[str],
+    map_location: Device = None,
+    allow_legacy: bool = False,
 ) -> FinetunedClassifier:
     """The classifier of a ``fastclr finetune`` run, in eval mode, with its preprocessing.
 
@@ -86,6 +89,7 @@ def load_classifier(
         run_folder_or_checkpoint: a fine-tuning run folder (its ``checkpoint.pt`` is read) or
             the checkpoint file (finished, or written mid-run).
         map_location: device to put the classifier on; None: the CPU.
+        allow_legacy: read a checkpoint without an integrity digest (only a file you trust).
 
     Returns:
         :class:`FinetunedClassifier`: (N, 3, S, S) normalised images → (N, classes) logits;
@@ -93,7 +97,8 @@ def load_classifier(
 
     Raises:
         CheckpointError: not a fastclr checkpoint, corrupted, a pretraining run's (use
-            ``load_encoder``), or weights that do not fit the network it records.
+            ``load_encoder``), weights that hold NaN or Inf or do not fit the network it
+            records.
         ValueError: ``map_location`` is not a device this process can use.
 
     Example:
@@ -103,7 +108,7 @@ def load_classifier(
     """
     device = _device(map_location)
     where = _checkpoint_file(run_folder_or_checkpoint)
-    state = load_checkpoint(run_folder_or_checkpoint)
+    state = load_checkpoint(run_folder_or_checkpoint, allow_legacy=allow_legacy)
     if state.get("kind") != "finetune":
         raise CheckpointError(
             f"checkpoint {where} is a pretraining run's, which has no classifier: fine-tune it "
@@ -111,6 +116,8 @@ def load_classifier(
         )
     require_fields(state, (*EVAL_FIELDS, "classifier"), where, "loading a classifier")
     arch, head_layer, classes, prep = _parts(state, where)
+    check_finite_weights(state["model"], f"checkpoint {where}")
+    check_finite_weights(state["classifier"]["fc"], f"checkpoint {where} (classifier)")
     try:
         model = arch.build()
     except ValueError as e:

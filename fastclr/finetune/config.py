@@ -19,6 +19,7 @@ from fastclr.options import (
     check_options,
     device_option,
     flag,
+    legacy_option,
     num_workers_option,
     option,
     progress_option,
@@ -42,7 +43,9 @@ RESUME_MAY_CHANGE = frozenset(
     {"epochs", "num_workers", "threads", "device", "log_every", "progress"}
 )
 #: Settings of this invocation only, never taken from a checkpoint.
-PER_INVOCATION = frozenset({"out", "resume", "overwrite", "stop_after_epochs"})
+PER_INVOCATION = frozenset(
+    {"out", "resume", "overwrite", "stop_after_epochs", "allow_legacy_checkpoint"}
+)
 
 
 @dataclass
@@ -140,7 +143,8 @@ class FinetuneConfig:
         "given are the checkpoint's",
         unset="start afresh",
     )
-    overwrite: bool = option(False, "replace a run already in --out (deletes its files)")
+    overwrite: bool = option(False, "replace a run already in --out (deletes the files it wrote)")
+    allow_legacy_checkpoint: bool = legacy_option()
     limit_steps: int | None = option(
         None, "cap on the steps of every epoch", unset="no cap", at_least=1
     )

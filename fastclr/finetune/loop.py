@@ -7,15 +7,18 @@ One step: one augmented view of each labelled image of the batch (crop + flip,
 Nesterov SGD, the cosine schedule. After every epoch the classifier is scored on the validation
 images (top-1, top-5), the epoch is logged and the checkpoint written. The loss is checked for
 finiteness without a host sync per step (read at every log point); a non-finite loss stops the
-run with the last good checkpoint kept. Ctrl-C is honoured at the next step boundary: a checkpoint
-is written, then ``KeyboardInterrupt`` is raised.
+run with the last good checkpoint kept. Ctrl-C and SIGTERM are honoured at the next step boundary: a
+checkpoint is written, then :class:`~fastclr.train.interrupt.Interrupted` (a ``KeyboardInterrupt``)
+is raised.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,8 @@ from fastclr.distributed import (
     teardown,
     wrap_model,
 )
+from fastclr.downstream.load import RunInfo
+from fastclr.errors import NonFiniteLossError
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.data import FinetuneData, augment_config, build_finetune_data, one_view
 from fastclr.finetune.header import finetune_header
@@ -45,13 +50,12 @@ from fastclr.finetune.source import labelled_file, prepare_folder, read_source, 
 from fastclr.finetune.state import FinetuneSaver, FinetuneState, build_state, resume_state
 from fastclr.finetune.validate import Accuracy, validate
 from fastclr.models import Architecture, Classifier
-from fastclr.train import NonFiniteLossError
 from fastclr.train.checkpoint import Position
 from fastclr.train.header import format_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.precision import autocast
 from fastclr.train.rng import restore_rng, seed_everything
-from fastclr.train.rundir import ResumeFrom
+from fastclr.train.rundir import RunFolder
 
 __all__ = ["FinetuneResult", "finetune", "fit", "train_epoch", "training_step"]
 
@@ -137,12 +141,35 @@ def fit(
     device: torch.device,
     checkpoint: dict[str, Any] | None = None,
 ) -> FinetuneResult:
-    """Check the run folder, plan the run, build it (and resume), train its epochs, plot."""
-    found = prepare_folder(cfg, ddp, checkpoint)
-    if found.finished:
-        return _finished(found)
-    source, weights = (None, None) if cfg.resume else read_source(cfg)
-    saved = (found.checkpoint or {}).get("plan") if cfg.resume else None
+    """Check and lock the run folder, plan the run, build it (and resume), train its epochs,
+    plot its curves."""
+    folder = prepare_folder(cfg, ddp, checkpoint)
+    try:
+        if folder.finished:
+            return _finished(folder)
+        for note in folder.notes:
+            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=2)
+        source, weights = (None, None) if cfg.resume else read_source(cfg)
+        plan = _plan_on_main(cfg, ddp, device, folder, source)
+        if plan.threads:
+            torch.set_num_threads(plan.threads)
+        run = _build_run(cfg, plan, ddp, device, weights, folder)
+        _train(run)
+        return _result(run)
+    finally:
+        folder.release()
+
+
+def _plan_on_main(
+    cfg: FinetuneConfig,
+    ddp: DistInfo,
+    device: torch.device,
+    folder: RunFolder,
+    source: RunInfo | None,
+) -> FinetunePlan:
+    """:func:`~fastclr.finetune.plan.plan_finetune` on rank 0 alone (which also writes the
+    run's ``labelled.txt``); the others receive its plan. A refusal is raised on every rank."""
+    saved = (folder.checkpoint or {}).get("plan") if cfg.resume else None
     listing = labelled_file(cfg) if cfg.resume else None
 
     def make() -> FinetunePlan:
@@ -154,18 +181,11 @@ def fit(
             saved=saved,
             labelled_file=listing,
         )
-        if ddp.is_main and not cfg.resume:
-            write_labelled(cfg, plan)
-            if cfg.overwrite:  # the replaced run's plot, until this run draws its own
-                (Path(cfg.out) / CURVES_NAME).unlink(missing_ok=True)
+        if not cfg.resume:
+            write_labelled(cfg, plan, folder)
         return plan.without_memory() if ddp.world_size > 1 else plan
 
-    plan = on_main(make, ddp)
-    if plan.threads:
-        torch.set_num_threads(plan.threads)
-    run = _build_run(cfg, plan, ddp, device, weights, found)
-    _train(run)
-    return _result(run)
+    return on_main(make, ddp)
 
 
 def _build_run(
@@ -174,7 +194,7 @@ def _build_run(
     ddp: DistInfo,
     device: torch.device,
     weights: dict[str, Tensor] | None,
-    found: ResumeFrom,
+    folder: RunFolder,
 ) -> _Run:
     """Seed, load the data, build the network and optimiser from the plan, resume if asked."""
     from tqdm import tqdm
@@ -186,10 +206,10 @@ def _build_run(
     data = build_finetune_data(plan, cfg.seed, ddp.rank, ddp.world_size, device)
     state = build_state(plan, cfg, weights, augment, device)
     start, rng = Position(), None
-    saver = FinetuneSaver(Path(cfg.out), cfg, plan, ddp, device)
+    saver = FinetuneSaver(Path(cfg.out), cfg, plan, ddp, device, folder.manifest)
     if cfg.resume:
-        start, rng = resume_state(cfg.resume, state, plan, ddp, found.checkpoint)
-        saver.last = (found.checkpoint or {}).get("accuracy")
+        start, rng = resume_state(cfg.resume, state, plan, ddp, folder.checkpoint)
+        saver.last = (folder.checkpoint or {}).get("accuracy")
     train_model = wrap_model(state.classifier, ddp, device, False)
     if rng is not None:
         restore_rng(rng, augment, device)
@@ -210,7 +230,9 @@ def _build_run(
         data,
         state,
         saver,
-        FinetuneLogger(out, ddp.is_main, append=bool(cfg.resume), resume_at=resume_at),
+        FinetuneLogger(
+            out, ddp.is_main, append=bool(cfg.resume), resume_at=resume_at, manifest=folder.manifest
+        ),
         start,
         stop,
         train_model,
@@ -229,22 +251,24 @@ def _build_run(
 
 
 def _train(run: _Run) -> None:
-    """The epochs of this process; Ctrl-C checkpoints and ends it."""
+    """The epochs of this process; Ctrl-C or SIGTERM checkpoints and ends it."""
     try:
         with InterruptFlag() as interrupt:
             for epoch in range(run.start.epoch, run.stop_epoch):
                 stop_now = train_epoch(run, epoch, interrupt)
                 if stop_now or (interrupt.requested and run.ddp.world_size == 1):
-                    raise KeyboardInterrupt  # requested during the epoch's last step
-    except KeyboardInterrupt:
+                    raise interrupt.stop()  # requested during the epoch's last step
+    except KeyboardInterrupt as e:
         if run.ddp.is_main:
-            run.bar.write(f"interrupted; checkpoint in {run.saver.path} (resume with --resume)")
+            what = "terminated" if getattr(e, "signum", 2) == signal.SIGTERM else "interrupted"
+            run.bar.write(f"{what}; checkpoint in {run.saver.path} (resume with --resume)")
         raise
     finally:
         run.bar.close()
         run.logger.close()
     out = run.saver.out
     if run.ddp.is_main and (out / "epochs.csv").exists() and (out / "steps.csv").exists():
+        run.saver.manifest.record(CURVES_NAME)
         plot_curves(out)
 
 
@@ -252,7 +276,7 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     """Train one epoch (from the resume point in the first), validate, log and checkpoint it.
 
     Returns whether every rank agreed to stop at the last log point; on a stop request in the
-    middle of the epoch it checkpoints and raises ``KeyboardInterrupt``.
+    middle of the epoch it checkpoints and raises :class:`~fastclr.train.interrupt.Interrupted`.
     """
     run.state.classifier.train()
     t_epoch = time.perf_counter()
@@ -273,7 +297,7 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
             stop_now = _log_point(run, log, epoch, interrupt.requested)
         if (local_stop or (not log.pending and stop_now)) and not last:
             run.saver.save(run.state, Position(epoch, step + 1, run.global_step))
-            raise KeyboardInterrupt
+            raise interrupt.stop()
     _end_epoch(run, epoch, log.losses, steps - skip, time.perf_counter() - t_epoch)
     return stop_now
 
@@ -371,15 +395,15 @@ def _result(run: _Run) -> FinetuneResult:
     )
 
 
-def _finished(found: ResumeFrom) -> FinetuneResult:
+def _finished(folder: RunFolder) -> FinetuneResult:
     """The result of resuming a run that has already reached its last epoch (nothing written)."""
-    ck = found.checkpoint
-    assert ck is not None and found.path is not None
+    ck = folder.checkpoint
+    assert ck is not None and folder.path is not None
     model = Architecture(**ck["model_spec"]).build()
-    load_model_state(model, ck["model"], f"checkpoint {found.path}")
+    load_model_state(model, ck["model"], f"checkpoint {folder.path}")
     head = ck["classifier"]
     classifier = Classifier(model, int(head["head_layer"]), len(head["classes"]))
-    load_model_state(classifier.fc, head["fc"], f"checkpoint {found.path}")
+    load_model_state(classifier.fc, head["fc"], f"checkpoint {folder.path}")
     acc = ck.get("accuracy") or {}
     return FinetuneResult(
         classifier,
@@ -388,6 +412,6 @@ def _finished(found: ResumeFrom) -> FinetuneResult:
         int(acc.get("n", 0)),
         int(ck["epoch"]),
         int(ck["global_step"]),
-        found.path.parent,
+        folder.path.parent,
         already_finished=True,
     )

@@ -318,15 +318,16 @@ def _protocol(p: _Planner, data: DataPlan, size: int) -> None:
         "cosine decay to 0, no warm-up",
         "paper B.5: no warm-up; SimCLR's code decays the rate by a cosine over the run",
     )
-    name, why = preset_for(size, images_are_grey(data))
+    grey = images_are_grey(data)
+    name, _ = preset_for(size, grey)
     crop = preset_config(name, size)
-    flips = "with horizontal flips" if crop.flip_p > 0 else "no flips"
     lo, hi = crop.scale
+    flips = "with horizontal flips" if crop.flip_p > 0 else "no flips (grayscale images)"
     p.put(
         "augment",
         name,
-        f"paper B.5: random crop + flip only: the crop (area {lo:g}-{hi:g}) and flips "
-        f"({flips}) of the {name} preset, no colour, grey or blur ({why})",
+        f"paper B.5: random crop + flip only, no colour, grey or blur: the crop (area {lo:g} to "
+        f"{hi:g}) and flips of the preset pretraining's rule picks for {size}-px views: {flips}",
     )
     p.put(
         "classifier",

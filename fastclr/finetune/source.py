@@ -14,7 +14,7 @@ from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.plan import FinetunePlan, training_ids
 from fastclr.finetune.subset import SUBSET_FILE, read_subset, write_subset
-from fastclr.train.rundir import ResumeFrom, prepare_run_folder
+from fastclr.train.rundir import RunFolder, prepare_run_folder
 
 __all__ = ["labelled_file", "prepare_folder", "read_source", "write_labelled"]
 
@@ -27,7 +27,7 @@ def read_source(cfg: FinetuneConfig) -> tuple[RunInfo, dict[str, Any] | None]:
         UsageError: a fine-tuning run's checkpoint (fine-tuning starts from a pretraining run).
     """
     assert cfg.checkpoint is not None
-    info, weights = read_run(cfg.checkpoint)
+    info, weights = read_run(cfg.checkpoint, cfg.allow_legacy_checkpoint)
     if info.kind == "finetune":
         raise UsageError(
             f"--checkpoint {cfg.checkpoint} is a fine-tuning run; pass the pretraining run it "
@@ -43,14 +43,19 @@ def read_source(cfg: FinetuneConfig) -> tuple[RunInfo, dict[str, Any] | None]:
 
 def prepare_folder(
     cfg: FinetuneConfig, ddp: DistInfo, checkpoint: dict[str, Any] | None
-) -> ResumeFrom:
-    """Pretraining's run-folder checks (:func:`~fastclr.train.rundir.prepare_run_folder`: an
-    existing run is refused without ``--resume`` or ``--overwrite``, the folder must be
-    writable, the resumed checkpoint is verified) on rank 0 first; its failure is raised on every
-    rank."""
+) -> RunFolder:
+    """Pretraining's run-folder checks and lock (:func:`~fastclr.train.rundir.prepare_run_folder`:
+    one run at a time, an existing run refused without ``--resume`` or ``--overwrite``, which
+    removes exactly the files the run's manifest lists; ``--out`` not inside ``--data``; the
+    resumed checkpoint verified) on rank 0 first; its failure is raised on every rank."""
     options = cast(Any, cfg)  # the run-folder options are the same fields in both configs
-    found: ResumeFrom = on_main(lambda: prepare_run_folder(options, True, checkpoint), ddp)
-    return found if ddp.is_main else prepare_run_folder(options, False, checkpoint)
+    mine: list[RunFolder] = []
+
+    def on_rank0() -> None:
+        mine.append(prepare_run_folder(options, True, checkpoint))
+
+    on_main(on_rank0, ddp)
+    return mine[0] if mine else prepare_run_folder(options, False, checkpoint)
 
 
 def labelled_file(cfg: FinetuneConfig) -> str:
@@ -58,9 +63,11 @@ def labelled_file(cfg: FinetuneConfig) -> str:
     return str(Path(cfg.out) / SUBSET_FILE)
 
 
-def write_labelled(cfg: FinetuneConfig, plan: FinetunePlan) -> Path:
-    """Write the run's ``labelled.txt`` (atomically): the draw, or a copy of ``--subset``'s."""
+def write_labelled(cfg: FinetuneConfig, plan: FinetunePlan, folder: RunFolder) -> Path:
+    """Write the run's ``labelled.txt`` (atomically; listed in the run's manifest): the draw, or
+    a copy of ``--subset``'s."""
     out = Path(cfg.out)
+    folder.manifest.record(SUBSET_FILE)
     if plan.subset is None:
         assert cfg.subset is not None
         src = read_subset(cfg.subset).path

@@ -27,26 +27,27 @@ from fastclr.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     CheckpointError,
+    first_non_finite,
     load_checkpoint,
     load_model_state,
     model_spec,
     save_checkpoint_atomic,
 )
 from fastclr.distributed import DistInfo, gather_objects
+from fastclr.errors import NonFiniteLossError
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.plan import FinetunePlan
 from fastclr.models import Classifier, SimCLR
 from fastclr.optim import warmup_cosine_schedule
-from fastclr.train import NonFiniteLossError
 from fastclr.train.checkpoint import Position
 from fastclr.train.rng import capture_rng
+from fastclr.train.rundir import Manifest
 
 __all__ = [
     "FINETUNE_KIND",
     "FinetuneSaver",
     "FinetuneState",
     "build_state",
-    "first_non_finite",
     "resume_state",
 ]
 
@@ -93,21 +94,20 @@ def build_state(
     return FinetuneState(model, classifier, optimizer, scheduler, scaler, augment)
 
 
-def first_non_finite(state: dict[str, Tensor]) -> str | None:
-    """The name of the first floating tensor of a state dict that holds NaN or Inf."""
-    for name, t in state.items():
-        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return name
-    return None
-
-
 class FinetuneSaver:
     """Writes ``out/checkpoint.pt`` of a fine-tuning run (collective: call it on every rank)."""
 
     def __init__(
-        self, out: Path, cfg: FinetuneConfig, plan: FinetunePlan, ddp: DistInfo, device: Any
+        self,
+        out: Path,
+        cfg: FinetuneConfig,
+        plan: FinetunePlan,
+        ddp: DistInfo,
+        device: Any,
+        manifest: Manifest,
     ) -> None:
         self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
+        self.manifest = manifest
         self.last: dict[str, float] | None = None
 
     @property
@@ -132,6 +132,7 @@ class FinetuneSaver:
         if not self.ddp.is_main:
             return
         plan = self.plan
+        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
         save_checkpoint_atomic(
             {
                 "format": CHECKPOINT_FORMAT,
