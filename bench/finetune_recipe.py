@@ -171,8 +171,8 @@ def _steps(run: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--pretrained", required=True, help="the pretraining run")
-    p.add_argument("--data", required=True, help="a labelled folder without the suite's val/")
+    p.add_argument("--pretrained", help="the pretraining run")
+    p.add_argument("--data", help="a labelled folder without the suite's val/")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     p.add_argument("--labels", nargs="+", default=list(LABELS))
     p.add_argument("--inits", nargs="+", default=["pretrained", "scratch"])
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         args.record.with_suffix(".md").write_text(text)
         print(text)
         return 0
+    if args.pretrained is None or args.data is None:
+        p.error("--pretrained and --data are required (except with --report)")
     from fastclr.data import plan_data
 
     data = plan_data(args.data)

@@ -240,6 +240,24 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_identically(
     assert logged[0] == logged[1] and len(logged[0]) == 6  # every step once, in order
 
 
+def test_resume_notices_changed_data_and_not_the_working_directory(
+    tmp_path: Path, ckpt: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    data = _folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    args = ["--checkpoint", str(ckpt), "--data", "data", "--labels", "4-per-class", *TINY]
+    args += ["--epochs", "3"]
+    assert _run([*args, "--out", "run", "--stop-after-epochs", "1"], capsys)[0] == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the relative --data was stored as the folder it named
+    code, _, err = _run(["--resume", str(tmp_path / "run"), "--stop-after-epochs", "1"], capsys)
+    assert code == 0, err
+    _png(data / "ant" / "new.png", 0, 99)
+    code, _, err = _run(["--resume", str(tmp_path / "run")], capsys)
+    assert code == 2 and "is not the data the checkpoint was fine-tuned on" in err
+
+
 def test_a_diverging_run_stops_with_exit_1(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
     data = _folder(tmp_path / "data")
     args = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "6-per-class"]

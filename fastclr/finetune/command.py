@@ -48,7 +48,10 @@ def finetune_config(
             f"checkpoint {path} is not a fine-tuning run's (resume pretraining runs with "
             "fastclr pretrain --resume)"
         )
-    cfg, changes = resumed_finetune_config(given, checkpoint["config"], str(path))
+    plan = checkpoint.get("plan")
+    cfg, changes = resumed_finetune_config(
+        given, checkpoint["config"], str(path), plan if isinstance(plan, dict) else None
+    )
     return cfg, changes, checkpoint
 
 

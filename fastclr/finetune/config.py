@@ -192,17 +192,24 @@ def _same(name: str, a: Any, b: Any) -> bool:
 
 
 def resumed_finetune_config(
-    given: dict[str, Any], saved: dict[str, Any], checkpoint: str
+    given: dict[str, Any],
+    saved: dict[str, Any],
+    checkpoint: str,
+    plan: dict[str, Any] | None = None,
 ) -> tuple[FinetuneConfig, list[str]]:
     """The configuration of a resumed run, and the changes it makes to the saved one.
 
     Every option not in ``given`` is the checkpoint's ``saved`` one (except
     :data:`PER_INVOCATION`). A given option that differs from the saved one is refused with a
     :class:`~fastclr.errors.UsageError` naming the flag and both values, unless it is in
-    :data:`RESUME_MAY_CHANGE`; those come back as ``--flag old → new`` notes.
+    :data:`RESUME_MAY_CHANGE`; those come back as ``--flag old → new`` notes. The data folder is
+    the saved ``plan``'s (absolute, as the run saw it, whatever the working directory now).
     """
     names = {f.name for f in fields(FinetuneConfig)}
     inherited = {k: v for k, v in saved.items() if k in names and k not in PER_INVOCATION}
+    root = plan.get("data_root") if plan is not None else None
+    if isinstance(root, str) and inherited.get("data") != "digits":
+        inherited["data"] = root
     cfg = FinetuneConfig(**{**inherited, **given})
     notes = []
     for name in sorted(given):

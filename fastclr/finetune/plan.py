@@ -80,6 +80,8 @@ class FinetunePlan:
     subset: LabelledSubset | None = None
     world_size: int = 1
     notes: tuple[str, ...] = field(default=())
+    #: what a resume compares to tell whether the data changed (:meth:`DataPlan.identity`)
+    data_identity: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.decisions[name].value
@@ -134,6 +136,7 @@ class FinetunePlan:
         """The decisions as plain values and reasons (what the checkpoint stores)."""
         out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
         out["data_root"] = None if self.data.root is None else str(self.data.root)
+        out["data_identity"] = dict(self.data_identity)
         return out
 
 
@@ -383,12 +386,13 @@ def plan_finetune(
     _check_labelled_data(data)
     size = int(p["input"]["image_size"])
     _validation(p, data, size)
-    before = saved.get("validation", {}).get("value", {}).get("images")
-    if before is not None and before != p["validation"]["images"]:
+    identity = data.identity()
+    before = saved.get("data_identity")
+    if isinstance(before, dict) and before != identity:
         raise UsageError(
-            f"the run validated on {before} images and {cfg.data} now gives "
-            f"{p['validation']['images']}: the data changed; resume with the same data, or "
-            "start a new run"
+            f"--data {data.name} is not the data the checkpoint was fine-tuned on (it had "
+            f"{before.get('files')} files in {before.get('root')}, now {identity['files']} in "
+            f"{identity['root']}, or other ones); resume on the same data, or start a new run"
         )
     labelled, subset = _labels(p, data, labelled_file)
     _loader(p, data, labelled, size)
@@ -397,4 +401,4 @@ def plan_finetune(
     if "augment" in saved:
         p.put("augment", saved["augment"]["value"], "the checkpoint's")
     _precision(p)
-    return FinetunePlan(dict(p.d), data, labelled, subset, world_size)
+    return FinetunePlan(dict(p.d), data, labelled, subset, world_size, data_identity=identity)
