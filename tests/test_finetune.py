@@ -92,6 +92,13 @@ def test_cli_end_to_end(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
     ck = load_checkpoint(out)
     assert ck["kind"] == "finetune" and ck["classifier"]["classes"] == list(CLASSES)
     assert ck["accuracy"]["top1"] == pytest.approx(last)
+    # a fine-tuning run is neither a pretraining run to resume nor one to fine-tune
+    assert main(["pretrain", "--resume", str(out), "--no-progress"]) == 2
+    assert "is a fine-tuning run" in capsys.readouterr().err
+    code, _, err = _run(
+        [*args, *TINY, "--out", str(tmp_path / "again"), "--checkpoint", str(out)], capsys
+    )
+    assert code == 2 and "is a fine-tuning run; pass the pretraining run" in err
 
 
 def test_the_classifier_is_usable_afterwards(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
