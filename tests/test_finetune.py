@@ -335,6 +335,19 @@ def test_a_flag_per_config_field_with_its_default_once() -> None:
     assert "(default: required unless --resume)" in text
 
 
+def test_unreadable_labelled_images_are_named_not_a_crash(
+    tmp_path: Path, ckpt: Path, capsys: Any
+) -> None:
+    data = _folder(tmp_path / "data")
+    for f in sorted(data.rglob("*.png"))[:6]:
+        f.write_bytes(b"not a png")
+    args = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "100%", "--loader"]
+    args += ["memory", "--batch-size", "30", "--out", str(tmp_path / "o"), *TINY]
+    with pytest.warns(RuntimeWarning, match="skipping unreadable image"):
+        code, _, err = _run(args, capsys)
+    assert code == 2 and "of the 33 labelled images could be read" in err.splitlines()[-1]
+
+
 def test_other_refusals(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
     data = _folder(tmp_path / "data", val=2)
     (data / "val" / "dog").mkdir()

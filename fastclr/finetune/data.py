@@ -30,6 +30,7 @@ from fastclr.data.select import BatchLoader, MemoryLoader
 from fastclr.data.split import FileSet
 from fastclr.data.stream import StreamingLoader, ViewBatch
 from fastclr.data.summary import DataSummary
+from fastclr.errors import UsageError
 from fastclr.finetune.plan import FinetunePlan
 from fastclr.train.precision import AMP_DTYPES
 
@@ -114,19 +115,31 @@ def _validation(
     return decoded, len(data.heldout)
 
 
+def _check_readable(plan: FinetunePlan, n: int, rank: int, world: int) -> None:
+    """Refuse labelled images too few (some unreadable) for the plan's steps."""
+    steps = (n // world) // plan.per_rank
+    if steps < plan.steps_per_epoch:
+        raise UsageError(
+            f"only {n} of the {len(plan.labelled)} labelled images could be read: {steps} steps "
+            f"an epoch on rank {rank} where the plan has {plan.steps_per_epoch} (the unreadable "
+            "ones are named above); replace them, or label other images (--subset)"
+        )
+
+
 def build_finetune_data(
     plan: FinetunePlan, seed: int, rank: int, world: int, device: torch.device
 ) -> FinetuneData:
     """The planned loader of the labelled images for this rank, and its validation share.
 
-    Raises :class:`~fastclr.errors.UsageError` when none of the labelled (or validation) files
-    can be read, and ``RuntimeError`` when fewer can than the plan's steps need.
+    Raises :class:`~fastclr.errors.UsageError` when fewer of the labelled files can be read than
+    the plan's steps need (or none of the validation files).
     """
     summary = plan.data.summary
     loader: BatchLoader
     if plan.loader == "memory":
         labelled = _labelled_memory(plan, summary)
         n = len(labelled)
+        _check_readable(plan, n, rank, world)
         loader = MemoryLoader(
             labelled.to(device),
             plan.per_rank,
@@ -151,11 +164,6 @@ def build_finetune_data(
             seed=seed,
             rank=rank,
             world_size=world,
-        )
-    if loader.steps_per_epoch < plan.steps_per_epoch:
-        raise RuntimeError(
-            f"the labelled images give {loader.steps_per_epoch} steps an epoch on rank {rank}, "
-            f"the plan {plan.steps_per_epoch}: some could not be read, or the data changed"
         )
     val, n_val = _validation(plan, rank, world)
     return FinetuneData(loader, n, val, n_val, summary)
