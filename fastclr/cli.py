@@ -81,7 +81,22 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], kind: typ
         )
     else:
         extra: dict[str, Any] = {"nargs": "?", "const": _RESUME_OUT} if f.name == "resume" else {}
-        p.add_argument(name, type=kind, choices=meta.get("choices"), help=text, **common, **extra)
+        convert = _converter(meta["parse"]) if meta.get("parse") else kind
+        p.add_argument(
+            name, type=convert, choices=meta.get("choices"), help=text, **common, **extra
+        )
+
+
+def _converter(parse: Any) -> Any:
+    """argparse's ``type=`` for an option with its own parser: its rule as the message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"must be {e}, got {text!r}") from None
+
+    return convert
 
 
 def add_options(p: argparse.ArgumentParser, config: type) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastclr.errors import UsageError
@@ -62,6 +62,7 @@ def option(
     why: str = "",
     cli: bool = True,
     required: bool = False,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A dataclass field with the metadata :mod:`fastclr.cli` and :func:`check_options` read.
 
@@ -78,8 +79,11 @@ def option(
         why: appended to the refusal of a value (why the rule exists).
         cli: whether the command line has a flag for it.
         required: no default: the field must be given (a required flag).
+        parse: for a value of several kinds (an integer or a word, say): turns the command
+            line's text into the value, and is also the check (it raises ``ValueError`` with
+            the rule for a value it refuses).
     """
-    meta: dict[str, Any] = {"help": help, "cli": cli, "required": required}
+    meta: dict[str, Any] = {"help": help, "cli": cli, "required": required, "parse": parse}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if unset is not None:
@@ -186,6 +190,13 @@ def check_options(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         meta, v = dict(f.metadata), getattr(obj, f.name)
         if v is None and "unset" in meta:
+            continue
+        parse = meta.get("parse")
+        if parse is not None:
+            try:
+                parse(str(v))
+            except ValueError as e:
+                raise _refuse(f.name, str(e), v, "") from None
             continue
         choices = meta.get("choices")
         if choices is not None:

@@ -3,7 +3,7 @@
 # written as its step finishes. Works from a bare copy of the repository (no install, no native
 # build): torch, triton, pytest and hypothesis are all it needs.
 #
-#   bash scripts/gpu_check.sh              every step (budgets below: 500 s in all)
+#   bash scripts/gpu_check.sh              every step (budgets below: 540 s in all)
 #   bash scripts/gpu_check.sh --quick      env, the loss benchmark at M = 8192, the fast tests and
 #                                          the loss table (budgets: 370 s)
 #   bash scripts/gpu_check.sh --dry-run    real imports and test collection, then each step's
@@ -16,7 +16,8 @@
 # step is recorded and the next one runs; the exit status is the first failure's.
 #
 # Budgets (seconds, `timeout` per step; a step killed at its budget keeps what it wrote):
-#   env 30 · gpu_loss 150 · tests 150 · loss table 50 · augmentation 40 · data 40 · train 40 = 500
+#   env 30 · gpu_loss 150 · tests 150 · loss table 50 · augmentation 40 · data 40 · train 40 ·
+#   gradcache 40 (ResNet-50 224² bf16, batch 4,096 in chunks of 512, one round: issue 21) = 540
 # The first GPU session measured none of them; they are sized from the CPU dry run and the
 # compile counts (~100 kernel compiles over 8 test processes).
 set -uo pipefail
@@ -32,7 +33,7 @@ for arg in "$@"; do
     *) echo "gpu_check.sh: unknown option '$arg' (--quick, --dry-run)" >&2; exit 2 ;;
   esac
 done
-TOTAL_BUDGET=500
+TOTAL_BUDGET=540
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the package from this copy, never elsewhere
@@ -66,6 +67,7 @@ STEPS=(
   "augment|40|throughput-augment|$PY bench/throughput.py --quick --only augment --out $RES/throughput-augment"
   "data|40|throughput-data|$PY bench/throughput.py --quick --only data --out $RES/throughput-data"
   "train|40|throughput-train|$PY bench/throughput.py --quick --only train --out $RES/throughput-train"
+  "gradcache|40|gradcache|$PY bench/gradcache_bench.py --cuda --rounds 1 --out $RES/gradcache"
 )
 [ "$MODE" = quick ] && STEPS=("${STEPS[@]:0:3}" "${STEPS[3]/|50|/|40|}")
 if [ -n "${GPU_CHECK_SELFTEST:-}" ]; then

@@ -153,3 +153,72 @@ def write_checkpoint() -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> Callable[..., object]:
+    """``tiny_run(out, **overrides)``: the ``TrainConfig`` of a two-epoch, two-step pretraining run
+    on 8-px views of an eighth-width encoder (the synthetic data set), logging every step."""
+    from fastclr.train import TrainConfig
+
+    tiny: dict[str, object] = {
+        "image_size": 8,
+        "width": 0.125,
+        "batch_size": 16,
+        "limit_steps": 2,
+        "epochs": 2,
+        "log_every": 1,
+        "progress": False,
+        "lr": 0.5,
+    }
+
+    def make(out: Path, **overrides: object) -> TrainConfig:
+        return TrainConfig(out=str(out), **{**tiny, **overrides})  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def count_launches() -> Callable[[Callable[[], None]], list[str]]:
+    """``count_launches(fn)``: the kernel launches of ``fn()``, in order — every Triton launch
+    (``triton:<kernel>``) plus every dispatched torch op that runs a kernel (views, allocations and
+    aliasing excluded; a ``fastclr::`` op's own kernels are counted inside it). Counted at the
+    dispatcher and at the launcher, so it holds on CPU under the interpreter as on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastclr.ops import triton_ntxent as ops
+
+    no_kernel = {"empty", "empty_strided", "empty_like", "new_empty", "detach", "alias"}
+    no_kernel |= {"lift_fresh", "_to_copy_noop"}
+
+    def count(fn: Callable[[], None]) -> list[str]:
+        names: list[str] = []
+        inside = [False]
+
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                base = func.overloadpacket.__name__
+                custom = func.namespace == "fastclr"
+                if not inside[0] and not custom and not func.is_view and base not in no_kernel:
+                    names.append(base)
+                return func(*args, **(kwargs or {}))
+
+        real = ops._launch
+
+        def launch(kernel, grid, *a, **kw):  # type: ignore[no-untyped-def]
+            names.append("triton:" + getattr(kernel, "fn", kernel).__name__)
+            inside[0] = True  # the interpreter's own host-side tensor traffic is not a launch
+            try:
+                real(kernel, grid, *a, **kw)
+            finally:
+                inside[0] = False
+
+        ops._launch = launch
+        try:
+            with Count():
+                fn()
+        finally:
+            ops._launch = real
+        return names
+
+    return count

@@ -17,7 +17,7 @@ from fastclr.checkpoint import (
 )
 from fastclr.train import TrainConfig
 from fastclr.train.logs import EPOCH_FIELDS, STEP_FIELDS, RunLogger, cut_back_logs
-from fastclr.train.rundir import OutputFolderError, RunExistsError, prepare_run_folder
+from fastclr.train.rundir import OutputFolderError, RunExistsError, RunFolder, prepare_run_folder
 
 
 def _write(path: Path, fields: tuple[str, ...], rows: list[list[object]], tail: str = "") -> None:
@@ -72,35 +72,42 @@ def _checkpoint(out: Path, epoch: int, batch: int = 16, drop: str = "") -> None:
     save_checkpoint_atomic(state, out / CHECKPOINT_NAME)
 
 
+def _prepared(cfg: TrainConfig) -> RunFolder:
+    """prepare_run_folder, its lock released at once (each call here is a separate run)."""
+    folder = prepare_run_folder(cfg)
+    folder.release()
+    return folder
+
+
 def test_run_folder_decisions(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert prepare_run_folder(_cfg(out)).checkpoint is None  # fresh: created and probed
+    assert _prepared(_cfg(out)).checkpoint is None  # fresh: created and probed
     assert out.is_dir() and not list(out.iterdir())
     (out / "steps.csv").write_text("x\n")  # killed before its first checkpoint
     with pytest.raises(RunExistsError, match=r"never saved a checkpoint .*--overwrite"):
-        prepare_run_folder(_cfg(out))
+        _prepared(_cfg(out))
     _checkpoint(out, epoch=1)
     (out / "steps.csv").write_text("x\n")
     stale = out / f".{CHECKPOINT_NAME}.tmp-999999999"
     stale.write_bytes(b"torn")
     with pytest.raises(RunExistsError, match=r"--resume .*--overwrite"):
-        prepare_run_folder(_cfg(out))
-    plan = prepare_run_folder(_cfg(out, resume=str(out)))
+        _prepared(_cfg(out))
+    plan = _prepared(_cfg(out, resume=str(out)))
     assert plan.checkpoint is not None and not plan.finished and not stale.exists()
     with pytest.raises(ValueError, match=r"--batch-size 32 differs from the batch size 16"):
-        prepare_run_folder(TrainConfig(out=str(out), batch_size=32, resume=str(out)))
+        _prepared(TrainConfig(out=str(out), batch_size=32, resume=str(out)))
     _checkpoint(out, epoch=3)
-    assert prepare_run_folder(_cfg(out, resume=str(out))).finished
+    assert _prepared(_cfg(out, resume=str(out))).finished
     _checkpoint(out, epoch=1, drop="optimizer")
     with pytest.raises(CheckpointError, match=r"cannot be used for --resume: it lacks optimizer"):
-        prepare_run_folder(_cfg(out, resume=str(out)))
-    prepare_run_folder(_cfg(out, overwrite=True))
+        _prepared(_cfg(out, resume=str(out)))
+    _prepared(_cfg(out, overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == []  # the old run's files, and only those
     (out / "notes.txt").write_text("mine")
     _checkpoint(out, epoch=1)
-    prepare_run_folder(_cfg(out, overwrite=True))
+    _prepared(_cfg(out, overwrite=True))
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     afile = tmp_path / "file"
     afile.write_text("")
     with pytest.raises(OutputFolderError, match="is a file, not a folder"):
-        prepare_run_folder(_cfg(afile))
+        _prepared(_cfg(afile))

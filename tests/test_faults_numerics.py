@@ -29,20 +29,9 @@ from fastclr.cli import main
 from fastclr.data import plan_data
 from fastclr.errors import NonFiniteLossError, UsageError
 from fastclr.loss import NTXentLoss
-from fastclr.train import TrainConfig, pretrain
+from fastclr.train import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY: dict[str, Any] = {
-    "image_size": 8,
-    "width": 0.125,
-    "batch_size": 16,
-    "limit_steps": 2,
-    "epochs": 2,
-    "log_every": 1,
-    "progress": False,
-    "lr": 0.5,
-}
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -72,24 +61,24 @@ class _DivergesAt:
         return self.inner(z1, z2)
 
 
-def test_weights_that_diverge_at_the_last_step_are_not_saved(tmp_path: Path) -> None:
+def test_weights_that_diverge_at_the_last_step_are_not_saved(tmp_path: Path, tiny_run: Any) -> None:
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"weights became NaN or Inf .* by step 4") as e:
-        pretrain(TrainConfig(out=str(out), **TINY), loss_fn=_DivergesAt(4))
+        pretrain(tiny_run(out), loss_fn=_DivergesAt(4))
     assert "the last good checkpoint" in str(e.value)
     ck = load_checkpoint(out)
     assert ck["global_step"] == 2  # epoch 1's checkpoint, as it was
     assert all(bool(torch.isfinite(t).all()) for t in ck["model"].values() if t.is_floating_point())
 
 
-def test_a_nan_loss_says_what_was_kept_and_what_to_change(tmp_path: Path) -> None:
-    cfg = TrainConfig(out=str(tmp_path / "a"), precision="fp32", **TINY)
+def test_a_nan_loss_says_what_was_kept_and_what_to_change(tmp_path: Path, tiny_run: Any) -> None:
+    cfg = tiny_run(tmp_path / "a", precision="fp32")
     with pytest.raises(NonFiniteLossError) as e:
         pretrain(cfg, loss_fn=_DivergesAt(1, nan_loss=True))
     msg = str(e.value)
     assert "no checkpoint had been written yet" in msg and "last good" not in msg
     assert "--precision fp32" not in msg  # an fp32 run is not told to use fp32
-    cfg = TrainConfig(out=str(tmp_path / "b"), temperature=1e-30, **TINY)
+    cfg = tiny_run(tmp_path / "b", temperature=1e-30)
     with pytest.raises(NonFiniteLossError, match=r"Likely: --temperature 1e-30 is very small"):
         pretrain(cfg, loss_fn=_DivergesAt(1, nan_loss=True))
 
@@ -250,7 +239,9 @@ def test_mostly_unreadable_held_out_part_names_itself(tmp_path: Path) -> None:
         load_image_folder(tmp_path, 8)
 
 
-def test_fp16_steps_the_scaler_skips_do_not_warn(tmp_path: Path, monkeypatch: Any) -> None:
+def test_fp16_steps_the_scaler_skips_do_not_warn(
+    tmp_path: Path, monkeypatch: Any, tiny_run: Any
+) -> None:
     """With fp16 the grad scaler skips a step whose gradients overflowed; torch's warning that
     the schedule then stepped first is intended and is not shown."""
     import warnings
@@ -267,7 +258,7 @@ def test_fp16_steps_the_scaler_skips_do_not_warn(tmp_path: Path, monkeypatch: An
             else real(precision, device)
         ),
     )
-    cfg = TrainConfig(out=str(tmp_path / "r"), precision="fp16", **{**TINY, "epochs": 1})
+    cfg = tiny_run(tmp_path / "r", precision="fp16", epochs=1)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         pretrain(cfg)

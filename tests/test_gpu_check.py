@@ -91,7 +91,7 @@ def test_gpu_check_dry_run_from_a_bare_copy(tmp_path: Path, quick: bool = False)
     collected = next(line for line in out.splitlines() if "collected" in line)
     assert "error" not in collected.lower(), out[-3000:]
     steps = [line for line in out.splitlines() if line.startswith("[gpu-check] step ")]
-    assert len(steps) == (4 if quick else 7), out
+    assert len(steps) == (4 if quick else 8), out
     budgets = []
     for line in steps:
         m = re.search(r"budget (\d+)s, output (\S+)", line)

@@ -510,7 +510,10 @@ def test_num_workers_auto_rule(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [[], ["--chunk-size", "2"]], ids=["one-forward", "chunked"])
+def test_torchrun_two_cpu_processes(tmp_path: Path, chunk: list[str]) -> None:
+    """Two ranks; chunked, each rank forwards its share in chunks (gradient caching), gathers
+    the embeddings once and all-reduces the gradients once per step."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -525,10 +528,13 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         *_tiny_cli_args(out, steps=2),
         "--loss-backend",
         "reference",
+        *chunk,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert proc.stdout.count("done: 1 epochs, 2 steps") == 1  # rank 0 reports
+    if chunk:
+        assert "chunk:       2 images per forward" in proc.stdout
     ckpt = load_checkpoint(out)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert ckpt["rng"][0]["python"] != ckpt["rng"][1]["python"]  # per-rank streams

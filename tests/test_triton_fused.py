@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -136,59 +137,11 @@ def test_views_against_float64_hypothesis(
 # launches, non-finite inputs, compile
 
 
-def _count_launches(fn):  # type: ignore[no-untyped-def]
-    """Kernel launches of ``fn()``: every Triton launch plus every dispatched torch op that runs a
-    kernel (views, allocations and metadata excluded). Counted at the dispatcher and at the
-    launcher, so it holds on CPU under the interpreter exactly as on a GPU."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from fastclr.ops import triton_ntxent as ops
-
-    no_kernel = {
-        "empty",
-        "empty_strided",
-        "empty_like",
-        "new_empty",
-        "detach",
-        "alias",
-        "lift_fresh",
-        "_to_copy_noop",
-    }
-    names: list[str] = []
-    inside = [False]
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            base = func.overloadpacket.__name__
-            custom = func.namespace == "fastclr"  # the op itself: its kernels are counted inside
-            if not inside[0] and not custom and not func.is_view and base not in no_kernel:
-                names.append(base)
-            return func(*args, **(kwargs or {}))
-
-    real = ops._launch
-
-    def launch(kernel, grid, *a, **kw):  # type: ignore[no-untyped-def]
-        names.append("triton:" + getattr(kernel, "fn", kernel).__name__)
-        inside[0] = True  # the interpreter's own host-side tensor traffic is not a GPU launch
-        try:
-            real(kernel, grid, *a, **kw)
-        finally:
-            inside[0] = False
-
-    ops._launch = launch
-    try:
-        with Count():
-            fn()
-    finally:
-        ops._launch = real
-    return names
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("temperature", [0.2, 0.01])
 def test_forward_backward_is_at_most_six_launches(
-    dtype: torch.dtype, reduction: str, temperature: float
+    dtype: torch.dtype, reduction: str, temperature: float, count_launches: Any
 ) -> None:
     zi = torch.randn(70, 32, dtype=dtype, device=DEVICE, requires_grad=True)
     zj = torch.randn(70, 32, dtype=dtype, device=DEVICE, requires_grad=True)
@@ -204,7 +157,7 @@ def test_forward_backward_is_at_most_six_launches(
         )
         (loss.sum() if reduction == "none" else loss).backward()
 
-    names = _count_launches(step)
+    names = count_launches(step)
     kernels = [n for n in names if n.startswith("triton:")]
     assert kernels[0] == "triton:ntxent_prep_kernel" and kernels[-1] == "triton:ntxent_post_kernel"
     assert len(kernels) == 5, names
@@ -215,7 +168,7 @@ def test_forward_backward_is_at_most_six_launches(
     assert zi.grad is not None and zj.grad is not None
 
 
-def test_launch_counter_sees_the_unfused_path() -> None:
+def test_launch_counter_sees_the_unfused_path(count_launches: Any) -> None:
     """Positive control: labels take the general path, whose aten launches the counter must see
     (so a regression of the views path to it would fail the test above)."""
     z = torch.randn(40, 16, device=DEVICE, requires_grad=True)
@@ -224,16 +177,16 @@ def test_launch_counter_sees_the_unfused_path() -> None:
     def step() -> None:
         fastclr.ntxent(z, labels=labels, backend="triton", check_finite=False).backward()
 
-    assert len(_count_launches(step)) > 2 * MAX_LAUNCHES
+    assert len(count_launches(step)) > 2 * MAX_LAUNCHES
 
 
-def test_three_views_add_only_the_concatenation() -> None:
+def test_three_views_add_only_the_concatenation(count_launches: Any) -> None:
     views = [torch.randn(9, 16, device=DEVICE, requires_grad=True) for _ in range(3)]
 
     def step() -> None:
         fastclr.ntxent(*views, backend="triton", check_finite=False).backward()
 
-    names = _count_launches(step)
+    names = count_launches(step)
     assert "cat" in names and len(names) <= MAX_LAUNCHES + 1, names
 
 

@@ -10,6 +10,7 @@ atol. Shapes stay small because the interpreter is slow.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -594,45 +595,6 @@ def test_tf32x3_emulation_obeys_the_bound(d: int) -> None:
     assert float((err / (edge.double() ** 2).sum(-1)).max()) > ops.FP32_DOT_REL_ERR / 64
 
 
-# dispatch-level ops that launch no kernel: allocations, views and aliasing
-_NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "detach", "alias", "lift_fresh"}
-
-
-def _count_launches(fn):  # type: ignore[no-untyped-def]
-    """(kernel launches, op names) of ``fn()``: Triton launches through the launcher plus every
-    torch op that runs a kernel (views and allocations excluded)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    ops = _ops()
-    names: list[str] = []
-    inside = [False]
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            base = func.overloadpacket.__name__
-            if not inside[0] and not func.is_view and base not in _NO_KERNEL:
-                names.append(base)
-            return func(*args, **(kwargs or {}))
-
-    real = ops._launch
-
-    def launch(kernel, grid, *a, **kw):  # type: ignore[no-untyped-def]
-        names.append("triton:" + kernel.fn.__name__)
-        inside[0] = True  # the interpreter's own tensor traffic is not a GPU launch
-        try:
-            real(kernel, grid, *a, **kw)
-        finally:
-            inside[0] = False
-
-    ops._launch = launch
-    try:
-        with Count():
-            fn()
-    finally:
-        ops._launch = real
-    return names
-
-
 # One forward+backward of the triton LSE op (symmetric path): forward = zero the column sums,
 # the kernel, the sum over splits, + column sums, log, + c (6); backward = the fp32 gradient view or
 # copy (≤ 1), the kernel, the sum over splits (S > 1 only), the cast to the input dtype (≤ 1) (≤ 4).
@@ -641,7 +603,7 @@ OP_LAUNCHES = 10
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_launch_count_is_bounded_and_sync_free(
-    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch, count_launches: Any
 ) -> None:
     """A fixed number of launches whatever M (and S), no host sync, no data-dependent shapes:
     what a CUDA graph capture needs."""
@@ -655,7 +617,7 @@ def test_launch_count_is_bounded_and_sync_free(
         def step(z: torch.Tensor = z, g: torch.Tensor = g) -> None:
             (ops.BACKEND.lse_sym(z, 0.3) * g).sum().backward()
 
-        names = _count_launches(step)
+        names = count_launches(step)
         op_names = [n for n in names if n.startswith("triton:")]
         assert op_names == ["triton:ntxent_sym_fwd_kernel", "triton:ntxent_rows_bwd_kernel"]
         for sync in ("_local_scalar_dense", "item", "nonzero", "masked_select", "unique"):

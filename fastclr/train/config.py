@@ -63,6 +63,19 @@ PER_INVOCATION = frozenset(
 )
 
 
+def chunk_value(text: str) -> int | str:
+    """``--chunk-size``: a whole number >= 1, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip():
+        raise ValueError("a whole number >= 1 or auto")
+    return value
+
+
 @dataclass
 class TrainConfig:
     """Everything a pretraining run depends on (``fastclr pretrain`` has one flag per field).
@@ -178,6 +191,15 @@ class TrainConfig:
         "digits and small folders of small square images, else dali on CUDA when "
         "installed, else stream",
         choices=LOADERS,
+    )
+    chunk_size: int | str | None = option(
+        None,
+        "images per encoder forward on each rank: the loss still sees the whole --batch-size "
+        "(exact large batches by gradient caching, about a third more compute); auto: the "
+        "largest chunk whose expected memory fits (90% of the GPU's free memory, or half the "
+        "CPU's available memory)",
+        unset="the rank's whole batch in one forward",
+        parse=chunk_value,
     )
     limit_steps: int | None = option(
         None, "cap on the steps of every epoch", unset="no cap", at_least=1

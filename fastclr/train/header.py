@@ -58,6 +58,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "rebase": ("schedule", lambda v: f"cosine from step {v[0]}"),
     "knn_k": ("kNN k", lambda v: "none" if v is None else str(v)),
     "precision": ("precision", str),
+    "chunk": ("chunk", lambda v: f"{v} images per forward"),
 }
 #: Decisions left out of the header (shown inside another line).
 _HIDDEN = ("rule_lr",)

@@ -294,7 +294,7 @@ def _build_run(
         start, rng = resume(cfg.resume, cfg, plan, state, ddp, checkpoint=folder.checkpoint)
     train_model = wrap_model(model, ddp, device, cfg.compile)
     loss_fn = loss_fn if loss_fn is not None else build_loss(cfg, ddp.world_size)
-    step = TrainingStep(train_model, loss_fn, optimizer, scaler, plan.precision, device)
+    step = TrainingStep(train_model, loss_fn, optimizer, scaler, plan.precision, device, plan.chunk)
     if rng is not None:
         restore_rng(rng, augment, device)
     if ddp.is_main:

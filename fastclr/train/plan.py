@@ -21,11 +21,14 @@ The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` hol
 6. the learning rate (the paper's linear or square-root rule) and the warm-up (10% of the run,
    at most 10 epochs);
 7. kNN k of the monitor (15% of the smallest class of its training images);
-8. the precision (bf16 on CUDA, fp32 on the CPU).
+8. the precision (bf16 on CUDA, fp32 on the CPU);
+9. the images per encoder forward (``--chunk-size``: the whole per-rank batch, a given chunk,
+   or ``auto``, the largest whose expected memory fits, :mod:`fastclr.train.memory`); the run
+   header states the contrastive batch, the chunk and the expected peak memory.
 
 On ``--resume`` the decisions that shape the run (size, width, stem, head, batch, preset,
-learning rate, warm-up) are the checkpoint's; the others (epochs when extended, loader, workers,
-precision, threads, kNN k) are decided again, since they may change between sessions.
+learning rate, warm-up, chunk) are the checkpoint's; the others (epochs when extended, loader,
+workers, precision, threads, kNN k) are decided again, since they may change between sessions.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from fastclr.evaluate import knn_k_for
 from fastclr.models import Architecture
 from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
+from fastclr.train.memory import budget_bytes, format_bytes, memory_model
 from fastclr.train.precision import resolve_precision
 from fastclr.train.recipe import (
     MAX_WARMUP_FRACTION,
@@ -79,7 +83,7 @@ _DEMO_WHY = "the digits demo: about a minute on a CPU"
 #: The decisions a resume takes from the checkpoint (they shape the model, batches, schedule).
 KEPT_ON_RESUME = (
     *("image_size", "width", "stem", "head_bn", "batch", "preset", "lr", "warmup"),
-    *("total", "rebase"),
+    *("total", "rebase", "chunk"),
 )
 
 
@@ -148,6 +152,14 @@ class RunPlan:
     def threads(self) -> int | None:
         value = self["threads"]
         return None if value is None else int(value)
+
+    @property
+    def chunk(self) -> int | None:
+        """Images per encoder forward on each rank; None: the whole per-rank batch at once."""
+        value = self.decisions.get("chunk")
+        if value is None or int(value.value) >= self.per_rank:
+            return None
+        return int(value.value)
 
     @property
     def knn_k(self) -> int | None:
@@ -448,7 +460,37 @@ def plan_run(
     _schedule(p)
     _knn(p, dplan)
     _precision(p)
+    _chunk(p)
     return RunPlan(dict(p.d), dplan, world_size, identity)
+
+
+def _chunk(p: _Planner) -> None:
+    """Decision 9: images per encoder forward on each rank (gradient caching below the batch)."""
+    asked, per_rank = p.cfg.chunk_size, int(p["batch"]) // p.world_size
+    if asked is None:
+        p.put("chunk", per_rank, "the rank's whole batch in one forward")
+        return
+    if p.kept("chunk"):
+        return
+    arch = Architecture(p.cfg.arch, str(p["stem"]), float(p["width"]), p.cfg.proj_dim, True)
+    model = arch.build().to(p.device)
+    mem = memory_model(model, p.image_size, str(p["precision"]), p.device, per_rank, arch.proj_dim)
+    del model
+    if asked == "auto":
+        budget, where = budget_bytes(p.device)
+        chunk = mem.largest_chunk(budget, per_rank)
+        how = f"auto: the largest that fits {where}"
+    else:
+        chunk, how = min(int(asked), per_rank), "given"
+    passes = -(-per_rank // chunk)
+    p.put(
+        "chunk",
+        chunk,
+        f"{how}; the loss sees the whole batch of {p['batch']}, the encoder {passes} "
+        f"forward{'s' if passes != 1 else ''} of {chunk} per rank; expected peak "
+        f"{format_bytes(mem.peak(chunk))} (one forward of the batch: "
+        f"{format_bytes(mem.peak(per_rank))})",
+    )
 
 
 def _precision(p: _Planner) -> None:
