@@ -125,6 +125,25 @@ def test_the_classifier_is_usable_afterwards(tmp_path: Path, ckpt: Path, capsys:
         fastclr.load_classifier(ckpt)
 
 
+def test_readme_classifier_example_runs(
+    tmp_path: Path, ckpt: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Fine-tuning with a few labels") :]
+    code = next(
+        c for c in re.findall(r"```python\n(.*?)```", section, re.S) if "load_classifier" in c
+    )
+    data = _folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    args = ["--checkpoint", str(ckpt), "--data", "data", "--labels", "4-per-class"]
+    assert _run([*args, *TINY, "--epochs", "1", "--out", "runs/ft-1pct"], capsys)[0] == 0
+    images = torch.randint(0, 256, (5, 3, 20, 16), dtype=torch.uint8)
+    scope: dict[str, Any] = {"fastclr": fastclr, "torch": torch, "images": images}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["predicted"]) == 5 and set(scope["predicted"]) <= set(CLASSES)
+    assert data.is_dir()
+
+
 # ------------------------------------------------------------------------------ the split
 
 
