@@ -3,6 +3,7 @@
     python bench/quality.py                  # both suites, 3 seeds each (~22 min on 2 CPU cores)
     python bench/quality.py --suite folder   # the general path only
     python bench/quality.py --seeds 0        # one seed, a quick look (no 3σ verdict)
+    python bench/quality.py --suite semi     # few labels: fine-tuning vs scratch vs linear probe
 
 Two suites, each evaluated on its held-out split with a linear probe (L-BFGS logistic regression
 on frozen, standardised features) and kNN (cosine, temperature-weighted votes, the evaluation's
@@ -336,9 +337,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--suite",
-        choices=("all", "folder", "demo", "none"),
+        choices=("all", "folder", "demo", "none", "semi"),
         default="all",
-        help="suites to train; the others are carried over from --carry",
+        help="suites to train (all: folder and demo); the others are carried over from "
+        "--carry. semi: the semi-supervised suite (bench/quality_semi.py, its own record)",
     )
     p.add_argument(
         "--carry",
@@ -358,6 +360,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="extra `fastclr pretrain` flags for --variant, one string: --flags='--width 0.5'",
     )
+    from quality_semi import add_arguments
+
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -424,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.variant:
         return run_variant(args)
+    if args.suite == "semi":
+        from quality_semi import run as run_semi
+
+        return run_semi(args)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     suites, verdicts = _train(args)

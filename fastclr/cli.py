@@ -29,6 +29,8 @@ from fastclr.distributed import is_main
 from fastclr.downstream.export import ExportConfig, run_export
 from fastclr.errors import UsageError
 from fastclr.evaluate import EvalConfig, evaluate_checkpoint
+from fastclr.finetune.command import run_finetune
+from fastclr.finetune.config import FinetuneConfig
 from fastclr.options import field_types, flag
 from fastclr.train import NonFiniteLossError, TrainConfig, pretrain
 from fastclr.train.config import resumed_config
@@ -144,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ExportConfig,
     )
+    add_options(
+        sub.add_parser(
+            "finetune",
+            help="fine-tune a pretrained network on a few labels (or train it from scratch)",
+            description="SimCLR's semi-supervised fine-tuning (paper, App. B.5): a "
+            "class-balanced labelled subset (written to OUT/labelled.txt), Nesterov SGD, crop "
+            "+ flip; validation top-1/top-5 after every epoch. Settings left unset are decided "
+            "by stated rules and printed with their reasons; the last line is 'top-1 NN.NN%'.",
+        ),
+        FinetuneConfig,
+    )
     for p in sub.choices.values():
         p.add_argument(
             "--debug",
@@ -183,6 +196,8 @@ def resume_config(
     path = src / CHECKPOINT_NAME if src.is_dir() else src
     given.setdefault("out", str(path.parent))
     checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") == "finetune":
+        raise UsageError(f"{path} is a fine-tuning run: resume it with fastclr finetune --resume")
     saved = checkpoint.get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {path} holds no run configuration to --resume")
@@ -279,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _run_pretrain(args)
+        if args.command == "finetune":
+            return run_finetune(_given(args, FinetuneConfig))
         if args.command == "export":
             return run_export(ExportConfig(**_given(args, ExportConfig)))
         return _run_eval(args)

@@ -212,22 +212,43 @@ def test_paper_schedule_numbers() -> None:
 
 def test_recipe_at_imagenet_scale_is_the_papers() -> None:
     r = finetune_recipe(12_812, 1_281_167, batch_size=4096)
-    assert (r.epochs.value, r.steps_per_epoch.value, r.lr.value) == (60, 4, pytest.approx(0.8))
-    assert (r.momentum.value, r.weight_decay.value, r.warmup_epochs.value) == (0.9, 0.0, 0)
-    assert "Nesterov" in r.optimizer.value and "flip" in r.augmentation.value
-    assert finetune_recipe(128_117, 1_281_167, batch_size=4096).epochs.value == 30
+    assert (r.steps_per_epoch.value, r.lr.value) == (3, pytest.approx(0.8))  # 0.05 x 4096/256
+    # the paper's 60 epochs of 3.1 batches are 188 steps (its code counts the partial batch);
+    # in full batches that is 63 epochs of 3
+    assert r.epochs.value == 63 and r.total_steps >= paper_steps(0.01) == 188
+    r = finetune_recipe(128_117, 1_281_167, batch_size=4096)
+    assert (r.epochs.value, r.steps_per_epoch.value) == (31, 31)  # 961 >= 939 steps
+    assert "raised to the 939 steps" in r.epochs.reason
+    # at the default batch of 256 the square-root rule gives 0.0125 x 16
+    assert finetune_recipe(12_812, 1_281_167).lr.value == pytest.approx(0.2)
 
 
-def test_small_folders_get_the_papers_number_of_steps() -> None:
-    r = finetune_recipe(14, 1438)  # 1% of the digits: one batch of 14
-    assert (r.batch_size.value, r.steps_per_epoch.value) == (14, 1)
-    assert r.total_steps >= paper_steps(14 / 1438) > 60
-    assert "raised to the" in r.epochs.reason
-    assert r.lr.value == pytest.approx(0.05 * 14 / 256)
-    r = finetune_recipe(1438, 1438)
-    assert (r.batch_size.value, r.steps_per_epoch.value) == (256, 6)
+@pytest.mark.parametrize(
+    ("n", "n_train", "batch", "steps", "epochs", "lr"),
+    [
+        (40, 1295, 16, 2, 219, 0.05),  # 4 digits a class: the paper's 438 steps at 3.1%
+        (130, 1295, 16, 8, 118, 0.05),  # 10%: 939 steps
+        (1295, 1295, 128, 10, 94, 0.0125 * math.sqrt(128)),  # all of them: 128 gives 10 steps
+        (14, 1438, 14, 1, 183, 0.0125 * math.sqrt(14)),  # fewer than the floor: one batch
+    ],
+)
+def test_small_folders_get_the_papers_number_of_steps(
+    n: int, n_train: int, batch: int, steps: int, epochs: int, lr: float
+) -> None:
+    r = finetune_recipe(n, n_train)
+    assert (r.batch_size.value, r.steps_per_epoch.value, r.epochs.value) == (batch, steps, epochs)
+    assert r.lr.value == pytest.approx(lr)
+    assert r.total_steps >= paper_steps(n / n_train) > (epochs - 1) * steps
+    assert "raised to the" in r.epochs.reason and "square-root rule" in r.lr.reason
+    assert [name for name, _, _ in r.rows()] == ["batch_size", "steps_per_epoch", "lr", "epochs"]
     assert all(reason for _, _, reason in r.rows())
-    assert [n for n, _, _ in r.rows()][:3] == ["optimizer", "momentum", "weight_decay"]
+
+
+def test_the_batch_splits_over_the_ranks() -> None:
+    r = finetune_recipe(130, 1295, world_size=3)
+    assert (r.batch_size.value, r.steps_per_epoch.value) == (15, 8)  # 16 → 15, 43 // 5 each
+    with pytest.raises(ValueError, match="does not split evenly over 4 ranks"):
+        finetune_recipe(130, 1295, batch_size=18, world_size=4)
 
 
 def test_given_values_win_and_bad_ones_are_refused() -> None:

@@ -130,3 +130,36 @@ def test_views_forward_each_group_on_its_own() -> None:
     assert not torch.allclose(joint, z)  # the control: one forward of both normalises jointly
     with pytest.raises(ValueError, match="views must divide the 6 rows"):
         model(x, views=4)
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+
+@pytest.mark.parametrize("head_bn", [False, True])
+def test_classifier_on_a_head_layer_shares_the_network(head_bn: bool) -> None:
+    from fastclr.models import Classifier, build_model, head_layers
+
+    model = build_model("resnet18", "cifar", 0.125, 16, head_bn)
+    layers = head_layers(model.head)
+    assert [type(m) for m in layers[0]] == [
+        nn.Linear,
+        *([nn.BatchNorm1d] if head_bn else []),
+        nn.ReLU,
+    ]
+    assert [type(m) for m in layers[1]] == [nn.Linear] and len(layers) == 2
+    x = torch.randn(4, 3, 8, 8)
+    model.eval()
+    for k, width in ((0, 64), (1, 64), (2, 16)):
+        clf = Classifier(model, k, 5).eval()
+        assert clf.feature_dim == width and clf.encoder is model.encoder
+        with torch.no_grad():
+            h, z = model(x)
+            want = {0: h, 1: nn.Sequential(*list(model.head)[:-1])(h), 2: z}[k]
+            assert torch.equal(clf.features(x), want)
+            assert torch.equal(clf(x), torch.zeros(4, 5))  # fc starts at zero
+    clf = Classifier(model, 1, 5)
+    assert clf.head[0][0] is model.head[0]  # shared, not copied: training it trains the model
+    with pytest.raises(ValueError, match=r"head_layer must be in \[0, 2\]"):
+        Classifier(model, 3, 5)
+    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+        Classifier(model, 0, 1)

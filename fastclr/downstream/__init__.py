@@ -2,10 +2,13 @@
 
 * :func:`load_encoder` / :func:`load_simclr` (:mod:`~fastclr.downstream.load`): the encoder
   (with the preprocessing it was trained with), or encoder + projection head, from a run;
+* :func:`load_classifier` (:mod:`~fastclr.downstream.classifier`): the classifier a
+  ``fastclr finetune`` run trained, with its class names and preprocessing;
 * :func:`export` (:mod:`~fastclr.downstream.export`): ``fastclr export``'s formats, for
   torchvision, as plain state dicts, or as TorchScript for a Python without fastclr.
 """
 
+from fastclr.downstream.classifier import FinetunedClassifier, load_classifier
 from fastclr.downstream.export import FORMATS, ExportResult, export
 from fastclr.downstream.load import (
     PretrainedEncoder,
@@ -19,11 +22,13 @@ from fastclr.downstream.preprocess import Preprocess
 __all__ = [
     "FORMATS",
     "ExportResult",
+    "FinetunedClassifier",
     "Preprocess",
     "PretrainedEncoder",
     "PretrainedSimCLR",
     "RunInfo",
     "export",
+    "load_classifier",
     "load_encoder",
     "load_simclr",
 ]

@@ -54,6 +54,8 @@ class RunInfo:
     #: epochs finished and optimiser steps taken when the checkpoint was written (None if absent)
     epoch: int | None
     global_step: int | None
+    #: what wrote it: "pretrain", or "finetune" (``fastclr finetune``: a fine-tuned encoder)
+    kind: str = "pretrain"
 
     def as_dict(self) -> dict[str, Any]:
         """The metadata record an export stores beside the weights (plain types only)."""
@@ -165,6 +167,7 @@ def read_run(
             std=as_triple(state["std"], "std"),
             epoch=_optional_int(state.get("epoch")),
             global_step=_optional_int(state.get("global_step")),
+            kind=str(state.get("kind", "pretrain")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {where} has a malformed model description: {e}") from e

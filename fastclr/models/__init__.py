@@ -1,5 +1,6 @@
-"""Encoders and the SimCLR model (encoder + projection head)."""
+"""Encoders, the SimCLR model (encoder + projection head), and the fine-tuning classifier."""
 
+from fastclr.models.classifier import Classifier, head_layers
 from fastclr.models.resnet import (
     ARCHS,
     STEMS,
@@ -25,10 +26,12 @@ __all__ = [
     "Architecture",
     "BasicBlock",
     "Bottleneck",
+    "Classifier",
     "ProjectionHead",
     "ResNet",
     "SimCLR",
     "build_model",
+    "head_layers",
     "infer_feature_dim",
     "resnet",
     "resnet18",

@@ -58,11 +58,14 @@ def _cut_back(path: Path, fields: tuple[str, ...], key: str, keep_below: int) ->
     os.replace(tmp, path)
 
 
-def cut_back_logs(out: Path, global_step: int, epochs_done: int) -> None:
+def cut_back_logs(
+    out: Path, global_step: int, epochs_done: int, epoch_fields: tuple[str, ...] = EPOCH_FIELDS
+) -> None:
     """Keep the rows of ``steps.csv`` up to ``global_step`` and of ``epochs.csv`` below
-    ``epochs_done``: the logs as they were when the resumed checkpoint was written."""
+    ``epochs_done``: the logs as they were when the resumed checkpoint was written.
+    ``epoch_fields``: the columns of ``epochs.csv`` (another command's logger may log others)."""
     _cut_back(out / "steps.csv", STEP_FIELDS, "global_step", global_step + 1)
-    _cut_back(out / "epochs.csv", EPOCH_FIELDS, "epoch", epochs_done)
+    _cut_back(out / "epochs.csv", epoch_fields, "epoch", epochs_done)
 
 
 class RunLogger:
@@ -75,7 +78,7 @@ class RunLogger:
     """
 
     STEP_FIELDS = STEP_FIELDS
-    EPOCH_FIELDS = EPOCH_FIELDS
+    EPOCH_FIELDS: tuple[str, ...] = EPOCH_FIELDS
 
     def __init__(
         self,
@@ -94,7 +97,7 @@ class RunLogger:
         self._record("steps.csv", "epochs.csv")
         self.step_path, self.epoch_path = out / "steps.csv", out / "epochs.csv"
         if append and resume_at is not None:
-            cut_back_logs(out, *resume_at)
+            cut_back_logs(out, *resume_at, epoch_fields=self.EPOCH_FIELDS)
         for path, fields in (
             (self.step_path, self.STEP_FIELDS),
             (self.epoch_path, self.EPOCH_FIELDS),

@@ -1,0 +1,218 @@
+"""Evidence for fine-tuning's small-folder rule (``fastclr.finetune.recipe``): one pretrained
+network fine-tuned, and the same network trained from scratch, on a few labels, under candidate
+rules for the batch, the learning rate and the length of the run.
+
+    python bench/finetune_recipe.py --pretrained RUN --data FOLDER/train
+
+``--data`` should NOT be the folder the semi-supervised suite reports on with its own ``val/``:
+the rule is chosen on the 10% of each class that ``FOLDER/train`` holds out, so the suite's
+numbers on ``FOLDER/val`` are not tuned to (``bench/quality_semi.py`` reports those). Every
+candidate is a set of ``fastclr finetune`` flags; the candidate ``rule`` gives none (what the
+command decides by itself). Appends one record per run to ``--record`` (JSON lines: the exact
+command, top-1, top-5, seconds, images/s) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RECORD = RESULTS / "finetune-recipe.jsonl"
+LABELS = ("4-per-class", "10%")
+
+#: name → extra ``fastclr finetune`` flags; ``{n}``: the labelled images, ``{lin}``: the linear
+#: rule's rate for a batch of all of them, ``{steps}``: the paper's steps at that fraction,
+#: ``{epochs}``: the paper's epochs at that fraction.
+CANDIDATES: dict[str, list[str]] = {
+    # the rule before this evidence: the whole subset in one batch (at most 256), the paper's
+    # linear rule 0.05 x batch/256, raised to the paper's number of steps
+    "paper-linear": ["--batch-size", "{n}", "--lr", "{lin}", "--epochs", "{steps}"],
+    # batch 16: linear rule 0.05 x 16/256, square-root rule 0.0125 x sqrt(16) (equal to the
+    # paper's 0.8 at its batch 4096), three times that; the paper's steps, or its epochs only
+    "b16-linear": ["--batch-size", "16", "--lr", "0.003125"],
+    "b16-sqrt": ["--batch-size", "16", "--lr", "0.05"],
+    "b16-3sqrt": ["--batch-size", "16", "--lr", "0.15"],
+    "b16-sqrt-paper-epochs": ["--batch-size", "16", "--lr", "0.05", "--epochs", "{epochs}"],
+    # SimCLRv2: the classifier on the projection head's first layer
+    "b16-sqrt-head1": ["--batch-size", "16", "--lr", "0.05", "--from-head-layer", "1"],
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def last_row(csv_path: Path) -> dict[str, float]:
+    import csv
+
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for k, v in rows[-1].items()}
+
+
+def run_one(argv: list[str], out: Path) -> dict[str, Any]:
+    """``python -m fastclr finetune ARGV --out OUT``; its last epoch's scores and its cost."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "fastclr", "finetune", *argv, "--out", str(out), "--overwrite"]
+    t = time.perf_counter()
+    with (out.parent / f"{out.name}.log").open("w") as log:
+        rc = subprocess.call(
+            [*cmd, "--no-progress"], stdout=log, stderr=subprocess.STDOUT, env=_env()
+        )
+    secs = time.perf_counter() - t
+    if rc != 0:
+        tail = (out.parent / f"{out.name}.log").read_text().splitlines()[-10:]
+        raise SystemExit(f"failed ({rc}): {shlex.join(cmd)}\n" + "\n".join(tail))
+    row = last_row(out / "epochs.csv")
+    import csv
+
+    with (out / "epochs.csv").open(newline="") as f:
+        ips = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+    return {
+        "command": "python -m fastclr finetune " + shlex.join(argv),
+        "top1": row["top1"],
+        "top5": row["top5"],
+        "epochs": int(row["epoch"]) + 1,
+        "seconds": secs,
+        "images_per_s": sorted(ips)[len(ips) // 2],
+    }
+
+
+def _fields(labels: str, n_train: int, n_classes: int) -> dict[str, Any]:
+    """The values the candidates' flags name (see :data:`CANDIDATES`)."""
+    import math
+
+    from fastclr.finetune.recipe import paper_epochs, paper_steps
+
+    if "per-class" in labels:
+        n = int(labels.split("-")[0]) * n_classes
+    else:
+        n = math.floor(float(labels.rstrip("%")) / 100 * n_train + 0.5)
+    fraction = n / n_train
+    b = min(256, n)
+    return {
+        "n": b,
+        "lin": f"{0.05 * b / 256:.6g}",
+        "steps": math.ceil(paper_steps(fraction) / (n // b)),
+        "epochs": math.ceil(paper_epochs(fraction)),
+    }
+
+
+def report(record: Path) -> str:
+    """finetune-recipe.md: one row per label setting and candidate, the two starts side by side
+    (the last record of each)."""
+    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for line in record.read_text().splitlines():
+        r = json.loads(line)
+        rows.setdefault((r["labels"], r["candidate"]), {})[r["init"]] = r
+    out = [
+        "# Fine-tuning's small-folder rule: the evidence",
+        "",
+        "`python bench/finetune_recipe.py` (module docstring; the runs' exact commands are in "
+        "`finetune-recipe.jsonl`). One pretrained network (`fastclr pretrain --data "
+        "FOLDER/train --epochs 40 --image-size 28 --width 0.25 --seed 0`, FOLDER = the digits "
+        "exported by `bench/quality.py`), fine-tuned and trained from scratch, seed 0. Top-1 on "
+        "the 143 images `FOLDER/train` holds out (10% of each class; one image is 0.70 "
+        "points), never on the suite's `FOLDER/val`.",
+        "",
+        "| labels | candidate | flags | steps | fine-tuned | from scratch | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (labels, name), by in rows.items():
+        pre, sc = by.get("pretrained"), by.get("scratch")
+        any_run = pre or sc
+        assert any_run is not None
+        flags = any_run["command"].split("--seed 0", 1)[-1].replace("--from-scratch", "").strip()
+        steps = _steps(any_run)
+        cells = [f"{100 * r['top1']:.2f}" if r else "-" for r in (pre, sc)]
+        diff = f"{100 * (pre['top1'] - sc['top1']):+.2f}" if pre and sc else "-"
+        out.append(f"| {labels} | {name} | `{flags}` | {steps} | {' | '.join(cells)} | {diff} |")
+    return "\n".join([*out, "", *DECISION]) + "\n"
+
+
+#: What the table decided (fastclr.finetune.recipe states the same rule).
+DECISION = [
+    "**Decided** (`fastclr/finetune/recipe.py`), the same rule for both starts:",
+    "",
+    "- *learning rate*: the square-root rule 0.0125 × √batch (0.05 at 16; the paper's 0.8 at "
+    "its batch 4096). The linear rule at small batches (0.003 at 16) leaves the baseline far "
+    "behind (63.6% and 94.4%), which would make fine-tuning look better than it is; three "
+    "times the square-root rate helps the baseline at 4 a class and costs the pretrained "
+    "network 5.6 and 1.4 points. `paper-linear` was the rule before this table (the whole "
+    "subset in one batch, 0.05 × batch/256).",
+    "- *length*: the paper's number of steps (not only its epochs): equal within noise for the "
+    "pretrained network, 2.1 and 1.4 points better for the baseline.",
+    "- *batch*: the largest power of two ≤ 256 with ≥ 8 steps an epoch, at least 16 (16 here); "
+    "not compared with other batches at the same rate.",
+    "- *head layer*: the classifier on the head's first layer (SimCLRv2) did not help here "
+    "(89.51 and 97.90 against 89.51 and 98.60); the default stays the encoder's output.",
+]
+
+
+def _steps(run: dict[str, Any]) -> str:
+    """Optimiser steps of a recorded run, from its flags (batch) and epochs."""
+    argv = run["command"].split()
+    n = {"4-per-class": 40, "10%": 130}.get(run["labels"])
+    batch = int(argv[argv.index("--batch-size") + 1]) if "--batch-size" in argv else None
+    if n is None or batch is None:
+        return "?"
+    return str(run["epochs"] * (n // batch))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pretrained", help="the pretraining run")
+    p.add_argument("--data", help="a labelled folder without the suite's val/")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--labels", nargs="+", default=list(LABELS))
+    p.add_argument("--inits", nargs="+", default=["pretrained", "scratch"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=Path, default=Path("runs/finetune-recipe"))
+    p.add_argument("--record", type=Path, default=RECORD)
+    p.add_argument("--report", action="store_true", help="only write finetune-recipe.md")
+    args = p.parse_args(argv)
+    if args.report:
+        text = report(args.record)
+        args.record.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
+    if args.pretrained is None or args.data is None:
+        p.error("--pretrained and --data are required (except with --report)")
+    from fastclr.data import plan_data
+
+    data = plan_data(args.data)
+    args.record.parent.mkdir(parents=True, exist_ok=True)
+    for labels in args.labels:
+        values = _fields(labels, data.n_train, len(data.classes))
+        for name in args.candidates:
+            flags = [f.format(**values) for f in CANDIDATES[name]]
+            for init in args.inits:
+                base = ["--checkpoint", args.pretrained, "--data", args.data, "--labels", labels]
+                base += ["--seed", str(args.seed), *flags]
+                base += ["--from-scratch"] if init == "scratch" else []
+                out = args.runs / f"{labels.replace('%', 'pct')}-{name}-{init}-s{args.seed}"
+                rec = {"labels": labels, "candidate": name, "init": init, "seed": args.seed}
+                rec.update(run_one(base, out))
+                rec["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                with args.record.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(
+                    f"{labels:12s} {name:22s} {init:10s} top-1 {rec['top1']:.2%} "
+                    f"({rec['epochs']} epochs, {rec['seconds']:.0f}s)",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

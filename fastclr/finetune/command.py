@@ -1,0 +1,87 @@
+"""``fastclr finetune``: the options given on the command line → a run → what it prints.
+
+The last line printed is the final validation top-1, ``top-1 NN.NN%``, so that scripts can read
+it; the line before says where the run is and how to load its classifier.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from fastclr.distributed import is_main
+from fastclr.errors import UsageError
+from fastclr.finetune.config import FinetuneConfig, resumed_finetune_config
+from fastclr.finetune.loop import FinetuneResult, finetune
+from fastclr.finetune.state import FINETUNE_KIND
+
+__all__ = ["finetune_config", "run_finetune", "summary_lines"]
+
+#: ``--resume`` given without a value: resume the ``--out`` folder.
+RESUME_OUT = ""
+
+
+def finetune_config(
+    given: dict[str, Any],
+) -> tuple[FinetuneConfig, list[str], dict[str, Any] | None]:
+    """The run ``fastclr finetune`` makes from the options ``given``, the changes a resume
+    makes to the saved options, and the resumed checkpoint (read once, here).
+
+    ``--resume`` alone resumes ``--out``; ``--resume PATH`` without ``--out`` resumes into the
+    checkpoint's own folder; options not given are the checkpoint's.
+    """
+    if given.get("resume") is None:
+        return FinetuneConfig(**given), [], None
+    if given.get("overwrite"):
+        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
+    given = dict(given)
+    if given["resume"] == RESUME_OUT:
+        given["resume"] = given.get("out", FinetuneConfig.out)
+    src = Path(given["resume"])
+    path = src / CHECKPOINT_NAME if src.is_dir() else src
+    given.setdefault("out", str(path.parent))
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") != FINETUNE_KIND or not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} is not a fine-tuning run's (resume pretraining runs with "
+            "fastclr pretrain --resume)"
+        )
+    plan = checkpoint.get("plan")
+    cfg, changes = resumed_finetune_config(
+        given, checkpoint["config"], str(path), plan if isinstance(plan, dict) else None
+    )
+    return cfg, changes, checkpoint
+
+
+def summary_lines(result: FinetuneResult, seconds: float) -> list[str]:
+    """What a finished command prints; the last line is ``top-1 NN.NN%``."""
+    out = result.out / CHECKPOINT_NAME
+    if result.already_finished:
+        head = (
+            f"the run in {result.out} is already finished ({result.epochs_done} epochs, "
+            f"{result.global_step} steps); nothing to do. Pass a larger --epochs to train it "
+            "further."
+        )
+    else:
+        head = (
+            f"done: {result.epochs_done} epochs, {result.global_step} steps in {seconds:.1f}s "
+            f"({result.images_per_s:.0f} training images/s); top-5 {result.top5:.2%} on "
+            f"{result.n_val:,} validation images; checkpoint {out} "
+            f"(fastclr.load_classifier({str(result.out)!r}) gives the classifier)"
+        )
+    return [head, f"top-1 {result.top1:.2%}"]
+
+
+def run_finetune(given: dict[str, Any]) -> int:
+    """``fastclr finetune`` with the options ``given`` (flag name → value); returns 0."""
+    t0 = time.perf_counter()
+    cfg, changes, checkpoint = finetune_config(given)
+    if cfg.resume and is_main():
+        changed = f"; changed: {', '.join(changes)}" if changes else ""
+        print(f"resuming {cfg.resume} with the settings it was started with{changed}")
+    result = finetune(cfg, checkpoint=checkpoint)
+    if is_main():
+        print("\n".join(summary_lines(result, time.perf_counter() - t0)), flush=True)
+    return 0

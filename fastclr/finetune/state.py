@@ -1,0 +1,202 @@
+"""What a fine-tuning run trains and saves: the network, its optimiser and schedule, and the
+checkpoint that both resumes the run and serves the finished classifier.
+
+The checkpoint is an ordinary fastclr checkpoint (:mod:`fastclr.checkpoint`: atomic, digest
+verified) with ``kind: "finetune"``. Its ``model`` entry is the whole SimCLR network with the
+fine-tuned weights (the projection head's layers above ``--from-head-layer`` as they were), so
+``fastclr.load_encoder``, ``fastclr linear-eval`` and ``fastclr export`` read the fine-tuned
+encoder from it unchanged; ``classifier`` holds the head layer, the class names and the linear
+layer, which :func:`fastclr.load_classifier` puts back on top. Besides, as a pretraining
+checkpoint does: the optimiser, schedule, scaler, every rank's random state and the position, so
+that ``--resume`` continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastclr.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    first_non_finite,
+    load_checkpoint,
+    load_model_state,
+    model_spec,
+    save_checkpoint_atomic,
+)
+from fastclr.distributed import DistInfo, gather_objects
+from fastclr.errors import NonFiniteLossError
+from fastclr.finetune.config import FinetuneConfig
+from fastclr.finetune.plan import FinetunePlan
+from fastclr.models import Classifier, SimCLR
+from fastclr.optim import warmup_cosine_schedule
+from fastclr.train.checkpoint import Position
+from fastclr.train.rng import capture_rng
+from fastclr.train.rundir import Manifest
+
+__all__ = [
+    "FINETUNE_KIND",
+    "FinetuneSaver",
+    "FinetuneState",
+    "build_state",
+    "resume_state",
+]
+
+#: The ``kind`` entry of a fine-tuning checkpoint (pretraining checkpoints have none).
+FINETUNE_KIND = "finetune"
+
+
+@dataclass
+class FinetuneState:
+    """The objects whose state a fine-tuning checkpoint holds."""
+
+    model: SimCLR
+    classifier: Classifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: Any
+
+
+def build_state(
+    plan: FinetunePlan,
+    cfg: FinetuneConfig,
+    weights: dict[str, Tensor] | None,
+    augment: Any,
+    device: torch.device,
+) -> FinetuneState:
+    """The network of the plan (random weights drawn from torch's current stream, then the
+    pretrained ``weights`` when given: the plan starts from them and the run is not resumed),
+    its classifier, and Nesterov SGD with a cosine schedule over the whole run."""
+    model = plan.architecture.build()
+    if weights is not None:
+        load_model_state(model, weights, f"checkpoint {plan['source']}")
+    classifier = Classifier(model, plan.head_layer, len(plan.classes))
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        classifier.parameters(),
+        lr=plan.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler = warmup_cosine_schedule(optimizer, 0, plan.total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
+    return FinetuneState(model, classifier, optimizer, scheduler, scaler, augment)
+
+
+class FinetuneSaver:
+    """Writes ``out/checkpoint.pt`` of a fine-tuning run (collective: call it on every rank)."""
+
+    def __init__(
+        self,
+        out: Path,
+        cfg: FinetuneConfig,
+        plan: FinetunePlan,
+        ddp: DistInfo,
+        device: Any,
+        manifest: Manifest,
+    ) -> None:
+        self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
+        self.manifest = manifest
+        self.last: dict[str, float] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file."""
+        return self.out / CHECKPOINT_NAME
+
+    def save(self, state: FinetuneState, at: Position, accuracy: Any = None) -> None:
+        """Refuse NaN/Inf weights (the last good checkpoint stays), gather every rank's random
+        state, and write the checkpoint atomically on rank 0. ``accuracy``: the validation
+        :class:`~fastclr.finetune.validate.Accuracy` of the epoch just finished (None mid-epoch:
+        the previous one is kept)."""
+        weights = state.model.state_dict()
+        bad = first_non_finite(weights) or first_non_finite(state.classifier.fc.state_dict())
+        if bad is not None:
+            kept = "the last good checkpoint was kept" if self.path.exists() else "none was saved"
+            raise NonFiniteLossError(
+                f"the weights became NaN or Inf ({bad}) by step {at.global_step}; fine-tuning "
+                f"stopped and {kept}. Lower --lr (now {self.plan.lr:.4g})."
+            )
+        rngs = gather_objects(capture_rng(state.augment, self.device), self.ddp)
+        if not self.ddp.is_main:
+            return
+        plan = self.plan
+        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
+        save_checkpoint_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "kind": FINETUNE_KIND,
+                "model_spec": model_spec(plan.architecture),
+                "feature_dim": state.model.feature_dim,
+                "image_size": plan.image_size,
+                "mean": list(plan.mean),
+                "std": list(plan.std),
+                "config": dataclasses.asdict(self.cfg),
+                "plan": plan.to_dict(),
+                "epoch": at.epoch,
+                "step_in_epoch": at.step_in_epoch,
+                "global_step": at.global_step,
+                "model": weights,
+                "classifier": {
+                    "head_layer": plan.head_layer,
+                    "classes": plan.classes,
+                    "fc": state.classifier.fc.state_dict(),
+                },
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict(),
+                "rng": rngs,
+                "world_size": self.ddp.world_size,
+                "accuracy": self._accuracy(accuracy),
+            },
+            self.path,
+        )
+
+    def _accuracy(self, accuracy: Any) -> dict[str, float] | None:
+        if accuracy is not None:
+            self.last = {"top1": accuracy.top1, "top5": accuracy.top5, "n": accuracy.n}
+        return self.last
+
+
+def resume_state(
+    path: str | os.PathLike[str],
+    state: FinetuneState,
+    plan: FinetunePlan,
+    ddp: DistInfo,
+    checkpoint: dict[str, Any] | None = None,
+) -> tuple[Position, dict[str, Any]]:
+    """Load a fine-tuning checkpoint into ``state``; return its position and this rank's random
+    state (restored last by the caller). The schedule follows the plan (a run extended with a
+    larger ``--epochs`` continues on the longer cosine)."""
+    ck = checkpoint if checkpoint is not None else load_checkpoint(path)
+    if ck.get("kind") != FINETUNE_KIND:
+        raise CheckpointError(f"checkpoint {path} is not a fine-tuning run's; nothing to resume")
+    load_model_state(state.model, ck["model"], f"checkpoint {path}")
+    load_model_state(state.classifier.fc, ck["classifier"]["fc"], f"checkpoint {path}")
+    state.optimizer.load_state_dict(ck["optimizer"])
+    state.scheduler.load_state_dict(ck["scheduler"])
+    schedule = state.scheduler.lr_lambdas[0]
+    schedule.total_steps = plan.total_steps  # type: ignore[attr-defined]
+    for group, base in zip(state.optimizer.param_groups, state.scheduler.base_lrs, strict=True):
+        group["lr"] = base * schedule(state.scheduler.last_epoch)
+    state.scaler.load_state_dict(ck["scaler"])
+    at = Position(int(ck["epoch"]), int(ck["step_in_epoch"]), int(ck["global_step"]))
+    rngs = ck["rng"]
+    if len(rngs) != ddp.world_size:
+        warnings.warn(
+            f"resuming a {len(rngs)}-rank run on {ddp.world_size} ranks: RNG streams differ",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return at, rngs[ddp.rank % len(rngs)]
