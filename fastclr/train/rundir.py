@@ -38,6 +38,7 @@ from fastclr.checkpoint import (
     require_fields,
     still_current,
 )
+from fastclr.distributed import DistInfo, on_main
 from fastclr.errors import UsageError
 from fastclr.train.config import TrainConfig
 from fastclr.train.lock import RunLock
@@ -49,6 +50,7 @@ __all__ = [
     "OutputFolderError",
     "RunExistsError",
     "RunFolder",
+    "prepare_on_every_rank",
     "prepare_run_folder",
 ]
 
@@ -273,6 +275,23 @@ def prepare_run_folder(
         folder.release()
         raise
     return folder
+
+
+def prepare_on_every_rank(
+    cfg: TrainConfig, ddp: DistInfo, checkpoint: dict[str, Any] | None
+) -> RunFolder:
+    """:func:`prepare_run_folder` on rank 0 first; its failure, if any, is raised on every rank.
+
+    Rank 0 alone locks the folder, checks for an existing run and cleans it; the other ranks wait
+    for its verdict (so none trains alone or hangs in a collective), then read the checkpoint.
+    """
+    mine: list[RunFolder] = []
+
+    def on_rank0() -> None:
+        mine.append(prepare_run_folder(cfg, True, checkpoint))
+
+    on_main(on_rank0, ddp)
+    return mine[0] if mine else prepare_run_folder(cfg, False, checkpoint)
 
 
 def _prepare_locked(cfg: TrainConfig, folder: RunFolder, checkpoint: dict[str, Any] | None) -> None:
