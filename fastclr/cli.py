@@ -21,10 +21,9 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from fastclr.checkpoint import CHECKPOINT_NAME, RESUME_OUT, CheckpointError, read_resumed
 from fastclr.distributed import is_main
 from fastclr.downstream.export import ExportConfig, run_export
 from fastclr.errors import UsageError
@@ -43,9 +42,6 @@ __all__ = [
     "resume_config",
     "run",
 ]
-
-#: ``--resume`` given without a value: resume the ``--out`` folder.
-_RESUME_OUT = ""
 
 
 def _default_text(f: dataclasses.Field[Any]) -> str:
@@ -80,7 +76,7 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], kind: typ
             dest=f.name,
         )
     else:
-        extra: dict[str, Any] = {"nargs": "?", "const": _RESUME_OUT} if f.name == "resume" else {}
+        extra: dict[str, Any] = {"nargs": "?", "const": RESUME_OUT} if f.name == "resume" else {}
         convert = _converter(meta["parse"]) if meta.get("parse") else kind
         p.add_argument(
             name, type=convert, choices=meta.get("choices"), help=text, **common, **extra
@@ -188,14 +184,7 @@ def resume_config(
     given = _given(args, TrainConfig)
     if given.get("resume") is None:
         return TrainConfig(**given), [], None
-    if given.get("overwrite"):
-        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
-    if given["resume"] == _RESUME_OUT:
-        given["resume"] = given.get("out", TrainConfig.out)
-    src = Path(given["resume"])
-    path = src / CHECKPOINT_NAME if src.is_dir() else src
-    given.setdefault("out", str(path.parent))
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = read_resumed(given, TrainConfig.out)
     if checkpoint.get("kind") == "finetune":
         raise UsageError(f"{path} is a fine-tuning run: resume it with fastclr finetune --resume")
     saved = checkpoint.get("config")

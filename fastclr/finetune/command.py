@@ -7,20 +7,15 @@ it; the line before says where the run is and how to load its classifier.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, read_resumed
 from fastclr.distributed import is_main
-from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig, resumed_finetune_config
 from fastclr.finetune.loop import FinetuneResult, finetune
 from fastclr.finetune.state import FINETUNE_KIND
 
 __all__ = ["finetune_config", "run_finetune", "summary_lines"]
-
-#: ``--resume`` given without a value: resume the ``--out`` folder.
-RESUME_OUT = ""
 
 
 def finetune_config(
@@ -34,15 +29,8 @@ def finetune_config(
     """
     if given.get("resume") is None:
         return FinetuneConfig(**given), [], None
-    if given.get("overwrite"):
-        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
     given = dict(given)
-    if given["resume"] == RESUME_OUT:
-        given["resume"] = given.get("out", FinetuneConfig.out)
-    src = Path(given["resume"])
-    path = src / CHECKPOINT_NAME if src.is_dir() else src
-    given.setdefault("out", str(path.parent))
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = read_resumed(given, FinetuneConfig.out)
     if checkpoint.get("kind") != FINETUNE_KIND or not isinstance(checkpoint.get("config"), dict):
         raise CheckpointError(
             f"checkpoint {path} is not a fine-tuning run's (resume pretraining runs with "
