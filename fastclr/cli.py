@@ -33,6 +33,7 @@ from fastclr.finetune.config import FinetuneConfig
 from fastclr.options import field_types, flag
 from fastclr.train import NonFiniteLossError, TrainConfig, pretrain
 from fastclr.train.config import resumed_config
+from fastclr.train.header import finished_line, resuming_line
 
 __all__ = [
     "add_options",
@@ -199,15 +200,10 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg, changes, checkpoint = resume_config(args)
     if cfg.resume and is_main():
-        changed = f"; changed: {', '.join(changes)}" if changes else ""
-        print(f"resuming {cfg.resume} with the settings it was started with{changed}")
+        print(resuming_line(cfg.resume, changes))
     result = pretrain(cfg, checkpoint=checkpoint)
     if result.already_finished and is_main():
-        print(
-            f"the run in {result.out} is already finished ({result.epochs_done} epochs, "
-            f"{result.global_step} steps); nothing to do. Pass a larger --epochs to train it "
-            "further."
-        )
+        print(finished_line(result.out, result.epochs_done, result.global_step))
     elif result.out and is_main():
         knn = "n/a" if result.knn_top1 is None else f"{result.knn_top1:.2%}"
         print(

@@ -14,6 +14,7 @@ from fastclr.distributed import is_main
 from fastclr.finetune.config import FinetuneConfig, resumed_finetune_config
 from fastclr.finetune.loop import FinetuneResult, finetune
 from fastclr.finetune.state import FINETUNE_KIND
+from fastclr.train.header import finished_line, resuming_line
 
 __all__ = ["finetune_config", "run_finetune", "summary_lines"]
 
@@ -47,11 +48,7 @@ def summary_lines(result: FinetuneResult, seconds: float) -> list[str]:
     """What a finished command prints; the last line is ``top-1 NN.NN%``."""
     out = result.out / CHECKPOINT_NAME
     if result.already_finished:
-        head = (
-            f"the run in {result.out} is already finished ({result.epochs_done} epochs, "
-            f"{result.global_step} steps); nothing to do. Pass a larger --epochs to train it "
-            "further."
-        )
+        head = finished_line(result.out, result.epochs_done, result.global_step)
     else:
         head = (
             f"done: {result.epochs_done} epochs, {result.global_step} steps in {seconds:.1f}s "
@@ -67,8 +64,7 @@ def run_finetune(given: dict[str, Any]) -> int:
     t0 = time.perf_counter()
     cfg, changes, checkpoint = finetune_config(given)
     if cfg.resume and is_main():
-        changed = f"; changed: {', '.join(changes)}" if changes else ""
-        print(f"resuming {cfg.resume} with the settings it was started with{changed}")
+        print(resuming_line(cfg.resume, changes))
     result = finetune(cfg, checkpoint=checkpoint)
     if is_main():
         print("\n".join(summary_lines(result, time.perf_counter() - t0)), flush=True)
