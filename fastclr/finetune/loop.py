@@ -15,7 +15,6 @@ is raised.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,8 @@ from fastclr.data.stream import ViewBatch
 from fastclr.distributed import (
     DistInfo,
     agree,
-    check_device,
+    distributed_run,
     on_main,
-    setup_distributed,
-    teardown,
     wrap_model,
 )
 from fastclr.downstream.load import RunInfo
@@ -116,12 +113,8 @@ def finetune(cfg: FinetuneConfig, *, checkpoint: dict[str, Any] | None = None) -
     :class:`~fastclr.train.NonFiniteLossError` when the loss or the weights become NaN or Inf.
     """
     cfg.validate()
-    check_device(cfg.device)
-    ddp, device = setup_distributed(cfg.device)
-    try:
+    with distributed_run(cfg.device) as (ddp, device):
         return fit(cfg, ddp, device, checkpoint)
-    finally:
-        teardown(ddp)
 
 
 def fit(
@@ -136,8 +129,7 @@ def fit(
     try:
         if folder.finished:
             return _finished(folder)
-        for note in folder.notes:
-            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=2)
+        folder.warn_notes()
         source, weights = (None, None) if cfg.resume else read_source(cfg)
         plan = _plan_on_main(cfg, ddp, device, folder, source)
         if plan.threads:

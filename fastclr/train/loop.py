@@ -32,10 +32,8 @@ from fastclr.data.stream import ViewBatch
 from fastclr.distributed import (
     DistInfo,
     agree,
-    check_device,
+    distributed_run,
     on_main,
-    setup_distributed,
-    teardown,
     wrap_model,
 )
 from fastclr.errors import NonFiniteLossError
@@ -144,13 +142,9 @@ def pretrain(
     :class:`~fastclr.checkpoint.CheckpointError` for a checkpoint that cannot be resumed.
     """
     cfg.validate()
-    check_device(cfg.device)
-    ddp, device = setup_distributed(cfg.device)
-    try:
+    with distributed_run(cfg.device) as (ddp, device):
         check_environment(cfg, device)
         return fit(cfg, ddp, device, augment, loss_fn, data, checkpoint)
-    finally:
-        teardown(ddp)
 
 
 def fit(
@@ -168,8 +162,7 @@ def fit(
     try:
         if folder.finished:
             return _finished(folder)
-        for note in folder.notes:
-            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=2)
+        folder.warn_notes()
         plan = _plan_on_main(cfg, ddp, device, data, folder.checkpoint)
         if plan.threads:
             torch.set_num_threads(plan.threads)

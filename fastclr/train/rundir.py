@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,12 @@ class RunFolder:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def warn_notes(self) -> None:
+        """Each of :attr:`notes` (what preparing the folder did that a user should know) as a
+        ``RuntimeWarning``, attributed to the code that called the run's ``fit``."""
+        for note in self.notes:
+            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=3)
 
 
 def _existing_run(out: Path) -> list[str]:
