@@ -102,6 +102,8 @@ def test_plan_batch_given_checkpoint_then_rule() -> None:
         6.0,
     )
     assert "digits demo" in demo.reason("lr") and "rule would give" in demo.reason("lr")
+    # the plateau watcher and the NaN advice measure the demo's lr against its own recipe
+    assert demo.rule_lr == demo.lr == 6.0 and plan.rule_lr == plan.lr != 6.0
 
 
 def test_plan_refuses_a_batch_the_data_or_ranks_cannot_take() -> None:
