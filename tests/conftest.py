@@ -6,11 +6,14 @@ needs TRITON_INTERPRET=1 before triton is first imported, so it is set here, at 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -222,3 +225,21 @@ def count_launches() -> Callable[[Callable[[], None]], list[str]]:
         return names
 
     return count
+
+
+@pytest.fixture(scope="session")
+def bench_module() -> Callable[[str], ModuleType]:
+    """``bench_module(name)``: ``bench/<name>.py`` freshly executed as the module
+    ``fastclr_bench_<name>`` (registered in ``sys.modules`` first, as its dataclasses need), for
+    tests of a benchmark's parts; each call gives a new module, so patching one leaks nowhere."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"fastclr_bench_{name}", bench / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -18,10 +18,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -483,20 +480,12 @@ def test_under_no_grad() -> None:
 # the benchmark's GPU case, run small on CPU so that it cannot rot unseen
 
 
-def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "bench" / "gradcache_bench.py"
-    spec = importlib.util.spec_from_file_location("fastclr_bench_gradcache", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_cuda_case_runs_small_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_cuda_case_runs_small_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, bench_module: Callable[[str], ModuleType]
+) -> None:
     """``cuda_case`` (what a GPU script calls) end to end with a tiny model on CPU, memory
     measured in this process as on a GPU: check, sweep, timing, report."""
-    bench = _bench()
+    bench = bench_module("gradcache_bench")
     monkeypatch.setattr(bench, "peak_mb", bench._measure_peak)
     tiny = bench.Case("resnet18", "cifar", 1 / 16, 8, "bf16", "cpu")
     result = bench.cuda_case(batch=16, chunk=4, fit_batches=(4, 8), rounds=1, case=tiny)

@@ -12,9 +12,8 @@ full, 3-seed version (and also compares with raw pixels).
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -24,19 +23,6 @@ import torch
 from fastclr.data import load_data, load_digits, plan_data
 from fastclr.train import TrainConfig, pretrain
 from fastclr.train.recipe import batch_for, sqrt_lr
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
-
-
-def _bench() -> ModuleType:
-    """bench/quality.py as a module (its export and scoring are what the full check uses)."""
-    spec = importlib.util.spec_from_file_location("fastclr_bench_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
 
 # 8 epochs × 11 steps of 128, the batch the recipe picks for 1,437 images (~40 s of CPU). On
 # digits this is too short for the trained features to reliably beat the random encoder's
@@ -51,8 +37,10 @@ LINEAR_FLOOR = 0.9
 
 
 @pytest.mark.slow
-def test_general_folder_path_learns_with_default_recipe(tmp_path: Path) -> None:
-    q = _bench()
+def test_general_folder_path_learns_with_default_recipe(
+    tmp_path: Path, bench_module: Callable[[str], ModuleType]
+) -> None:
+    q = bench_module("quality")  # its export and scoring are what the full check uses
     folder = q.export_digits_folder(tmp_path / "digits", q.FOLDER_SIZE)
     assert sorted(p.name for p in folder.iterdir()) == ["train", "val"]
     assert len(list((folder / "val" / "3").glob("*.png"))) > 0
@@ -87,8 +75,10 @@ MARGIN = 0.01
 
 
 @pytest.mark.slow
-def test_digits_demo_beats_random_encoder(tmp_path: Path) -> None:
-    q = _bench()
+def test_digits_demo_beats_random_encoder(
+    tmp_path: Path, bench_module: Callable[[str], ModuleType]
+) -> None:
+    q = bench_module("quality")
     torch.set_num_threads(1)
     data = load_digits()
     # --data digits: the demo recipe `fastclr pretrain` uses (decided by the run plan)

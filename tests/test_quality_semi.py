@@ -3,25 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _semi() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("fastclr_bench_semi", BENCH / "quality_semi.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _seed(seed: int, one: tuple[float, float, float], ten: tuple[float, float, float]) -> Any:
@@ -46,8 +33,8 @@ def _seed(seed: int, one: tuple[float, float, float], ten: tuple[float, float, f
 ROWS = {"1%": "4-per-class", "10%": "10%"}
 
 
-def test_verdict_passes_and_fails_on_the_targets() -> None:
-    q = _semi()
+def test_verdict_passes_and_fails_on_the_targets(bench_module: Callable[[str], ModuleType]) -> None:
+    q = bench_module("quality_semi")
     good = [_seed(s, (0.80, 0.60, 0.85), (0.95, 0.90, 0.94)) for s in range(3)]
     v = q.verdict(good, ROWS)
     assert [c["ok"] for c in v["checks"].values()] == [True, True]
@@ -75,8 +62,10 @@ def test_verdict_passes_and_fails_on_the_targets() -> None:
     assert "| pretraining | 300 |" in text
 
 
-def test_the_1pct_row_keeps_4_images_a_class(tmp_path: Path) -> None:
-    q = _semi()
+def test_the_1pct_row_keeps_4_images_a_class(
+    tmp_path: Path, bench_module: Callable[[str], ModuleType]
+) -> None:
+    q = bench_module("quality_semi")
     from PIL import Image
 
     for c in range(2):
