@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 
 if not os.environ.get("FASTCLR_TEST_COMPILED") and not torch.cuda.is_available():
@@ -79,6 +80,41 @@ def write_many_pngs() -> Callable[[Path, int], Path]:
             (root / f"c{c}").mkdir(parents=True)
         for i in range(n):
             (root / f"c{i % 10}" / f"{i:06d}.png").write_bytes(blobs[i % len(blobs)])
+        return root
+
+    return write
+
+
+def _coded_image(width: int, height: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = np.round(xx * 255 / (width - 1))
+    g = np.round(yy * 255 / (height - 1))
+    return np.stack([r, g, np.full_like(r, 77)], -1).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def coded_image() -> Callable[[int, int], np.ndarray]:
+    """``coded_image(width, height)``: an (H, W, 3) uint8 picture whose red codes the column and
+    green the row (blue is 77), so that a crop's colours say which box of the original it shows."""
+    return _coded_image
+
+
+@pytest.fixture(scope="session")
+def write_coded_folder() -> Callable[..., Path]:
+    """``write(root, size, per_class, suffixes=(".png",))``: ``coded_image(*size)`` saved
+    ``per_class`` times in each suffix's format (``00.png``, ``00.jpg``, …; JPEG at quality 95)
+    into the class folders ``root/a`` and ``root/b``; returns ``root``."""
+    from PIL import Image
+
+    def write(
+        root: Path, size: tuple[int, int], per_class: int, suffixes: tuple[str, ...] = (".png",)
+    ) -> Path:
+        picture = Image.fromarray(_coded_image(*size))
+        for c in ("a", "b"):
+            (root / c).mkdir()
+            for i in range(per_class):
+                for suffix in suffixes:
+                    picture.save(root / c / f"{i:02d}{suffix}", quality=95)  # PNG: lossless
         return root
 
     return write
