@@ -145,6 +145,35 @@ def free_port() -> Callable[[], int]:
     return pick
 
 
+def _gloo_rank(rank: int, world: int, port: int, work: Callable[..., None], args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        work(rank, *args)
+    finally:
+        if dist.is_initialized():  # ``work`` may have torn the group down itself
+            dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def spawn_gloo(free_port: Callable[[], int]) -> Callable[..., None]:
+    """``spawn_gloo(work, world, *args)``: ``work(rank, *args)`` in each of ``world`` fresh
+    processes, one intra-op thread each, joined in a gloo process group on a free local port
+    (destroyed after ``work`` unless it did so itself); returns once every rank has finished.
+    ``work`` must be a module-level function (the processes are spawned)."""
+
+    def spawn(work: Callable[..., None], world: int, *args: object) -> None:
+        import torch.multiprocessing as mp
+
+        mp.spawn(_gloo_rank, args=(world, free_port(), work, args), nprocs=world, join=True)
+
+    return spawn
+
+
 @pytest.fixture(scope="session")
 def write_checkpoint() -> Callable[..., Path]:
     """``write(path, arch, stem, width, image_size=16, head_bn=False, seed=0, edit=None)``: a

@@ -13,7 +13,6 @@ dominate the cost):
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 import fastclr
@@ -93,41 +91,34 @@ def _snapshot(model: nn.Module, loss: Tensor, calls: list[int]) -> dict[str, Any
     }
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        mine = _shard(_global_views(1), rank)
-        out: dict[str, Any] = {}
-        # one chunk per rank: the plain DDP step, embeddings gathered by the loss
-        calls = [0]
-        plain = _ddp(calls)
-        loss = _plain_step(plain, mine, NTXentLoss(gather_distributed=True))
-        out["plain"] = _snapshot(plain.module, loss, calls)
-        # each rank chunks its own share in two: no_sync, one all-reduce per step
-        calls = [0]
-        chunked = _ddp(calls)
-        loss_fn = NTXentLoss(gather_distributed=True)
-        loss = fastclr.contrastive_backward(chunked, mine, loss_fn, chunk_size=PER_RANK // 2)
-        out["chunked"] = _snapshot(chunked.module, loss, calls)
-        # a second step starts from rank 0's running statistics (DDP's buffer broadcast)
-        chunked.zero_grad(set_to_none=True)
-        step2 = _shard(_global_views(2), rank)
-        loss = fastclr.contrastive_backward(chunked, step2, loss_fn, chunk_size=PER_RANK // 2)
-        out["step2"] = _snapshot(chunked.module, loss, calls)
-        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, out_dir: str) -> None:
+    mine = _shard(_global_views(1), rank)
+    out: dict[str, Any] = {}
+    # one chunk per rank: the plain DDP step, embeddings gathered by the loss
+    calls = [0]
+    plain = _ddp(calls)
+    loss = _plain_step(plain, mine, NTXentLoss(gather_distributed=True))
+    out["plain"] = _snapshot(plain.module, loss, calls)
+    # each rank chunks its own share in two: no_sync, one all-reduce per step
+    calls = [0]
+    chunked = _ddp(calls)
+    loss_fn = NTXentLoss(gather_distributed=True)
+    loss = fastclr.contrastive_backward(chunked, mine, loss_fn, chunk_size=PER_RANK // 2)
+    out["chunked"] = _snapshot(chunked.module, loss, calls)
+    # a second step starts from rank 0's running statistics (DDP's buffer broadcast)
+    chunked.zero_grad(set_to_none=True)
+    step2 = _shard(_global_views(2), rank)
+    loss = fastclr.contrastive_backward(chunked, step2, loss_fn, chunk_size=PER_RANK // 2)
+    out["step2"] = _snapshot(chunked.module, loss, calls)
+    torch.save(out, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
-def ddp_ranks(free_port: Callable[[], int]) -> list[dict[str, Any]]:
+def ddp_ranks(spawn_gloo: Callable[..., None]) -> list[dict[str, Any]]:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
+        spawn_gloo(_ddp_worker, WORLD, tmp)
         return [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
 
 
