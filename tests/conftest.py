@@ -247,6 +247,32 @@ def tiny_run() -> Callable[..., object]:
 
 
 @pytest.fixture(scope="session")
+def chunked_references() -> Callable[..., tuple[torch.nn.Module, torch.nn.Module]]:
+    """``refs(make_model, views, chunk)``: two fresh ``make_model()`` after the chunks-with-graphs
+    backward of NT-Xent on ``views`` in chunks of ``chunk`` (``contrastive_backward_reference``),
+    one in float64 (inputs and embeddings ``z`` of ``(h, z)`` too), one in float32; returns
+    ``(model64, model32)``, whose gradients and buffers are what a chunked step must reproduce."""
+    from fastclr.gradcache import contrastive_backward_reference
+    from fastclr.loss import NTXentLoss
+
+    def refs(
+        make_model: Callable[[], torch.nn.Module], views: list[torch.Tensor], chunk: int
+    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        m64, m32 = make_model().double(), make_model()
+        contrastive_backward_reference(
+            m64,
+            [v.double() for v in views],
+            NTXentLoss(),
+            chunk_size=chunk,
+            embed=lambda out: out[1].to(torch.float64),
+        )
+        contrastive_backward_reference(m32, views, NTXentLoss(), chunk_size=chunk)
+        return m64, m32
+
+    return refs
+
+
+@pytest.fixture(scope="session")
 def count_launches() -> Callable[[Callable[[], None]], list[str]]:
     """``count_launches(fn)``: the kernel launches of ``fn()``, in order — every Triton launch
     (``triton:<kernel>``) plus every dispatched torch op that runs a kernel (views, allocations and

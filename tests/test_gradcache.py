@@ -298,23 +298,15 @@ def test_one_chunk_is_the_unchunked_step(extra: int) -> None:
         assert torch.equal(got, want)
 
 
-def test_batchnorm_statistics_are_per_chunk() -> None:
+def test_batchnorm_statistics_are_per_chunk(chunked_references: Callable[..., Any]) -> None:
     """With BatchNorm in train mode the chunked step equals every chunk forwarded with its graph
     kept, then one backward (what K ranks without SyncBatchNorm compute); the running statistics
     get one update per chunk (the first pass leaves none: num_batches_tracked grows by K, not
     2K)."""
     n, chunk = 7, 3  # chunks of 3, 3, 1 samples
     views = _views(n, side=8)
-    ref64 = _resnet().double()
-    contrastive_backward_reference(
-        ref64,
-        [v.double() for v in views],
-        NTXentLoss(),
-        chunk_size=chunk,
-        embed=_embed(torch.float64),
-    )
-    low, got = _resnet(), _resnet()
-    contrastive_backward_reference(low, views, NTXentLoss(), chunk_size=chunk)
+    ref64, low = chunked_references(_resnet, views, chunk)
+    got = _resnet()
     fastclr.contrastive_backward(got, views, NTXentLoss(), chunk_size=chunk)
     assert_close_to_reference(_grads(got), _grads(ref64), _grads(low), name="grads")
     for (name, b), b64, blow in zip(
