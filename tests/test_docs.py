@@ -1,5 +1,5 @@
 """The maintainers' documents name only what exists: every file path and every ``fastclr.x.y``
-name in docs/design.md, CONTRIBUTING.md and the README must be found in the repository or be
+name in docs/, CONTRIBUTING.md and the README must be found in the repository or be
 importable, so that a rename or a removal shows up in the documents the same day.
 
 Positive control: a made-up paragraph naming a module and a file that do not exist is caught.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("docs/design.md", "CONTRIBUTING.md", "README.md")
+DOCS = ("docs/design.md", "docs/results.md", "docs/compat.md", "CONTRIBUTING.md", "README.md")
 #: A path inside the repository, written in backticks (a folder ends with "/").
 PATH = re.compile(
     r"`((?:fastclr|bench|tests|docs|kernels|scripts)/[\w./-]*?)(?:[:`\s]|\(|$)", re.MULTILINE
@@ -78,3 +78,22 @@ def test_a_stale_name_is_caught() -> None:
         " and ranks come from fastclr.distributed.rank, not fastclr.train.distributed.rank."
     )
     assert missing(text) == ["path fastclr/train/trainer.py", "name fastclr.train.distributed.rank"]
+
+
+def test_readme_quick_start_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's quick start is what a new user pastes first: its Python runs as written,
+    stays within ten lines, and its commands are real subcommands."""
+    from fastclr.cli import main
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Quick start") : text.index("\n## ", text.index("## Quick start"))]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    assert len(code.strip().splitlines()) <= 10
+    exec(compile(code, "README.md", "exec"), {})
+    assert re.fullmatch(r"NT-Xent \d+\.\d{3}\n", capsys.readouterr().out)
+    commands = re.findall(r"^fastclr (\S+)", section, re.M)
+    assert commands == ["pretrain", "pretrain", "linear-eval", "finetune"]
+    for command in sorted(set(commands)):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from fastclr.cpu_info import cpu_bf16_support, cpu_has_native_bf16
 from fastclr.data import ImageData
 from fastclr.data.plan import DataPlan, plan_data
 from fastclr.data.select import (
@@ -170,8 +171,8 @@ class RunPlan:
 
     @property
     def rule_lr(self) -> float:
-        """What the learning-rate rule gives for this batch and length (the plateau watcher
-        compares a given lr with it)."""
+        """The recipe's learning rate for this batch and length: the rule's, or the digits
+        demo's hand-tuned one (the plateau watcher and the NaN advice compare the lr with it)."""
         return float(self["rule_lr"])
 
     def architecture(self, cfg: TrainConfig) -> Architecture:
@@ -347,7 +348,10 @@ def _schedule(p: _Planner) -> None:
     cfg = p.cfg
     batch, epochs, steps = int(p["batch"]), int(p["epochs"]), int(p["steps"])
     rule, rule_why = lr_for(batch, epochs, cfg.base_lr)
-    p.put("rule_lr", rule, rule_why)
+    if p.demo:  # the demo's hand-tuned rate is its recipe: no advice to move away from it
+        p.put("rule_lr", DEMO["lr"], f"{_DEMO_WHY}; the rule would give {rule:.3g}")
+    else:
+        p.put("rule_lr", rule, rule_why)
     if cfg.lr is not None:
         p.put("lr", cfg.lr, f"given; the rule would give {rule:.3g}")
     elif not p.kept("lr"):
@@ -515,6 +519,12 @@ def _precision(p: _Planner) -> None:
         why = "auto: bf16 autocast on CUDA (fp16 + loss scaling where bf16 is missing)"
     else:
         why = "auto: fp32 on the CPU"
+        if cpu_has_native_bf16():
+            flags = cpu_bf16_support().removeprefix("native bf16: ")
+            why += (
+                f"; it has native bf16 ({flags}), which --precision bf16 uses: faster in "
+                "fastclr's CPU bench, not shown to train as well, so not the default"
+            )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--precision bf16 needs a GPU with bf16 support; use fp16")
     if precision == "fp16" and device.type == "cpu":
