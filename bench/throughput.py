@@ -178,46 +178,43 @@ def loss_section(ctx: Context) -> Section:
     )
 
 
+def _rows_section(title: str, lines: list[str], rows: list[Any]) -> Section:
+    """A section over rows with a ``status`` each: failed when a row's check failed."""
+    failed = any(r.status.startswith("CHECK FAILED") for r in rows)
+    return Section(title, lines, {"rows": [asdict(r) for r in rows]}, failed)
+
+
+def _record_section(
+    title: str, lines: list[str], res: dict[str, Any], bad: tuple[str, ...]
+) -> Section:
+    """A section over one record: failed when its ``status`` starts with one of ``bad``."""
+    return Section(title, lines, res, str(res.get("status", "")).startswith(bad))
+
+
 def compat_section(ctx: Context) -> Section:
     dtype = torch.bfloat16 if ctx.gpu else torch.float32
     rows = compat_bench.run(ctx.device, dtype, ctx.args.quick, ctx.progress)
-    return Section(
-        f"Switching from a peer: its loss vs fastclr.compat, D = 128, {dtype}",
-        compat_bench.table(rows),
-        {"rows": [asdict(r) for r in rows]},
-        any(r.status.startswith("CHECK FAILED") for r in rows),
-    )
+    title = f"Switching from a peer: its loss vs fastclr.compat, D = 128, {dtype}"
+    return _rows_section(title, compat_bench.table(rows), rows)
 
 
 def augment_section(ctx: Context) -> Section:
     reps = 3 if ctx.args.quick else 5
     rows = augment_bench.run(ctx.device, ctx.args.quick, reps=reps, progress=ctx.progress)
-    return Section(
-        "Augmentation: two SimCLR views per image",
-        augment_bench.table(rows, gpu=ctx.gpu),
-        {"rows": [asdict(r) for r in rows]},
-        any(r.status.startswith("CHECK FAILED") for r in rows),
-    )
+    title = "Augmentation: two SimCLR views per image"
+    return _rows_section(title, augment_bench.table(rows, gpu=ctx.gpu), rows)
 
 
 def train_section(ctx: Context) -> Section:
     res = train_bench.run(ctx.device, ctx.args.quick, ctx.progress)
-    return Section(
-        "End to end: pretraining step vs model-only step",
-        train_bench.table(res),
-        res,
-        str(res.get("status", "")).startswith("CHECK FAILED"),
-    )
+    title = "End to end: pretraining step vs model-only step"
+    return _record_section(title, train_bench.table(res), res, ("CHECK FAILED",))
 
 
 def data_section(ctx: Context) -> Section:
     res = data_bench.run(ctx.device, ctx.args.quick, ctx.progress)
-    return Section(
-        "Data: loaders from JPEG files vs the model step",
-        data_bench.table(res),
-        res,
-        str(res.get("status", "")).startswith(("CHECK FAILED", "error")),
-    )
+    title = "Data: loaders from JPEG files vs the model step"
+    return _record_section(title, data_bench.table(res), res, ("CHECK FAILED", "error"))
 
 
 def pipeline_section(ctx: Context) -> Section:

@@ -6,12 +6,16 @@ needs TRITON_INTERPRET=1 before triton is first imported, so it is set here, at 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import torch
 
 if not os.environ.get("FASTCLR_TEST_COMPILED") and not torch.cuda.is_available():
@@ -81,6 +85,41 @@ def write_many_pngs() -> Callable[[Path, int], Path]:
     return write
 
 
+def _coded_image(width: int, height: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = np.round(xx * 255 / (width - 1))
+    g = np.round(yy * 255 / (height - 1))
+    return np.stack([r, g, np.full_like(r, 77)], -1).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def coded_image() -> Callable[[int, int], np.ndarray]:
+    """``coded_image(width, height)``: an (H, W, 3) uint8 picture whose red codes the column and
+    green the row (blue is 77), so that a crop's colours say which box of the original it shows."""
+    return _coded_image
+
+
+@pytest.fixture(scope="session")
+def write_coded_folder() -> Callable[..., Path]:
+    """``write(root, size, per_class, suffixes=(".png",))``: ``coded_image(*size)`` saved
+    ``per_class`` times in each suffix's format (``00.png``, ``00.jpg``, …; JPEG at quality 95)
+    into the class folders ``root/a`` and ``root/b``; returns ``root``."""
+    from PIL import Image
+
+    def write(
+        root: Path, size: tuple[int, int], per_class: int, suffixes: tuple[str, ...] = (".png",)
+    ) -> Path:
+        picture = Image.fromarray(_coded_image(*size))
+        for c in ("a", "b"):
+            (root / c).mkdir()
+            for i in range(per_class):
+                for suffix in suffixes:
+                    picture.save(root / c / f"{i:02d}{suffix}", quality=95)  # PNG: lossless
+        return root
+
+    return write
+
+
 def _one_error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if "error:" in ln]
     assert "Traceback" not in stderr and len(lines) == 1, stderr
@@ -104,6 +143,35 @@ def free_port() -> Callable[[], int]:
             return int(s.getsockname()[1])
 
     return pick
+
+
+def _gloo_rank(rank: int, world: int, port: int, work: Callable[..., None], args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        work(rank, *args)
+    finally:
+        if dist.is_initialized():  # ``work`` may have torn the group down itself
+            dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def spawn_gloo(free_port: Callable[[], int]) -> Callable[..., None]:
+    """``spawn_gloo(work, world, *args)``: ``work(rank, *args)`` in each of ``world`` fresh
+    processes, one intra-op thread each, joined in a gloo process group on a free local port
+    (destroyed after ``work`` unless it did so itself); returns once every rank has finished.
+    ``work`` must be a module-level function (the processes are spawned)."""
+
+    def spawn(work: Callable[..., None], world: int, *args: object) -> None:
+        import torch.multiprocessing as mp
+
+        mp.spawn(_gloo_rank, args=(world, free_port(), work, args), nprocs=world, join=True)
+
+    return spawn
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +247,32 @@ def tiny_run() -> Callable[..., object]:
 
 
 @pytest.fixture(scope="session")
+def chunked_references() -> Callable[..., tuple[torch.nn.Module, torch.nn.Module]]:
+    """``refs(make_model, views, chunk)``: two fresh ``make_model()`` after the chunks-with-graphs
+    backward of NT-Xent on ``views`` in chunks of ``chunk`` (``contrastive_backward_reference``),
+    one in float64 (inputs and embeddings ``z`` of ``(h, z)`` too), one in float32; returns
+    ``(model64, model32)``, whose gradients and buffers are what a chunked step must reproduce."""
+    from fastclr.gradcache import contrastive_backward_reference
+    from fastclr.loss import NTXentLoss
+
+    def refs(
+        make_model: Callable[[], torch.nn.Module], views: list[torch.Tensor], chunk: int
+    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        m64, m32 = make_model().double(), make_model()
+        contrastive_backward_reference(
+            m64,
+            [v.double() for v in views],
+            NTXentLoss(),
+            chunk_size=chunk,
+            embed=lambda out: out[1].to(torch.float64),
+        )
+        contrastive_backward_reference(m32, views, NTXentLoss(), chunk_size=chunk)
+        return m64, m32
+
+    return refs
+
+
+@pytest.fixture(scope="session")
 def count_launches() -> Callable[[Callable[[], None]], list[str]]:
     """``count_launches(fn)``: the kernel launches of ``fn()``, in order — every Triton launch
     (``triton:<kernel>``) plus every dispatched torch op that runs a kernel (views, allocations and
@@ -222,3 +316,21 @@ def count_launches() -> Callable[[Callable[[], None]], list[str]]:
         return names
 
     return count
+
+
+@pytest.fixture(scope="session")
+def bench_module() -> Callable[[str], ModuleType]:
+    """``bench_module(name)``: ``bench/<name>.py`` freshly executed as the module
+    ``fastclr_bench_<name>`` (registered in ``sys.modules`` first, as its dataclasses need), for
+    tests of a benchmark's parts; each call gives a new module, so patching one leaks nowhere."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"fastclr_bench_{name}", bench / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,24 +99,31 @@ def test_occupancy_arithmetic() -> None:
     assert aot_check.occupancy(255, 0, 4) == 8
 
 
+def _bench_json(code: str, timeout: int, **env: str) -> Any:
+    """Runs ``code`` in a fresh interpreter at the repository root, with ``env`` added and without
+    TRITON_INTERPRET (the kernel modules pick their interpreter configs when that is set, as it is
+    in this test process); returns the JSON its last line of output prints."""
+    run_env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run_env.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _cases(full: bool) -> list[aot_check.Case]:
-    """The case list as the check builds it: without TRITON_INTERPRET (the kernel module picks
-    its interpreter configs when that is set, as it is in this test process)."""
+    """The case list as the check builds it (outside the interpreter)."""
     code = (
         "import sys, json, dataclasses; sys.path.insert(0, 'bench'); import aot_cases as a\n"
         f"print(json.dumps([dataclasses.asdict(c) for c in a.all_cases({full})]))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return [aot_check.Case(**c) for c in json.loads(out.stdout.strip().splitlines()[-1])]
+    return [aot_check.Case(**c) for c in _bench_json(code, timeout=120)]
 
 
 def test_ci_set_covers_every_kernel_in_fp16_and_fp32_and_every_head_dim() -> None:
@@ -167,20 +175,13 @@ def _compile_in_subprocess(tmp_path: Path, select: str, patch: str = "") -> dict
         "r = k.compile_case(c); r['problems'] = k.problems(r, c.low_precision)\n"
         "print(json.dumps(r))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(
-        TRITON_CACHE_DIR=str(tmp_path), TRITON_DUMP_PTXAS_LOG="1", TRITON_DEFAULT_FP_FUSION="1"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    return _bench_json(
+        code,
         timeout=600,
+        TRITON_CACHE_DIR=str(tmp_path),
+        TRITON_DUMP_PTXAS_LOG="1",
+        TRITON_DEFAULT_FP_FUSION="1",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow

@@ -340,54 +340,43 @@ def _dist_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return 2 * torch.randn(12, 8, generator=g), labels
 
 
-def _dist_worker(rank: int, port: int, out_dir: str) -> None:
-    import os
-
-    import torch.distributed as dist
+def _dist_worker(rank: int, out_dir: str) -> None:
     from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    z, labels = _dist_batch()
+    mine, local = z[6 * rank : 6 * rank + 6], labels[6 * rank : 6 * rank + 6]
+    results = []
+    for which, backend in DIST_CASES:
+        per_impl = []
+        for loss in (
+            getattr(pml, which)(0.1, backend=backend),
+            getattr(pml_losses, which)(0.1),
+        ):
+            leaf = mine.clone().requires_grad_()
+            value = DistributedLossWrapper(loss)(leaf, local)
+            value.backward()
+            per_impl.append((value.detach(), leaf.grad))
+        results.append(per_impl)
     try:
-        z, labels = _dist_batch()
-        mine, local = z[6 * rank : 6 * rank + 6], labels[6 * rank : 6 * rank + 6]
-        results = []
-        for which, backend in DIST_CASES:
-            per_impl = []
-            for loss in (
-                getattr(pml, which)(0.1, backend=backend),
-                getattr(pml_losses, which)(0.1),
-            ):
-                leaf = mine.clone().requires_grad_()
-                value = DistributedLossWrapper(loss)(leaf, local)
-                value.backward()
-                per_impl.append((value.detach(), leaf.grad))
-            results.append(per_impl)
-        try:
-            DistributedLossWrapper(pml.NTXentLoss(), efficient=True)(mine, local)
-            efficient = "no error"
-        except TypeError as exc:
-            efficient = str(exc)
-        torch.save((results, efficient), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        DistributedLossWrapper(pml.NTXentLoss(), efficient=True)(mine, local)
+        efficient = "no error"
+    except TypeError as exc:
+        efficient = str(exc)
+    torch.save((results, efficient), f"{out_dir}/rank{rank}.pt")
 
 
-def test_distributed_loss_wrapper_on_two_processes(free_port: Callable[[], int]) -> None:
+def test_distributed_loss_wrapper_on_two_processes(spawn_gloo: Callable[..., None]) -> None:
     """Each rank's loss and gradients through ``DistributedLossWrapper(loss)`` equal those of
     PML's own loss through the same wrapper; ``efficient=True`` (which passes indices_tuple and
     ref_emb) is refused by name."""
     import tempfile
 
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_dist_worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
+        spawn_gloo(_dist_worker, WORLD, tmp)
         per_rank = [torch.load(f"{tmp}/rank{r}.pt") for r in range(WORLD)]
     for results, efficient in per_rank:
         assert "efficient=False" in efficient and "indices_tuple" in efficient

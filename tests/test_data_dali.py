@@ -6,6 +6,7 @@ resume and skipping. Tiny images; about 3 s in all on 2 cores (each graph build 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +25,12 @@ def _dali() -> None:
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (fastclr[dali])")
 
 
-def _coded(width: int = 40, height: int = 30) -> np.ndarray:
-    yy, xx = np.mgrid[0:height, 0:width]
-    r = np.round(xx * 255 / (width - 1))
-    g = np.round(yy * 255 / (height - 1))
-    return np.stack([r, g, np.full_like(r, 77)], -1).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder(
+    tmp_path_factory: pytest.TempPathFactory, write_coded_folder: Callable[..., Path]
+) -> Path:
     root = tmp_path_factory.mktemp("dali_loader")
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(6):
-            Image.fromarray(_coded()).save(root / c / f"{i}.png")
-            Image.fromarray(_coded()).save(root / c / f"{i}.jpg", quality=95)
-    return root
+    return write_coded_folder(root, (40, 30), 6, (".png", ".jpg"))
 
 
 def _loaders(root: Path, size: int, batch: int, **kw: object):  # type: ignore[no-untyped-def]

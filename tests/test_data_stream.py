@@ -35,25 +35,15 @@ from fastclr.train.views import augment_views
 CODE_W, CODE_H = 64, 48
 
 
-def _coded(width: int = CODE_W, height: int = CODE_H) -> np.ndarray:
-    yy, xx = np.mgrid[0:height, 0:width]
-    r = np.round(xx * 255 / (width - 1))
-    g = np.round(yy * 255 / (height - 1))
-    return np.stack([r, g, np.full_like(r, 77)], -1).astype(np.uint8)
-
-
 def _crop_only(size: int, **kw: Any) -> AugmentConfig:
     return AugmentConfig.imagenet(size, **kw)
 
 
 @pytest.fixture(scope="module")
-def coded_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("coded")
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(16):
-            Image.fromarray(_coded()).save(root / c / f"{i:02d}.png")
-    return root
+def coded_folder(
+    tmp_path_factory: pytest.TempPathFactory, write_coded_folder: Callable[..., Path]
+) -> Path:
+    return write_coded_folder(tmp_path_factory.mktemp("coded"), (CODE_W, CODE_H), 16)
 
 
 def _recovered_boxes(views: torch.Tensor) -> np.ndarray:
@@ -114,7 +104,9 @@ def test_crops_come_from_original_coordinates(coded_folder: Path) -> None:
     assert (x0 < centre_lo - 1).any() and (x0 + w > centre_hi + 1).any()
 
 
-def test_crops_are_the_boxes_drawn_on_the_original_size(coded_folder: Path) -> None:
+def test_crops_are_the_boxes_drawn_on_the_original_size(
+    coded_folder: Path, coded_image: Callable[[int, int], np.ndarray]
+) -> None:
     """Exactly: batch k's crops are resize_box of draw_boxes on the (H, W) headers."""
     listing = list_image_folder(coded_folder)
     crop = _crop_only(16)
@@ -122,7 +114,7 @@ def test_crops_are_the_boxes_drawn_on_the_original_size(coded_folder: Path) -> N
     batch = next(loader.epoch(2, start_step=1))
     idx = loader.order(2)[1]
     boxes = draw_boxes(np.full((4, 2), (CODE_H, CODE_W)), crop, 2, 3, 2, 0, 1)
-    img = _coded()
+    img = coded_image(CODE_W, CODE_H)
     for j in range(4):
         for v in range(2):
             want = resize_box(img, tuple(int(t) for t in boxes[j, v]), 16)  # type: ignore[arg-type]
@@ -130,11 +122,13 @@ def test_crops_are_the_boxes_drawn_on_the_original_size(coded_folder: Path) -> N
         assert int(batch.labels[j]) == int(listing.labels[idx[j]])
 
 
-def test_reduced_scale_jpeg_keeps_the_box_and_the_picture(tmp_path: Path) -> None:
+def test_reduced_scale_jpeg_keeps_the_box_and_the_picture(
+    tmp_path: Path, coded_image: Callable[[int, int], np.ndarray]
+) -> None:
     """A 1/k decode is used only when the box spans >= k·S pixels; the box (drawn on the original
     size) is the same, and the crop agrees with the full decode's on a colour-coded image."""
     path = tmp_path / "big.jpg"
-    Image.fromarray(_coded(512, 384)).save(path, quality=95)
+    Image.fromarray(coded_image(512, 384)).save(path, quality=95)
     sizes_seen: list[tuple[int, int]] = []
     box = np.array([[40, 100, 300, 280], [0, 0, 384, 512]])
 
@@ -188,16 +182,18 @@ def test_augment_views_applies_only_the_colour_part(coded_folder: Path) -> None:
     torch.testing.assert_close(v2, batch.views[1].permute(0, 3, 1, 2).float() / 255)
 
 
-def test_unreadable_and_vanishing_files_are_skipped_counted_and_replaced(tmp_path: Path) -> None:
+def test_unreadable_and_vanishing_files_are_skipped_counted_and_replaced(
+    tmp_path: Path, coded_image: Callable[[int, int], np.ndarray]
+) -> None:
     for i in range(12):
-        Image.fromarray(_coded()).save(tmp_path / f"{i:02d}.png")
+        Image.fromarray(coded_image(CODE_W, CODE_H)).save(tmp_path / f"{i:02d}.png")
     garbage = tmp_path / "90.jpg"
     garbage.write_bytes(b"not an image at all" * 4)
     truncated = tmp_path / "91.png"
     data = (tmp_path / "00.png").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     vanishing = tmp_path / "92.png"
-    Image.fromarray(_coded()).save(vanishing)
+    Image.fromarray(coded_image(CODE_W, CODE_H)).save(vanishing)
     listing = list_image_folder(tmp_path)
     vanishing.unlink()  # listed, then gone before it is read
     loader = StreamingLoader(listing.files, listing.labels, _crop_only(8), 3, num_workers=2)

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fastclr import distributed as fd
 
@@ -28,11 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank: int, out_dir: str) -> None:
     info = fd.DistInfo(rank, WORLD, rank, initialised_here=True)
     # DDP keeps the group (and its worker threads) alive past destroy_process_group, as in training
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 3))
@@ -61,9 +55,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_collectives_deliver_and_release_their_tensors(free_port: Callable[[], int]) -> None:
+def test_collectives_deliver_and_release_their_tensors(spawn_gloo: Callable[..., None]) -> None:
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
+        spawn_gloo(_worker, WORLD, out)
         results = [pickle.loads(Path(out, f"rank{r}.pkl").read_bytes()) for r in range(WORLD)]
     for r in results:
         assert [g["rank"] for g in r["gathered"]] == [0, 1]

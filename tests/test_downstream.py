@@ -34,7 +34,9 @@ NETWORKS = [
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+def run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_run: Callable[..., TrainConfig]
+) -> tuple[Path, dict[str, torch.Tensor]]:
     """A real ``pretrain`` run stopped after its first of two epochs (a mid-run checkpoint) and
     the model weights it trained."""
     out = tmp_path_factory.mktemp("run")
@@ -43,16 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch
     data = ImageData(
         "digits[:64]", TensorImageDataset(d.train.images[:64], d.train.labels[:64]), None, d.classes
     )
-    cfg = TrainConfig(
-        width=0.125,
-        image_size=8,
-        batch_size=32,
-        epochs=2,
-        stop_after_epochs=1,
-        limit_steps=1,
-        out=str(out),
-        progress=False,
-    )
+    cfg = tiny_run(out, batch_size=32, stop_after_epochs=1, limit_steps=1)
     augment = SimCLRAugmentation(AugmentConfig.cifar(size=8), backend="torch", seed=0)
     result = pretrain(cfg, augment=augment, data=data)
     return out, {k: v.detach().clone() for k, v in result.model.state_dict().items()}

@@ -18,10 +18,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -301,23 +298,15 @@ def test_one_chunk_is_the_unchunked_step(extra: int) -> None:
         assert torch.equal(got, want)
 
 
-def test_batchnorm_statistics_are_per_chunk() -> None:
+def test_batchnorm_statistics_are_per_chunk(chunked_references: Callable[..., Any]) -> None:
     """With BatchNorm in train mode the chunked step equals every chunk forwarded with its graph
     kept, then one backward (what K ranks without SyncBatchNorm compute); the running statistics
     get one update per chunk (the first pass leaves none: num_batches_tracked grows by K, not
     2K)."""
     n, chunk = 7, 3  # chunks of 3, 3, 1 samples
     views = _views(n, side=8)
-    ref64 = _resnet().double()
-    contrastive_backward_reference(
-        ref64,
-        [v.double() for v in views],
-        NTXentLoss(),
-        chunk_size=chunk,
-        embed=_embed(torch.float64),
-    )
-    low, got = _resnet(), _resnet()
-    contrastive_backward_reference(low, views, NTXentLoss(), chunk_size=chunk)
+    ref64, low = chunked_references(_resnet, views, chunk)
+    got = _resnet()
     fastclr.contrastive_backward(got, views, NTXentLoss(), chunk_size=chunk)
     assert_close_to_reference(_grads(got), _grads(ref64), _grads(low), name="grads")
     for (name, b), b64, blow in zip(
@@ -483,20 +472,12 @@ def test_under_no_grad() -> None:
 # the benchmark's GPU case, run small on CPU so that it cannot rot unseen
 
 
-def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "bench" / "gradcache_bench.py"
-    spec = importlib.util.spec_from_file_location("fastclr_bench_gradcache", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_cuda_case_runs_small_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_cuda_case_runs_small_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, bench_module: Callable[[str], ModuleType]
+) -> None:
     """``cuda_case`` (what a GPU script calls) end to end with a tiny model on CPU, memory
     measured in this process as on a GPU: check, sweep, timing, report."""
-    bench = _bench()
+    bench = bench_module("gradcache_bench")
     monkeypatch.setattr(bench, "peak_mb", bench._measure_peak)
     tiny = bench.Case("resnet18", "cifar", 1 / 16, 8, "bf16", "cpu")
     result = bench.cuda_case(batch=16, chunk=4, fit_batches=(4, 8), rounds=1, case=tiny)

@@ -13,7 +13,6 @@ dominate the cost):
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +21,9 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 import fastclr
-from fastclr.gradcache import contrastive_backward_reference
 from fastclr.loss import NTXentLoss
 from fastclr.models import build_model
 from fastclr.testing import assert_close_to_reference
@@ -38,10 +35,6 @@ def _resnet() -> nn.Module:
     """fastclr's default encoder (ResNet-18, BatchNorm) at width 1/16 with an 8-d head."""
     torch.manual_seed(0)
     return build_model("resnet18", "cifar", width=1 / 16, proj_dim=8)
-
-
-def _embed(dtype: torch.dtype) -> Callable[[Any], Tensor]:
-    return lambda out: out[1].to(dtype)
 
 
 def _grads(model: nn.Module) -> list[Tensor]:
@@ -93,60 +86,40 @@ def _snapshot(model: nn.Module, loss: Tensor, calls: list[int]) -> dict[str, Any
     }
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        mine = _shard(_global_views(1), rank)
-        out: dict[str, Any] = {}
-        # one chunk per rank: the plain DDP step, embeddings gathered by the loss
-        calls = [0]
-        plain = _ddp(calls)
-        loss = _plain_step(plain, mine, NTXentLoss(gather_distributed=True))
-        out["plain"] = _snapshot(plain.module, loss, calls)
-        # each rank chunks its own share in two: no_sync, one all-reduce per step
-        calls = [0]
-        chunked = _ddp(calls)
-        loss_fn = NTXentLoss(gather_distributed=True)
-        loss = fastclr.contrastive_backward(chunked, mine, loss_fn, chunk_size=PER_RANK // 2)
-        out["chunked"] = _snapshot(chunked.module, loss, calls)
-        # a second step starts from rank 0's running statistics (DDP's buffer broadcast)
-        chunked.zero_grad(set_to_none=True)
-        step2 = _shard(_global_views(2), rank)
-        loss = fastclr.contrastive_backward(chunked, step2, loss_fn, chunk_size=PER_RANK // 2)
-        out["step2"] = _snapshot(chunked.module, loss, calls)
-        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, out_dir: str) -> None:
+    mine = _shard(_global_views(1), rank)
+    out: dict[str, Any] = {}
+    # one chunk per rank: the plain DDP step, embeddings gathered by the loss
+    calls = [0]
+    plain = _ddp(calls)
+    loss = _plain_step(plain, mine, NTXentLoss(gather_distributed=True))
+    out["plain"] = _snapshot(plain.module, loss, calls)
+    # each rank chunks its own share in two: no_sync, one all-reduce per step
+    calls = [0]
+    chunked = _ddp(calls)
+    loss_fn = NTXentLoss(gather_distributed=True)
+    loss = fastclr.contrastive_backward(chunked, mine, loss_fn, chunk_size=PER_RANK // 2)
+    out["chunked"] = _snapshot(chunked.module, loss, calls)
+    # a second step starts from rank 0's running statistics (DDP's buffer broadcast)
+    chunked.zero_grad(set_to_none=True)
+    step2 = _shard(_global_views(2), rank)
+    loss = fastclr.contrastive_backward(chunked, step2, loss_fn, chunk_size=PER_RANK // 2)
+    out["step2"] = _snapshot(chunked.module, loss, calls)
+    torch.save(out, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
-def ddp_ranks(free_port: Callable[[], int]) -> list[dict[str, Any]]:
+def ddp_ranks(spawn_gloo: Callable[..., None]) -> list[dict[str, Any]]:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_ddp_worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
+        spawn_gloo(_ddp_worker, WORLD, tmp)
         return [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
 
 
-def _references(chunk: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Gradients of the chunks-with-graphs computation on the global batch: float64, float32."""
-    views = _global_views(1)
-    m64, m32 = _resnet().double(), _resnet()
-    contrastive_backward_reference(
-        m64,
-        [v.double() for v in views],
-        NTXentLoss(),
-        chunk_size=chunk,
-        embed=_embed(torch.float64),
-    )
-    contrastive_backward_reference(m32, views, NTXentLoss(), chunk_size=chunk)
-    return _grads(m64), _grads(m32)
-
-
-def test_equals_ranks_each_holding_one_chunk(ddp_ranks: list[dict[str, Any]]) -> None:
+def test_equals_ranks_each_holding_one_chunk(
+    ddp_ranks: list[dict[str, Any]], chunked_references: Callable[..., Any]
+) -> None:
     """One process, chunks of PER_RANK samples == WORLD DDP ranks without SyncBatchNorm each
     holding one (loss with gather_distributed=True): loss, gradients (DDP's average), and the
     running statistics, which hold the ranks' updates one after the other."""
@@ -154,7 +127,7 @@ def test_equals_ranks_each_holding_one_chunk(ddp_ranks: list[dict[str, Any]]) ->
     model = _resnet()
     initial = [b.clone() for b in model.buffers()]
     loss = fastclr.contrastive_backward(model, _global_views(1), NTXentLoss(), chunk_size=PER_RANK)
-    ref64, ref32 = _references(PER_RANK)
+    ref64, ref32 = map(_grads, chunked_references(_resnet, _global_views(1), PER_RANK))
     ddp_grads = ranks[0]["grads"]
     assert all(torch.equal(a, b) for a, b in zip(ddp_grads, ranks[1]["grads"], strict=True))
     # DDP agrees with the exact value as well as fp32 can, and the chunked step as well as DDP
@@ -173,11 +146,13 @@ def test_equals_ranks_each_holding_one_chunk(ddp_ranks: list[dict[str, Any]]) ->
             torch.testing.assert_close(got, keep * b0 + b1 - keep * r0)
 
 
-def test_ddp_ranks_chunking_their_share(ddp_ranks: list[dict[str, Any]]) -> None:
+def test_ddp_ranks_chunking_their_share(
+    ddp_ranks: list[dict[str, Any]], chunked_references: Callable[..., Any]
+) -> None:
     """Under DDP each rank chunks its own rows (2 chunks per rank): the gradients are those of
     the 4 chunks in one process, with one all-reduce per step, as many as the unchunked step."""
     ranks = [r["chunked"] for r in ddp_ranks]
-    ref64, ref32 = _references(PER_RANK // 2)
+    ref64, ref32 = map(_grads, chunked_references(_resnet, _global_views(1), PER_RANK // 2))
     assert_close_to_reference(ranks[0]["grads"], ref64, ref32, name="DDP + chunks vs fp64")
     assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"], strict=True))
     model = _resnet()

@@ -12,9 +12,8 @@ full, 3-seed version (and also compares with raw pixels).
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -25,17 +24,11 @@ from fastclr.data import load_data, load_digits, plan_data
 from fastclr.train import TrainConfig, pretrain
 from fastclr.train.recipe import batch_for, sqrt_lr
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
 
-
-def _bench() -> ModuleType:
-    """bench/quality.py as a module (its export and scoring are what the full check uses)."""
-    spec = importlib.util.spec_from_file_location("fastclr_bench_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def quality(bench_module: Callable[[str], ModuleType]) -> ModuleType:
+    """bench/quality.py: its export and scoring are what the full check uses."""
+    return bench_module("quality")
 
 
 # 8 epochs × 11 steps of 128, the batch the recipe picks for 1,437 images (~40 s of CPU). On
@@ -51,14 +44,17 @@ LINEAR_FLOOR = 0.9
 
 
 @pytest.mark.slow
-def test_general_folder_path_learns_with_default_recipe(tmp_path: Path) -> None:
-    q = _bench()
-    folder = q.export_digits_folder(tmp_path / "digits", q.FOLDER_SIZE)
+def test_general_folder_path_learns_with_default_recipe(
+    tmp_path: Path, quality: ModuleType
+) -> None:
+    folder = quality.export_digits_folder(tmp_path / "digits", quality.FOLDER_SIZE)
     assert sorted(p.name for p in folder.iterdir()) == ["train", "val"]
     assert len(list((folder / "val" / "3").glob("*.png"))) > 0
     run = tmp_path / "run"
-    args = q.folder_args(folder, run, 0, FOLDER_EPOCHS, q.FOLDER_SIZE, q.FOLDER_WIDTH)
-    rc, _ = q.pretrain_cli(args, run / "log.txt")
+    args = quality.folder_args(
+        folder, run, 0, FOLDER_EPOCHS, quality.FOLDER_SIZE, quality.FOLDER_WIDTH
+    )
+    rc, _ = quality.pretrain_cli(args, run / "log.txt")
     log = (run / "log.txt").read_text()
     assert rc == 0, log[-2000:]
     # the recipe is printed in the run's header, each choice with its reason; the batch comes
@@ -69,10 +65,10 @@ def test_general_folder_path_learns_with_default_recipe(tmp_path: Path) -> None:
     assert re.search(r"augment:\s+small-grey \(28-px views.*grayscale images: no horizontal", log)
     assert re.search(r"head BN:\s+on \(the default", log)  # the general path's head
     assert re.search(r"kNN k:\s+21 \(15% of the smallest class", log)
-    epochs = q.read_csv(run / "epochs.csv")
+    epochs = quality.read_csv(run / "epochs.csv")
     assert epochs[-1]["loss"] < epochs[0]["loss"] - LOSS_FALL, [e["loss"] for e in epochs]
-    data = load_data(str(folder), q.FOLDER_SIZE)
-    trained, random = q.trained_and_random(run, 0, data)
+    data = load_data(str(folder), quality.FOLDER_SIZE)
+    trained, random = quality.trained_and_random(run, 0, data)
     assert trained["linear"] > LINEAR_FLOOR, (trained, random)
 
 
@@ -87,14 +83,13 @@ MARGIN = 0.01
 
 
 @pytest.mark.slow
-def test_digits_demo_beats_random_encoder(tmp_path: Path) -> None:
-    q = _bench()
+def test_digits_demo_beats_random_encoder(tmp_path: Path, quality: ModuleType) -> None:
     torch.set_num_threads(1)
     data = load_digits()
     # --data digits: the demo recipe `fastclr pretrain` uses (decided by the run plan)
     cfg = TrainConfig(epochs=EPOCHS, out=str(tmp_path), progress=False, device="cpu")
     result = pretrain(cfg)
-    trained, random = q.trained_and_random(tmp_path, 0, data)
+    trained, random = quality.trained_and_random(tmp_path, 0, data)
     assert result.history[0]["loss"] > result.history[-1]["loss"], "loss did not fall"
     for metric in ("linear", "knn"):
         assert trained[metric] > random[metric] + MARGIN, (metric, trained, random)

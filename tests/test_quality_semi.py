@@ -3,25 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
-
-def _semi() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("fastclr_bench_semi", BENCH / "quality_semi.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def semi(bench_module: Callable[[str], ModuleType]) -> ModuleType:
+    """bench/quality_semi.py, the suite whose verdict and report these tests check."""
+    return bench_module("quality_semi")
 
 
 def _seed(seed: int, one: tuple[float, float, float], ten: tuple[float, float, float]) -> Any:
@@ -46,15 +39,14 @@ def _seed(seed: int, one: tuple[float, float, float], ten: tuple[float, float, f
 ROWS = {"1%": "4-per-class", "10%": "10%"}
 
 
-def test_verdict_passes_and_fails_on_the_targets() -> None:
-    q = _semi()
+def test_verdict_passes_and_fails_on_the_targets(semi: ModuleType) -> None:
     good = [_seed(s, (0.80, 0.60, 0.85), (0.95, 0.90, 0.94)) for s in range(3)]
-    v = q.verdict(good, ROWS)
+    v = semi.verdict(good, ROWS)
     assert [c["ok"] for c in v["checks"].values()] == [True, True]
     assert v["summary"]["1%"]["finetuned"] == pytest.approx((80.0, 0.0))
     # 1%: 8 points better is not 10; 10%: below the probe
     bad = [_seed(s, (0.68 + 0.01 * s, 0.60, 0.7), (0.90, 0.85, 0.92)) for s in range(3)]
-    v = q.verdict(bad, ROWS)
+    v = semi.verdict(bad, ROWS)
     (one, ten) = v["checks"].values()
     assert not one["ok"] and one["measured"] == pytest.approx(9.0)
     assert not ten["ok"] and ten["measured"] == pytest.approx(-2.0)
@@ -69,14 +61,13 @@ def test_verdict_passes_and_fails_on_the_targets() -> None:
         "per_seed": bad,
         "verdict": v,
     }
-    text = q.markdown(record)
+    text = semi.markdown(record)
     assert "| 1% (`--labels 4-per-class`) | mean ± σ | **69.00 ± 1.00** |" in text
     assert "FAIL (missed by 1.00 points)" in text and "FAIL (missed by 2.00 points)" in text
     assert "| pretraining | 300 |" in text
 
 
-def test_the_1pct_row_keeps_4_images_a_class(tmp_path: Path) -> None:
-    q = _semi()
+def test_the_1pct_row_keeps_4_images_a_class(tmp_path: Path, semi: ModuleType) -> None:
     from PIL import Image
 
     for c in range(2):
@@ -84,8 +75,8 @@ def test_the_1pct_row_keeps_4_images_a_class(tmp_path: Path) -> None:
             d = tmp_path / "few" / str(c)
             d.mkdir(parents=True, exist_ok=True)
             Image.new("L", (4, 4), 10 * c).save(d / f"{i}.png")
-    assert q.label_settings(tmp_path / "few") == {"1%": "4-per-class", "10%": "10%"}
+    assert semi.label_settings(tmp_path / "few") == {"1%": "4-per-class", "10%": "10%"}
     for c in range(2):
         for i in range(150, 500):
             Image.new("L", (4, 4), 10 * c).save(tmp_path / "few" / str(c) / f"{i}.png")
-    assert q.label_settings(tmp_path / "few") == {"1%": "1%", "10%": "10%"}
+    assert semi.label_settings(tmp_path / "few") == {"1%": "1%", "10%": "10%"}
