@@ -209,7 +209,7 @@ class TrainConfig:
         "how the two views go through the encoder: joint (one forward of both; BatchNorm "
         "normalises over all 2N views) or separate (one forward per view; BatchNorm statistics "
         "per view, as in lightly's examples); not with --chunk-size",
-        unset="joint (measured faster on CPU; docs/design.md)",
+        unset="joint (faster on the CPU; SimCLR's own code forwards both views as one batch)",
         choices=VIEWS_FORWARD,
     )
     limit_steps: int | None = option(
