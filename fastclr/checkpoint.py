@@ -35,11 +35,13 @@ from torch import Tensor, nn
 
 from fastclr.atomic import pid_alive, write_atomic
 from fastclr.digest import DIGEST_ALGORITHM, state_digest
+from fastclr.errors import UsageError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "FORMAT_VERSION",
+    "RESUME_OUT",
     "CheckpointError",
     "check_finite_weights",
     "check_spec",
@@ -47,11 +49,15 @@ __all__ = [
     "load_checkpoint",
     "load_model_state",
     "model_spec",
+    "read_resumed",
     "remove_stale_temps",
     "require_fields",
     "save_checkpoint_atomic",
     "still_current",
 ]
+
+#: ``--resume`` given without a value: resume the ``--out`` folder.
+RESUME_OUT = ""
 
 #: What evaluation reads from a checkpoint, and what resuming a run reads besides.
 EVAL_FIELDS = ("model_spec", "model", "image_size", "mean", "std")
@@ -331,3 +337,24 @@ def load_model_state(model: nn.Module, state: dict[str, Tensor], desc: str) -> N
         detail = lines[0] if lines else str(e).strip()
         detail = detail if len(detail) <= 240 else detail[:237] + "..."
         raise CheckpointError(f"{desc}: {detail}") from e
+
+
+def read_resumed(given: dict[str, Any], default_out: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint a command's ``--resume`` names in the options ``given``, and its contents.
+
+    ``--resume`` alone (:data:`RESUME_OUT`) resumes ``--out`` (``default_out`` when not given);
+    a folder stands for its ``checkpoint.pt``; without ``--out`` the run continues in the
+    checkpoint's own folder. ``given["resume"]`` and ``given["out"]`` are set accordingly.
+
+    Raises:
+        UsageError: ``--resume`` with ``--overwrite``.
+        CheckpointError: the file cannot be read as a fastclr checkpoint.
+    """
+    if given.get("overwrite"):
+        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
+    if given["resume"] == RESUME_OUT:
+        given["resume"] = given.get("out", default_out)
+    src = Path(given["resume"])
+    path = src / CHECKPOINT_NAME if src.is_dir() else src
+    given.setdefault("out", str(path.parent))
+    return path, load_checkpoint(path)

@@ -21,10 +21,9 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from fastclr.checkpoint import CHECKPOINT_NAME, RESUME_OUT, CheckpointError, read_resumed
 from fastclr.distributed import is_main
 from fastclr.downstream.export import ExportConfig, run_export
 from fastclr.errors import UsageError
@@ -34,6 +33,7 @@ from fastclr.finetune.config import FinetuneConfig
 from fastclr.options import field_types, flag
 from fastclr.train import NonFiniteLossError, TrainConfig, pretrain
 from fastclr.train.config import resumed_config
+from fastclr.train.header import finished_line, resuming_line
 
 __all__ = [
     "add_options",
@@ -43,9 +43,6 @@ __all__ = [
     "resume_config",
     "run",
 ]
-
-#: ``--resume`` given without a value: resume the ``--out`` folder.
-_RESUME_OUT = ""
 
 
 def _default_text(f: dataclasses.Field[Any]) -> str:
@@ -80,7 +77,7 @@ def _add_option(p: argparse.ArgumentParser, f: dataclasses.Field[Any], kind: typ
             dest=f.name,
         )
     else:
-        extra: dict[str, Any] = {"nargs": "?", "const": _RESUME_OUT} if f.name == "resume" else {}
+        extra: dict[str, Any] = {"nargs": "?", "const": RESUME_OUT} if f.name == "resume" else {}
         convert = _converter(meta["parse"]) if meta.get("parse") else kind
         p.add_argument(
             name, type=convert, choices=meta.get("choices"), help=text, **common, **extra
@@ -188,14 +185,7 @@ def resume_config(
     given = _given(args, TrainConfig)
     if given.get("resume") is None:
         return TrainConfig(**given), [], None
-    if given.get("overwrite"):
-        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
-    if given["resume"] == _RESUME_OUT:
-        given["resume"] = given.get("out", TrainConfig.out)
-    src = Path(given["resume"])
-    path = src / CHECKPOINT_NAME if src.is_dir() else src
-    given.setdefault("out", str(path.parent))
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = read_resumed(given, TrainConfig.out)
     if checkpoint.get("kind") == "finetune":
         raise UsageError(f"{path} is a fine-tuning run: resume it with fastclr finetune --resume")
     saved = checkpoint.get("config")
@@ -210,15 +200,10 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg, changes, checkpoint = resume_config(args)
     if cfg.resume and is_main():
-        changed = f"; changed: {', '.join(changes)}" if changes else ""
-        print(f"resuming {cfg.resume} with the settings it was started with{changed}")
+        print(resuming_line(cfg.resume, changes))
     result = pretrain(cfg, checkpoint=checkpoint)
     if result.already_finished and is_main():
-        print(
-            f"the run in {result.out} is already finished ({result.epochs_done} epochs, "
-            f"{result.global_step} steps); nothing to do. Pass a larger --epochs to train it "
-            "further."
-        )
+        print(finished_line(result.out, result.epochs_done, result.global_step))
     elif result.out and is_main():
         knn = "n/a" if result.knn_top1 is None else f"{result.knn_top1:.2%}"
         print(

@@ -10,7 +10,8 @@ am I", "do I write files" and "which device do I use" have one answer each:
   naming the flag instead of an assertion deep inside torch), ``None`` → CUDA when present, else
   the CPU; under torchrun the CUDA device of the local rank;
 * :func:`setup_distributed` / :func:`teardown`: join (and leave) torchrun's process group (NCCL on
-  CUDA, gloo on CPU) and return a :class:`DistInfo`; :func:`wrap_model` wraps in DDP;
+  CUDA, gloo on CPU) and return a :class:`DistInfo`; :func:`distributed_run` is the two around a
+  run (its ``--device`` checked first); :func:`wrap_model` wraps in DDP;
 * :func:`gather_objects`, :func:`broadcast_object`, :func:`on_main` (run on rank 0, its result
   or its exception on every rank) and :func:`agree` move small Python objects between ranks;
 * :func:`gather_rows` / :func:`all_gather_with_grad` / :func:`all_gather_no_grad`: the row
@@ -34,10 +35,11 @@ this equals the single-process loss on the concatenated batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,6 +56,7 @@ __all__ = [
     "all_gather_with_grad",
     "broadcast_object",
     "check_device",
+    "distributed_run",
     "gather_objects",
     "gather_rows",
     "is_main",
@@ -179,6 +182,18 @@ def teardown(ddp: DistInfo) -> None:
     release_pending()
     if ddp.initialised_here and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_run(device_pref: str | None) -> Iterator[tuple[DistInfo, torch.device]]:
+    """A run's process group and device: ``device_pref`` checked (:func:`check_device`), the
+    group joined (:func:`setup_distributed`), and left when the block ends, however it ends."""
+    check_device(device_pref)
+    ddp, device = setup_distributed(device_pref)
+    try:
+        yield ddp, device
+    finally:
+        teardown(ddp)
 
 
 def wrap_model(model: nn.Module, ddp: DistInfo, device: torch.device, compile: bool) -> nn.Module:

@@ -252,6 +252,16 @@ def _restore_buffers(saved: BufferState) -> None:
             setattr(mod, name, buf)
 
 
+@contextlib.contextmanager
+def _restored_on_error(saved: BufferState) -> Iterator[None]:
+    """Put the buffers back when the block raises (anything, Ctrl-C included), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        _restore_buffers(saved)
+        raise
+
+
 def _rng_devices(model: nn.Module, views: list[Tensor]) -> list[torch.device]:
     """The CUDA devices whose generators the model may draw from (the inputs' and parameters')."""
     found = [views[0].device]
@@ -324,15 +334,12 @@ def _plain_step(
 ) -> Tensor:
     """One chunk: the unchunked step itself (one forward, one backward)."""
     n = views[0].shape[0]
-    saved = _save_buffers(_unwrap(model))
-    try:
+    # a step that fails before its backward leaves no statistics behind
+    with _restored_on_error(_save_buffers(_unwrap(model))):
         z = _forward(model, embed, amp, views, 0, n)
         if not z.requires_grad:
             raise _no_grad_reaches()
         loss = _call_loss(loss_fn, z.split(n), labels)
-    except BaseException:  # a step that fails before its backward leaves no statistics behind
-        _restore_buffers(saved)
-        raise
     _backward_loss(loss, scaler)
     return loss.detach()
 
@@ -414,11 +421,9 @@ def _cached_step(
     after = _get_rng(cuda)  # where the unchunked step leaves it: after the forward and the loss
     grads = [z.grad if z.grad is not None else torch.zeros_like(z) for z in leaves]
     del zs, leaves
-    try:
+    # on failure .grad may hold part of the step's gradient: zero it before retrying
+    with _restored_on_error(saved):
         _backward_chunks(model, views, chunk, embed, amp, grads, cuda, states)
-    except BaseException:  # .grad may hold part of the step's gradient: zero it before retrying
-        _restore_buffers(saved)
-        raise
     _set_rng(cuda, after)
     return loss.detach()
 

@@ -35,6 +35,7 @@ __all__ = [
     "num_workers_option",
     "option",
     "progress_option",
+    "saved_options",
 ]
 
 #: Neighbours of the kNN vote at most (Wu et al. 2018), and the vote's temperature; the rule of
@@ -211,3 +212,20 @@ def check_options(obj: Any) -> None:
             _check_number(f.name, v, kind, meta)
         elif kind is str and (not isinstance(v, str) or not v.strip()):
             raise _refuse(f.name, "a non-empty string", v, "")
+
+
+def saved_options(
+    config_type: type,
+    saved: dict[str, Any],
+    plan: dict[str, Any] | None,
+    per_invocation: frozenset[str],
+) -> dict[str, Any]:
+    """The options a resumed run takes from its checkpoint: the ``saved`` configuration's fields
+    of ``config_type`` but the ``per_invocation`` ones, with ``data`` the folder the saved
+    ``plan`` read (absolute, as the run saw it, whatever the working directory now)."""
+    names = {f.name for f in dataclasses.fields(config_type)}
+    inherited = {k: v for k, v in saved.items() if k in names and k not in per_invocation}
+    root = plan.get("data_root") if plan is not None else None
+    if isinstance(root, str) and inherited.get("data") != "digits":
+        inherited["data"] = root
+    return inherited

@@ -245,9 +245,7 @@ def apply_dali(
     dev = images_device(imgs)
     device_id = None if dev.type == "cpu" else (dev.index or 0)
     samples = [to_rgb(t).contiguous() for t in imgs]
-    n = len(samples)
-    if len(params) != n:
-        raise ValueError(f"params has {len(params)} images, images has {n}")
+    n = len(samples)  # check_apply_args has matched it with len(params)
     columns = [getattr(params, name).float() for name in _TENSOR_FIELDS]
     table = torch.cat([params.crop.float(), torch.stack(columns, dim=1)], dim=1).cpu()
     key = (config, device_id)

@@ -56,6 +56,23 @@ def _packed(params: AugmentParams, config: AugmentConfig) -> list[Tensor]:
     ]
 
 
+def _recipe_args(packed: list[Tensor], config: AugmentConfig, out: Tensor) -> tuple[float, ...]:
+    """What both view kernels take after their sources (augment.h): the :func:`_packed` arrays,
+    K, the solarize threshold, mean, std, S, the (N, S, S, 3) fp32 output and the thread count.
+    The caller keeps ``packed`` and ``out`` alive through the call (these are their addresses)."""
+    crop, flags, factors, order, taps, mean, std = packed
+    return (
+        *(t.data_ptr() for t in (crop, flags, factors, order, taps)),
+        config.blur_kernel_size,
+        float(config.solarize_threshold),
+        mean.data_ptr(),
+        std.data_ptr(),
+        config.size,
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+
+
 def _finish(out: Tensor, config: AugmentConfig) -> Tensor:
     """(N, S, S, 3) fp32 → (N, 3, S, S) channels_last in ``config.dtype``."""
     view = out.permute(0, 3, 1, 2)  # NCHW shape over NHWC memory: channels_last
@@ -88,27 +105,9 @@ def apply_native(
     n = imgs.shape[0]
     src = to_rgb(imgs).contiguous()
     _, h, w, _ = src.shape
-    s, k = config.size, config.blur_kernel_size
-    crop, flags, factors, order, taps, mean, std = _packed(params, config)
-    out = torch.empty((n, s, s, 3), dtype=torch.float32)
-    mod.simclr_view_f32(
-        src.data_ptr(),
-        n,
-        h,
-        w,
-        crop.data_ptr(),
-        flags.data_ptr(),
-        factors.data_ptr(),
-        order.data_ptr(),
-        taps.data_ptr(),
-        k,
-        float(config.solarize_threshold),
-        mean.data_ptr(),
-        std.data_ptr(),
-        s,
-        out.data_ptr(),
-        torch.get_num_threads(),
-    )
+    packed = _packed(params, config)  # alive through the call: the kernel reads its storage
+    out = torch.empty((n, config.size, config.size, 3), dtype=torch.float32)
+    mod.simclr_view_f32(src.data_ptr(), n, h, w, *_recipe_args(packed, config, out))
     return _finish(out, config)
 
 
@@ -170,25 +169,10 @@ def apply_native_sources(
         params.to("cpu").validate(shapes[:, :2] * shapes[:, 2:])
     mod = _native.require()
     ptrs = torch.tensor([t.data_ptr() for t in src], dtype=torch.int64)
-    s = config.size
-    crop, flags, factors, order, taps, mean, std = _packed(params, config)
-    out = torch.empty((n, s, s, 3), dtype=torch.float32)
+    packed = _packed(params, config)  # alive through the call: the kernel reads its storage
+    out = torch.empty((n, config.size, config.size, 3), dtype=torch.float32)
     mod.simclr_view_ragged_f32(
-        ptrs.data_ptr(),
-        shapes.data_ptr(),
-        n,
-        crop.data_ptr(),
-        flags.data_ptr(),
-        factors.data_ptr(),
-        order.data_ptr(),
-        taps.data_ptr(),
-        config.blur_kernel_size,
-        float(config.solarize_threshold),
-        mean.data_ptr(),
-        std.data_ptr(),
-        s,
-        out.data_ptr(),
-        torch.get_num_threads(),
+        ptrs.data_ptr(), shapes.data_ptr(), n, *_recipe_args(packed, config, out)
     )
     return _finish(out, config)
 

@@ -299,6 +299,8 @@ class _PMLLoss(_Base):
 
     _name = ""
     _reducer = "MeanReducer"
+    #: the functional form each subclass computes (pml_ntxent, pml_supcon)
+    _loss: Callable[[Tensor, Tensor | None, float, BackendName, bool], Tensor]
 
     def __init__(
         self,
@@ -351,17 +353,6 @@ class _PMLLoss(_Base):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, backend={self.backend!r}"
-
-    def _loss(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None,
-        temperature: float,
-        backend: BackendName,
-        check_finite: bool,
-    ) -> Tensor:
-        """The functional form each subclass computes (pml_ntxent, pml_supcon)."""
-        raise NotImplementedError
 
     def forward(
         self,

@@ -42,9 +42,10 @@ from fastclr.augment.params import AugmentConfig
 from fastclr.data.files import FileList
 from fastclr.data.stream import (
     MAX_SUBSTITUTES,
+    FileBatches,
     ViewBatch,
+    check_batching,
     draw_boxes,
-    epoch_order,
     substitute,
 )
 from fastclr.data.summary import DataSummary
@@ -73,7 +74,7 @@ def _header(data: bytes) -> tuple[int, int]:
     return h, w
 
 
-class DaliLoader:
+class DaliLoader(FileBatches):
     """Batches of uint8 crops decoded by DALI (module docstring).
 
     Args:
@@ -99,12 +100,7 @@ class DaliLoader:
         summary: DataSummary | None = None,
     ) -> None:
         import_dali()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        check_batching(batch_size, seed, rank, world_size)
         if (len(files) // world_size) // batch_size < 1:
             raise ValueError(
                 f"batch size {batch_size} × {world_size} ranks is larger than the dataset "
@@ -118,10 +114,6 @@ class DaliLoader:
         self.summary = summary if summary is not None else DataSummary()
         self.bad: set[int] = set()
         self._pipe: Any = None
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return (len(self.files) // self.world_size) // self.batch_size
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -259,15 +251,7 @@ class DaliLoader:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:
         """The batches of ``epoch`` from ``start_step`` on (resume: the same batches as before)."""
-        if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step {start_step} is not in [0, {self.steps_per_epoch}]")
-        order = epoch_order(
-            len(self.files),
-            self.batch_size,
-            seed=self.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        self._check_start(start_step)
+        order = self.order(epoch)
         for step in range(start_step, len(order)):
             yield self._batch(epoch, step, order[step])

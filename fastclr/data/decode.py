@@ -56,6 +56,7 @@ __all__ = [
     "orientation",
     "oriented_size",
     "resize_box",
+    "resized_square",
     "to_rgb8",
 ]
 
@@ -277,10 +278,18 @@ def decode_resized_square(path: str | os.PathLike[str], size: int) -> tuple[np.n
         f.draft(f.mode, (size, size))  # JPEG: decode at the smallest scale still >= size
         f.load()
         rgb, conversion = _oriented(*to_rgb8(f, str(path)), tag)
+    return resized_square(rgb, size), conversion
+
+
+def resized_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 → (size, size, 3) uint8: the shorter side resized to ``size`` (PIL
+    bilinear), then the centre square (the rule of :func:`decode_resized_square`)."""
+    from PIL import Image
+
     im = Image.fromarray(rgb)
     w, h = im.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     im = im.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8), conversion
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -47,9 +47,11 @@ from fastclr.errors import UsageError
 
 __all__ = [
     "MAX_SUBSTITUTES",
+    "FileBatches",
     "FinishViews",
     "StreamingLoader",
     "ViewBatch",
+    "check_batching",
     "draw_boxes",
     "epoch_order",
     "mix_seed",
@@ -277,7 +279,53 @@ class _Keys:
         return max(0, len(self.order) - self.start)
 
 
-class StreamingLoader:
+def check_batching(
+    batch_size: int, seed: int, rank: int, world_size: int, num_workers: int | None = None
+) -> None:
+    """The folder loaders' checks of their batching arguments: a ValueError naming the first
+    one out of range (``num_workers`` only where the loader has workers)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+
+
+class FileBatches:
+    """What the folder loaders (:class:`StreamingLoader`, :class:`~fastclr.data.dali.DaliLoader`)
+    share: this rank's full batches of each epoch's shuffled files (module docstring)."""
+
+    files: FileList
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full batches each rank gets per epoch."""
+        return (len(self.files) // self.world_size) // self.batch_size
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(steps, batch_size) file indices of this rank's batches in ``epoch``, before any skip."""
+        return epoch_order(
+            len(self.files),
+            self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def _check_start(self, start_step: int) -> None:
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} is not in [0, {self.steps_per_epoch}]")
+
+
+class StreamingLoader(FileBatches):
     """Batches of uint8 crops of image files, decoded in DataLoader workers (module docstring).
 
     Args:
@@ -316,14 +364,7 @@ class StreamingLoader:
         summary: DataSummary | None = None,
         finish_views: FinishViews | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        check_batching(batch_size, seed, rank, world_size, num_workers)
         if len(labels) != len(files):
             raise ValueError(f"{len(labels)} labels for {len(files)} files")
         if (len(files) // world_size) // batch_size < 1:
@@ -350,26 +391,9 @@ class StreamingLoader:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """Full batches each rank gets per epoch."""
-        return (len(self.files) // self.world_size) // self.batch_size
-
-    def order(self, epoch: int) -> np.ndarray:
-        """(steps, batch_size) file indices of this rank's batches in ``epoch``, before any skip."""
-        return epoch_order(
-            len(self.files),
-            self.batch_size,
-            seed=self.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewBatch]:
         """The batches of ``epoch`` from ``start_step`` on (resume: the same batches as before)."""
-        if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step {start_step} is not in [0, {self.steps_per_epoch}]")
+        self._check_start(start_step)
         self._keys.epoch, self._keys.order, self._keys.start = epoch, self.order(epoch), start_step
         for views, labels, events in self._loader:
             for i, kind, detail in events:

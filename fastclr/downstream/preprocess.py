@@ -138,19 +138,10 @@ def _is_pil(obj: object) -> bool:
 def _pil_square(im: Any, size: int) -> Tensor:
     """(1, 3, S, S) float in [0, 1]: the in-memory loader's decode rule applied to a PIL image
     (:func:`fastclr.data.decode.decode_resized_square` does the same from a file)."""
-    import numpy as np
-    from PIL import Image
-
-    from fastclr.data.decode import to_rgb8
+    from fastclr.data.decode import resized_square, to_rgb8
 
     rgb, _ = to_rgb8(im, "image")
-    sq = Image.fromarray(rgb)
-    w, h = sq.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    sq = sq.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    arr = np.asarray(sq.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    arr = resized_square(rgb, size)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 

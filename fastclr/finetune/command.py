@@ -7,20 +7,16 @@ it; the line before says where the run is and how to load its classifier.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from fastclr.checkpoint import CHECKPOINT_NAME, CheckpointError, read_resumed
 from fastclr.distributed import is_main
-from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig, resumed_finetune_config
 from fastclr.finetune.loop import FinetuneResult, finetune
 from fastclr.finetune.state import FINETUNE_KIND
+from fastclr.train.header import finished_line, resuming_line
 
 __all__ = ["finetune_config", "run_finetune", "summary_lines"]
-
-#: ``--resume`` given without a value: resume the ``--out`` folder.
-RESUME_OUT = ""
 
 
 def finetune_config(
@@ -34,15 +30,8 @@ def finetune_config(
     """
     if given.get("resume") is None:
         return FinetuneConfig(**given), [], None
-    if given.get("overwrite"):
-        raise UsageError("--resume and --overwrite contradict each other: pass one of them")
     given = dict(given)
-    if given["resume"] == RESUME_OUT:
-        given["resume"] = given.get("out", FinetuneConfig.out)
-    src = Path(given["resume"])
-    path = src / CHECKPOINT_NAME if src.is_dir() else src
-    given.setdefault("out", str(path.parent))
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = read_resumed(given, FinetuneConfig.out)
     if checkpoint.get("kind") != FINETUNE_KIND or not isinstance(checkpoint.get("config"), dict):
         raise CheckpointError(
             f"checkpoint {path} is not a fine-tuning run's (resume pretraining runs with "
@@ -59,11 +48,7 @@ def summary_lines(result: FinetuneResult, seconds: float) -> list[str]:
     """What a finished command prints; the last line is ``top-1 NN.NN%``."""
     out = result.out / CHECKPOINT_NAME
     if result.already_finished:
-        head = (
-            f"the run in {result.out} is already finished ({result.epochs_done} epochs, "
-            f"{result.global_step} steps); nothing to do. Pass a larger --epochs to train it "
-            "further."
-        )
+        head = finished_line(result.out, result.epochs_done, result.global_step)
     else:
         head = (
             f"done: {result.epochs_done} epochs, {result.global_step} steps in {seconds:.1f}s "
@@ -79,8 +64,7 @@ def run_finetune(given: dict[str, Any]) -> int:
     t0 = time.perf_counter()
     cfg, changes, checkpoint = finetune_config(given)
     if cfg.resume and is_main():
-        changed = f"; changed: {', '.join(changes)}" if changes else ""
-        print(f"resuming {cfg.resume} with the settings it was started with{changed}")
+        print(resuming_line(cfg.resume, changes))
     result = finetune(cfg, checkpoint=checkpoint)
     if is_main():
         print("\n".join(summary_lines(result, time.perf_counter() - t0)), flush=True)

@@ -10,7 +10,7 @@ with its reason. A resumed run takes every option not given from its checkpoint
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastclr.errors import UsageError
@@ -23,6 +23,7 @@ from fastclr.options import (
     num_workers_option,
     option,
     progress_option,
+    saved_options,
 )
 from fastclr.train.precision import PRECISIONS, Precision
 
@@ -205,11 +206,7 @@ def resumed_finetune_config(
     :data:`RESUME_MAY_CHANGE`; those come back as ``--flag old → new`` notes. The data folder is
     the saved ``plan``'s (absolute, as the run saw it, whatever the working directory now).
     """
-    names = {f.name for f in fields(FinetuneConfig)}
-    inherited = {k: v for k, v in saved.items() if k in names and k not in PER_INVOCATION}
-    root = plan.get("data_root") if plan is not None else None
-    if isinstance(root, str) and inherited.get("data") != "digits":
-        inherited["data"] = root
+    inherited = saved_options(FinetuneConfig, saved, plan, PER_INVOCATION)
     cfg = FinetuneConfig(**{**inherited, **given})
     notes = []
     for name in sorted(given):

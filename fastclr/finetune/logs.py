@@ -23,15 +23,10 @@ class FinetuneLogger(RunLogger):
 
     EPOCH_FIELDS = EPOCH_FIELDS
 
-    def epoch(self, row: dict[str, float]) -> None:
-        """Append one per-epoch row (keys :data:`EPOCH_FIELDS`)."""
-        if not self.enabled:
-            return
-        with open(self.epoch_path, "a", newline="") as f:
-            csv.DictWriter(f, self.EPOCH_FIELDS).writerow(row)
-        if self.tb is not None:
-            for k in ("loss", "top1", "top5", "images_per_s"):
-                self.tb.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
+    def _tb_epoch(self, row: dict[str, float]) -> None:
+        """The epoch's TensorBoard scalars: loss, validation top-1 and top-5, speed."""
+        for k in ("loss", "top1", "top5", "images_per_s"):
+            self.tb.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
 
 
 def _read(path: Path, x: str, ys: tuple[str, ...]) -> tuple[list[float], list[list[float]]]:

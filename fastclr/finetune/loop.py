@@ -15,10 +15,6 @@ is raised.
 from __future__ import annotations
 
 import math
-import signal
-import sys
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +29,8 @@ from fastclr.data.stream import ViewBatch
 from fastclr.distributed import (
     DistInfo,
     agree,
-    check_device,
+    distributed_run,
     on_main,
-    setup_distributed,
-    teardown,
     wrap_model,
 )
 from fastclr.downstream.load import RunInfo
@@ -51,6 +45,7 @@ from fastclr.finetune.state import FinetuneSaver, FinetuneState, build_state, re
 from fastclr.finetune.validate import Accuracy, validate
 from fastclr.models import Architecture, Classifier
 from fastclr.train.checkpoint import Position
+from fastclr.train.epochs import StepLog, progress_bar, run_epoch, run_epochs, write_steps
 from fastclr.train.header import format_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.precision import autocast
@@ -109,15 +104,6 @@ class _Run:
     bar: Any = None
 
 
-@dataclass
-class _StepLog:
-    """Steps taken since the last log point (their losses stay on the device until then)."""
-
-    pending: list[tuple[int, int, Tensor, float]] = field(default_factory=list)
-    losses: list[Tensor] = field(default_factory=list)
-    t0: float = field(default_factory=time.perf_counter)
-
-
 def finetune(cfg: FinetuneConfig, *, checkpoint: dict[str, Any] | None = None) -> FinetuneResult:
     """Fine-tune a pretrained network (or the same one from scratch) on a labelled subset.
 
@@ -127,12 +113,8 @@ def finetune(cfg: FinetuneConfig, *, checkpoint: dict[str, Any] | None = None) -
     :class:`~fastclr.train.NonFiniteLossError` when the loss or the weights become NaN or Inf.
     """
     cfg.validate()
-    check_device(cfg.device)
-    ddp, device = setup_distributed(cfg.device)
-    try:
+    with distributed_run(cfg.device) as (ddp, device):
         return fit(cfg, ddp, device, checkpoint)
-    finally:
-        teardown(ddp)
 
 
 def fit(
@@ -147,8 +129,7 @@ def fit(
     try:
         if folder.finished:
             return _finished(folder)
-        for note in folder.notes:
-            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=2)
+        folder.warn_notes()
         source, weights = (None, None) if cfg.resume else read_source(cfg)
         plan = _plan_on_main(cfg, ddp, device, folder, source)
         if plan.threads:
@@ -197,8 +178,6 @@ def _build_run(
     folder: RunFolder,
 ) -> _Run:
     """Seed, load the data, build the network and optimiser from the plan, resume if asked."""
-    from tqdm import tqdm
-
     seed_everything(cfg.seed, ddp.rank)
     augment = SimCLRAugmentation(
         augment_config(plan), seed=cfg.seed + ddp.rank, device=device, layout="NHWC"
@@ -239,33 +218,13 @@ def _build_run(
         global_step=start.global_step,
         finite=torch.ones((), dtype=torch.bool, device=device),
     )
-    run.bar = tqdm(
-        total=plan.total_steps,
-        initial=run.global_step,
-        disable=not (cfg.progress and ddp.is_main),
-        dynamic_ncols=True,
-        desc="finetune",
-        file=sys.stderr,
-    )
+    run.bar = progress_bar(run, "finetune")
     return run
 
 
 def _train(run: _Run) -> None:
     """The epochs of this process; Ctrl-C or SIGTERM checkpoints and ends it."""
-    try:
-        with InterruptFlag() as interrupt:
-            for epoch in range(run.start.epoch, run.stop_epoch):
-                stop_now = train_epoch(run, epoch, interrupt)
-                if stop_now or (interrupt.requested and run.ddp.world_size == 1):
-                    raise interrupt.stop()  # requested during the epoch's last step
-    except KeyboardInterrupt as e:
-        if run.ddp.is_main:
-            what = "terminated" if getattr(e, "signum", 2) == signal.SIGTERM else "interrupted"
-            run.bar.write(f"{what}; checkpoint in {run.saver.path} (resume with --resume)")
-        raise
-    finally:
-        run.bar.close()
-        run.logger.close()
+    run_epochs(run, train_epoch)
     out = run.saver.out
     if run.ddp.is_main and (out / "epochs.csv").exists() and (out / "steps.csv").exists():
         run.saver.manifest.record(CURVES_NAME)
@@ -279,27 +238,7 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     middle of the epoch it checkpoints and raises :class:`~fastclr.train.interrupt.Interrupted`.
     """
     run.state.classifier.train()
-    t_epoch = time.perf_counter()
-    skip = run.start.step_in_epoch if epoch == run.start.epoch else 0
-    steps = run.plan.steps_per_epoch
-    batches = run.data.loader.epoch(epoch, skip)  # the same batches after a resume
-    log = _StepLog()
-    stop_now = False
-    for step in range(skip, steps):
-        batch = next(batches)
-        lr_now = float(run.state.optimizer.param_groups[0]["lr"])
-        loss = training_step(run, batch)
-        log.pending.append((step, run.global_step, loss, lr_now))
-        log.losses.append(loss)
-        last = step == steps - 1
-        local_stop = interrupt.requested and run.ddp.world_size == 1
-        if len(log.pending) >= run.cfg.log_every or last or local_stop:
-            stop_now = _log_point(run, log, epoch, interrupt.requested)
-        if (local_stop or (not log.pending and stop_now)) and not last:
-            run.saver.save(run.state, Position(epoch, step + 1, run.global_step))
-            raise interrupt.stop()
-    _end_epoch(run, epoch, log.losses, steps - skip, time.perf_counter() - t_epoch)
-    return stop_now
+    return run_epoch(run, epoch, interrupt, training_step, _log_point, _end_epoch)
 
 
 def training_step(run: _Run, batch: ViewBatch) -> Tensor:
@@ -322,7 +261,7 @@ def training_step(run: _Run, batch: ViewBatch) -> Tensor:
     return loss
 
 
-def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
+def _log_point(run: _Run, log: StepLog, epoch: int, requested: bool) -> bool:
     """Agree on finiteness and stopping across ranks, then write the pending step rows."""
     stop_now = agree(run.finite, requested, run.ddp, run.device)
     if not bool(run.finite):
@@ -332,19 +271,7 @@ def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
             f"Lower --lr (now {run.plan.lr:.4g})"
             + (", or use --precision fp32." if run.plan.precision != "fp32" else ".")
         )
-    n = len(log.pending)
-    ips = n * run.plan.batch / max(time.perf_counter() - log.t0, 1e-9)
-    values = torch.stack([p[2] for p in log.pending]).tolist()  # one sync
-    rows = [
-        {"epoch": epoch, "step": s, "global_step": g, "loss": v, "lr": lr, "images_per_s": ips}
-        for (s, g, _, lr), v in zip(log.pending, values, strict=True)
-    ]
-    run.logger.steps(rows)
-    run.last_loss = rows[-1]["loss"]
-    run.bar.update(len(rows))
-    run.bar.set_postfix(loss=f"{run.last_loss:.4f}", img_s=f"{ips:.0f}")
-    log.pending.clear()
-    log.t0 = time.perf_counter()
+    write_steps(run, log, epoch)
     return stop_now
 
 

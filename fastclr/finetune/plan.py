@@ -29,7 +29,7 @@ folder's ``labelled.txt``; the rest is decided again.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ from fastclr.finetune.subset import (
     resolve_subset,
 )
 from fastclr.models import Architecture, ProjectionHead, head_layers
-from fastclr.train.plan import Decision
+from fastclr.train.plan import DecidedPlan, Decision
 from fastclr.train.precision import resolve_precision
 from fastclr.train.recipe import preset_for
 
@@ -67,7 +67,7 @@ KEPT_ON_RESUME = ("network", "input", "init", "head_layer", "batch", "lr", "augm
 
 
 @dataclass(frozen=True)
-class FinetunePlan:
+class FinetunePlan(DecidedPlan):
     """Every derived setting of one fine-tuning run (module docstring); read, never recompute.
 
     ``labelled`` are the positions of the labelled images in the training part of ``data``;
@@ -82,12 +82,6 @@ class FinetunePlan:
     notes: tuple[str, ...] = field(default=())
     #: what a resume compares to tell whether the data changed (:meth:`DataPlan.identity`)
     data_identity: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.decisions[name].value
-
-    def reason(self, name: str) -> str:
-        return self.decisions[name].reason
 
     image_size = property(lambda self: int(self["input"]["image_size"]))
     mean = property(lambda self: tuple(float(v) for v in self["input"]["mean"]))
@@ -105,18 +99,8 @@ class FinetunePlan:
     classes = property(lambda self: list(self.data.classes))
 
     @property
-    def per_rank(self) -> int:
-        """The batch of one rank."""
-        return self.batch // self.world_size
-
-    @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
-
-    @property
-    def threads(self) -> int | None:
-        value = self["threads"]
-        return None if value is None else int(value)
 
     @property
     def architecture(self) -> Architecture:
@@ -127,17 +111,6 @@ class FinetunePlan:
     def stream_validation(self) -> bool:
         """Whether the validation images are decoded from their files at every evaluation."""
         return bool(self["validation"]["streamed"])
-
-    def without_memory(self) -> FinetunePlan:
-        """This plan without decoded folder images (what other ranks receive)."""
-        return replace(self, data=self.data.without_memory())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The decisions as plain values and reasons (what the checkpoint stores)."""
-        out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
-        out["data_root"] = None if self.data.root is None else str(self.data.root)
-        out["data_identity"] = dict(self.data_identity)
-        return out
 
 
 def training_ids(data: DataPlan) -> tuple[list[str], list[int]]:

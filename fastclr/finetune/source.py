@@ -8,13 +8,13 @@ from typing import Any, cast
 
 from fastclr.atomic import write_atomic
 from fastclr.checkpoint import CheckpointError
-from fastclr.distributed import DistInfo, on_main
+from fastclr.distributed import DistInfo
 from fastclr.downstream.load import RunInfo, read_run
 from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.plan import FinetunePlan, training_ids
 from fastclr.finetune.subset import SUBSET_FILE, read_subset, write_subset
-from fastclr.train.rundir import RunFolder, prepare_run_folder
+from fastclr.train.rundir import RunFolder, prepare_on_every_rank
 
 __all__ = ["labelled_file", "prepare_folder", "read_source", "write_labelled"]
 
@@ -49,13 +49,7 @@ def prepare_folder(
     removes exactly the files the run's manifest lists; ``--out`` not inside ``--data``; the
     resumed checkpoint verified) on rank 0 first; its failure is raised on every rank."""
     options = cast(Any, cfg)  # the run-folder options are the same fields in both configs
-    mine: list[RunFolder] = []
-
-    def on_rank0() -> None:
-        mine.append(prepare_run_folder(options, True, checkpoint))
-
-    on_main(on_rank0, ddp)
-    return mine[0] if mine else prepare_run_folder(options, False, checkpoint)
+    return prepare_on_every_rank(options, ddp, checkpoint)
 
 
 def labelled_file(cfg: FinetuneConfig) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.plan import FinetunePlan
 from fastclr.models import Classifier, SimCLR
 from fastclr.optim import warmup_cosine_schedule
-from fastclr.train.checkpoint import Position
+from fastclr.train.checkpoint import Position, follow_schedule, resumed_at
 from fastclr.train.rng import capture_rng
 from fastclr.train.rundir import Manifest
 
@@ -188,15 +187,6 @@ def resume_state(
     state.scheduler.load_state_dict(ck["scheduler"])
     schedule = state.scheduler.lr_lambdas[0]
     schedule.total_steps = plan.total_steps  # type: ignore[attr-defined]
-    for group, base in zip(state.optimizer.param_groups, state.scheduler.base_lrs, strict=True):
-        group["lr"] = base * schedule(state.scheduler.last_epoch)
+    follow_schedule(state.scheduler, state.optimizer, schedule)
     state.scaler.load_state_dict(ck["scaler"])
-    at = Position(int(ck["epoch"]), int(ck["step_in_epoch"]), int(ck["global_step"]))
-    rngs = ck["rng"]
-    if len(rngs) != ddp.world_size:
-        warnings.warn(
-            f"resuming a {len(rngs)}-rank run on {ddp.world_size} ranks: RNG streams differ",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return at, rngs[ddp.rank % len(rngs)]
+    return resumed_at(ck, ddp, stacklevel=3)

@@ -95,19 +95,20 @@ def _sym_backward(grad: Tensor, zhat: Tensor, lse: Tensor, temperature: float) -
     return dz.to(zhat.dtype)
 
 
+def _rect_problem(
+    q32: Tensor, k32: Tensor, q_offset: int, temperature: float
+) -> tuple[int, int, int, int, int, int, float]:
+    """The leading arguments both rectangle kernels take (ntxent.h): q, Mq, k, Mk, D, q_offset,
+    inv_tau."""
+    mq, d = q32.shape
+    return (q32.data_ptr(), mq, k32.data_ptr(), k32.shape[0], d, q_offset, 1.0 / temperature)
+
+
 def _rect(q: Tensor, k: Tensor, q_offset: int, temperature: float) -> Tensor:
     q32, k32 = _f32(q), _f32(k)
     out = torch.empty(q32.shape[0], dtype=torch.float32)
     _lib().ntxent_lse_rect_fwd_f32(
-        q32.data_ptr(),
-        q32.shape[0],
-        k32.data_ptr(),
-        k32.shape[0],
-        q32.shape[1],
-        q_offset,
-        1.0 / temperature,
-        out.data_ptr(),
-        _threads(),
+        *_rect_problem(q32, k32, q_offset, temperature), out.data_ptr(), _threads()
     )
     return out
 
@@ -119,13 +120,7 @@ def _rect_backward(
     dq = torch.empty(q32.shape, dtype=torch.float32)
     dk = torch.empty(k32.shape, dtype=torch.float32)
     _lib().ntxent_lse_rect_bwd_f32(
-        q32.data_ptr(),
-        q32.shape[0],
-        k32.data_ptr(),
-        k32.shape[0],
-        q32.shape[1],
-        q_offset,
-        1.0 / temperature,
+        *_rect_problem(q32, k32, q_offset, temperature),
         lse32.data_ptr(),
         g.data_ptr(),
         dq.data_ptr(),

@@ -108,41 +108,6 @@ def _finalize(
     return bad
 
 
-def _backward(
-    grad: Tensor,
-    z0: Tensor,
-    z1: Tensor,
-    zk: Tensor,
-    lse: Tensor,
-    q: Tensor,
-    n_views: int,
-    temperature: float,
-    eps: float,
-    reduction: int,
-) -> tuple[Tensor, Tensor]:
-    n = z0.shape[0]
-    m, d = zk.shape
-    path = _t.select_path(temperature)
-    meta = _t._meta(m, d, zk.dtype)
-    g_scale = 1.0 / m if reduction == 0 else 1.0
-    g = grad if reduction == 2 else grad.reshape(1).expand(m)  # a view: stride 0
-    stats, terms = (lse, q, lse, q), (True, True)
-    part, nbytes = _t._rows_backward(
-        zk, zk, stats, (g, g_scale), (0, 0), terms, temperature, path.online, meta
-    )
-    dz0 = torch.empty(n, d, device=z0.device, dtype=z0.dtype)
-    dz1 = torch.empty(z1.shape, device=z0.device, dtype=z0.dtype)  # contiguous
-    block_s, block_d = _geometry(d)
-    ptrs = (z0, z1, part, g, dz0, dz1)
-    sizes = (n, d, part.shape[0], z0.stride(0), z0.stride(1), _view_stride(z0), g.stride(0))
-    scalars = (g_scale, 1.0 / temperature, eps)
-    tiles = {"V": n_views, "BLOCK_S": block_s, "BLOCK_D": block_d}
-    grid = (triton.cdiv(n, block_s),)
-    _t._launch(_kf.ntxent_post_kernel, grid, *ptrs, *sizes, *scalars, **tiles)
-    _t.LAST_WORKSPACE["views_backward"] = nbytes
-    return dz0, dz1
-
-
 # --------------------------------------------------------------------------------------------
 # custom ops
 
@@ -189,7 +154,26 @@ def ntxent_views_backward(
     reduction: int,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`ntxent_views`'s loss w.r.t. ``z0`` and ``z1`` (contiguous)."""
-    dz0, dz1 = _backward(grad, z0, z1, zk, lse, q, n_views, temperature, eps, reduction)
+    n = z0.shape[0]
+    m, d = zk.shape
+    path = _t.select_path(temperature)
+    meta = _t._meta(m, d, zk.dtype)
+    g_scale = 1.0 / m if reduction == 0 else 1.0
+    g = grad if reduction == 2 else grad.reshape(1).expand(m)  # a view: stride 0
+    stats, terms = (lse, q, lse, q), (True, True)
+    part, nbytes = _t._rows_backward(
+        zk, zk, stats, (g, g_scale), (0, 0), terms, temperature, path.online, meta
+    )
+    dz0 = torch.empty(n, d, device=z0.device, dtype=z0.dtype)
+    dz1 = torch.empty(z1.shape, device=z0.device, dtype=z0.dtype)  # contiguous
+    block_s, block_d = _geometry(d)
+    ptrs = (z0, z1, part, g, dz0, dz1)
+    sizes = (n, d, part.shape[0], z0.stride(0), z0.stride(1), _view_stride(z0), g.stride(0))
+    scalars = (g_scale, 1.0 / temperature, eps)
+    tiles = {"V": n_views, "BLOCK_S": block_s, "BLOCK_D": block_d}
+    grid = (triton.cdiv(n, block_s),)
+    _t._launch(_kf.ntxent_post_kernel, grid, *ptrs, *sizes, *scalars, **tiles)
+    _t.LAST_WORKSPACE["views_backward"] = nbytes
     return dz0, dz1
 
 

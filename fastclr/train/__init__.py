@@ -16,6 +16,8 @@ One module per job:
   leaf module :mod:`fastclr.checkpoint`, which evaluation reads too);
 * :mod:`~fastclr.train.logs` — ``steps.csv`` / ``epochs.csv``, TensorBoard, the loss plot;
 * :mod:`~fastclr.train.interrupt` — Ctrl-C at the next step boundary;
+* :mod:`~fastclr.train.epochs` — the epoch and step loop with its log points and stops, which
+  fine-tuning shares;
 * :mod:`~fastclr.train.monitor` — the per-epoch kNN monitor;
 * :mod:`~fastclr.train.loop` — ``pretrain`` → ``fit`` → ``train_epoch`` → ``training_step``.
 

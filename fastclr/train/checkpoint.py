@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,19 @@ from fastclr.checkpoint import (
 from fastclr.distributed import DistInfo, gather_objects
 from fastclr.errors import NonFiniteLossError
 from fastclr.models import SimCLR
-from fastclr.optim import WarmupCosine
 from fastclr.train.config import TrainConfig
 from fastclr.train.plan import RunPlan
 from fastclr.train.rng import capture_rng
 from fastclr.train.rundir import Manifest
 
-__all__ = ["CheckpointSaver", "Position", "TrainingState", "resume"]
+__all__ = [
+    "CheckpointSaver",
+    "Position",
+    "TrainingState",
+    "follow_schedule",
+    "resume",
+    "resumed_at",
+]
 
 
 @dataclass
@@ -139,10 +146,28 @@ class CheckpointSaver:
         save_checkpoint_atomic(payload, self.path)
 
 
-def _follow_plan(
+def resumed_at(
+    ck: dict[str, Any], ddp: DistInfo, *, stacklevel: int = 2
+) -> tuple[Position, dict[str, Any]]:
+    """A checkpoint's position and this rank's random state in it (rank ``r`` takes stream
+    ``r`` modulo the saved ranks, with a warning when the number of ranks changed: the random
+    streams then differ from the interrupted run's). ``stacklevel`` is the warning's, as seen
+    from this function."""
+    at = Position(int(ck["epoch"]), int(ck["step_in_epoch"]), int(ck["global_step"]))
+    rngs = ck["rng"]
+    if len(rngs) != ddp.world_size:
+        warnings.warn(
+            f"resuming a {len(rngs)}-rank run on {ddp.world_size} ranks: RNG streams differ",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+    return at, rngs[ddp.rank % len(rngs)]
+
+
+def follow_schedule(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     optimizer: torch.optim.Optimizer,
-    schedule: WarmupCosine,
+    schedule: Callable[[int], float],
 ) -> None:
     """Put ``schedule`` in place of the saved one and set the learning rate of the step about
     to be taken from it (LambdaLR only sets it at its next ``step()``): a run extended with a
@@ -172,16 +197,9 @@ def resume(
     load_model_state(state.model, ckpt["model"], f"checkpoint {path}")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
-    _follow_plan(state.scheduler, state.optimizer, plan.schedule())
+    follow_schedule(state.scheduler, state.optimizer, plan.schedule())
     state.scaler.load_state_dict(ckpt["scaler"])
-    at = Position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"]))
+    at, rng = resumed_at(ckpt, ddp, stacklevel=4)
     if at.step_in_epoch >= plan.steps_per_epoch:  # the data shrank: that epoch is over
         at = Position(at.epoch + 1, 0, at.global_step)
-    rngs = ckpt["rng"]
-    if len(rngs) != ddp.world_size:
-        warnings.warn(
-            f"resuming a {len(rngs)}-rank run on {ddp.world_size} ranks: RNG streams differ",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return at, rngs[ddp.rank % len(rngs)]
+    return at, rng

@@ -12,7 +12,7 @@ each value with its reason. Every field is declared with :func:`fastclr.options.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastclr.augment import BACKENDS as AUGMENT_BACKENDS
@@ -33,6 +33,7 @@ from fastclr.options import (
     num_workers_option,
     option,
     progress_option,
+    saved_options,
 )
 from fastclr.train.precision import PRECISIONS, Precision
 
@@ -282,11 +283,7 @@ def resumed_config(
     run left to a rule is compared with the value the rule gave, from the checkpoint's saved
     ``plan``.
     """
-    names = {f.name for f in fields(TrainConfig)}
-    inherited = {k: v for k, v in saved.items() if k in names and k not in PER_INVOCATION}
-    root = plan.get("data_root") if plan is not None else None
-    if isinstance(root, str) and inherited.get("data") != "digits":
-        inherited["data"] = root  # as the run saw it: absolute, whatever the working directory
+    inherited = saved_options(TrainConfig, saved, plan, PER_INVOCATION)
     cfg = TrainConfig(**{**inherited, **given})
     notes = []
     for name in sorted(given):

@@ -5,6 +5,9 @@ user needs to know the run is the one they meant (which data and how many images
 the model and its size, where the run is written and from where it resumes); then every decision
 of the run plan (:mod:`fastclr.train.plan`) with its reason, in the order it was made. A new
 decision appears here by being added to the plan (and, for its label, to :data:`LABELS`).
+
+:func:`resuming_line` and :func:`finished_line` are the lines ``fastclr pretrain`` and
+``fastclr finetune`` both print around a ``--resume``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ if TYPE_CHECKING:
     from fastclr.train.config import TrainConfig
     from fastclr.train.plan import RunPlan
 
-__all__ = ["LABELS", "HeaderLine", "count_parameters", "format_header", "run_header"]
+__all__ = [
+    "LABELS",
+    "HeaderLine",
+    "count_parameters",
+    "finished_line",
+    "format_header",
+    "resuming_line",
+    "run_header",
+]
 
 
 @dataclass(frozen=True)
@@ -138,3 +149,18 @@ def format_header(lines: list[HeaderLine], title: str = "fastclr pretrain") -> s
     width = max((len(line.key) for line in lines), default=0) + 1
     body = [f"  {(line.key + ':').ljust(width)}  {line.value}" for line in lines]
     return "\n".join([title, *body])
+
+
+def resuming_line(resume: str, changes: list[str]) -> str:
+    """What ``fastclr pretrain`` / ``fastclr finetune`` print first on ``--resume``."""
+    changed = f"; changed: {', '.join(changes)}" if changes else ""
+    return f"resuming {resume} with the settings it was started with{changed}"
+
+
+def finished_line(out: Path, epochs_done: int, global_step: int) -> str:
+    """What they print when the resumed run had already reached its last epoch."""
+    return (
+        f"the run in {out} is already finished ({epochs_done} epochs, "
+        f"{global_step} steps); nothing to do. Pass a larger --epochs to train it "
+        "further."
+    )

@@ -134,9 +134,13 @@ class RunLogger:
         with open(self.epoch_path, "a", newline="") as f:
             csv.DictWriter(f, self.EPOCH_FIELDS).writerow(row)
         if self.tb is not None:
-            for k in ("loss", "knn_top1", "images_per_s"):
-                if not math.isnan(row[k]):
-                    self.tb.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
+            self._tb_epoch(row)
+
+    def _tb_epoch(self, row: dict[str, float]) -> None:
+        """The epoch's TensorBoard scalars (a NaN, e.g. no kNN monitor, is left out)."""
+        for k in ("loss", "knn_top1", "images_per_s"):
+            if not math.isnan(row[k]):
+                self.tb.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
 
     def _record_tb(self) -> None:
         """Add the event files this run's writer created in ``tb/`` to the manifest."""

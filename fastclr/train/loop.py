@@ -15,9 +15,6 @@ the next step boundary, and so is SIGTERM: a checkpoint is written, then
 from __future__ import annotations
 
 import math
-import signal
-import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +32,8 @@ from fastclr.data.stream import ViewBatch
 from fastclr.distributed import (
     DistInfo,
     agree,
-    check_device,
+    distributed_run,
     on_main,
-    setup_distributed,
-    teardown,
     wrap_model,
 )
 from fastclr.errors import NonFiniteLossError
@@ -55,6 +50,7 @@ from fastclr.train.builders import (
 )
 from fastclr.train.checkpoint import CheckpointSaver, Position, TrainingState, resume
 from fastclr.train.config import TrainConfig
+from fastclr.train.epochs import StepLog, progress_bar, run_epoch, run_epochs, write_steps
 from fastclr.train.header import format_header, run_header
 from fastclr.train.interrupt import InterruptFlag
 from fastclr.train.logs import RunLogger, plot_loss
@@ -62,7 +58,7 @@ from fastclr.train.monitor import knn_monitor
 from fastclr.train.plan import RunPlan, plan_run
 from fastclr.train.precision import make_scaler
 from fastclr.train.rng import restore_rng, seed_everything
-from fastclr.train.rundir import RunFolder, prepare_run_folder
+from fastclr.train.rundir import RunFolder, prepare_on_every_rank
 from fastclr.train.step import TrainingStep
 from fastclr.train.validation import check_environment
 from fastclr.train.views import augment_views
@@ -129,19 +125,6 @@ class _Run:
     bar: Any = None
 
 
-@dataclass
-class _StepLog:
-    """Steps taken since the last log point (their losses stay on the device until then)."""
-
-    pending: list[tuple[int, int, Tensor, float]] = field(default_factory=list)
-    losses: list[Tensor] = field(default_factory=list)
-    t0: float = field(default_factory=time.perf_counter)
-
-    def reset(self) -> None:
-        self.pending.clear()
-        self.t0 = time.perf_counter()
-
-
 def pretrain(
     cfg: TrainConfig,
     *,
@@ -159,13 +142,9 @@ def pretrain(
     :class:`~fastclr.checkpoint.CheckpointError` for a checkpoint that cannot be resumed.
     """
     cfg.validate()
-    check_device(cfg.device)
-    ddp, device = setup_distributed(cfg.device)
-    try:
+    with distributed_run(cfg.device) as (ddp, device):
         check_environment(cfg, device)
         return fit(cfg, ddp, device, augment, loss_fn, data, checkpoint)
-    finally:
-        teardown(ddp)
 
 
 def fit(
@@ -179,12 +158,11 @@ def fit(
 ) -> TrainResult:
     """Check and lock the run folder, plan the run, build it (and resume), train its epochs,
     plot the loss; see :func:`pretrain`."""
-    folder = _prepare_on_every_rank(cfg, ddp, checkpoint)
+    folder = prepare_on_every_rank(cfg, ddp, checkpoint)
     try:
         if folder.finished:
             return _finished(folder)
-        for note in folder.notes:
-            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=2)
+        folder.warn_notes()
         plan = _plan_on_main(cfg, ddp, device, data, folder.checkpoint)
         if plan.threads:
             torch.set_num_threads(plan.threads)
@@ -196,31 +174,9 @@ def fit(
 
 def _train(run: _Run) -> TrainResult:
     """The epochs of a built run, with a progress bar, Ctrl-C/SIGTERM honoured; the loss plot."""
-    from tqdm import tqdm
-
     ddp = run.ddp
-    run.bar = tqdm(
-        total=run.plan.total_steps,
-        initial=run.global_step,
-        disable=not (run.cfg.progress and ddp.is_main),
-        dynamic_ncols=True,
-        desc="pretrain",
-        file=sys.stderr,
-    )
-    try:
-        with InterruptFlag() as interrupt:
-            for epoch in range(run.start.epoch, run.stop_epoch):
-                stop_now = train_epoch(run, epoch, interrupt)
-                if stop_now or (interrupt.requested and ddp.world_size == 1):
-                    raise interrupt.stop()  # requested during the epoch's last step or kNN
-    except KeyboardInterrupt as e:
-        if ddp.is_main:
-            what = "terminated" if getattr(e, "signum", 2) == signal.SIGTERM else "interrupted"
-            run.bar.write(f"{what}; checkpoint in {run.saver.path} (resume with --resume)")
-        raise
-    finally:
-        run.bar.close()
-        run.logger.close()
+    run.bar = progress_bar(run, "pretrain")
+    run_epochs(run, train_epoch)
     out = run.saver.out
     if ddp.is_main and (out / "steps.csv").exists():
         plot_loss(out / "steps.csv", out / "loss.png")
@@ -395,23 +351,6 @@ def _load_data(
     return data
 
 
-def _prepare_on_every_rank(
-    cfg: TrainConfig, ddp: DistInfo, checkpoint: dict[str, Any] | None
-) -> RunFolder:
-    """:func:`prepare_run_folder` on rank 0 first; its failure, if any, is raised on every rank.
-
-    Rank 0 alone locks the folder, checks for an existing run and cleans it; the other ranks wait
-    for its verdict (so none trains alone or hangs in a collective), then read the checkpoint.
-    """
-    mine: list[RunFolder] = []
-
-    def on_rank0() -> None:
-        mine.append(prepare_run_folder(cfg, True, checkpoint))
-
-    on_main(on_rank0, ddp)
-    return mine[0] if mine else prepare_run_folder(cfg, False, checkpoint)
-
-
 def _finished(folder: RunFolder) -> TrainResult:
     """The result of resuming a run that has already reached its last epoch (nothing written)."""
     ck = folder.checkpoint
@@ -430,29 +369,8 @@ def train_epoch(run: _Run, epoch: int, interrupt: InterruptFlag) -> bool:
     stop request in the middle of the epoch it checkpoints and raises
     :class:`~fastclr.train.interrupt.Interrupted`.
     """
-    cfg, ddp = run.cfg, run.ddp
     run.state.model.train()
-    t_epoch = time.perf_counter()
-    skip = run.start.step_in_epoch if epoch == run.start.epoch else 0
-    batches = run.data.loader.epoch(epoch, skip)  # the same batches after a resume
-    log = _StepLog()
-    stop_now = False
-    for step in range(skip, run.plan.steps_per_epoch):
-        batch = next(batches)
-        lr_now = run.state.optimizer.param_groups[0]["lr"]
-        loss = training_step(run, batch)
-        log.pending.append((step, run.global_step, loss, lr_now))
-        log.losses.append(loss)
-        last_of_epoch = step == run.plan.steps_per_epoch - 1
-        local_stop = interrupt.requested and ddp.world_size == 1
-        if len(log.pending) >= cfg.log_every or last_of_epoch or local_stop:
-            stop_now = _log_point(run, log, epoch, interrupt.requested)
-        if (local_stop or (not log.pending and stop_now)) and not last_of_epoch:
-            run.saver.save(run.state, Position(epoch, step + 1, run.global_step))
-            raise interrupt.stop()
-    seconds = time.perf_counter() - t_epoch
-    _end_epoch(run, epoch, log.losses, run.plan.steps_per_epoch - skip, seconds)
-    return stop_now
+    return run_epoch(run, epoch, interrupt, training_step, _log_point, _end_epoch)
 
 
 def training_step(run: _Run, batch: ViewBatch) -> Tensor:
@@ -474,7 +392,7 @@ def training_step(run: _Run, batch: ViewBatch) -> Tensor:
     return loss
 
 
-def _diverged(run: _Run, log: _StepLog, epoch: int) -> NonFiniteLossError:
+def _diverged(run: _Run, log: StepLog, epoch: int) -> NonFiniteLossError:
     """The error of a NaN/Inf loss: where, what was kept, and the likely causes of this run."""
     bad = next((p for p in log.pending if not math.isfinite(float(p[2]))), None)
     where = (
@@ -511,23 +429,12 @@ def _likely_causes(run: _Run) -> str:
     return "Likely: " + "; ".join(causes) + "."
 
 
-def _log_point(run: _Run, log: _StepLog, epoch: int, requested: bool) -> bool:
+def _log_point(run: _Run, log: StepLog, epoch: int, requested: bool) -> bool:
     """Agree on finiteness and stopping across ranks, then write the pending step rows."""
     stop_now = agree(run.finite, requested, run.ddp, run.device)
     if not bool(run.finite):
         raise _diverged(run, log, epoch)
-    n = len(log.pending)
-    ips = n * run.plan.batch / max(time.perf_counter() - log.t0, 1e-9)
-    values = torch.stack([p[2] for p in log.pending]).tolist()  # one sync
-    rows = [
-        {"epoch": epoch, "step": s, "global_step": g, "loss": v, "lr": lr, "images_per_s": ips}
-        for (s, g, _, lr), v in zip(log.pending, values, strict=True)
-    ]
-    run.logger.steps(rows)
-    run.last_loss = rows[-1]["loss"]
-    run.bar.update(len(rows))
-    run.bar.set_postfix(loss=f"{run.last_loss:.4f}", img_s=f"{ips:.0f}")
-    log.reset()
+    write_steps(run, log, epoch)
     return stop_now
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -65,7 +65,7 @@ from fastclr.train.recipe import (
     warmup_for,
 )
 
-__all__ = ["DEMO", "Decision", "RunPlan", "plan_run"]
+__all__ = ["DEMO", "DecidedPlan", "Decision", "RunPlan", "plan_run"]
 
 #: The embedded digits' demo recipe (settings left unset; see the module docstring). The
 #: paper's LARS rate (0.3 × 128/256) moves the weights by ~0.005% a step, made for thousands of
@@ -96,8 +96,51 @@ class Decision:
     reason: str
 
 
+_Plan = TypeVar("_Plan", bound="DecidedPlan")
+
+
+class DecidedPlan:
+    """What a run plan of decisions is, in pretraining (:class:`RunPlan`) and fine-tuning
+    (:class:`~fastclr.finetune.plan.FinetunePlan`) alike: each value with its reason, the data
+    plan, and how a plan is sent to other ranks and stored in a checkpoint."""
+
+    decisions: dict[str, Decision]
+    data: DataPlan
+    world_size: int
+    #: what a resume compares to tell whether the data changed (:meth:`DataPlan.identity`)
+    data_identity: dict[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.decisions[name].value
+
+    def reason(self, name: str) -> str:
+        return self.decisions[name].reason
+
+    @property
+    def per_rank(self) -> int:
+        """The batch of one rank."""
+        return int(self["batch"]) // self.world_size
+
+    @property
+    def threads(self) -> int | None:
+        value = self["threads"]
+        return None if value is None else int(value)
+
+    def without_memory(self: _Plan) -> _Plan:
+        """This plan without decoded folder images (what other ranks receive)."""
+        # every plan is a frozen dataclass; mypy cannot see that through the type variable
+        return replace(self, data=self.data.without_memory())  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decisions as plain values and reasons (what the checkpoint stores)."""
+        out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
+        out["data_root"] = None if self.data.root is None else str(self.data.root)
+        out["data_identity"] = dict(self.data_identity)
+        return out
+
+
 @dataclass(frozen=True)
-class RunPlan:
+class RunPlan(DecidedPlan):
     """Every derived setting of one run (module docstring); read it, never recompute it.
 
     ``decisions`` holds each value with its reason, in the order they were made (the run header
@@ -109,12 +152,6 @@ class RunPlan:
     data: DataPlan
     world_size: int = 1
     data_identity: dict[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.decisions[name].value
-
-    def reason(self, name: str) -> str:
-        return self.decisions[name].reason
 
     image_size = property(lambda self: int(self["image_size"]))
     width = property(lambda self: float(self["width"]))
@@ -132,11 +169,6 @@ class RunPlan:
     views_forward = property(lambda self: str(self["views_forward"]))
 
     @property
-    def per_rank(self) -> int:
-        """The batch of one rank."""
-        return self.batch // self.world_size
-
-    @property
     def total_steps(self) -> int:
         """Steps of the whole run (epochs × steps, or as adapted on a changed data set)."""
         if "total" in self.decisions:
@@ -149,11 +181,6 @@ class RunPlan:
         rebase = self.decisions.get("rebase")
         at = None if rebase is None else (int(rebase.value[0]), float(rebase.value[1]))
         return WarmupCosine(self.warmup_steps, self.total_steps, at)
-
-    @property
-    def threads(self) -> int | None:
-        value = self["threads"]
-        return None if value is None else int(value)
 
     @property
     def chunk(self) -> int | None:
@@ -179,17 +206,6 @@ class RunPlan:
         """The model this run trains: ``cfg``'s architecture with the decided stem, width and
         head."""
         return Architecture(cfg.arch, self.stem, self.width, cfg.proj_dim, self.head_bn)
-
-    def without_memory(self) -> RunPlan:
-        """This plan without decoded folder images (what other ranks receive)."""
-        return replace(self, data=self.data.without_memory())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The decisions as plain values and reasons (what the checkpoint stores)."""
-        out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
-        out["data_root"] = None if self.data.root is None else str(self.data.root)
-        out["data_identity"] = dict(self.data_identity)
-        return out
 
 
 class _Planner:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from fastclr.checkpoint import (
     require_fields,
     still_current,
 )
+from fastclr.distributed import DistInfo, on_main
 from fastclr.errors import UsageError
 from fastclr.train.config import TrainConfig
 from fastclr.train.lock import RunLock
@@ -49,6 +51,7 @@ __all__ = [
     "OutputFolderError",
     "RunExistsError",
     "RunFolder",
+    "prepare_on_every_rank",
     "prepare_run_folder",
 ]
 
@@ -135,6 +138,12 @@ class RunFolder:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def warn_notes(self) -> None:
+        """Each of :attr:`notes` (what preparing the folder did that a user should know) as a
+        ``RuntimeWarning``, attributed to the code that called the run's ``fit``."""
+        for note in self.notes:
+            warnings.warn(f"fastclr: {note}", RuntimeWarning, stacklevel=3)
 
 
 def _existing_run(out: Path) -> list[str]:
@@ -273,6 +282,23 @@ def prepare_run_folder(
         folder.release()
         raise
     return folder
+
+
+def prepare_on_every_rank(
+    cfg: TrainConfig, ddp: DistInfo, checkpoint: dict[str, Any] | None
+) -> RunFolder:
+    """:func:`prepare_run_folder` on rank 0 first; its failure, if any, is raised on every rank.
+
+    Rank 0 alone locks the folder, checks for an existing run and cleans it; the other ranks wait
+    for its verdict (so none trains alone or hangs in a collective), then read the checkpoint.
+    """
+    mine: list[RunFolder] = []
+
+    def on_rank0() -> None:
+        mine.append(prepare_run_folder(cfg, True, checkpoint))
+
+    on_main(on_rank0, ddp)
+    return mine[0] if mine else prepare_run_folder(cfg, False, checkpoint)
 
 
 def _prepare_locked(cfg: TrainConfig, folder: RunFolder, checkpoint: dict[str, Any] | None) -> None:
