@@ -22,6 +22,15 @@ namespace {
 const float* cptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
 float* mptr(uintptr_t p) { return reinterpret_cast<float*>(p); }
 
+// The fused view kernels' thread count: n OpenMP threads (n <= 0: OpenMP's default).
+void use_threads(int n) {
+#ifdef FASTCLR_HAVE_OPENMP
+  if (n > 0) omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
 }  // namespace
 
 NB_MODULE(_cpu, m) {
@@ -84,11 +93,7 @@ NB_MODULE(_cpu, m) {
       [](uintptr_t src, int64_t N, int64_t H, int64_t W, uintptr_t crop, uintptr_t flags,
          uintptr_t factors, uintptr_t order, uintptr_t taps, int64_t K, float solarize_threshold,
          uintptr_t mean, uintptr_t std, int64_t S, uintptr_t out, int nthreads) {
-#ifdef FASTCLR_HAVE_OPENMP
-        if (nthreads > 0) omp_set_num_threads(nthreads);
-#else
-        (void)nthreads;
-#endif
+        use_threads(nthreads);
         fastclr::simclr_view_f32(
             reinterpret_cast<const uint8_t*>(src), N, H, W, reinterpret_cast<const int32_t*>(crop),
             reinterpret_cast<const uint8_t*>(flags), reinterpret_cast<const float*>(factors),
@@ -107,11 +112,7 @@ NB_MODULE(_cpu, m) {
       [](uintptr_t srcs, uintptr_t shapes, int64_t N, uintptr_t crop, uintptr_t flags,
          uintptr_t factors, uintptr_t order, uintptr_t taps, int64_t K, float solarize_threshold,
          uintptr_t mean, uintptr_t std, int64_t S, uintptr_t out, int nthreads) {
-#ifdef FASTCLR_HAVE_OPENMP
-        if (nthreads > 0) omp_set_num_threads(nthreads);
-#else
-        (void)nthreads;
-#endif
+        use_threads(nthreads);
         fastclr::simclr_view_ragged_f32(
             reinterpret_cast<const uint64_t*>(srcs), reinterpret_cast<const int64_t*>(shapes), N,
             reinterpret_cast<const int32_t*>(crop), reinterpret_cast<const uint8_t*>(flags),
