@@ -56,6 +56,9 @@ class RunInfo:
     global_step: int | None
     #: what wrote it: "pretrain", or "finetune" (``fastclr finetune``: a fine-tuned encoder)
     kind: str = "pretrain"
+    #: the ``--data`` the run trained on, as its checkpoint records it ("digits" or a folder's
+    #: absolute path); None when the checkpoint does not say
+    data: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The metadata record an export stores beside the weights (plain types only)."""
@@ -202,6 +205,7 @@ def run_info(state: dict[str, Any], where: str, record: str = "model description
             epoch=_optional_int(state.get("epoch")),
             global_step=_optional_int(state.get("global_step")),
             kind=str(state.get("kind", "pretrain")),
+            data=_run_data(state.get("config")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {where} has a malformed {record}: {e}") from e
@@ -211,6 +215,12 @@ def _checkpoint_file(path: str | os.PathLike[str]) -> str:
     from fastclr.checkpoint import CHECKPOINT_NAME
 
     return str(os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path)
+
+
+def _run_data(config: object) -> str | None:
+    """The ``data`` setting of a checkpoint's ``config`` record, None where it has none."""
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, str) and data else None
 
 
 def _optional_int(v: object) -> int | None:
