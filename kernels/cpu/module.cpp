@@ -58,6 +58,16 @@ constexpr auto raw = &Bind<decltype(F), F>::raw;
 template <auto F>
 constexpr auto threaded = &Bind<decltype(F), F>::threaded;
 
+// Binds a fused view kernel (augment.h): its own leading arguments (`lead`, the source), then the
+// per-view parameters and output both kernels share, then the thread count.
+template <class Fn, class... Lead>
+void def_view(nb::module_& m, const char* name, Fn fn, const char* doc, Lead... lead) {
+  m.def(name, fn, lead..., nb::arg("crop"), nb::arg("flags"), nb::arg("factors"), nb::arg("order"),
+        nb::arg("taps"), nb::arg("K"), nb::arg("solarize_threshold"), nb::arg("mean"),
+        nb::arg("std"), nb::arg("S"), nb::arg("out"), nb::arg("nthreads"),
+        nb::call_guard<nb::gil_scoped_release>(), doc);
+}
+
 }  // namespace
 
 NB_MODULE(_cpu, m) {
@@ -97,20 +107,12 @@ NB_MODULE(_cpu, m) {
       nb::arg("inv_tau"), nb::arg("lse"), nb::arg("g"), nb::arg("dq"), nb::arg("dk"),
       nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
       "dq = W k * inv_tau, dk = W^T q * inv_tau, W_ij = g_i softmax_ij (self excluded).");
-  m.def(
-      "simclr_view_f32", threaded<&fastclr::simclr_view_f32>,
-      nb::arg("src"), nb::arg("N"), nb::arg("H"), nb::arg("W"), nb::arg("crop"), nb::arg("flags"),
-      nb::arg("factors"), nb::arg("order"), nb::arg("taps"), nb::arg("K"),
-      nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
-      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
-      "One fused SimCLR view of a dense uint8 NHWC batch into (N, S, S, 3) fp32 (augment.h).");
+  def_view(m, "simclr_view_f32", threaded<&fastclr::simclr_view_f32>,
+           "One fused SimCLR view of a dense uint8 NHWC batch into (N, S, S, 3) fp32 (augment.h).",
+           nb::arg("src"), nb::arg("N"), nb::arg("H"), nb::arg("W"));
   m.attr("max_decode_scale") = fastclr::kMaxDecodeScale;
-  m.def(
-      "simclr_view_ragged_f32", threaded<&fastclr::simclr_view_ragged_f32>,
-      nb::arg("srcs"), nb::arg("shapes"), nb::arg("N"), nb::arg("crop"), nb::arg("flags"),
-      nb::arg("factors"), nb::arg("order"), nb::arg("taps"), nb::arg("K"),
-      nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
-      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
-      "SimCLR views of ragged uint8 sources decoded at 1/scale, boxes in original pixels "
-      "(augment.h).");
+  def_view(m, "simclr_view_ragged_f32", threaded<&fastclr::simclr_view_ragged_f32>,
+           "SimCLR views of ragged uint8 sources decoded at 1/scale, boxes in original pixels "
+           "(augment.h).",
+           nb::arg("srcs"), nb::arg("shapes"), nb::arg("N"));
 }
