@@ -123,7 +123,7 @@ def test_both_paths_train(
     result = pretrain(cfg)
     header = capsys.readouterr().out
     shown = {"main": "the training process", "workers": "the loader's workers"}[mode]
-    assert re.search(f"views made in: +{shown} ", header)
+    assert re.search(f"augment in: +{shown} ", header)
     assert result.global_step == 3 and np.isfinite(result.last_loss)
 
 

@@ -160,8 +160,8 @@ class TrainConfig:
         "auto",
         "where the views are finished: workers: the stream loader's decode workers crop, "
         "resize and augment each view in one native pass from the decoded image; main: the "
-        "workers crop and resize, the training process augments; auto: by the run plan's rule "
-        "(docs/data.md)",
+        "workers crop and resize, the training process augments; auto: workers with --loader "
+        "stream, the native augmentation backend and a CPU device, else main",
         choices=AUGMENT_IN,
     )
     augment_preset: str = option(

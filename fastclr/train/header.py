@@ -72,7 +72,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "precision": ("precision", str),
     "chunk": ("chunk", lambda v: f"{v} images per forward"),
     "views_forward": ("views", lambda v: f"{v} forward"),
-    "augment_in": ("views made in", lambda v: _AUGMENT_IN_SHOWN.get(v, str(v))),
+    "augment_in": ("augment in", lambda v: _AUGMENT_IN_SHOWN.get(v, str(v))),
 }
 #: Decisions left out of the header (shown inside another line).
 _HIDDEN = ("rule_lr",)

@@ -16,8 +16,7 @@ The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` hol
    to 64 px, else imagenet);
 3. the loader (the in-memory one decodes the folder here, once, so that every later rule sees
    the images that could be read), its decode workers, and where the views are finished
-   (``augment_in``, :func:`_augment_in`): in the stream loader's workers (crop, resize and
-   augmentation in one native pass from the decoded image) or in the training process;
+   (``augment_in``: the stream loader's workers or the training process, :func:`_augment_in`);
 4. the batch (256, halved while an epoch would have fewer than 8 steps), steps per epoch;
 5. the augmentation preset (from the view size and whether the images are grayscale);
 6. the learning rate (the paper's linear or square-root rule) and the warm-up (10% of the run,
@@ -297,14 +296,14 @@ def _loader(p: _Planner, data: DataPlan) -> DataPlan:
 
 
 def _augment_in(p: _Planner, own_augment: bool) -> None:
-    """Decision 3, last part: where the views are finished. ``workers`` needs the stream loader,
-    the augmentation training builds, its backend resolving to the native kernel on the CPU, and
-    a CPU device (on a GPU the step augments on the device); ``auto`` takes it when it can. A
-    resume keeps the checkpoint's (``main`` when the checkpoint predates the decision)."""
+    """Decision 3, last part: where the views are finished. ``workers`` (crop, resize and
+    augmentation in one native pass in the stream loader's workers) where it can apply
+    (:func:`_workers_blocked`), measured not slower and with less CPU per image; a resume keeps
+    the checkpoint's (``main`` when the checkpoint predates the decision)."""
     asked, blocked = p.cfg.augment_in, _workers_blocked(p, own_augment)
-    if p.resume_at is not None and not p.kept("augment_in"):
-        p.put("augment_in", "main", "the checkpoint's run predates this decision: main")
     if p.resume_at is not None:
+        if not p.kept("augment_in"):
+            p.put("augment_in", "main", "the checkpoint's run predates this decision: main")
         if asked not in ("auto", p["augment_in"]):
             raise UsageError(
                 f"--augment-in {asked} differs from the {p['augment_in']} the checkpoint's run "
@@ -315,26 +314,23 @@ def _augment_in(p: _Planner, own_augment: bool) -> None:
                 "--augment-in workers: the checkpoint's run finished its views in the stream "
                 f"loader's workers and an exact resume must too, but {blocked}"
             )
-        return
-    if asked == "workers" and blocked:
+    elif asked == "workers" and blocked:
         raise UsageError(f"--augment-in workers cannot apply: {blocked}; use main or auto")
-    if asked != "auto":
+    elif asked != "auto":
         p.put("augment_in", asked, "given")
     elif blocked:
         p.put("augment_in", "main", f"auto: {blocked}")
     else:
         n = int(p["workers"])
         where = f"the loader's {n} decode worker{'s' if n != 1 else ''}" if n else "this process"
-        p.put(
-            "augment_in",
-            "workers",
-            "auto: stream loader, native augmentation, CPU: crop, resize and augmentation in one "
-            f"pass from the decoded image, in {where} (bench/results/augment-in.md)",
-        )
+        why = f"stream loader, native augmentation, CPU: crop+resize+augment in {where}"
+        p.put("augment_in", "workers", f"auto: {why} (bench/results/augment-in.md)")
 
 
 def _workers_blocked(p: _Planner, own_augment: bool) -> str | None:
-    """Why the stream loader's workers cannot finish this run's views (None: they can)."""
+    """Why the stream loader's workers cannot finish this run's views (None: they can): they
+    need a CPU device (on a GPU the step augments there), the stream loader, the augmentation
+    training builds, and its backend resolving to the native kernel on the CPU."""
     if p.device.type != "cpu":
         return f"the run trains on {p.device.type}, where the step augments on the device"
     if p["loader"] != "stream":
