@@ -176,10 +176,11 @@ def spawn_gloo(free_port: Callable[[], int]) -> Callable[..., None]:
 
 @pytest.fixture(scope="session")
 def write_checkpoint() -> Callable[..., Path]:
-    """``write(path, arch, stem, width, image_size=16, head_bn=False, seed=0, edit=None)``: a
-    pretraining checkpoint of an untrained fastclr model with seeded random weights and BatchNorm
-    statistics (what ``fastclr pretrain`` writes, less the optimiser and RNG state); ``edit``
-    changes the state dict before it is saved (a NaN weight, say); returns ``path``."""
+    """``write(path, arch, stem, width, image_size=16, head_bn=False, seed=0, edit=None,
+    data=None)``: a pretraining checkpoint of an untrained fastclr model with seeded random
+    weights and BatchNorm statistics (what ``fastclr pretrain`` writes, less the optimiser and RNG
+    state); ``edit`` changes the state dict before it is saved (a NaN weight, say); ``data``: the
+    ``--data`` its ``config`` records (no ``config`` when None); returns ``path``."""
     from types import SimpleNamespace
 
     from fastclr.checkpoint import CHECKPOINT_FORMAT, model_spec, save_checkpoint_atomic
@@ -194,6 +195,7 @@ def write_checkpoint() -> Callable[..., Path]:
         head_bn: bool = False,
         seed: int = 0,
         edit: Callable[[dict[str, torch.Tensor]], None] | None = None,
+        data: str | None = None,
     ) -> Path:
         torch.manual_seed(seed)
         model = build_model(arch, stem, width, 16, head_bn)  # type: ignore[arg-type]
@@ -217,6 +219,8 @@ def write_checkpoint() -> Callable[..., Path]:
         }
         if edit is not None:
             edit(state["model"])
+        if data is not None:
+            state["config"] = {"data": data}
         save_checkpoint_atomic(state, path)
         return path
 

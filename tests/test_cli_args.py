@@ -150,6 +150,37 @@ def test_linear_eval_shows_progress_and_runs_on_two_classes(
     assert "features (train)" not in capsys.readouterr().err
 
 
+def test_linear_eval_defaults_to_the_data_the_run_was_pretrained_on(
+    tmp_path: Path, write_checkpoint: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _folder(tmp_path / "data", ["a", "b"])
+    ck = write_checkpoint(tmp_path / "ck.pt", image_size=8, data=str(root))
+    assert main(["linear-eval", "--checkpoint", str(ck), "--no-progress"]) == 0
+    header = capsys.readouterr().out
+    assert f"data:       {root}: 6 train / 2 held-out images" in header
+    assert "(what the run was pretrained on; --data to choose)" in header
+    assert main(["linear-eval", "--checkpoint", str(ck), "--data", "digits", "--no-progress"]) == 0
+    header = capsys.readouterr().out
+    assert "digits: 1,438 train" in header and "pretrained on" not in header
+
+
+@pytest.mark.parametrize("recorded", ["gone", None], ids=["folder-gone", "not-recorded"])
+def test_linear_eval_without_data_says_what_to_pass(
+    recorded: str | None,
+    tmp_path: Path,
+    write_checkpoint: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = None if recorded is None else str(tmp_path / recorded)
+    ck = write_checkpoint(tmp_path / "ck.pt", image_size=8, data=data)
+    assert main(["linear-eval", "--checkpoint", str(ck), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "--data:" in lines[0] and "Traceback" not in err
+    want = f"was pretrained on {data}, which is not a folder here" if data else "does not record"
+    assert want in lines[0]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -12,7 +12,9 @@ kernels/cpu/augment.cpp with a driver that feeds it random hostile parameters
 
 from __future__ import annotations
 
+import inspect
 import os
+import pickle
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -90,6 +92,31 @@ def _entry_points() -> list[object]:
 
         points.append(pytest.param(apply_triton, id="triton"))
     return points
+
+
+def _checked_entry_points() -> list[object]:
+    """The backends' apply_* made by ``checked_apply`` (the DALI one imports without DALI)."""
+    from fastclr.augment.dali import apply_dali
+
+    points: list[object] = [apply_torch, apply_native, apply_dali]
+    try:
+        from fastclr.augment.triton_backend import apply_triton
+    except ImportError:  # no triton: three entry points still show the rule
+        return points
+    return [*points, apply_triton]
+
+
+@pytest.mark.parametrize("apply", _checked_entry_points(), ids=lambda f: f.__name__)
+def test_checked_entry_points_show_the_public_call(apply: Callable[..., torch.Tensor]) -> None:
+    """``checked_apply`` gives each apply_* the public signature (not its body's checked
+    arguments), with the body's name and docstring, and it pickles as its module's function."""
+    sig = inspect.signature(apply)
+    assert list(sig.parameters) == ["images", "params", "config", "layout", "validate"]
+    assert sig.parameters["layout"].default is None and sig.parameters["validate"].default
+    assert sig.parameters["layout"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert apply.__qualname__ == apply.__name__
+    assert apply.__name__.startswith("apply_") and "one view" in (apply.__doc__ or "").lower()
+    assert pickle.loads(pickle.dumps(apply)) is apply
 
 
 @pytest.mark.parametrize("apply", _entry_points())

@@ -123,6 +123,12 @@ def test_the_classifier_is_usable_afterwards(tmp_path: Path, ckpt: Path, capsys:
         assert torch.allclose(enc(clf.preprocess(images)), clf.encoder(clf.preprocess(images)))
     with pytest.raises(fastclr.checkpoint.CheckpointError, match="pretraining run's"):
         fastclr.load_classifier(ckpt)
+    # a classifier record missing its class names is named, not a KeyError
+    state = fastclr.checkpoint.load_checkpoint(out / "checkpoint.pt")
+    del state["classifier"]["classes"]
+    fastclr.checkpoint.save_checkpoint_atomic(state, tmp_path / "broken.pt")
+    with pytest.raises(fastclr.checkpoint.CheckpointError, match="malformed fine-tuning record"):
+        fastclr.load_classifier(tmp_path / "broken.pt")
 
 
 def test_readme_classifier_example_runs(

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from fastclr.augment.inputs import (
     LAYOUTS,
+    ApplyView,
     Images,
     check_apply_args,
     check_images,
@@ -88,20 +89,6 @@ if TYPE_CHECKING:
     from fastclr.augment.kornia import KorniaAugmentation
 
 
-class _Apply(Protocol):
-    """The contract of every backend's ``apply_*`` (see ``apply_reference``)."""
-
-    def __call__(
-        self,
-        images: Images,
-        params: AugmentParams,
-        config: AugmentConfig,
-        *,
-        layout: str | None = None,
-        validate: bool = True,
-    ) -> Tensor: ...
-
-
 def kornia_pipeline(config: AugmentConfig | None = None) -> Callable[[Images], Tensor]:
     """The kornia baseline of ONE view for ``config`` (default ImageNet), e.g. for benchmarks.
 
@@ -132,7 +119,7 @@ class _Backend:
     """What an augmentation backend provides: one view's ``apply`` (None where the backend
     draws its own parameters), and optionally every view of a batch in one pass."""
 
-    apply: _Apply | None
+    apply: ApplyView | None
     apply_views: _ApplyViews | None = None
 
 
@@ -239,7 +226,7 @@ class SimCLRAugmentation:
         """The concrete backend ``"auto"`` stands for on ``device`` (and for a ragged batch)."""
         return REGISTRY.resolve(self.backend, device, dense=not ragged)
 
-    def _apply_fn(self, device: torch.device, ragged: bool = False) -> _Apply:
+    def _apply_fn(self, device: torch.device, ragged: bool = False) -> ApplyView:
         name = self.resolve_backend(device, ragged)
         fn = REGISTRY.get(name).apply
         if fn is None:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_apply_args, images_device, to_rgb
+from fastclr.augment.inputs import checked_apply, images_device, to_rgb
 from fastclr.augment.params import AugmentConfig, AugmentParams
 from fastclr.optional import import_dali
 
@@ -210,14 +210,8 @@ def _build_tensor_pipeline(config: AugmentConfig, device_id: int | None, max_bat
     return pipe
 
 
-def apply_dali(
-    images: Images,
-    params: AugmentParams,
-    config: AugmentConfig,
-    *,
-    layout: str | None = None,
-    validate: bool = True,
-) -> Tensor:
+@checked_apply
+def apply_dali(imgs: Tensor | list[Tensor], params: AugmentParams, config: AugmentConfig) -> Tensor:
     """Apply ONE view's explicit ``params`` to image tensors with DALI operators.
 
     The ``backend="dali"`` path of :class:`fastclr.augment.SimCLRAugmentation`, for comparing DALI
@@ -227,7 +221,8 @@ def apply_dali(
     the module docstring: the jitter runs in the FIXED order brightness, contrast, saturation,
     hue (``params.order`` is ignored), hue is DALI's YIQ rotation, and the image is rounded to
     uint8 after the resize and after each colour op. With hue 0 and that order the result is the
-    reference's within a few grey levels.
+    reference's within a few grey levels. The arguments are checked by
+    :func:`~fastclr.augment.inputs.checked_apply` before DALI is imported.
 
     Args:
         images: dense uint8 (N, H, W, C) or a sequence of uint8 (H, W, C), C ∈ {1, 3, 4}; CPU
@@ -241,7 +236,6 @@ def apply_dali(
         (N, 3, S, S) in ``config.dtype``, channels_last, on the images' device.
     """
     _, _, _, _, dali_torch = import_dali()
-    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
     dev = images_device(imgs)
     device_id = None if dev.type == "cpu" else (dev.index or 0)
     samples = [to_rgb(t).contiguous() for t in imgs]

@@ -14,14 +14,24 @@ channels-first images to channels-last (one copy).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from fastclr.augment.params import AugmentParams
+from fastclr.augment.params import AugmentConfig, AugmentParams
 
-__all__ = ["LAYOUTS", "Images", "check_apply_args", "check_images", "src_sizes_of", "to_rgb"]
+__all__ = [
+    "LAYOUTS",
+    "ApplyView",
+    "Images",
+    "check_apply_args",
+    "check_images",
+    "checked_apply",
+    "src_sizes_of",
+    "to_rgb",
+]
 
 Images = Tensor | Sequence[Tensor]
 _CHANNELS = (1, 3, 4)
@@ -135,3 +145,50 @@ def check_apply_args(
     if validate:
         params.validate(src_sizes_of(imgs))
     return imgs, params
+
+
+class ApplyView(Protocol):
+    """The contract of every backend's one-view ``apply_*`` (see ``apply_reference``)."""
+
+    def __call__(
+        self,
+        images: Images,
+        params: AugmentParams,
+        config: AugmentConfig,
+        *,
+        layout: str | None = None,
+        validate: bool = True,
+    ) -> Tensor: ...
+
+
+#: A backend's one-view work on checked arguments: channels-last images as
+#: :func:`check_images` returns them, ``params`` on their device.
+ViewBody = Callable[[Tensor | list[Tensor], AugmentParams, AugmentConfig], Tensor]
+
+
+def checked_apply(body: ViewBody) -> ApplyView:
+    """Make a backend's public one-view ``apply_*`` from ``body`` (use as a decorator).
+
+    The result takes ``(images, params, config, *, layout=None, validate=True)``, runs
+    :func:`check_apply_args` on them, then returns ``body(imgs, params, config)``; it carries
+    ``body``'s name and docstring, so the docstring describes the public call.
+
+    Example: ``native_backend.apply_native`` is ``@checked_apply`` over its kernel call.
+    """
+
+    def apply(
+        images: Images,
+        params: AugmentParams,
+        config: AugmentConfig,
+        *,
+        layout: str | None = None,
+        validate: bool = True,
+    ) -> Tensor:
+        imgs, checked = check_apply_args(images, params, layout=layout, validate=validate)
+        return body(imgs, checked, config)
+
+    # Not functools.wraps: its __wrapped__ would make inspect.signature show body's arguments.
+    apply.__name__ = apply.__qualname__ = body.__name__
+    apply.__doc__ = body.__doc__
+    apply.__module__ = body.__module__
+    return apply

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from fastclr import _native
-from fastclr.augment.inputs import Images, check_apply_args, check_images, to_rgb
+from fastclr.augment.inputs import check_images, checked_apply, to_rgb
 from fastclr.augment.params import AugmentConfig, AugmentParams, sample_params
 from fastclr.augment.reference import gaussian_taps
 
@@ -79,22 +79,18 @@ def _finish(out: Tensor, config: AugmentConfig) -> Tensor:
     return view if config.dtype == torch.float32 else view.to(config.dtype)
 
 
+@checked_apply
 def apply_native(
-    images: Images,
-    params: AugmentParams,
-    config: AugmentConfig,
-    *,
-    layout: str | None = None,
-    validate: bool = True,
+    imgs: Tensor | list[Tensor], params: AugmentParams, config: AugmentConfig
 ) -> Tensor:
     """Apply ONE view's ``params`` to a dense uint8 (N, H, W, C) CPU batch.
 
-    ``params`` are checked by the shared rule (:meth:`AugmentParams.validate`) unless
-    ``validate`` is False; the kernel checks the values it indexes with (crop boxes, orders, blur
-    width) again whatever it is given, and refuses with ValueError rather than read outside
-    ``images``.
+    Called as ``apply_native(images, params, config, *, layout=None, validate=True)``
+    (:func:`~fastclr.augment.inputs.checked_apply`). ``params`` are checked by the shared rule
+    (:meth:`AugmentParams.validate`) unless ``validate`` is False; the kernel checks the values
+    it indexes with (crop boxes, orders, blur width) again whatever it is given, and refuses with
+    ValueError rather than read outside ``images``.
     """
-    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
     if not isinstance(imgs, Tensor):
         raise ValueError(
             "backend='native' takes a dense (N, H, W, C) batch; use 'torch' for ragged"

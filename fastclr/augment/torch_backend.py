@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_apply_args, to_rgb
+from fastclr.augment.inputs import checked_apply, to_rgb
 from fastclr.augment.params import (
     BRIGHTNESS,
     CONTRAST,
@@ -339,20 +339,17 @@ def _augment_chunk(x: Tensor, params: AugmentParams, config: AugmentConfig) -> T
     return _masked(x, params.solarize, lambda t: _solarize(t, config.solarize_threshold))
 
 
+@checked_apply
 def apply_torch(
-    images: Images,
-    params: AugmentParams,
-    config: AugmentConfig,
-    *,
-    layout: str | None = None,
-    validate: bool = True,
+    imgs: Tensor | list[Tensor], params: AugmentParams, config: AugmentConfig
 ) -> Tensor:
     """Apply ONE view's ``params`` to ``images``; same contract as ``apply_reference``.
 
-    ``validate=True`` checks ``params`` by the shared rule (:meth:`AugmentParams.validate`, a
-    host sync); ``SimCLRAugmentation`` passes False for the parameters it draws itself.
+    Called as ``apply_torch(images, params, config, *, layout=None, validate=True)``
+    (:func:`~fastclr.augment.inputs.checked_apply`). ``validate=True`` checks ``params`` by the
+    shared rule (:meth:`AugmentParams.validate`, a host sync); ``SimCLRAugmentation`` passes
+    False for the parameters it draws itself.
     """
-    imgs, params = check_apply_args(images, params, layout=layout, validate=validate)
     n = len(params)
     dev = imgs.device if isinstance(imgs, Tensor) else imgs[0].device
     s = config.size

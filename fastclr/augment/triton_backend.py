@@ -35,7 +35,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fastclr.augment.inputs import Images, check_apply_args, check_images, images_device
+from fastclr.augment.inputs import (
+    Images,
+    check_apply_args,
+    check_images,
+    checked_apply,
+    images_device,
+)
 from fastclr.augment.params import CONTRAST, AugmentConfig, AugmentParams
 
 # Imported at module level on purpose: SimCLRAugmentation(backend="auto") imports this module
@@ -239,16 +245,16 @@ def _launch(src: Tensor, img_rows: Tensor, prm: Tensor, config: AugmentConfig) -
     return out_nhwc
 
 
+@checked_apply
 def apply_triton(
-    images: Images,
-    params: AugmentParams,
-    config: AugmentConfig,
-    *,
-    layout: str | None = None,
-    validate: bool = True,
+    imgs: Tensor | list[Tensor], params: AugmentParams, config: AugmentConfig
 ) -> Tensor:
-    """One view: same contract as :func:`fastclr.augment.reference.apply_reference`."""
-    return apply_triton_views(images, [params], config, layout=layout, validate=validate)[0]
+    """One view: same contract as :func:`fastclr.augment.reference.apply_reference`.
+
+    Called as ``apply_triton(images, params, config, *, layout=None, validate=True)``
+    (:func:`~fastclr.augment.inputs.checked_apply`: the arguments are checked there once).
+    """
+    return apply_triton_views(imgs, [params], config, layout="NHWC", validate=False)[0]
 
 
 def _next_pow2(x: int) -> int:

@@ -21,17 +21,10 @@ from typing import Any
 
 import torch
 
-from fastclr.checkpoint import (
-    EVAL_FIELDS,
-    CheckpointError,
-    check_finite_weights,
-    load_checkpoint,
-    load_model_state,
-    require_fields,
-)
-from fastclr.downstream.load import Device, _checkpoint_file, _device
-from fastclr.downstream.preprocess import Preprocess, as_triple
-from fastclr.models import Architecture, Classifier, SimCLR
+from fastclr.checkpoint import EVAL_FIELDS, CheckpointError, check_finite_weights, load_model_state
+from fastclr.downstream.load import Device, _device, model_weights, open_run, run_info
+from fastclr.downstream.preprocess import Preprocess
+from fastclr.models import Classifier, SimCLR
 
 __all__ = ["FinetunedClassifier", "load_classifier"]
 
@@ -55,25 +48,11 @@ class FinetunedClassifier(Classifier):
         self.preprocess = preprocess
 
 
-def _parts(state: dict[str, Any], where: str) -> tuple[Architecture, int, list[str], Preprocess]:
-    """The network, head layer, classes and preprocessing a fine-tuning checkpoint records."""
+def _head(state: dict[str, Any], where: str) -> tuple[int, list[str]]:
+    """The head layer and class names a fine-tuning checkpoint's ``classifier`` entry records."""
     try:
-        spec = dict(state["model_spec"])
-        arch = Architecture(
-            str(spec["arch"]),
-            str(spec["stem"]),
-            float(spec["width"]),
-            int(spec["proj_dim"]),
-            bool(spec["head_bn"]),
-        )
         head = state["classifier"]
-        classes = [str(c) for c in head["classes"]]
-        prep = Preprocess(
-            as_triple(state["mean"], "mean"),
-            as_triple(state["std"], "std"),
-            int(state["image_size"]),
-        )
-        return arch, int(head["head_layer"]), classes, prep
+        return int(head["head_layer"]), [str(c) for c in head["classes"]]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {where} has a malformed fine-tuning record: {e}") from e
 
@@ -107,25 +86,25 @@ def load_classifier(
         ...     predicted = clf(clf.preprocess(images_uint8)).argmax(1)
     """
     device = _device(map_location)
-    where = _checkpoint_file(run_folder_or_checkpoint)
-    state = load_checkpoint(run_folder_or_checkpoint, allow_legacy=allow_legacy)
+    state, where = open_run(run_folder_or_checkpoint, allow_legacy)
     if state.get("kind") != "finetune":
         raise CheckpointError(
             f"checkpoint {where} is a pretraining run's, which has no classifier: fine-tune it "
             "with fastclr finetune, or load its encoder with fastclr.load_encoder"
         )
-    require_fields(state, (*EVAL_FIELDS, "classifier"), where, "loading a classifier")
-    arch, head_layer, classes, prep = _parts(state, where)
-    check_finite_weights(state["model"], f"checkpoint {where}")
+    fields = (*EVAL_FIELDS, "classifier")
+    weights = model_weights(state, where, fields, "loading a classifier")
+    info = run_info(state, where, "fine-tuning record")
+    head_layer, classes = _head(state, where)
     check_finite_weights(state["classifier"]["fc"], f"checkpoint {where} (classifier)")
     try:
-        model = arch.build()
+        model = info.architecture().build()
     except ValueError as e:
         raise CheckpointError(
             f"checkpoint {where} records a network fastclr cannot build: {e}"
         ) from e
-    load_model_state(model, state["model"], f"checkpoint {where}")
-    clf = FinetunedClassifier(model, head_layer, classes, prep)
+    load_model_state(model, weights, f"checkpoint {where}")
+    clf = FinetunedClassifier(model, head_layer, classes, info.preprocess())
     load_model_state(clf.fc, state["classifier"]["fc"], f"checkpoint {where} (classifier)")
     clf.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     return clf.eval()

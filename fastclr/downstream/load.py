@@ -31,7 +31,7 @@ from fastclr.checkpoint import (
 )
 from fastclr.distributed import check_device
 from fastclr.downstream.preprocess import Preprocess, as_triple
-from fastclr.models import ARCHS, STEMS, ResNet, SimCLR
+from fastclr.models import ARCHS, STEMS, Architecture, ResNet, SimCLR
 
 __all__ = ["PretrainedEncoder", "PretrainedSimCLR", "RunInfo", "load_encoder", "load_simclr"]
 
@@ -56,6 +56,9 @@ class RunInfo:
     global_step: int | None
     #: what wrote it: "pretrain", or "finetune" (``fastclr finetune``: a fine-tuned encoder)
     kind: str = "pretrain"
+    #: the ``--data`` the run trained on, as its checkpoint records it ("digits" or a folder's
+    #: absolute path); None when the checkpoint does not say
+    data: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The metadata record an export stores beside the weights (plain types only)."""
@@ -71,6 +74,14 @@ class RunInfo:
             "epoch": self.epoch,
             "global_step": self.global_step,
         }
+
+    def architecture(self) -> Architecture:
+        """The network the checkpoint records (build it with ``.build()``)."""
+        return Architecture(self.arch, self.stem, self.width, self.proj_dim, self.head_bn)
+
+    def preprocess(self) -> Preprocess:
+        """The preprocessing of the input the network was trained on."""
+        return Preprocess(self.mean, self.std, self.image_size)
 
 
 class PretrainedEncoder(ResNet):
@@ -88,7 +99,7 @@ class PretrainedEncoder(ResNet):
     def __init__(self, info: RunInfo) -> None:
         super().__init__(info.arch, stem=info.stem, width=info.width)  # type: ignore[arg-type]
         self.info = info
-        self.preprocess = Preprocess(info.mean, info.std, info.image_size)
+        self.preprocess = info.preprocess()
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -141,21 +152,47 @@ def read_run(
             ``allow_legacy``), lacking the fields a pretrained model needs, holding NaN/Inf
             weights; an architecture this fastclr does not build.
     """
-    state = load_checkpoint(path, allow_legacy=allow_legacy)
-    where = _checkpoint_file(path)
-    require_fields(state, EVAL_FIELDS, where, "loading a pretrained encoder")
+    state, where = open_run(path, allow_legacy)
+    weights = model_weights(state, where, EVAL_FIELDS, "loading a pretrained encoder")
     spec = state["model_spec"]
-    weights = state["model"]
-    if not isinstance(spec, dict) or not isinstance(weights, dict):
-        raise CheckpointError(f"checkpoint {where} has a malformed model_spec or model entry")
-    check_finite_weights(weights, f"checkpoint {where}")
     if spec.get("arch") not in ARCHS or spec.get("stem") not in STEMS:
         raise CheckpointError(
             f"checkpoint {where} holds a {spec.get('arch')!r} encoder with stem "
             f"{spec.get('stem')!r}; this fastclr builds {sorted(ARCHS)} with stems {list(STEMS)}"
         )
+    return run_info(state, where), weights
+
+
+def open_run(
+    path: str | os.PathLike[str], allow_legacy: bool = False
+) -> tuple[dict[str, Any], str]:
+    """The verified contents of a run folder's checkpoint or a checkpoint file, and the file's
+    name (:func:`fastclr.checkpoint.load_checkpoint`; its ``CheckpointError`` when it cannot)."""
+    return load_checkpoint(path, allow_legacy=allow_legacy), _checkpoint_file(path)
+
+
+def model_weights(
+    state: dict[str, Any], where: str, fields: tuple[str, ...], purpose: str
+) -> dict[str, Any]:
+    """The network weights of checkpoint contents ``state`` (of file ``where``), after checking
+    that it holds ``fields`` (needed for ``purpose``), a ``model_spec`` and ``model`` of the
+    right types, and no NaN or Inf weight; a ``CheckpointError`` naming the file otherwise."""
+    require_fields(state, fields, where, purpose)
+    spec = state["model_spec"]
+    weights = state["model"]
+    if not isinstance(spec, dict) or not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {where} has a malformed model_spec or model entry")
+    check_finite_weights(weights, f"checkpoint {where}")
+    return weights
+
+
+def run_info(state: dict[str, Any], where: str, record: str = "model description") -> RunInfo:
+    """The :class:`RunInfo` that checkpoint contents ``state`` (of file ``where``) record; a
+    ``CheckpointError`` saying the file has a malformed ``record`` when a field is missing or of
+    the wrong type."""
     try:
-        info = RunInfo(
+        spec = state["model_spec"]
+        return RunInfo(
             path=str(where),
             arch=str(spec["arch"]),
             stem=str(spec["stem"]),
@@ -168,16 +205,22 @@ def read_run(
             epoch=_optional_int(state.get("epoch")),
             global_step=_optional_int(state.get("global_step")),
             kind=str(state.get("kind", "pretrain")),
+            data=_run_data(state.get("config")),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {where} has a malformed model description: {e}") from e
-    return info, weights
+        raise CheckpointError(f"checkpoint {where} has a malformed {record}: {e}") from e
 
 
 def _checkpoint_file(path: str | os.PathLike[str]) -> str:
     from fastclr.checkpoint import CHECKPOINT_NAME
 
     return str(os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path)
+
+
+def _run_data(config: object) -> str | None:
+    """The ``data`` setting of a checkpoint's ``config`` record, None where it has none."""
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, str) and data else None
 
 
 def _optional_int(v: object) -> int | None:

@@ -13,7 +13,6 @@ that ``--resume`` continues bit-identically on CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +22,19 @@ import torch
 from torch import Tensor
 
 from fastclr.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_NAME,
     CheckpointError,
     first_non_finite,
     load_checkpoint,
     load_model_state,
     model_spec,
-    save_checkpoint_atomic,
 )
-from fastclr.distributed import DistInfo, gather_objects
+from fastclr.distributed import DistInfo
 from fastclr.errors import NonFiniteLossError
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.plan import FinetunePlan
 from fastclr.models import Classifier, SimCLR
 from fastclr.optim import warmup_cosine_schedule
-from fastclr.train.checkpoint import Position, follow_schedule, resumed_at
-from fastclr.train.rng import capture_rng
+from fastclr.train.checkpoint import Position, SaverBase, follow_schedule, resumed_at
 from fastclr.train.rundir import Manifest
 
 __all__ = [
@@ -93,8 +88,11 @@ def build_state(
     return FinetuneState(model, classifier, optimizer, scheduler, scaler, augment)
 
 
-class FinetuneSaver:
+class FinetuneSaver(SaverBase):
     """Writes ``out/checkpoint.pt`` of a fine-tuning run (collective: call it on every rank)."""
+
+    cfg: FinetuneConfig
+    plan: FinetunePlan
 
     def __init__(
         self,
@@ -105,14 +103,8 @@ class FinetuneSaver:
         device: Any,
         manifest: Manifest,
     ) -> None:
-        self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
-        self.manifest = manifest
+        super().__init__(out, cfg, plan, ddp, device, manifest)
         self.last: dict[str, float] | None = None
-
-    @property
-    def path(self) -> Path:
-        """The checkpoint file."""
-        return self.out / CHECKPOINT_NAME
 
     def save(self, state: FinetuneState, at: Position, accuracy: Any = None) -> None:
         """Refuse NaN/Inf weights (the last good checkpoint stays), gather every rank's random
@@ -127,40 +119,18 @@ class FinetuneSaver:
                 f"the weights became NaN or Inf ({bad}) by step {at.global_step}; fine-tuning "
                 f"stopped and {kept}. Lower --lr (now {self.plan.lr:.4g})."
             )
-        rngs = gather_objects(capture_rng(state.augment, self.device), self.ddp)
-        if not self.ddp.is_main:
-            return
         plan = self.plan
-        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
-        save_checkpoint_atomic(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "kind": FINETUNE_KIND,
-                "model_spec": model_spec(plan.architecture),
-                "feature_dim": state.model.feature_dim,
-                "image_size": plan.image_size,
-                "mean": list(plan.mean),
-                "std": list(plan.std),
-                "config": dataclasses.asdict(self.cfg),
-                "plan": plan.to_dict(),
-                "epoch": at.epoch,
-                "step_in_epoch": at.step_in_epoch,
-                "global_step": at.global_step,
-                "model": weights,
-                "classifier": {
-                    "head_layer": plan.head_layer,
-                    "classes": plan.classes,
-                    "fc": state.classifier.fc.state_dict(),
-                },
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict(),
-                "scaler": state.scaler.state_dict(),
-                "rng": rngs,
-                "world_size": self.ddp.world_size,
-                "accuracy": self._accuracy(accuracy),
-            },
-            self.path,
-        )
+        classifier = {
+            "head_layer": plan.head_layer,
+            "classes": plan.classes,
+            "fc": state.classifier.fc.state_dict(),
+        }
+        extra = {
+            "kind": FINETUNE_KIND,
+            "classifier": classifier,
+            "accuracy": self._accuracy(accuracy),
+        }
+        self._write(state, at, weights, model_spec(plan.architecture), (plan.mean, plan.std), extra)
 
     def _accuracy(self, accuracy: Any) -> dict[str, float] | None:
         if accuracy is not None:

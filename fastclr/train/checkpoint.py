@@ -40,6 +40,7 @@ from fastclr.train.rundir import Manifest
 __all__ = [
     "CheckpointSaver",
     "Position",
+    "SaverBase",
     "TrainingState",
     "follow_schedule",
     "resume",
@@ -67,8 +68,75 @@ class Position:
     global_step: int = 0
 
 
-class CheckpointSaver:
-    """Writes ``out/checkpoint.pt`` for a run (collective: call it on every rank)."""
+class SaverBase:
+    """What the pretraining and fine-tuning savers share (after timm's saver object): the file
+    ``out/checkpoint.pt``, every rank's random state gathered, and rank 0's atomic write of the
+    entries every fastclr run checkpoint holds (collective: call ``save`` on every rank).
+
+    ``plan`` is the run's decided plan (``image_size``, ``to_dict()``); ``cfg`` its config
+    dataclass.
+    """
+
+    def __init__(
+        self, out: Path, cfg: Any, plan: Any, ddp: DistInfo, device: Any, manifest: Manifest
+    ) -> None:
+        self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
+        self.manifest = manifest
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file."""
+        return self.out / CHECKPOINT_NAME
+
+    def _all_rng(self, augment: Any) -> list[Any]:
+        return gather_objects(capture_rng(augment, self.device), self.ddp)
+
+    def _write(
+        self,
+        state: Any,
+        at: Position,
+        weights: dict[str, Any],
+        spec: dict[str, Any],
+        norm: tuple[tuple[float, ...], tuple[float, ...]],
+        extra: dict[str, Any],
+    ) -> None:
+        """Gather every rank's random state; rank 0 writes the checkpoint atomically: the
+        checked ``weights``, architecture ``spec``, normalisation ``norm`` (mean, std), the
+        config, plan, position, optimiser, schedule, scaler and random streams of ``state``
+        (model, optimizer, scheduler, scaler, augment), then the saver's own ``extra`` entries."""
+        all_rng = self._all_rng(state.augment)
+        if not self.ddp.is_main:
+            return
+        mean, std = norm
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model_spec": spec,
+            "feature_dim": state.model.feature_dim,
+            "image_size": self.plan.image_size,
+            "mean": list(mean),
+            "std": list(std),
+            "config": dataclasses.asdict(self.cfg),
+            "plan": self.plan.to_dict(),
+            "epoch": at.epoch,
+            "step_in_epoch": at.step_in_epoch,
+            "global_step": at.global_step,
+            "model": weights,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "rng": all_rng,
+            "world_size": self.ddp.world_size,
+            **extra,
+        }
+        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
+        save_checkpoint_atomic(payload, self.path)
+
+
+class CheckpointSaver(SaverBase):
+    """Writes ``out/checkpoint.pt`` for a pretraining run (collective: call it on every rank)."""
+
+    cfg: TrainConfig
+    plan: RunPlan
 
     def __init__(
         self,
@@ -81,17 +149,9 @@ class CheckpointSaver:
         std: tuple[float, ...],
         manifest: Manifest | None = None,
     ) -> None:
-        self.out, self.cfg, self.plan, self.ddp, self.device = out, cfg, plan, ddp, device
+        manifest = manifest if manifest is not None else Manifest(out, ddp.is_main)
+        super().__init__(out, cfg, plan, ddp, device, manifest)
         self.mean, self.std = mean, std
-        self.manifest = manifest if manifest is not None else Manifest(out, ddp.is_main)
-
-    @property
-    def path(self) -> Path:
-        """The checkpoint file."""
-        return self.out / CHECKPOINT_NAME
-
-    def _all_rng(self, augment: Any) -> list[Any]:
-        return gather_objects(capture_rng(augment, self.device), self.ddp)
 
     def check_finite(self, state: TrainingState, step: int) -> dict[str, Any]:
         """The model's state dict, or :class:`~fastclr.errors.NonFiniteLossError` when a weight
@@ -119,31 +179,8 @@ class CheckpointSaver:
         the previous checkpoint stays as it was.
         """
         weights = self.check_finite(state, at.global_step)
-        all_rng = self._all_rng(state.augment)
-        if not self.ddp.is_main:
-            return
-        cfg, plan = self.cfg, self.plan
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "model_spec": model_spec(plan.architecture(cfg)),
-            "feature_dim": state.model.feature_dim,
-            "image_size": plan.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "config": dataclasses.asdict(cfg),
-            "plan": plan.to_dict(),
-            "epoch": at.epoch,
-            "step_in_epoch": at.step_in_epoch,
-            "global_step": at.global_step,
-            "model": weights,
-            "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict(),
-            "rng": all_rng,
-            "world_size": self.ddp.world_size,
-        }
-        self.manifest.record(CHECKPOINT_NAME)  # listed first: a kill mid-write leaves its temp
-        save_checkpoint_atomic(payload, self.path)
+        spec = model_spec(self.plan.architecture(self.cfg))
+        self._write(state, at, weights, spec, (self.mean, self.std), {})
 
 
 def resumed_at(
