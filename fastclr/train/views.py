@@ -1,8 +1,10 @@
 """The view step of training: two augmented views of a loader's batch.
 
 The loaders (:mod:`fastclr.data`) deliver uint8 images, uncropped (in memory) or already cropped
-from the original files (streaming loaders); the augmentation (:mod:`fastclr.augment`) is a
-tensor op. Joining the two is training's job, so neither package imports the other for it.
+from the original files (streaming loaders), or views their workers finished already (the stream
+loader handed :func:`worker_views`, when the run plan says ``augment_in = workers``); the
+augmentation (:mod:`fastclr.augment`) is a tensor op. Joining the two is training's job, so
+neither package imports the other for it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,32 @@ import torch
 from torch import Tensor
 
 from fastclr.augment import SimCLRAugmentation
-from fastclr.augment.params import AugmentParams
+from fastclr.augment.native_backend import WorkerViews
+from fastclr.augment.params import AugmentConfig, AugmentParams
 from fastclr.data.stream import ViewBatch
 
-__all__ = ["augment_views"]
+__all__ = ["augment_views", "worker_views"]
+
+
+def worker_views(augment_in: str, augment: Any) -> WorkerViews | None:
+    """What the stream loader's workers finish the views with (None: ``augment_in`` is
+    ``main``, the training process augments): the fused native crop, resize and augmentation
+    pass over ``augment``'s own recipe (its output dtype included).
+
+    Raises:
+        TypeError: ``augment_in`` is ``workers`` but ``augment`` has no
+            :class:`~fastclr.augment.params.AugmentConfig` (the run plan gives ``workers`` only
+            to the augmentation training builds).
+    """
+    if augment_in != "workers":
+        return None
+    config = getattr(augment, "config", None)
+    if not isinstance(config, AugmentConfig):
+        raise TypeError(
+            f"the views are finished in the loader's workers, but {type(augment).__name__} has "
+            "no AugmentConfig to give them"
+        )
+    return WorkerViews(config)
 
 
 def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
@@ -27,7 +51,8 @@ def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
     the augmentation's own parameters are drawn (``augment.sample``) and their crop replaced by the
     full (S, S) box, so only flip, colour, grey, blur, solarize and normalisation are applied, by
     the same backend and definition as for in-memory data (``augment.apply``, both views in one
-    call).
+    call). Views the loader's workers finished already (floating point, (2, N, 3, S, S):
+    :func:`worker_views`) are returned as they are; ``augment`` is not used for them.
     """
     if batch.views is None:
         assert batch.images is not None
@@ -37,6 +62,8 @@ def augment_views(augment: Any, batch: ViewBatch) -> tuple[Tensor, Tensor]:
     n_views, n, s = views.shape[0], views.shape[1], views.shape[2]
     if n_views != 2:
         raise ValueError(f"the training loop takes 2 views per image, the batch has {n_views}")
+    if views.is_floating_point():  # finished in the workers, channels_last already
+        return views[0], views[1]
     if not (hasattr(augment, "sample") and hasattr(augment, "apply")):
         raise TypeError(
             "streamed batches are already cropped: the augmentation needs sample() and apply() "
