@@ -8,9 +8,8 @@ worker count, and an exact resume. Tiny images and models: about 15 s on 2 cores
 
 from __future__ import annotations
 
-import os
 import re
-import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from torch import Tensor
 from fastclr.augment.native_backend import available
 from fastclr.cli import main
 from fastclr.errors import UsageError
-from fastclr.loss import NTXentLoss
 from fastclr.train import TrainConfig, pretrain
 from fastclr.train.plan import plan_run
 
@@ -146,23 +144,14 @@ def test_workers_path_does_not_depend_on_worker_count(tmp_path: Path, jpegs: Pat
     assert not _same(zero, _weights(pretrain(TrainConfig(**other))))  # the check can fail
 
 
-class _InterruptAt:
-    def __init__(self, call: int) -> None:
-        self.inner, self.calls, self.at = NTXentLoss(0.5, check_finite=False), 0, call
-
-    def __call__(self, z1: Tensor, z2: Tensor) -> Tensor:
-        self.calls += 1
-        if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.inner(z1, z2)
-
-
-def test_workers_resume_mid_epoch_is_bit_identical(tmp_path: Path, jpegs: Path) -> None:
+def test_workers_resume_mid_epoch_is_bit_identical(
+    tmp_path: Path, jpegs: Path, interrupt_at: Callable[[int], Any]
+) -> None:
     """Interrupted after step 2 of 4 (auto: workers), resumed with 2 workers: same weights."""
     base = {**TINY, "data": str(jpegs), "limit_steps": 4}
     straight = pretrain(TrainConfig(**base, out=str(tmp_path / "a")))
     with pytest.raises(KeyboardInterrupt):
-        pretrain(TrainConfig(**base, out=str(tmp_path / "b")), loss_fn=_InterruptAt(2))
+        pretrain(TrainConfig(**base, out=str(tmp_path / "b")), loss_fn=interrupt_at(2))
     ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert ck["plan"]["augment_in"]["value"] == "workers"
     again = {**base, "num_workers": 2, "out": str(tmp_path / "c"), "resume": str(tmp_path / "b")}

@@ -41,7 +41,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from fastclr.augment import REGISTRY as AUGMENT_REGISTRY
 from fastclr.cpu_info import cpu_bf16_support, cpu_has_native_bf16
 from fastclr.data import ImageData
 from fastclr.data.plan import DataPlan, plan_data
@@ -67,6 +66,7 @@ from fastclr.train.recipe import (
     stem_for,
     warmup_for,
 )
+from fastclr.train.views import workers_blocked
 
 __all__ = ["DEMO", "DecidedPlan", "Decision", "RunPlan", "plan_run"]
 
@@ -298,9 +298,11 @@ def _loader(p: _Planner, data: DataPlan) -> DataPlan:
 def _augment_in(p: _Planner, own_augment: bool) -> None:
     """Decision 3, last part: where the views are finished. ``workers`` (crop, resize and
     augmentation in one native pass in the stream loader's workers) where it can apply
-    (:func:`_workers_blocked`), measured not slower and with less CPU per image; a resume keeps
-    the checkpoint's (``main`` when the checkpoint predates the decision)."""
-    asked, blocked = p.cfg.augment_in, _workers_blocked(p, own_augment)
+    (:func:`~fastclr.train.views.workers_blocked`), measured not slower and with less CPU per
+    image; a resume keeps the checkpoint's (``main`` when the checkpoint predates the decision).
+    """
+    asked = p.cfg.augment_in
+    blocked = workers_blocked(p.device, str(p["loader"]), own_augment, p.cfg.augment_backend)
     if p.resume_at is not None:
         if not p.kept("augment_in"):
             p.put("augment_in", "main", "the checkpoint's run predates this decision: main")
@@ -325,22 +327,6 @@ def _augment_in(p: _Planner, own_augment: bool) -> None:
         where = f"the loader's {n} decode worker{'s' if n != 1 else ''}" if n else "this process"
         why = f"stream loader, native augmentation, CPU: crop+resize+augment in {where}"
         p.put("augment_in", "workers", f"auto: {why} (bench/results/augment-in.md)")
-
-
-def _workers_blocked(p: _Planner, own_augment: bool) -> str | None:
-    """Why the stream loader's workers cannot finish this run's views (None: they can): they
-    need a CPU device (on a GPU the step augments there), the stream loader, the augmentation
-    training builds, and its backend resolving to the native kernel on the CPU."""
-    if p.device.type != "cpu":
-        return f"the run trains on {p.device.type}, where the step augments on the device"
-    if p["loader"] != "stream":
-        return f"the {p['loader']} loader has no decode workers that finish views (stream has)"
-    if not own_augment:
-        return "pretrain() was given its own augmentation, which runs in the training process"
-    backend = AUGMENT_REGISTRY.resolve(p.cfg.augment_backend, torch.device("cpu"))
-    if backend != "native":
-        return f"--augment-backend {p.cfg.augment_backend} is {backend}; the workers run native"
-    return None
 
 
 def _batch(p: _Planner, data: DataPlan) -> None:

@@ -15,12 +15,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastclr.augment import REGISTRY as AUGMENT_REGISTRY
 from fastclr.augment import SimCLRAugmentation
 from fastclr.augment.native_backend import WorkerViews
 from fastclr.augment.params import AugmentConfig, AugmentParams
 from fastclr.data.stream import ViewBatch
 
-__all__ = ["augment_views", "worker_views"]
+__all__ = ["augment_views", "worker_views", "workers_blocked"]
+
+
+def workers_blocked(
+    device: torch.device, loader: str, own_augment: bool, augment_backend: str
+) -> str | None:
+    """Why the stream loader's workers cannot finish a run's views (None: they can): they need
+    a CPU ``device`` (on a GPU the step augments there), the stream ``loader``, the augmentation
+    training builds (``own_augment``), and ``augment_backend`` resolving to the native kernel on
+    the CPU."""
+    if device.type != "cpu":
+        return f"the run trains on {device.type}, where the step augments on the device"
+    if loader != "stream":
+        return f"the {loader} loader has no decode workers that finish views (stream has)"
+    if not own_augment:
+        return "pretrain() was given its own augmentation, which runs in the training process"
+    backend = AUGMENT_REGISTRY.resolve(augment_backend, torch.device("cpu"))
+    if backend != "native":
+        return f"--augment-backend {augment_backend} is {backend}; the workers run native"
+    return None
 
 
 def worker_views(augment_in: str, augment: Any) -> WorkerViews | None:
