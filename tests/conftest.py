@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -172,6 +173,28 @@ def spawn_gloo(free_port: Callable[[], int]) -> Callable[..., None]:
         mp.spawn(_gloo_rank, args=(world, free_port(), work, args), nprocs=world, join=True)
 
     return spawn
+
+
+class _InterruptAt:
+    """NT-Xent (temperature 0.5) that sends this process SIGINT on its ``call``-th call, as
+    Ctrl-C in the middle of that training step would."""
+
+    def __init__(self, call: int) -> None:
+        from fastclr import NTXentLoss
+
+        self.inner, self.calls, self.at = NTXentLoss(0.5, check_finite=False), 0, call
+
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.inner(z1, z2)
+
+
+@pytest.fixture(scope="session")
+def interrupt_at() -> Callable[[int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """``interrupt_at(n)``: a ``loss_fn`` for ``pretrain`` that is Ctrl-C during step ``n``."""
+    return _InterruptAt
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from fastclr.data.files import FileList
 from fastclr.data.memory import ImageData, TensorImageDataset, decode_files
 from fastclr.data.plan import DataPlan
 from fastclr.data.split import FileSet
-from fastclr.data.stream import StreamingLoader, ViewBatch
+from fastclr.data.stream import FinishViews, StreamingLoader, ViewBatch
 from fastclr.data.summary import DataSummary
 from fastclr.errors import UsageError
 from fastclr.optional import dali_available
@@ -335,11 +335,19 @@ def build_train_data(
     world_size: int,
     device: torch.device,
     monitor: bool = True,
+    finish_views: FinishViews | None = None,
 ) -> TrainData:
     """The planned ``loader`` (``memory``, ``stream`` or ``dali``) over ``data`` for this rank
     (``batch_size`` is per rank), with the kNN monitor's sets where the data have held-out
     labels (``monitor``). In-memory data not decoded yet (other ranks than the planning one)
-    are decoded here."""
+    are decoded here. ``finish_views`` (``stream`` only; given by training): the loader's
+    workers finish the views with it (:class:`~fastclr.data.stream.FinishViews`).
+
+    Raises:
+        ValueError: ``finish_views`` with another loader than ``stream``.
+    """
+    if finish_views is not None and loader != "stream":
+        raise ValueError(f"finish_views needs the stream loader, not {loader!r}")
     if loader == "memory":
         if data.memory is None:
             data = data.decoded(image_size, num_workers)
@@ -351,6 +359,8 @@ def build_train_data(
     summary = data.summary
     common: dict[str, Any] = {"seed": seed, "rank": rank, "world_size": world_size}
     train = data.train
+    if finish_views is not None:
+        common["finish_views"] = finish_views
     batches = _file_loader(loader, train, crop, batch_size, device, num_workers, summary, common)
     mon_tr = mon_ho = None
     monitored = monitor and data.heldout is not None and len(data.heldout) > 0

@@ -38,6 +38,7 @@ from fastclr.options import (
 from fastclr.train.precision import PRECISIONS, Precision
 
 __all__ = [
+    "AUGMENT_IN",
     "AUGMENT_PRESETS",
     "PER_INVOCATION",
     "RESUME_MAY_CHANGE",
@@ -48,6 +49,8 @@ __all__ = [
 AUGMENT_PRESETS = ("auto", *PRESETS)
 #: ``--views-forward``: both views in one encoder forward, or one forward per view.
 VIEWS_FORWARD = ("joint", "separate")
+#: ``--augment-in``: where the views are finished (:mod:`fastclr.train.plan` decides ``auto``).
+AUGMENT_IN = ("auto", "main", "workers")
 Stem = Literal["auto", "cifar", "imagenet"]
 Loader = Literal["auto", "memory", "stream", "dali"]
 #: Settings a resumed run may change without losing exactness: the length of the schedule (to
@@ -153,6 +156,14 @@ class TrainConfig:
         "auto", "auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU", choices=PRECISIONS
     )
     augment_backend: str = option("auto", "augmentation implementation", choices=AUGMENT_BACKENDS)
+    augment_in: str = option(
+        "auto",
+        "where the views are finished: workers: the stream loader's decode workers crop, "
+        "resize and augment each view in one native pass from the decoded image; main: the "
+        "workers crop and resize, the training process augments; auto: workers with --loader "
+        "stream, the native augmentation backend and a CPU device, else main",
+        choices=AUGMENT_IN,
+    )
     augment_preset: str = option(
         "auto",
         "augmentation recipe; auto: digits for --data digits, else by view size: small "

@@ -48,6 +48,7 @@ def _onoff(v: Any) -> str:
     return "on" if v else "off"
 
 
+_AUGMENT_IN_SHOWN = {"workers": "the loader's workers", "main": "the training process"}
 #: How each decision of the plan is shown: its label and how its value reads.
 LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "image_size": ("view size", lambda v: f"{v} px"),
@@ -71,6 +72,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "precision": ("precision", str),
     "chunk": ("chunk", lambda v: f"{v} images per forward"),
     "views_forward": ("views", lambda v: f"{v} forward"),
+    "augment_in": ("augment in", lambda v: _AUGMENT_IN_SHOWN.get(v, str(v))),
 }
 #: Decisions left out of the header (shown inside another line).
 _HIDDEN = ("rule_lr",)

@@ -61,7 +61,7 @@ from fastclr.train.rng import restore_rng, seed_everything
 from fastclr.train.rundir import RunFolder, prepare_on_every_rank
 from fastclr.train.step import TrainingStep
 from fastclr.train.validation import check_environment
-from fastclr.train.views import augment_views
+from fastclr.train.views import augment_views, worker_views
 from fastclr.train.watch import PlateauWatcher
 
 __all__ = [
@@ -163,7 +163,7 @@ def fit(
         if folder.finished:
             return _finished(folder)
         folder.warn_notes()
-        plan = _plan_on_main(cfg, ddp, device, data, folder.checkpoint)
+        plan = _plan_on_main(cfg, ddp, device, data, folder.checkpoint, augment is None)
         if plan.threads:
             torch.set_num_threads(plan.threads)
         run = _build_run(cfg, plan, ddp, device, augment, loss_fn, folder)
@@ -193,10 +193,12 @@ def _plan_on_main(
     device: torch.device,
     data: ImageData | None,
     checkpoint: dict[str, Any] | None,
+    own_augment: bool = True,
 ) -> RunPlan:
     """:func:`~fastclr.train.plan.plan_run` on rank 0 alone; the others receive its plan
     (without the images rank 0 may have decoded for the in-memory loader: each rank decodes its
-    own when it builds the loader). A refusal is raised on every rank."""
+    own when it builds the loader). A refusal is raised on every rank. ``own_augment``: training
+    builds the augmentation (``pretrain`` was not given one)."""
     full: RunPlan | None = None
     saved = checkpoint.get("plan") if checkpoint is not None else None
     at: tuple[int, int, int] | None = None
@@ -213,6 +215,7 @@ def _plan_on_main(
             data=data,
             saved=saved if isinstance(saved, dict) else None,
             resume_at=at,
+            own_augment=own_augment,
         )
         return full.without_memory() if ddp.world_size > 1 else full
 
@@ -325,7 +328,8 @@ def _load_data(
 ) -> TrainData:
     """This rank's loader of the planned kind (:mod:`fastclr.data.select`).
 
-    Streaming loaders draw the crops themselves, with the augmentation's crop settings.
+    Streaming loaders draw the crops themselves, with the augmentation's crop settings; when
+    the plan finishes the views in their workers, they also get the augmentation's recipe.
     """
     crop = getattr(augment, "config", None)
     if not isinstance(crop, AugmentConfig):
@@ -342,6 +346,7 @@ def _load_data(
         world_size=ddp.world_size,
         device=device,
         monitor=plan.knn_k is not None,
+        finish_views=worker_views(plan.augment_in, augment),
     )
     if data.loader.steps_per_epoch < plan.steps_per_epoch:
         raise RuntimeError(

@@ -15,7 +15,8 @@ The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` hol
 2. view size (224 px), width (1.0), epochs (100), BatchNorm in the head (on), the stem (cifar up
    to 64 px, else imagenet);
 3. the loader (the in-memory one decodes the folder here, once, so that every later rule sees
-   the images that could be read) and its decode workers;
+   the images that could be read), its decode workers, and where the views are finished
+   (``augment_in``: the stream loader's workers or the training process, :func:`_augment_in`);
 4. the batch (256, halved while an epoch would have fewer than 8 steps), steps per epoch;
 5. the augmentation preset (from the view size and whether the images are grayscale);
 6. the learning rate (the paper's linear or square-root rule) and the warm-up (10% of the run,
@@ -27,7 +28,8 @@ The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` hol
    header states the contrastive batch, the chunk and the expected peak memory.
 
 On ``--resume`` the decisions that shape the run (size, width, stem, head, batch, preset,
-learning rate, warm-up, chunk) are the checkpoint's; the others (epochs when extended, loader,
+learning rate, warm-up, chunk, where the views are finished: the two paths draw different random
+views) are the checkpoint's; the others (epochs when extended, loader,
 workers, precision, threads, kNN k) are decided again, since they may change between sessions.
 """
 
@@ -64,6 +66,7 @@ from fastclr.train.recipe import (
     stem_for,
     warmup_for,
 )
+from fastclr.train.views import workers_blocked
 
 __all__ = ["DEMO", "DecidedPlan", "Decision", "RunPlan", "plan_run"]
 
@@ -84,7 +87,7 @@ _DEMO_WHY = "the digits demo: about a minute on a CPU"
 #: The decisions a resume takes from the checkpoint (they shape the model, batches, schedule).
 KEPT_ON_RESUME = (
     *("image_size", "width", "stem", "head_bn", "batch", "preset", "lr", "warmup"),
-    *("total", "rebase", "chunk", "views_forward"),
+    *("total", "rebase", "chunk", "views_forward", "augment_in"),
 )
 
 
@@ -167,6 +170,7 @@ class RunPlan(DecidedPlan):
     warmup_steps = property(lambda self: int(self["warmup"]))
     precision = property(lambda self: str(self["precision"]))
     views_forward = property(lambda self: str(self["views_forward"]))
+    augment_in = property(lambda self: str(self["augment_in"]))
 
     @property
     def total_steps(self) -> int:
@@ -289,6 +293,40 @@ def _loader(p: _Planner, data: DataPlan) -> DataPlan:
         assert data.train is not None
         check_mostly_readable(data.train.files, data.name)
     return data
+
+
+def _augment_in(p: _Planner, own_augment: bool) -> None:
+    """Decision 3, last part: where the views are finished. ``workers`` (crop, resize and
+    augmentation in one native pass in the stream loader's workers) where it can apply
+    (:func:`~fastclr.train.views.workers_blocked`), measured not slower and with less CPU per
+    image; a resume keeps the checkpoint's (``main`` when the checkpoint predates the decision).
+    """
+    asked = p.cfg.augment_in
+    blocked = workers_blocked(p.device, str(p["loader"]), own_augment, p.cfg.augment_backend)
+    if p.resume_at is not None:
+        if not p.kept("augment_in"):
+            p.put("augment_in", "main", "the checkpoint's run predates this decision: main")
+        if asked not in ("auto", p["augment_in"]):
+            raise UsageError(
+                f"--augment-in {asked} differs from the {p['augment_in']} the checkpoint's run "
+                "trained with; an exact resume keeps it: leave --augment-in out"
+            )
+        if p["augment_in"] == "workers" and blocked:
+            raise UsageError(
+                "--augment-in workers: the checkpoint's run finished its views in the stream "
+                f"loader's workers and an exact resume must too, but {blocked}"
+            )
+    elif asked == "workers" and blocked:
+        raise UsageError(f"--augment-in workers cannot apply: {blocked}; use main or auto")
+    elif asked != "auto":
+        p.put("augment_in", asked, "given")
+    elif blocked:
+        p.put("augment_in", "main", f"auto: {blocked}")
+    else:
+        n = int(p["workers"])
+        where = f"the loader's {n} decode worker{'s' if n != 1 else ''}" if n else "this process"
+        why = f"stream loader, native augmentation, CPU: crop+resize+augment in {where}"
+        p.put("augment_in", "workers", f"auto: {why} (bench/results/augment-in.md)")
 
 
 def _batch(p: _Planner, data: DataPlan) -> None:
@@ -455,6 +493,7 @@ def plan_run(
     data: ImageData | DataPlan | None = None,
     saved: dict[str, Any] | None = None,
     resume_at: tuple[int, int, int] | None = None,
+    own_augment: bool = True,
 ) -> RunPlan:
     """Decide every derived setting of a run (module docstring), once.
 
@@ -467,6 +506,8 @@ def plan_run(
             kept, and its data identity compared with the data now).
         resume_at: the checkpoint's (epoch, step in the epoch, global step), for adapting the
             schedule when the data's size changed.
+        own_augment: whether training builds the augmentation from the plan (False: the caller
+            gave ``pretrain`` its own, which runs in the training process).
 
     Raises:
         UsageError: a batch that does not fit the data or the ranks, or data that cannot be
@@ -482,6 +523,7 @@ def plan_run(
     identity = _check_data(p, dplan)
     p.model()
     dplan = _loader(p, dplan)
+    _augment_in(p, own_augment)
     _batch(p, dplan)
     _preset(p, dplan)
     _schedule(p)
