@@ -257,6 +257,18 @@ View view_at(int64_t n, const int32_t* crop, const uint8_t* flags, const float* 
   return View{crop + 4 * n, flags + 5 * n, factors + 4 * n, order + 4 * n, taps + n * K};
 }
 
+// view(n, s) for every n < N on an OpenMP team, s being the thread's own Scratch for S×S views;
+// views are handed out `chunk` at a time, dynamically (their costs differ with the box and source).
+template <class Fn>
+void for_each_view(int64_t N, int64_t S, int chunk, Fn&& view) {
+#pragma omp parallel
+  {
+    Scratch s(S);
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t n = 0; n < N; ++n) view(n, s);
+  }
+}
+
 }  // namespace
 
 void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const int32_t* crop,
@@ -268,14 +280,10 @@ void simclr_view_f32(const uint8_t* src, int64_t N, int64_t H, int64_t W, const 
     bad = check_view(n, H, W, crop + 4 * n, order + 4 * n);
   if (!bad.empty()) throw std::invalid_argument("simclr_view_f32: " + bad);
   const Output o = make_output(S, K, solarize_threshold, mean, std);
-#pragma omp parallel
-  {
-    Scratch s(S);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t n = 0; n < N; ++n)
-      one_view(src + n * H * W * 3, H, W, 1, view_at(n, crop, flags, factors, order, taps, K), o,
-               s, out + n * S * S * 3);
-  }
+  for_each_view(N, S, 4, [&](int64_t n, Scratch& s) {
+    one_view(src + n * H * W * 3, H, W, 1, view_at(n, crop, flags, factors, order, taps, K), o, s,
+             out + n * S * S * 3);
+  });
 }
 
 void simclr_view_ragged_f32(const uint64_t* srcs, const int64_t* shapes, int64_t N,
@@ -299,15 +307,11 @@ void simclr_view_ragged_f32(const uint64_t* srcs, const int64_t* shapes, int64_t
   }
   if (!bad.empty()) throw std::invalid_argument("simclr_view_ragged_f32: " + bad);
   const Output o = make_output(S, K, solarize_threshold, mean, std);
-#pragma omp parallel
-  {
-    Scratch s(S);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t n = 0; n < N; ++n)
-      one_view(reinterpret_cast<const uint8_t*>(srcs[n]), shapes[3 * n], shapes[3 * n + 1],
-               shapes[3 * n + 2], view_at(n, crop, flags, factors, order, taps, K), o, s,
-               out + n * S * S * 3);
-  }
+  for_each_view(N, S, 1, [&](int64_t n, Scratch& s) {
+    one_view(reinterpret_cast<const uint8_t*>(srcs[n]), shapes[3 * n], shapes[3 * n + 1],
+             shapes[3 * n + 2], view_at(n, crop, flags, factors, order, taps, K), o, s,
+             out + n * S * S * 3);
+  });
 }
 
 }  // namespace fastclr::FASTCLR_ISA_NS

@@ -19,8 +19,18 @@ namespace nb = nanobind;
 
 namespace {
 
-const float* cptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
-float* mptr(uintptr_t p) { return reinterpret_cast<float*>(p); }
+// A kernel parameter as Python passes it: a pointer as the raw address of tensor storage
+// (uintptr_t), anything else as it is.
+template <class T>
+struct FromPython {
+  using type = T;
+  static T get(T v) { return v; }
+};
+template <class T>
+struct FromPython<T*> {
+  using type = uintptr_t;
+  static T* get(uintptr_t p) { return reinterpret_cast<T*>(p); }
+};
 
 // The fused view kernels' thread count: n OpenMP threads (n <= 0: OpenMP's default).
 void use_threads(int n) {
@@ -29,6 +39,33 @@ void use_threads(int n) {
 #else
   (void)n;
 #endif
+}
+
+// Kernel F as bound: `raw` takes F's arguments with every pointer as an address; `threaded` takes
+// them plus a trailing OpenMP thread count for a kernel that has none (the fused view kernels).
+template <class Fn, Fn F>
+struct Bind;
+template <class R, class... A, R (*F)(A...)>
+struct Bind<R (*)(A...), F> {
+  static R raw(typename FromPython<A>::type... a) { return F(FromPython<A>::get(a)...); }
+  static R threaded(typename FromPython<A>::type... a, int nthreads) {
+    use_threads(nthreads);
+    return F(FromPython<A>::get(a)...);
+  }
+};
+template <auto F>
+constexpr auto raw = &Bind<decltype(F), F>::raw;
+template <auto F>
+constexpr auto threaded = &Bind<decltype(F), F>::threaded;
+
+// Binds a fused view kernel (augment.h): its own leading arguments (`lead`, the source), then the
+// per-view parameters and output both kernels share, then the thread count.
+template <class Fn, class... Lead>
+void def_view(nb::module_& m, const char* name, Fn fn, const char* doc, Lead... lead) {
+  m.def(name, fn, lead..., nb::arg("crop"), nb::arg("flags"), nb::arg("factors"), nb::arg("order"),
+        nb::arg("taps"), nb::arg("K"), nb::arg("solarize_threshold"), nb::arg("mean"),
+        nb::arg("std"), nb::arg("S"), nb::arg("out"), nb::arg("nthreads"),
+        nb::call_guard<nb::gil_scoped_release>(), doc);
 }
 
 }  // namespace
@@ -49,82 +86,33 @@ NB_MODULE(_cpu, m) {
   m.def("ntxent_uses_constant_shift", &fastclr::ntxent_uses_constant_shift, nb::arg("inv_tau"),
         "True when lse_sym uses the constant shift c = 1/tau (2/tau <= max span).");
   m.def(
-      "ntxent_lse_sym_fwd_f32",
-      [](uintptr_t z, int64_t M, int64_t D, float inv_tau, uintptr_t lse, int nthreads) {
-        fastclr::ntxent_lse_sym_fwd_f32(cptr(z), M, D, inv_tau, mptr(lse), nthreads);
-      },
+      "ntxent_lse_sym_fwd_f32", raw<&fastclr::ntxent_lse_sym_fwd_f32>,
       nb::arg("z"), nb::arg("M"), nb::arg("D"), nb::arg("inv_tau"), nb::arg("lse"),
       nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
       "lse[a] = logsumexp_{k != a} z_a.z_k * inv_tau for unit rows z (M, D).");
   m.def(
-      "ntxent_lse_sym_bwd_f32",
-      [](uintptr_t z, int64_t M, int64_t D, float inv_tau, uintptr_t lse, uintptr_t g,
-         uintptr_t dz, int nthreads) {
-        fastclr::ntxent_lse_sym_bwd_f32(cptr(z), M, D, inv_tau, cptr(lse), cptr(g), mptr(dz),
-                                        nthreads);
-      },
+      "ntxent_lse_sym_bwd_f32", raw<&fastclr::ntxent_lse_sym_bwd_f32>,
       nb::arg("z"), nb::arg("M"), nb::arg("D"), nb::arg("inv_tau"), nb::arg("lse"), nb::arg("g"),
       nb::arg("dz"), nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
       "dz = (W + W^T) z * inv_tau, W_ak = g_a softmax_ak (self excluded).");
   m.def(
-      "ntxent_lse_rect_fwd_f32",
-      [](uintptr_t q, int64_t Mq, uintptr_t k, int64_t Mk, int64_t D, int64_t q_offset,
-         float inv_tau, uintptr_t lse, int nthreads) {
-        fastclr::ntxent_lse_rect_fwd_f32(cptr(q), Mq, cptr(k), Mk, D, q_offset, inv_tau,
-                                         mptr(lse), nthreads);
-      },
+      "ntxent_lse_rect_fwd_f32", raw<&fastclr::ntxent_lse_rect_fwd_f32>,
       nb::arg("q"), nb::arg("Mq"), nb::arg("k"), nb::arg("Mk"), nb::arg("D"), nb::arg("q_offset"),
       nb::arg("inv_tau"), nb::arg("lse"), nb::arg("nthreads"),
       nb::call_guard<nb::gil_scoped_release>(),
       "lse[i] = logsumexp_{j != q_offset + i} q_i.k_j * inv_tau (online running max).");
   m.def(
-      "ntxent_lse_rect_bwd_f32",
-      [](uintptr_t q, int64_t Mq, uintptr_t k, int64_t Mk, int64_t D, int64_t q_offset,
-         float inv_tau, uintptr_t lse, uintptr_t g, uintptr_t dq, uintptr_t dk, int nthreads) {
-        fastclr::ntxent_lse_rect_bwd_f32(cptr(q), Mq, cptr(k), Mk, D, q_offset, inv_tau, cptr(lse),
-                                         cptr(g), mptr(dq), mptr(dk), nthreads);
-      },
+      "ntxent_lse_rect_bwd_f32", raw<&fastclr::ntxent_lse_rect_bwd_f32>,
       nb::arg("q"), nb::arg("Mq"), nb::arg("k"), nb::arg("Mk"), nb::arg("D"), nb::arg("q_offset"),
       nb::arg("inv_tau"), nb::arg("lse"), nb::arg("g"), nb::arg("dq"), nb::arg("dk"),
       nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
       "dq = W k * inv_tau, dk = W^T q * inv_tau, W_ij = g_i softmax_ij (self excluded).");
-  m.def(
-      "simclr_view_f32",
-      [](uintptr_t src, int64_t N, int64_t H, int64_t W, uintptr_t crop, uintptr_t flags,
-         uintptr_t factors, uintptr_t order, uintptr_t taps, int64_t K, float solarize_threshold,
-         uintptr_t mean, uintptr_t std, int64_t S, uintptr_t out, int nthreads) {
-        use_threads(nthreads);
-        fastclr::simclr_view_f32(
-            reinterpret_cast<const uint8_t*>(src), N, H, W, reinterpret_cast<const int32_t*>(crop),
-            reinterpret_cast<const uint8_t*>(flags), reinterpret_cast<const float*>(factors),
-            reinterpret_cast<const int32_t*>(order), reinterpret_cast<const float*>(taps), K,
-            solarize_threshold, reinterpret_cast<const float*>(mean),
-            reinterpret_cast<const float*>(std), S, reinterpret_cast<float*>(out));
-      },
-      nb::arg("src"), nb::arg("N"), nb::arg("H"), nb::arg("W"), nb::arg("crop"), nb::arg("flags"),
-      nb::arg("factors"), nb::arg("order"), nb::arg("taps"), nb::arg("K"),
-      nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
-      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
-      "One fused SimCLR view of a dense uint8 NHWC batch into (N, S, S, 3) fp32 (augment.h).");
+  def_view(m, "simclr_view_f32", threaded<&fastclr::simclr_view_f32>,
+           "One fused SimCLR view of a dense uint8 NHWC batch into (N, S, S, 3) fp32 (augment.h).",
+           nb::arg("src"), nb::arg("N"), nb::arg("H"), nb::arg("W"));
   m.attr("max_decode_scale") = fastclr::kMaxDecodeScale;
-  m.def(
-      "simclr_view_ragged_f32",
-      [](uintptr_t srcs, uintptr_t shapes, int64_t N, uintptr_t crop, uintptr_t flags,
-         uintptr_t factors, uintptr_t order, uintptr_t taps, int64_t K, float solarize_threshold,
-         uintptr_t mean, uintptr_t std, int64_t S, uintptr_t out, int nthreads) {
-        use_threads(nthreads);
-        fastclr::simclr_view_ragged_f32(
-            reinterpret_cast<const uint64_t*>(srcs), reinterpret_cast<const int64_t*>(shapes), N,
-            reinterpret_cast<const int32_t*>(crop), reinterpret_cast<const uint8_t*>(flags),
-            reinterpret_cast<const float*>(factors), reinterpret_cast<const int32_t*>(order),
-            reinterpret_cast<const float*>(taps), K, solarize_threshold,
-            reinterpret_cast<const float*>(mean), reinterpret_cast<const float*>(std), S,
-            reinterpret_cast<float*>(out));
-      },
-      nb::arg("srcs"), nb::arg("shapes"), nb::arg("N"), nb::arg("crop"), nb::arg("flags"),
-      nb::arg("factors"), nb::arg("order"), nb::arg("taps"), nb::arg("K"),
-      nb::arg("solarize_threshold"), nb::arg("mean"), nb::arg("std"), nb::arg("S"), nb::arg("out"),
-      nb::arg("nthreads"), nb::call_guard<nb::gil_scoped_release>(),
-      "SimCLR views of ragged uint8 sources decoded at 1/scale, boxes in original pixels "
-      "(augment.h).");
+  def_view(m, "simclr_view_ragged_f32", threaded<&fastclr::simclr_view_ragged_f32>,
+           "SimCLR views of ragged uint8 sources decoded at 1/scale, boxes in original pixels "
+           "(augment.h).",
+           nb::arg("srcs"), nb::arg("shapes"), nb::arg("N"));
 }

@@ -177,6 +177,22 @@ class Buf {
   float* p_;
 };
 
+// Runs body(tid, nt, S) once on each thread of an OpenMP team of (at most) nthreads, S being that
+// thread's own kBlock×kBlock tile buffer; the body may hold an orphaned `omp for`. Returns the
+// team's size: how many per-thread buffers a body indexed by tid has filled.
+template <class Body>
+int tile_team(int nthreads, Body&& body) {
+  Buf tiles(nthreads * kBlock * kBlock);
+  int used = 1;
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int tid = thread_id(), nt = team_size();
+    if (tid == 0) used = nt;
+    body(tid, nt, tiles.get() + tid * kBlock * kBlock);
+  }
+  return used;
+}
+
 // (M, D) → zero-padded (Mp, Dp) copy.
 void pad_rows(const float* src, int64_t M, int64_t D, int64_t Mp, int64_t Dp, float* dst,
               int nthreads) {
@@ -346,13 +362,7 @@ void sym_fwd_const(const float* z, int64_t M, int64_t D, float inv_tau, float* l
   const auto pairs = upper_pairs(zp.nb);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   std::vector<double> acc(static_cast<size_t>(nthreads * zp.Mp), 0.0);
-  Buf tiles(nthreads * kBlock * kBlock);
-  int used = 1;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int tid = thread_id(), nt = team_size();
-    if (tid == 0) used = nt;
-    float* S = tiles.get() + tid * kBlock * kBlock;
+  const int used = tile_team(nthreads, [&](int tid, int nt, float* S) {
     double* mine = acc.data() + tid * zp.Mp;
     for (int64_t t = tid; t < npairs; t += nt) {
       const auto [I, J] = pairs[static_cast<size_t>(t)];
@@ -362,7 +372,7 @@ void sym_fwd_const(const float* z, int64_t M, int64_t D, float inv_tau, float* l
       else
         sym_fwd_epilogue<false>(S, I, J, M, inv_tau, mine);
     }
-  }
+  });
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t a = 0; a < M; ++a) {
     double s = 0.0;
@@ -380,10 +390,7 @@ void rect_fwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
   const Padded qp(q, Mq, D, nthreads);
   const Padded kp(k, Mk, D, nthreads);
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  Buf tiles(nthreads * kBlock * kBlock);
-#pragma omp parallel num_threads(nthreads)
-  {
-    float* S = tiles.get() + thread_id() * kBlock * kBlock;
+  tile_team(nthreads, [&](int, int, float* S) {
     float run_max[kBlock];
     double run_sum[kBlock];
 #pragma omp for schedule(static)
@@ -416,7 +423,7 @@ void rect_fwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
                                   ? static_cast<float>(run_max[i] + std::log(run_sum[i]))
                                   : neg_inf;  // natural log; -inf only when there is no key
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -507,13 +514,7 @@ void sym_bwd(const float* z, int64_t M, int64_t D, float inv_tau, const float* l
   const int64_t slot = zp.Mp * zp.Dp;
   nthreads = buffer_threads(nthreads, slot);
   Buf grads(nthreads * slot);
-  Buf tiles(nthreads * kBlock * kBlock);
-  int used = 1;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int tid = thread_id(), nt = team_size();
-    if (tid == 0) used = nt;
-    float* S = tiles.get() + tid * kBlock * kBlock;
+  const int used = tile_team(nthreads, [&](int tid, int nt, float* S) {
     float* mine = grads.get() + tid * slot;
     std::fill(mine, mine + slot, 0.0f);
     for (int64_t t = tid; t < npairs; t += nt) {
@@ -527,7 +528,7 @@ void sym_bwd(const float* z, int64_t M, int64_t D, float inv_tau, const float* l
       if (I != J)
         tile_acc(S, 1, kBlock, zp.block(I), zp.Dp, mine + J * kBlock * zp.Dp);  // dẑ_J += Tᵀ ẑ_I
     }
-  }
+  });
   reduce_rows(grads.get(), used, slot, M, D, zp.Dp, inv_tau, dz, nthreads);
 }
 
@@ -542,13 +543,7 @@ void rect_bwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
   nthreads = buffer_threads(nthreads, kslot);
   Buf dq_buf(qp.Mp * qp.Dp);
   Buf dk_bufs(nthreads * kslot);
-  Buf tiles(nthreads * kBlock * kBlock);
-  int used = 1;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int tid = thread_id(), nt = team_size();
-    if (tid == 0) used = nt;
-    float* S = tiles.get() + tid * kBlock * kBlock;
+  const int used = tile_team(nthreads, [&](int tid, int, float* S) {
     float* mine = dk_bufs.get() + tid * kslot;
     std::fill(mine, mine + kslot, 0.0f);
 #pragma omp for schedule(static)
@@ -573,7 +568,7 @@ void rect_bwd(const float* q, int64_t Mq, const float* k, int64_t Mk, int64_t D,
         tile_acc(S, 1, kBlock, qp.block(I), qp.Dp, mine + J * kBlock * kp.Dp);  // dk_J += Wᵀ q_I
       }
     }
-  }
+  });
   reduce_rows(dq_buf.get(), 1, 0, Mq, D, qp.Dp, inv_tau, dq, nthreads);
   reduce_rows(dk_bufs.get(), used, kslot, Mk, D, kp.Dp, inv_tau, dk, nthreads);
 }

@@ -275,6 +275,27 @@ def _finish(r, g, b, prm_row, solarize_threshold, m0, m1, m2, s0, s1, s2):
 
 
 @triton.jit
+def _row_pixels(S, BLOCK: tl.constexpr):
+    """This program's image row, its BLOCK pixels (int32, row-major in S × S) and their mask, for
+    the per-pixel kernels' grid: cdiv(S·S, BLOCK) programs per image row."""
+    npix = S * S
+    pid = tl.program_id(0).to(tl.int64)
+    per_row = tl.cdiv(npix, BLOCK)
+    pix = (pid % per_row).to(tl.int32) * BLOCK + tl.arange(0, BLOCK)
+    return pid // per_row, pix, pix < npix
+
+
+@triton.jit
+def _store_rgb(dst_ptr, row, pix, mask, S, r, g, b):
+    """Pixels ``pix`` of image ``row`` of the (R, S, S, 3) ``dst_ptr``, cast to its dtype."""
+    base = dst_ptr + row * (S * S) * 3 + pix.to(tl.int64) * 3
+    out_ty = dst_ptr.dtype.element_ty
+    tl.store(base + 0, r.to(out_ty), mask=mask)
+    tl.store(base + 1, g.to(out_ty), mask=mask)
+    tl.store(base + 2, b.to(out_ty), mask=mask)
+
+
+@triton.jit
 def augment_contrast_mean_kernel(
     src_ptr,
     img_ptr,
@@ -325,12 +346,7 @@ def augment_color_kernel(
     dst_ptr is ``out`` (FUSE_TAIL) or ``tmp`` (fp32, for the blur passes); both (R, S, S, 3).
     CHUNKS: a power of two ≥ n_chunks, the width of the partial-sum load.
     """
-    npix = S * S
-    pid = tl.program_id(0).to(tl.int64)
-    per_row = tl.cdiv(npix, BLOCK)
-    row = pid // per_row
-    pix = (pid % per_row).to(tl.int32) * BLOCK + tl.arange(0, BLOCK)
-    mask = pix < npix
+    row, pix, mask = _row_pixels(S, BLOCK)
     img_row = img_ptr + row * 4
     prm_row = prm_ptr + row * PRM_COLS
 
@@ -347,11 +363,7 @@ def augment_color_kernel(
         b = y
     if FUSE_TAIL:
         r, g, b = _finish(r, g, b, prm_row, solarize_threshold, m0, m1, m2, s0, s1, s2)
-    base = dst_ptr + row * npix * 3 + pix.to(tl.int64) * 3
-    out_ty = dst_ptr.dtype.element_ty
-    tl.store(base + 0, r.to(out_ty), mask=mask)
-    tl.store(base + 1, g.to(out_ty), mask=mask)
-    tl.store(base + 2, b.to(out_ty), mask=mask)
+    _store_rgb(dst_ptr, row, pix, mask, S, r, g, b)
 
 
 @triton.jit
@@ -378,12 +390,7 @@ def augment_blur_kernel(
     normalise and cast follow). Reflect padding: index −t ↦ t, S − 1 + t ↦ S − 1 − t (needs
     RADIUS < S, true for a kernel side of 10% of S).
     """
-    npix = S * S
-    pid = tl.program_id(0).to(tl.int64)
-    per_row = tl.cdiv(npix, BLOCK)
-    row = pid // per_row
-    pix = (pid % per_row).to(tl.int32) * BLOCK + tl.arange(0, BLOCK)
-    mask = pix < npix
+    row, pix, mask = _row_pixels(S, BLOCK)
     prm_row = prm_ptr + row * PRM_COLS
     oy = pix // S
     ox = pix % S
@@ -391,7 +398,7 @@ def augment_blur_kernel(
         pos = oy
     else:
         pos = ox
-    src_row = src_ptr + row * npix * 3
+    src_row = src_ptr + row * (S * S) * 3
 
     if tl.load(prm_row + PRM_BLUR) != 0.0:
         sigma = tl.maximum(tl.abs(tl.load(prm_row + PRM_SIGMA)), SIGMA_MIN)
@@ -423,8 +430,4 @@ def augment_blur_kernel(
         b = tl.load(src_row + idx + 2, mask=mask, other=0.0)
     if FINISH:
         r, g, b = _finish(r, g, b, prm_row, solarize_threshold, m0, m1, m2, s0, s1, s2)
-    base = dst_ptr + row * npix * 3 + pix.to(tl.int64) * 3
-    out_ty = dst_ptr.dtype.element_ty
-    tl.store(base + 0, r.to(out_ty), mask=mask)
-    tl.store(base + 1, g.to(out_ty), mask=mask)
-    tl.store(base + 2, b.to(out_ty), mask=mask)
+    _store_rgb(dst_ptr, row, pix, mask, S, r, g, b)

@@ -420,10 +420,10 @@ def _sym_tile_chunked(
     return tl.sum(e, axis=1)
 
 
-# Not split: the kernel's 20 arguments, its docstring, and two tile loops (interior, masked)
-# around one helper call each. A jit helper cannot take a tuple of constexprs (triton 3.6 and 3.9
-# reject it), so each call passes its values one per line as ruff formats them; the logic is
-# already in helpers (_sym_plan, _sym_tile, _sym_tile_chunked).
+# Not split: the kernel's 20 arguments, its docstring, and the tile loop (one pass for the interior
+# tiles, one for the masked ones) around one helper call. A jit helper cannot take a tuple of
+# constexprs (triton 3.6 and 3.9 reject it), so each call passes its values one per line as ruff
+# formats them; the logic is already in helpers (_sym_plan, _sym_tile, _sym_tile_chunked).
 # longer than a screen: the reasons are in the comment just above.
 @triton.autotune(
     configs=SYM_CONFIGS,
@@ -479,57 +479,38 @@ def ntxent_sym_fwd_kernel(
         z_i = _load_rows(Z, offs_i, mask_i, offs_d, mask_d, stride_zm, stride_zd, UPCAST)
         start, dr, dr_in, n_int, all_sp, n_sp = _sym_plan(pid, T, M, d_lo, d_hi, BLOCK_M)
         acc_t = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)  # eᵀ summed over the J blocks
-        for t in range(0, n_int):
-            d = start + t
-            d = tl.where(dr_in & (d >= dr), d + 1, d)
-            jb = pid + d
-            jb = tl.where(jb >= T, jb - T, jb)  # (pid + d) mod T without an integer division
-            acc_t = _sym_tile(
-                acc_t,
-                Z,
-                z_i,
-                offs_i,
-                mask_i,
-                jb,
-                M,
-                offs_d,
-                mask_d,
-                stride_zm,
-                stride_zd,
-                k2,
-                c2,
-                SUM_COL,
-                BLOCK_M,
-                UPCAST,
-                DOT_PREC,
-                EVEN_D,
-                False,
-            )
-        for t in range(0, n_sp):
-            d = tl.where(all_sp, d_lo + t, tl.where((t == 0) & (d_lo == 0), 0, dr))
-            jb = pid + d
-            jb = tl.where(jb >= T, jb - T, jb)
-            acc_t = _sym_tile(
-                acc_t,
-                Z,
-                z_i,
-                offs_i,
-                mask_i,
-                jb,
-                M,
-                offs_d,
-                mask_d,
-                stride_zm,
-                stride_zd,
-                k2,
-                c2,
-                SUM_COL,
-                BLOCK_M,
-                UPCAST,
-                DOT_PREC,
-                EVEN_D,
-                True,
-            )
+        # MASKED = 0: the interior tiles, then MASKED = 1: the at most two masked ones (unrolled:
+        # each pass compiles its own loop, as two loops written out would)
+        for MASKED in tl.static_range(2):
+            for t in range(0, n_sp if MASKED else n_int):
+                if MASKED:
+                    d = tl.where(all_sp, d_lo + t, tl.where((t == 0) & (d_lo == 0), 0, dr))
+                else:
+                    d = start + t
+                    d = tl.where(dr_in & (d >= dr), d + 1, d)
+                jb = pid + d
+                jb = tl.where(jb >= T, jb - T, jb)  # (pid + d) mod T without an integer division
+                acc_t = _sym_tile(
+                    acc_t,
+                    Z,
+                    z_i,
+                    offs_i,
+                    mask_i,
+                    jb,
+                    M,
+                    offs_d,
+                    mask_d,
+                    stride_zm,
+                    stride_zd,
+                    k2,
+                    c2,
+                    SUM_COL,
+                    BLOCK_M,
+                    UPCAST,
+                    DOT_PREC,
+                    EVEN_D,
+                    MASKED,
+                )
         row_acc = tl.sum(acc_t, axis=0)
     else:
         for d in range(d_lo, d_hi):

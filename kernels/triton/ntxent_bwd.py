@@ -239,10 +239,10 @@ def _bwd_tile(
     return acc
 
 
-# Not split: the kernel's 37 arguments, its docstring, the bound σ, two tile loops and the
-# epilogue. A jit helper cannot take a tuple of constexprs (triton 3.6 and 3.9 reject it), so each
-# call passes its values one per line as ruff formats them; the logic is already in helpers
-# (_p_bound, _key_plan, _bwd_tile).
+# Not split: the kernel's 37 arguments, its docstring, the bound σ, the tile loops (single chunk: an
+# interior and a masked pass; chunked D: every tile masked) and the epilogue. A jit helper cannot
+# take a tuple of constexprs (triton 3.6 and 3.9 reject it), so each call passes its values one per
+# line as ruff formats them; the logic is already in helpers (_p_bound, _key_plan, _bwd_tile).
 # longer than a screen: the reasons are in the comment just above.
 @triton.autotune(
     configs=ROW_BWD_CONFIGS,
@@ -349,90 +349,54 @@ def ntxent_rows_bwd_kernel(
         ua_f, ub_f, n_int, ua, ub, n_sp, u_rag = _key_plan(
             n_lo, n_hi, diag, diag + BLOCK_M, BLOCK_N
         )
-        for t in range(0, n_int):
-            u = tl.where(t >= ua_f, t + (ub_f - ua_f), t)
-            acc = _bwd_tile(
-                acc,
-                x,
-                X,
-                Y,
-                offs_i,
-                mask_i,
-                n_lo + u * BLOCK_N,
-                n_hi,
-                diag,
-                offs_d,
-                mask_d,
-                D,
-                stride_xm,
-                stride_xd,
-                stride_ym,
-                stride_yd,
-                r_x,
-                l_x,
-                g_x,
-                QY,
-                LY,
-                GY,
-                stride_g,
-                g_col,
-                k2,
-                c2,
-                out,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-                SINGLE_CHUNK,
-                EVEN_D,
-                ONLINE,
-                ROW_TERM,
-                COL_TERM,
-                UPCAST,
-                DOT_PREC,
-                False,
-            )
-        for t in range(0, n_sp):
-            u = tl.where(t < ub - ua, ua + t, u_rag)
-            acc = _bwd_tile(
-                acc,
-                x,
-                X,
-                Y,
-                offs_i,
-                mask_i,
-                n_lo + u * BLOCK_N,
-                n_hi,
-                diag,
-                offs_d,
-                mask_d,
-                D,
-                stride_xm,
-                stride_xd,
-                stride_ym,
-                stride_yd,
-                r_x,
-                l_x,
-                g_x,
-                QY,
-                LY,
-                GY,
-                stride_g,
-                g_col,
-                k2,
-                c2,
-                out,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-                SINGLE_CHUNK,
-                EVEN_D,
-                ONLINE,
-                ROW_TERM,
-                COL_TERM,
-                UPCAST,
-                DOT_PREC,
-                True,
-            )
+        # MASKED = 0: the interior key tiles, then MASKED = 1: the self-pair band and the ragged
+        # last tile (unrolled: each pass compiles its own loop, as two loops written out would)
+        for MASKED in tl.static_range(2):
+            for t in range(0, n_sp if MASKED else n_int):
+                if MASKED:
+                    u = tl.where(t < ub - ua, ua + t, u_rag)
+                else:
+                    u = tl.where(t >= ua_f, t + (ub_f - ua_f), t)
+                acc = _bwd_tile(
+                    acc,
+                    x,
+                    X,
+                    Y,
+                    offs_i,
+                    mask_i,
+                    n_lo + u * BLOCK_N,
+                    n_hi,
+                    diag,
+                    offs_d,
+                    mask_d,
+                    D,
+                    stride_xm,
+                    stride_xd,
+                    stride_ym,
+                    stride_yd,
+                    r_x,
+                    l_x,
+                    g_x,
+                    QY,
+                    LY,
+                    GY,
+                    stride_g,
+                    g_col,
+                    k2,
+                    c2,
+                    out,
+                    BLOCK_M,
+                    BLOCK_N,
+                    BLOCK_D,
+                    SINGLE_CHUNK,
+                    EVEN_D,
+                    ONLINE,
+                    ROW_TERM,
+                    COL_TERM,
+                    UPCAST,
+                    DOT_PREC,
+                    MASKED,
+                )
         tl.store(
             out + offs_i[:, None] * D + offs_d[None, :],
             acc * (1.0 / sigma),

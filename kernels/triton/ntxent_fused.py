@@ -40,6 +40,17 @@ def _view_ptrs(Z0, Z1, v: tl.constexpr, offs_s, offs_d, stride_m, stride_d, view
 
 
 @triton.jit
+def _sample_block(N, D, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program id, its BLOCK_S samples (int64), their real ones, the columns, and the mask of the
+    (BLOCK_S, BLOCK_D) tile of real samples and columns: the per-sample kernels' rows."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs_s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask_s = offs_s < N
+    offs_d = tl.arange(0, BLOCK_D)
+    return pid, offs_s, mask_s, offs_d, mask_s[:, None] & (offs_d < D)[None, :]
+
+
+@triton.jit
 def _normalise(Z0, Z1, v: tl.constexpr, offs_s, mask, offs_d, stride_m, stride_d, view_stride, eps):
     """(ẑ fp32, ‖u‖, s, big) of view v's rows offs_s (zero rows outside ``mask``)."""
     x = tl.load(
@@ -81,11 +92,7 @@ def ntxent_prep_kernel(
 
     Grid: cdiv(N, BLOCK_S).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    offs_s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask_s = offs_s < N
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = mask_s[:, None] & (offs_d < D)[None, :]
+    pid, offs_s, mask_s, offs_d, mask = _sample_block(N, D, BLOCK_S, BLOCK_D)
     if pid == 0:
         tl.store(TICKET, 0)
     c = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
@@ -193,11 +200,7 @@ def ntxent_post_kernel(
 
     Grid: cdiv(N, BLOCK_S).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    offs_s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask_s = offs_s < N
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = mask_s[:, None] & (offs_d < D)[None, :]
+    _, offs_s, mask_s, offs_d, mask = _sample_block(N, D, BLOCK_S, BLOCK_D)
     m = V * N
     c = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
     gz = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)

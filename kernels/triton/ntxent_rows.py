@@ -116,10 +116,10 @@ def _rows_fwd_tile(
     return m_i, l_i
 
 
-# Not split: the kernel's 24 arguments, its docstring and three loops (interior, masked, chunked).
-# A jit helper cannot take a tuple of constexprs (triton 3.6 and 3.9 reject it), so each call
-# passes its values one per line as ruff formats them; the logic is already in helpers (_key_plan,
-# _rows_fwd_tile).
+# Not split: the kernel's 24 arguments, its docstring and the tile loops (single chunk: an interior
+# and a masked pass; chunked D: every tile masked). A jit helper cannot take a tuple of constexprs
+# (triton 3.6 and 3.9 reject it), so each call passes its values one per line as ruff formats them;
+# the logic is already in helpers (_key_plan, _rows_fwd_tile).
 # longer than a screen: the reasons are in the comment just above.
 @triton.autotune(
     configs=ROW_CONFIGS, key=[*_TUNE_KEY, "ONLINE"], prune_configs_by={"early_config_prune": _prune}
@@ -171,70 +171,44 @@ def ntxent_rows_fwd_kernel(
         q = _load_rows(Q, offs_i, mask_i, offs_d, mask_d, stride_qm, stride_qd, UPCAST)
         band = pid * BLOCK_M + q_offset
         ua_f, ub_f, n_int, ua, ub, n_sp, u_rag = _key_plan(0, MK, band, band + BLOCK_M, BLOCK_N)
-        for t in range(0, n_int):
-            u = tl.where(t >= ua_f, t + (ub_f - ua_f), t)
-            m_i, l_i = _rows_fwd_tile(
-                m_i,
-                l_i,
-                q,
-                Q,
-                K,
-                offs_i,
-                mask_i,
-                self_i,
-                u * BLOCK_N,
-                MK,
-                D,
-                offs_d,
-                mask_d,
-                stride_qm,
-                stride_qd,
-                stride_km,
-                stride_kd,
-                k2,
-                c2,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-                SINGLE_CHUNK,
-                EVEN_D,
-                ONLINE,
-                UPCAST,
-                DOT_PREC,
-                False,
-            )
-        for t in range(0, n_sp):
-            u = tl.where(t < ub - ua, ua + t, u_rag)
-            m_i, l_i = _rows_fwd_tile(
-                m_i,
-                l_i,
-                q,
-                Q,
-                K,
-                offs_i,
-                mask_i,
-                self_i,
-                u * BLOCK_N,
-                MK,
-                D,
-                offs_d,
-                mask_d,
-                stride_qm,
-                stride_qd,
-                stride_km,
-                stride_kd,
-                k2,
-                c2,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-                SINGLE_CHUNK,
-                EVEN_D,
-                ONLINE,
-                UPCAST,
-                DOT_PREC,
-                True,
-            )
+        # MASKED = 0: the interior key tiles, then MASKED = 1: the self-pair band and the ragged
+        # last tile (unrolled: each pass compiles its own loop, as two loops written out would)
+        for MASKED in tl.static_range(2):
+            for t in range(0, n_sp if MASKED else n_int):
+                if MASKED:
+                    u = tl.where(t < ub - ua, ua + t, u_rag)
+                else:
+                    u = tl.where(t >= ua_f, t + (ub_f - ua_f), t)
+                m_i, l_i = _rows_fwd_tile(
+                    m_i,
+                    l_i,
+                    q,
+                    Q,
+                    K,
+                    offs_i,
+                    mask_i,
+                    self_i,
+                    u * BLOCK_N,
+                    MK,
+                    D,
+                    offs_d,
+                    mask_d,
+                    stride_qm,
+                    stride_qd,
+                    stride_km,
+                    stride_kd,
+                    k2,
+                    c2,
+                    BLOCK_M,
+                    BLOCK_N,
+                    BLOCK_D,
+                    SINGLE_CHUNK,
+                    EVEN_D,
+                    ONLINE,
+                    UPCAST,
+                    DOT_PREC,
+                    MASKED,
+                )
     else:
         for n0 in range(0, MK, BLOCK_N):
             m_i, l_i = _rows_fwd_tile(
