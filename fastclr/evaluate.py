@@ -46,6 +46,7 @@ from fastclr.options import (
     KNN_TEMPERATURE,
     check_options,
     device_option,
+    expected_arch_option,
     knn_k_option,
     knn_temperature_option,
     legacy_option,
@@ -239,12 +240,7 @@ class EvalConfig:
         "'digits' or a labelled image folder",
         unset="the data the checkpoint was pretrained on",
     )
-    arch: str | None = option(
-        None,
-        "expected architecture, checked against the checkpoint's",
-        choices=sorted(ARCHS),
-        unset="not checked",
-    )
+    arch: str | None = expected_arch_option(ARCHS)
     knn_k: int | None = knn_k_option()
     knn_temperature: float = knn_temperature_option()
     num_workers: int | None = num_workers_option()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from fastclr.errors import UsageError
@@ -28,6 +28,7 @@ from fastclr.errors import UsageError
 __all__ = [
     "check_options",
     "device_option",
+    "expected_arch_option",
     "flag",
     "knn_k_option",
     "knn_temperature_option",
@@ -122,6 +123,16 @@ def num_workers_option() -> Any:
         unset="auto: min(8, usable CPUs per local rank - 1) where files stream, 0 for data "
         "decoded once into memory and for DALI",
         at_least=0,
+    )
+
+
+def expected_arch_option(archs: Iterable[str]) -> Any:
+    """``--arch`` of a command that reads a checkpoint: the architecture it must hold."""
+    return option(
+        None,
+        "expected architecture, checked against the checkpoint's",
+        choices=sorted(archs),
+        unset="not checked",
     )
 
 

@@ -175,6 +175,31 @@ def spawn_gloo(free_port: Callable[[], int]) -> Callable[..., None]:
     return spawn
 
 
+def _write_noise_folder(
+    root: Path, sizes: list[tuple[int, int]], per_class: int, ext: str = ".png"
+) -> Path:
+    """Classes ``a`` and ``b`` of ``per_class`` uniform-noise RGB images each under ``root``,
+    the i-th of (width, height) ``sizes[i % len(sizes)]``, named ``00{ext}``, ``01{ext}``...
+    (JPEGs at quality 90); the same files on every call."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = sizes[i % len(sizes)]
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            img.save(root / c / f"{i:02d}{ext}", **({"quality": 90} if ext == ".jpg" else {}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def write_noise_folder() -> Callable[..., Path]:
+    """``write(root, sizes, per_class, ext=".png")``: a 2-class folder of noise images of
+    odd sizes (:func:`_write_noise_folder`)."""
+    return _write_noise_folder
+
+
 class _InterruptAt:
     """NT-Xent (temperature 0.5) that sends this process SIGINT on its ``call``-th call, as
     Ctrl-C in the middle of that training step would."""

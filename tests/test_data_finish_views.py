@@ -9,7 +9,7 @@ reduced-scale JPEG decode. About 5 s on 2 cores (two loaders start 2 workers eac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,16 +33,10 @@ SIZES = [(61, 47), (47, 61), (33, 33), (90, 71)]
 
 
 @pytest.fixture(scope="module")
-def noise_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("noise")
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(6):
-            w, h = SIZES[i % len(SIZES)]
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            Image.fromarray(img).save(root / c / f"{i:02d}.png")
-    return root
+def noise_folder(
+    tmp_path_factory: pytest.TempPathFactory, write_noise_folder: Callable[..., Path]
+) -> Path:
+    return write_noise_folder(tmp_path_factory.mktemp("noise"), SIZES, 6)
 
 
 class Recording(WorkerViews):

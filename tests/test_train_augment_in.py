@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import Tensor
 
 from fastclr.augment.native_backend import available
@@ -37,17 +36,11 @@ TINY: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def jpegs(
+    tmp_path_factory: pytest.TempPathFactory, write_noise_folder: Callable[..., Path]
+) -> Path:
     """24 small JPEGs of odd sizes in 2 classes (larger than the views, not square)."""
-    root = tmp_path_factory.mktemp("jpegs")
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (root / c).mkdir()
-        for i in range(12):
-            h, w = (19, 27) if i % 2 else (31, 23)
-            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / c / f"{i}.jpg", quality=90)
-    return root
+    return write_noise_folder(tmp_path_factory.mktemp("jpegs"), [(23, 31), (27, 19)], 12, ".jpg")
 
 
 def _weights(result: Any) -> dict[str, Tensor]:

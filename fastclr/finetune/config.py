@@ -18,6 +18,7 @@ from fastclr.models import ARCHS
 from fastclr.options import (
     check_options,
     device_option,
+    expected_arch_option,
     flag,
     legacy_option,
     num_workers_option,
@@ -81,12 +82,7 @@ class FinetuneConfig:
         "are labelled, instead of a draw by --labels",
         unset="drawn by --labels and --seed",
     )
-    arch: str | None = option(
-        None,
-        "expected architecture, checked against the checkpoint's",
-        choices=sorted(ARCHS),
-        unset="not checked",
-    )
+    arch: str | None = expected_arch_option(ARCHS)
     from_scratch: bool = option(
         False,
         "train the same network from random weights with the same recipe and labels (the "
