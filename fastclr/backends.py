@@ -22,7 +22,9 @@ through the registry (:meth:`Registry.info`, :meth:`Registry.runs_on`, :meth:`Re
 so no module outside this one compares backend names: where it runs when named explicitly
 (``devices``, and Triton on the CPU under ``TRITON_INTERPRET=1``), whether it computes in its
 inputs' own precision (``exact``: the reference keeps float64), and whether it draws its own
-random parameters (``draws_own_params``: kornia).
+random parameters (``draws_own_params``: kornia), and whether a loader's workers can finish the
+views with it (``worker_views``: the native kernel), and whether the loss has a whole-loss op
+that takes the views as they are (``fused_views``: Triton).
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class Impl(Generic[T]):
         interpreted: runs on the CPU too under Triton's interpreter (``TRITON_INTERPRET=1``).
         exact: computes in its inputs' own precision (float64 stays float64): the definition.
         draws_own_params: draws its own random parameters (no explicit-parameter ``apply``).
+        worker_views: has a pass a data loader's worker processes can run to finish the views
+            from the decoded images (crop, resize and augmentation; the native kernel).
+        fused_views: has a whole-loss op for V >= 2 equal views that takes them as they are
+            (no concatenated batch; Triton's ``fastclr.ops.triton_fused``).
     """
 
     name: str
@@ -97,6 +103,8 @@ class Impl(Generic[T]):
     interpreted: bool = False
     exact: bool = False
     draws_own_params: bool = False
+    worker_views: bool = False
+    fused_views: bool = False
 
     def runs_on(self, device: str) -> bool:
         """Whether the backend can run on a ``device`` type here when named explicitly."""

@@ -91,3 +91,46 @@ def test_loss_and_augmentation_use_the_registry() -> None:
         SimCLRAugmentation(backend="fast")
     aug = SimCLRAugmentation()
     assert aug.resolve_backend(CPU, ragged=True) == "torch"
+
+
+def backend_name_comparisons(source: str, names: set[str]) -> list[int]:
+    """Lines of ``source`` that compare something named like a backend with a backend's name
+    (``backend == "native"``, ``name in ("triton", "kornia")``): a rule that belongs in the
+    registry as a declared property of the entry."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        strings = {
+            c.value
+            for s in sides
+            for c in ast.walk(s)
+            if isinstance(c, ast.Constant) and isinstance(c.value, str)
+        }
+        backendish = any("backend" in ast.unparse(s).lower() for s in sides)
+        if backendish and strings & names:
+            found.append(node.lineno)
+    return found
+
+
+def test_no_module_outside_the_registry_compares_backend_names() -> None:
+    from pathlib import Path
+
+    from fastclr.augment import REGISTRY as AUGMENT
+    from fastclr.loss import BACKENDS as LOSS
+
+    names = (set(AUGMENT.names) | set(LOSS.names)) - {"auto"}  # auto names no backend
+    root = Path(__file__).resolve().parents[1] / "fastclr"
+    # positive control: the comparison this rule exists to catch is found
+    assert backend_name_comparisons('if backend != "native":\n    pass\n', names) == [1]
+    assert backend_name_comparisons('ok = loader == "dali"\n', names) == []  # not a backend
+    found = {
+        f"{p.relative_to(root)}:{line}"
+        for p in sorted(root.rglob("*.py"))
+        if p.name != "backends.py"
+        for line in backend_name_comparisons(p.read_text(), names)
+    }
+    assert found == set()

@@ -150,7 +150,7 @@ REGISTRY: Registry[_Backend] = Registry(
     [
         Impl("reference", lambda: _Backend(apply_reference), auto=False, exact=True),
         Impl("torch", lambda: _Backend(apply_torch)),
-        native_impl(_load_native, dense_only=True),
+        native_impl(_load_native, dense_only=True, worker_views=True),
         triton_impl(_load_triton),
         Impl("kornia", lambda: _Backend(None), auto=False, draws_own_params=True),
         Impl("dali", _load_dali, auto=False),

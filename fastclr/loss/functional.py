@@ -108,7 +108,7 @@ def _fused_views(
         return None
     if first.dtype not in FLOAT_DTYPES or first.numel() == 0:
         return None
-    if resolve_backend(backend, first.device, first.dtype) != "triton":
+    if not BACKENDS.info(resolve_backend(backend, first.device, first.dtype)).fused_views:
         return None
     from fastclr.ops import triton_fused
 

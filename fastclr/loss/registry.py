@@ -78,7 +78,7 @@ BACKENDS: Registry[LSEBackend] = Registry(
     [
         Impl("reference", _ReferenceLSE, exact=True),
         native_impl(_load_native, dtypes=_FAST_DTYPES),
-        triton_impl(_load_triton, dtypes=_FAST_DTYPES),
+        triton_impl(_load_triton, dtypes=_FAST_DTYPES, fused_views=True),
     ],
 )
 

@@ -29,8 +29,8 @@ def workers_blocked(
 ) -> str | None:
     """Why the stream loader's workers cannot finish a run's views (None: they can): they need
     a CPU ``device`` (on a GPU the step augments there), the stream ``loader``, the augmentation
-    training builds (``own_augment``), and ``augment_backend`` resolving to the native kernel on
-    the CPU."""
+    training builds (``own_augment``), and ``augment_backend`` resolving on the CPU to a backend
+    that declares a workers' pass (``worker_views``: the native kernel)."""
     if device.type != "cpu":
         return f"the run trains on {device.type}, where the step augments on the device"
     if loader != "stream":
@@ -38,7 +38,7 @@ def workers_blocked(
     if not own_augment:
         return "pretrain() was given its own augmentation, which runs in the training process"
     backend = AUGMENT_REGISTRY.resolve(augment_backend, torch.device("cpu"))
-    if backend != "native":
+    if not AUGMENT_REGISTRY.info(backend).worker_views:
         return f"--augment-backend {augment_backend} is {backend}; the workers run native"
     return None
 
