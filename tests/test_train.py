@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -75,23 +74,18 @@ def _assert_identical(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
     assert not different, f"tensors differ: {different[:5]}"
 
 
-class _CountingLoss:
-    """NT-Xent that runs ``action(call_index)`` before every call (counting from 1)."""
+class _NanFrom:
+    """NT-Xent whose value is NaN from its ``nan_from``-th call on (counting from 1)."""
 
-    def __init__(self, action: Callable[[int], None] | None = None, nan_from: int | None = None):
+    def __init__(self, nan_from: int):
         self.inner = NTXentLoss(0.5, check_finite=False)
         self.calls = 0
-        self.action = action
         self.nan_from = nan_from
 
     def __call__(self, z1: Tensor, z2: Tensor) -> Tensor:
         self.calls += 1
-        if self.action is not None:
-            self.action(self.calls)
         loss = self.inner(z1, z2)
-        if self.nan_from is not None and self.calls >= self.nan_from:
-            loss = loss * float("nan")
-        return loss
+        return loss * float("nan") if self.calls >= self.nan_from else loss
 
 
 # ---------------------------------------------------------------------------------- resume
@@ -110,20 +104,11 @@ def test_resume_after_an_epoch_is_bit_identical(tmp_path: Path, small_digits: Im
 
 
 def test_ctrl_c_checkpoints_at_a_step_boundary_and_resumes_identically(
-    tmp_path: Path, small_digits: ImageData
+    tmp_path: Path, small_digits: ImageData, interrupt_at: Callable[[int], Any]
 ) -> None:
     straight = _run(_cfg(tmp_path / "a", limit_steps=3), small_digits)
-
-    def interrupt_at_second_step(call: int) -> None:
-        if call == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(KeyboardInterrupt):
-        _run(
-            _cfg(tmp_path / "b", limit_steps=3),
-            small_digits,
-            loss_fn=_CountingLoss(interrupt_at_second_step),
-        )
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the second step
+        _run(_cfg(tmp_path / "b", limit_steps=3), small_digits, loss_fn=interrupt_at(2))
     ckpt = load_checkpoint(tmp_path / "b")
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 2, 2)
     resumed = _run(_cfg(tmp_path / "c", limit_steps=3, resume=str(tmp_path / "b")), small_digits)
@@ -131,16 +116,11 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_resumes_identically(
 
 
 def test_ctrl_c_in_an_epochs_last_step_finishes_the_epoch(
-    tmp_path: Path, small_digits: ImageData
+    tmp_path: Path, small_digits: ImageData, interrupt_at: Callable[[int], Any]
 ) -> None:
     straight = _run(_cfg(tmp_path / "a"), small_digits)
-
-    def interrupt_at_last_step(call: int) -> None:
-        if call == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(KeyboardInterrupt):
-        _run(_cfg(tmp_path / "b"), small_digits, loss_fn=_CountingLoss(interrupt_at_last_step))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the epoch's last (second) step
+        _run(_cfg(tmp_path / "b"), small_digits, loss_fn=interrupt_at(2))
     ckpt = load_checkpoint(tmp_path / "b")
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 0, 2)
     assert len((tmp_path / "b" / "epochs.csv").read_text().strip().splitlines()) == 2
@@ -156,7 +136,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 ) -> None:
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1 step 0"):
-        _run(_cfg(out), small_digits, loss_fn=_CountingLoss(nan_from=3))
+        _run(_cfg(out), small_digits, loss_fn=_NanFrom(3))
     ckpt = load_checkpoint(out)
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 2)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
