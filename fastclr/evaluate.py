@@ -301,7 +301,7 @@ def evaluate_checkpoint(
         )
     image_size = info.image_size
     ed = eval_data(
-        _run_data(checkpoint, info.data) if data is None else data, image_size, num_workers
+        _pretrained_on(checkpoint, info.data) if data is None else data, image_size, num_workers
     )
     train, held = _labelled_split(ed)
     if header:
@@ -326,7 +326,7 @@ def evaluate_checkpoint(
     )
 
 
-def _run_data(checkpoint: str | os.PathLike[str], recorded: str | None) -> str:
+def _pretrained_on(checkpoint: str | os.PathLike[str], recorded: str | None) -> str:
     """The data a checkpoint was pretrained on, when ``linear-eval`` was given no ``--data``."""
     if recorded is None:
         raise UsageError(

@@ -29,8 +29,8 @@ The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` hol
 
 On ``--resume`` the decisions that shape the run (size, width, stem, head, batch, preset,
 learning rate, warm-up, chunk, where the views are finished: the two paths draw different random
-views) are the checkpoint's; the others (epochs when extended, loader,
-workers, precision, threads, kNN k) are decided again, since they may change between sessions.
+views) are the checkpoint's; the others (epochs when extended, loader, workers, precision,
+threads, kNN k) are decided again, since they may change between sessions.
 """
 
 from __future__ import annotations
