@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from fastclr.train.recipe import (
     linear_lr,
     lr_for,
     preset_for,
+    size_for,
     sqrt_lr,
     warmup_for,
 )
@@ -214,6 +216,39 @@ def test_preset_rule(size: int, preset: str, tmp_path: Path) -> None:
     assert plan_run(TrainConfig(image_size=size)).preset == "digits"  # the embedded demo
     user = planned(augment_preset="imagenet")
     assert (user.preset, user.reason("preset")) == ("imagenet", "given")
+
+
+def test_view_size_rule_is_the_images_size_when_smaller() -> None:
+    assert size_for([]) == (224, "the default (the paper's ImageNet views)")
+    assert size_for([28] * 100)[0] == 28 and "the images' own size" in size_for([28])[1]
+    assert size_for([32, 32, 500])[0] == 32  # the median, not the largest
+    assert size_for([96, 375, 500])[0] == 224  # photos: the paper's size
+    assert size_for([224, 224])[0] == 224
+    small, why = size_for([8, 9])
+    assert small == 16 and "raised to 16" in why  # tiny images are upsampled to 16, no less
+
+
+def test_plan_view_size_from_the_folder_given_demo_and_resumed(
+    tmp_path: Path, write_noise_folder: Any
+) -> None:
+    def planned(root: Path, **kw: object) -> RunPlan:
+        return plan_run(TrainConfig(data=str(root), batch_size=2, **kw))  # type: ignore[arg-type]
+
+    small = write_noise_folder(tmp_path / "small", [(28, 28), (28, 40)], 3)
+    plan = planned(small)
+    assert plan.image_size == 28 and "median shorter side of 4 probed" in plan.reason("image_size")
+    assert (plan.stem, plan.preset) == ("cifar", "small")  # the rules that follow see 28 px
+    large = write_noise_folder(tmp_path / "large", [(300, 250)], 2)
+    assert planned(large).image_size == 224
+    given = planned(small, image_size=40)
+    assert (given.image_size, given.reason("image_size")) == (40, "given")
+    resumed = plan_run(
+        TrainConfig(data=str(small), batch_size=2), saved=_saved(image_size=224, stem="imagenet")
+    )
+    assert (resumed.image_size, resumed.stem) == (224, "imagenet")  # an older run keeps its size
+    assert plan_run(TrainConfig()).image_size == 16  # the embedded digits' demo
+    handed = plan_run(TrainConfig(batch_size=2), data=load_digits(12))
+    assert handed.image_size == 16 and "raised to 16" in handed.reason("image_size")
 
 
 def test_small_preset_is_cifar_with_milder_crops() -> None:

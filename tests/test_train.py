@@ -351,7 +351,7 @@ def test_cli_pretrain_has_a_flag_per_config_field_with_its_default_once() -> Non
         if a.choices is not None:
             assert "{" + ",".join(a.choices) + "}" in text, a.dest
     assert "--augment-backend {auto,reference,torch,native" in text
-    assert "(default: 16 for the embedded digits' demo, else 224)" in text
+    assert "(default: 16 for the embedded digits' demo, else 224, or the images' median" in text
     assert "--head-bn, --no-head-bn BatchNorm in the projection head (default: off for the" in text
 
 
@@ -371,15 +371,16 @@ def test_cli_and_library_share_one_set_of_defaults(tmp_path: Path) -> None:
     assert (demo.lr, demo.threads, demo.stem, demo.head_bn) == (6.0, 1, "cifar", False)
     _write_folder(tmp_path / "f", n_per_class=6)
     folder = plan_run(cfg("--data", str(tmp_path / "f"), "--batch-size", "4"))
+    # 10-px images: views of their own size, raised to 16 (not 224-px upsamples), so CIFAR's stem
     assert (folder.width, folder.image_size, folder.threads, folder.head_bn) == (
         1.0,
-        224,
+        16,
         None,
         True,
     )
-    assert folder.stem == "imagenet" and folder.lr == lr_for(4, 100)[0]
-    small = plan_run(cfg("--data", str(tmp_path / "f"), "--batch-size", "4", "--image-size", "64"))
-    assert small.stem == "cifar"
+    assert folder.stem == "cifar" and folder.lr == lr_for(4, 100)[0]
+    large = plan_run(cfg("--data", str(tmp_path / "f"), "--batch-size", "4", "--image-size", "96"))
+    assert large.stem == "imagenet"
     given = cfg("--width", "0.5", "--no-progress", "--compile", "--stem", "imagenet", "--lr", "2")
     assert (given.width, given.progress, given.compile, given.stem, given.lr) == (
         0.5,

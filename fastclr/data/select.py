@@ -54,6 +54,8 @@ __all__ = [
     "check_mostly_readable",
     "decoded_bytes",
     "fits_in_memory",
+    "header_sizes",
+    "image_sides",
     "images_are_grey",
     "monitor_picks",
     "probe_readable",
@@ -123,18 +125,34 @@ def _evenly_spaced(n: int, k: int) -> list[int]:
     return [int(i) for i in np.linspace(0, n - 1, min(n, k)).astype(np.int64)]
 
 
-def _probe_small_squares(files: FileList, size: int) -> bool:
+def header_sizes(files: FileList, k: int = HEADER_PROBES) -> list[tuple[int, int]]:
+    """(width, height) from the headers of up to ``k`` evenly spaced files (no decoding); files
+    whose header cannot be read are left out (they are the loader's business)."""
     from PIL import Image
 
-    for i in _evenly_spaced(len(files), HEADER_PROBES):
+    sizes = []
+    for i in _evenly_spaced(len(files), k):
         try:
             with Image.open(files[i]) as im:
-                w, h = im.size
+                sizes.append(im.size)
         except Exception:
-            continue  # unreadable files are the loader's business, not the rule's
-        if w != h or w > size:
-            return False
-    return True
+            continue
+    return sizes
+
+
+def image_sides(data: DataPlan) -> list[int]:
+    """The shorter side (px) of the images of ``data``: of every stored image when in memory
+    (one size), else of up to :data:`HEADER_PROBES` evenly spaced training files."""
+    if data.memory is not None:
+        h, w = data.memory.train.images.shape[1:3]
+        return [min(int(h), int(w))]
+    if data.train is None:
+        return []
+    return [min(w, h) for w, h in header_sizes(data.train.files)]
+
+
+def _probe_small_squares(files: FileList, size: int) -> bool:
+    return all(w == h and w <= size for w, h in header_sizes(files))
 
 
 def probe_readable(files: FileList, k: int = HEADER_PROBES) -> list[tuple[str, str]]:

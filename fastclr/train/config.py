@@ -109,7 +109,8 @@ class TrainConfig:
     image_size: int | None = option(
         None,
         "size of the training views in px",
-        unset="16 for the embedded digits' demo, else 224",
+        unset="16 for the embedded digits' demo, else 224, or the images' median shorter "
+        "side when smaller (at least 16)",
         at_least=1,
     )
     batch_size: int | None = option(

@@ -12,8 +12,9 @@ The order of the decisions and the rule of each (:mod:`fastclr.train.recipe` hol
 1. the embedded digits' demo recipe, for ``--data digits``: the settings left unset become
    16-px views of a quarter-width encoder for 15 epochs at batch 128 and lr 6, no BatchNorm in
    the head, one thread (about a minute on two CPU cores);
-2. view size (224 px), width (1.0), epochs (100), BatchNorm in the head (on), the stem (cifar up
-   to 64 px, else imagenet);
+2. view size (224 px, or the images' own size when they are smaller: the median shorter side of
+   up to 100 probed files), width (1.0), epochs (100), BatchNorm in the head (on), the stem
+   (cifar up to 64 px, else imagenet);
 3. the loader (the in-memory one decodes the folder here, once, so that every later rule sees
    the images that could be read), its decode workers, and where the views are finished
    (``augment_in``: the stream loader's workers or the training process, :func:`_augment_in`);
@@ -46,6 +47,7 @@ from fastclr.data import ImageData
 from fastclr.data.plan import DataPlan, plan_data
 from fastclr.data.select import (
     check_mostly_readable,
+    image_sides,
     images_are_grey,
     monitor_picks,
     resolve_loader,
@@ -63,6 +65,7 @@ from fastclr.train.recipe import (
     batch_for,
     lr_for,
     preset_for,
+    size_for,
     stem_for,
     warmup_for,
 )
@@ -257,9 +260,10 @@ class _Planner:
     def image_size(self) -> int:
         return int(self["image_size"])
 
-    def model(self) -> None:
+    def model(self, data: DataPlan) -> None:
         cfg = self.cfg
-        size = self.setting("image_size", cfg.image_size, 224)
+        if self.setting("image_size", cfg.image_size, None) is None:  # the data's size rule
+            self.put("image_size", *size_for(image_sides(data)))
         self.setting("width", cfg.width, 1.0)
         saved_epochs = self.saved.get("epochs", {}).get("value")
         if cfg.epochs is None and saved_epochs is not None:
@@ -276,7 +280,7 @@ class _Planner:
         if cfg.stem != "auto":
             self.put("stem", cfg.stem, "given")
         elif not self.kept("stem"):
-            self.put("stem", *stem_for(size))
+            self.put("stem", *stem_for(self.image_size))
         self.setting("threads", cfg.threads, None, "torch's choice")
 
 
@@ -521,7 +525,7 @@ def plan_run(
         dplan = plan_data(data if data is not None else cfg.data)
     p.demo = p.demo and data is None
     identity = _check_data(p, dplan)
-    p.model()
+    p.model(dplan)
     dplan = _loader(p, dplan)
     _augment_in(p, own_augment)
     _batch(p, dplan)

@@ -6,6 +6,15 @@ SimCLR's published defaults (lr = 0.3 × B/256, 10 warm-up epochs) were made for
 that; each rule says which setting of the paper applies to which run. A value the user set is
 kept (and printed as theirs).
 
+* **View size** (when not given): the paper's 224 px, or the images' own size when they are
+  smaller: the median shorter side of up to 100 evenly spaced training files (their headers
+  only), at least :data:`MIN_AUTO_SIZE` (16) px. A folder of 28-px digits or 32-px CIFAR images
+  then trains on 28- or 32-px views, as the paper's CIFAR-10 runs do, with the CIFAR stem and
+  augmentation those sizes select, instead of upsampling every image 8× to 224 px, which adds
+  compute and no detail: on this project's 2-core CPU one training step of ResNet-18 (width 1.0,
+  batch 32, fp32) ran at 29.5 images/s on 28-px views against 8.6 on 224-px ones
+  (one model step on random views, the CIFAR stem at 28 px and the ImageNet one at 224 px;
+  medians of 5 and 3 steps).
 * **Batch size** (when not given): the largest power of two at most the default 256
   (:data:`DEFAULT_BATCH`) that still gives an epoch of at least
   :data:`MIN_STEPS_PER_EPOCH` (8) steps, at least :data:`MIN_AUTO_BATCH` (32). A 1,437-image
@@ -43,6 +52,8 @@ kept (and printed as theirs).
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 
 from fastclr.augment.presets import GREY_SUFFIX
 from fastclr.optim import BASE_LR, scaled_lr
@@ -54,11 +65,14 @@ __all__ = [
     "linear_lr",
     "lr_for",
     "preset_for",
+    "size_for",
     "sqrt_lr",
     "stem_for",
     "warmup_for",
 ]
 
+DEFAULT_IMAGE_SIZE = 224  # the paper's ImageNet views: the view size of large images
+MIN_AUTO_SIZE = 16  # smaller images are upsampled to this (the digits demo's size)
 DEFAULT_BATCH = 256  # the batch of a run whose data are large enough
 MIN_STEPS_PER_EPOCH = 8  # fewer, and a short run takes too few optimiser steps
 MIN_AUTO_BATCH = 32  # below this, too few negatives per positive pair
@@ -73,6 +87,30 @@ SMALL_BELOW = 32  # CIFAR's size: smaller views get the "small" preset
 #: Views up to this size get the CIFAR recipe (3×3 stem without max-pool, CIFAR augmentation);
 #: larger ones the ImageNet recipe.
 CIFAR_MAX_SIZE = 64
+
+
+def size_for(sides: Sequence[int]) -> tuple[int, str]:
+    """(view size, reason) when no size was given: :data:`DEFAULT_IMAGE_SIZE`, or the median
+    of the images' shorter ``sides`` (px) when it is smaller, at least :data:`MIN_AUTO_SIZE`.
+
+    ``sides``: the shorter side of each probed image (none: the data's size is unknown).
+
+    Example:
+        >>> size_for([28] * 100)[0], size_for([375, 480, 500])[0], size_for([8, 8])[0]
+        (28, 224, 16)
+    """
+    if not sides:
+        return DEFAULT_IMAGE_SIZE, "the default (the paper's ImageNet views)"
+    side = int(statistics.median_low(sides))
+    probed = f"the median shorter side of {len(sides)} probed image(s) is {side} px"
+    if side >= DEFAULT_IMAGE_SIZE:
+        return DEFAULT_IMAGE_SIZE, f"the default (the paper's ImageNet views; {probed})"
+    size = max(MIN_AUTO_SIZE, side)
+    at_least = f", raised to {MIN_AUTO_SIZE}" if size > side else ""
+    return size, (
+        f"the images' own size: {probed}{at_least}, under {DEFAULT_IMAGE_SIZE} "
+        "(upsampling to it would add compute, not detail)"
+    )
 
 
 def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
