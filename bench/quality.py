@@ -188,16 +188,17 @@ def pretrain_cli(args: list[str], log: Path) -> tuple[int, float]:
 
 
 def folder_args(
-    folder: Path, run: Path, seed: int, epochs: int, size: int, width: float
+    folder: Path, run: Path, seed: int, epochs: int, size: int | None, width: float
 ) -> list[str]:
-    """The general path's command line: the user's three budget flags and nothing else."""
+    """The general path's command line: the user's budget flags and nothing else (``size``
+    None: no ``--image-size``, the run plan's rule picks the view size from the images)."""
+    sized = ["--image-size", str(size)] if size is not None else []
     return [
         "--data",
         str(folder),
         "--epochs",
         str(epochs),
-        "--image-size",
-        str(size),
+        *sized,
         "--width",
         str(width),
         "--seed",

@@ -4,7 +4,9 @@
     python bench/quality.py --suite semi --folder DIR      # any labelled folder
 
 For every seed: ``fastclr pretrain`` with the default recipe at the folder suite's CPU budget
-(``--epochs 40 --image-size 28 --width 0.25``), then, at 1% and at 10% of the labels, three
+(``--epochs 40 --width 0.25``; on the digits folder ``--image-size 28`` too, the size the plan's
+rule also picks for it; on a ``--folder`` the rule picks it from the images unless
+``--image-size`` is given), then, at 1% and at 10% of the labels, three
 classifiers trained on the SAME labelled images (the ``labelled.txt`` the fine-tuning run wrote):
 
 * ``fastclr finetune`` of the pretrained network, with the defaults (the paper's protocol and the
@@ -288,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     """The suite (module docstring); returns 1 when a target is missed."""
     t0 = time.perf_counter()
     folder = args.folder or export_digits_folder(args.runs / f"digits{FOLDER_SIZE}-png")
+    if args.image_size is None and args.folder is None:
+        args.image_size = FOLDER_SIZE  # the digits export's size, as the recorded runs give it
     rows = label_settings(folder)
     per_seed = [run_seed(args, folder, seed, rows) for seed in args.seeds]
     record = {
@@ -331,7 +335,13 @@ def rewrite(path: Path) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The suite's own options (``bench/quality.py`` adds them to its parser)."""
     p.add_argument("--folder", type=Path, help="semi suite: a labelled folder (default digits)")
-    p.add_argument("--image-size", type=int, default=FOLDER_SIZE, help="semi suite: view size")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"semi suite: view size (default {FOLDER_SIZE} on the digits; on a --folder, "
+        "the plan's rule: the images' own size, at most 224)",
+    )
     p.add_argument("--width", type=float, default=FOLDER_WIDTH, help="semi suite: encoder width")
 
 

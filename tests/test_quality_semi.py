@@ -80,3 +80,20 @@ def test_the_1pct_row_keeps_4_images_a_class(tmp_path: Path, semi: ModuleType) -
         for i in range(150, 500):
             Image.new("L", (4, 4), 10 * c).save(tmp_path / "few" / str(c) / f"{i}.png")
     assert semi.label_settings(tmp_path / "few") == {"1%": "1%", "10%": "10%"}
+
+
+def test_a_given_folder_is_pretrained_at_the_size_the_plan_picks(
+    semi: ModuleType, bench_module: Callable[[str], ModuleType]
+) -> None:
+    """On ``--folder`` the suite passes no ``--image-size`` (the plan's rule reads the images: a
+    96-px folder is not shrunk to the digits' 28 px); on the digits it keeps the recorded 28."""
+    import argparse
+
+    quality = bench_module("quality")
+    p = argparse.ArgumentParser()
+    semi.add_arguments(p)
+    assert p.parse_args([]).image_size is None
+    plain = quality.folder_args(Path("f"), Path("o"), 0, 40, None, 0.25)
+    assert "--image-size" not in plain and plain[plain.index("--width") + 1] == "0.25"
+    sized = quality.folder_args(Path("f"), Path("o"), 0, 40, 28, 0.25)
+    assert sized[sized.index("--image-size") + 1] == "28"
