@@ -91,7 +91,7 @@ def step_rates(
         "full": lambda: stepper(*augment(images)),
         "aug": lambda: augment(images),
     }
-    rates = _interleaved_rates(steps_by_kind, dev, batch_size, steps, warmup_steps, rounds)
+    rates = interleaved_rates(steps_by_kind, dev, batch_size, steps, warmup_steps, rounds)
     model_only, end_to_end, augment_only = (rates[k] for k in ("model", "full", "aug"))
     return {
         "end_to_end_images_per_s": end_to_end,
@@ -113,7 +113,7 @@ def step_rates(
     }
 
 
-def _interleaved_rates(
+def interleaved_rates(
     kinds: dict[str, Callable[[], object]],
     dev: torch.device,
     batch_size: int,
