@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -229,7 +229,7 @@ def test_view_size_rule_is_the_images_size_when_smaller() -> None:
 
 
 def test_plan_view_size_from_the_folder_given_demo_and_resumed(
-    tmp_path: Path, write_noise_folder: Any
+    tmp_path: Path, write_noise_folder: Callable[..., Path]
 ) -> None:
     def planned(root: Path, **kw: object) -> RunPlan:
         return plan_run(TrainConfig(data=str(root), batch_size=2, **kw))  # type: ignore[arg-type]
