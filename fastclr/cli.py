@@ -261,7 +261,8 @@ def _one_line_warning(
     lineno: int,
     line: str | None = None,
 ) -> str:
-    return f"fastclr: warning: {message}\n"
+    text = str(message)  # library warnings name fastclr themselves; the CLI's prefix says it once
+    return f"fastclr: warning: {text.removeprefix('fastclr: ')}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

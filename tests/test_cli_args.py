@@ -215,3 +215,25 @@ def test_linear_eval_on_foreign_files(
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(lines) == 1 and str(path) in lines[0] and "not a fastclr checkpoint" in lines[0]
     assert "KeyError" not in err and "Weights only" not in err and "Traceback" not in err
+
+
+def test_library_warnings_are_one_line_with_one_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library warning already names fastclr; the CLI's format prints the name once, on one
+    line (pytest records warnings itself, so the format main installs is called directly)."""
+    import warnings
+
+    import fastclr.cli as cli
+
+    shown: list[str] = []
+
+    def warns(args: object) -> int:
+        for text in ("fastclr: skipping unreadable image a.jpg (empty)", "another library's"):
+            shown.append(warnings.formatwarning(text, RuntimeWarning, "f.py", 1, "line"))
+        return 0
+
+    monkeypatch.setattr(cli, "_run_eval", warns)
+    assert main(["linear-eval", "--checkpoint", "run"]) == 0
+    assert shown == [
+        "fastclr: warning: skipping unreadable image a.jpg (empty)\n",
+        "fastclr: warning: another library's\n",
+    ]
