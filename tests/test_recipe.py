@@ -7,6 +7,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,6 +250,29 @@ def test_plan_view_size_from_the_folder_given_demo_and_resumed(
     assert plan_run(TrainConfig()).image_size == 16  # the embedded digits' demo
     handed = plan_run(TrainConfig(batch_size=2), data=load_digits(12))
     assert handed.image_size == 16 and "raised to 16" in handed.reason("image_size")
+
+
+def test_plan_reads_the_probed_headers_once(
+    tmp_path: Path, write_noise_folder: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view-size rule, the loader rule and the readability check of one streamed run share
+    one look at the headers; a second plan of the same folder looks again (nothing stale)."""
+    import fastclr.data.plan as data_plan
+
+    calls: list[int] = []
+    real = data_plan.probe_headers
+
+    def counted(files: Any, *args: Any) -> Any:
+        calls.append(len(files))
+        return real(files, *args)
+
+    monkeypatch.setattr(data_plan, "probe_headers", counted)
+    root = write_noise_folder(tmp_path / "photos", [(40, 30)], 4)  # not square: streamed
+    plan = plan_run(TrainConfig(data=str(root), batch_size=2))
+    assert (plan.image_size, plan.loader) == (30, "stream")  # all three rules ran
+    assert calls == [plan.data.n_train]
+    plan_run(TrainConfig(data=str(root), batch_size=2))
+    assert len(calls) == 2
 
 
 def test_small_preset_is_cifar_with_milder_crops() -> None:

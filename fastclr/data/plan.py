@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fastclr.data.files import FolderListing, list_image_folder
+from fastclr.data.headers import HeaderProbe, probe_headers
 from fastclr.data.memory import DIGITS_SIZE, ImageData, decode_split, load_digits
 from fastclr.data.split import FOLDER_HELDOUT_FRACTION, FileSet, split_listing
 from fastclr.data.summary import DataSummary
@@ -57,6 +58,7 @@ class DataPlan:
     layout: str
     memory: ImageData | None = None
     summary: DataSummary = field(default_factory=DataSummary)
+    _headers: HeaderProbe | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_train(self) -> int:
@@ -65,6 +67,15 @@ class DataPlan:
             return len(self.memory.train)
         assert self.train is not None
         return len(self.train)
+
+    def headers(self) -> HeaderProbe:
+        """The headers of up to :data:`~fastclr.data.headers.HEADER_PROBES` evenly spaced
+        training files, read on the first call and kept: the view-size, loader and readability
+        rules of one plan share one look at the files (an empty probe for in-memory data)."""
+        if self._headers is None:
+            none = HeaderProbe(0, (), ())
+            self._headers = probe_headers(self.train.files) if self.train is not None else none
+        return self._headers
 
     @property
     def is_folder(self) -> bool:

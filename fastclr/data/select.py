@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fastclr.augment.params import AugmentConfig
-from fastclr.data.files import FileList
+from fastclr.data.headers import HEADER_PROBES, evenly_spaced
 from fastclr.data.memory import ImageData, TensorImageDataset, decode_files
 from fastclr.data.plan import DataPlan
 from fastclr.data.split import FileSet
@@ -54,11 +54,9 @@ __all__ = [
     "check_mostly_readable",
     "decoded_bytes",
     "fits_in_memory",
-    "header_sizes",
     "image_sides",
     "images_are_grey",
     "monitor_picks",
-    "probe_readable",
     "resolve_loader",
     "resolve_num_workers",
     "usable_cpus",
@@ -71,7 +69,6 @@ MAX_AUTO_WORKERS = 8
 #: Largest decoded set (bytes) that ``auto`` keeps in memory.
 MEMORY_AUTO_BYTES = 1 << 30
 #: Files whose headers ``auto`` reads to see whether they are small squares.
-HEADER_PROBES = 100
 #: Images decoded (evenly spaced over the training set) to decide whether the data are grayscale.
 GREY_PROBES = 32
 #: Decoded bytes of the kNN monitor's subsets (train + held-out) for streamed data: the monitor
@@ -120,26 +117,6 @@ class MemoryLoader:
             yield ViewBatch(labels=labels, images=images)
 
 
-def _evenly_spaced(n: int, k: int) -> list[int]:
-    """Up to ``k`` evenly spaced indices of ``range(n)``, first and last included."""
-    return [int(i) for i in np.linspace(0, n - 1, min(n, k)).astype(np.int64)]
-
-
-def header_sizes(files: FileList, k: int = HEADER_PROBES) -> list[tuple[int, int]]:
-    """(width, height) from the headers of up to ``k`` evenly spaced files (no decoding); files
-    whose header cannot be read are left out (they are the loader's business)."""
-    from PIL import Image
-
-    sizes = []
-    for i in _evenly_spaced(len(files), k):
-        try:
-            with Image.open(files[i]) as im:
-                sizes.append(im.size)
-        except Exception:
-            continue
-    return sizes
-
-
 def image_sides(data: DataPlan) -> list[int]:
     """The shorter side (px) of the images of ``data``: of every stored image when in memory
     (one size), else of up to :data:`HEADER_PROBES` evenly spaced training files."""
@@ -148,41 +125,25 @@ def image_sides(data: DataPlan) -> list[int]:
         return [min(int(h), int(w))]
     if data.train is None:
         return []
-    return [min(w, h) for w, h in header_sizes(data.train.files)]
+    return [min(w, h) for w, h in data.headers().sizes]
 
 
-def _probe_small_squares(files: FileList, size: int) -> bool:
-    return all(w == h and w <= size for w, h in header_sizes(files))
+def _probe_small_squares(data: DataPlan, size: int) -> bool:
+    return all(w == h and w <= size for w, h in data.headers().sizes)
 
 
-def probe_readable(files: FileList, k: int = HEADER_PROBES) -> list[tuple[str, str]]:
-    """(path, reason) of the files among up to ``k`` evenly spaced ones whose header cannot be
-    read: a cheap look, before a streamed run starts, at whether its data are mostly unreadable
-    (decoding every file would be as slow as an epoch)."""
-    from PIL import Image
-
-    bad = []
-    for i in _evenly_spaced(len(files), k):
-        try:
-            with Image.open(files[i]):  # opening reads (and checks) the header
-                pass
-        except Exception as e:
-            bad.append((files[i], f"{type(e).__name__}: {e}"))
-    return bad
-
-
-def check_mostly_readable(files: FileList, name: str) -> None:
+def check_mostly_readable(data: DataPlan) -> None:
     """Raise :class:`~fastclr.errors.UsageError` when most of the probed files of a streamed
     data set cannot be opened (the loader would otherwise train on copies of the few that can,
     each unreadable file replaced in its batch)."""
-    probed = min(len(files), HEADER_PROBES)
-    bad = probe_readable(files)
-    if 2 * len(bad) > probed:
+    probe = data.headers()
+    bad = probe.unreadable
+    if 2 * len(bad) > probe.probed:
         shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
         raise UsageError(
-            f"--data {name}: {len(bad)} of the {probed} files looked at cannot be opened as "
-            f"images ({shown}{'; ...' if len(bad) > 3 else ''}); most of the data set is "
-            "unreadable"
+            f"--data {data.name}: {len(bad)} of the {probe.probed} files looked at cannot be "
+            f"opened as images ({shown}{'; ...' if len(bad) > 3 else ''}); most of the data "
+            "set is unreadable"
         )
 
 
@@ -261,7 +222,7 @@ def resolve_loader(
     assert data.train is not None
     n = len(data.train) + (len(data.heldout) if data.heldout is not None else 0)
     size = decoded_bytes(n, image_size)
-    if fits_in_memory(n, image_size) and _probe_small_squares(data.train.files, image_size):
+    if fits_in_memory(n, image_size) and _probe_small_squares(data, image_size):
         return "memory", (
             f"auto: {n:,} small square files, {size / 2**20:.0f} MiB decoded at {image_size} px "
             f"<= {MEMORY_AUTO_BYTES >> 20} MiB: decoded once"
@@ -322,14 +283,14 @@ def images_are_grey(data: DataPlan) -> bool:
     is False). Only those files are decoded (in memory data: none)."""
     if data.memory is not None:
         images = data.memory.train.images
-        picks = _evenly_spaced(len(images), GREY_PROBES)
+        picks = evenly_spaced(len(images), GREY_PROBES)
         return len(images) > 0 and all(_grey(images[i]) for i in picks)
     from fastclr.data.decode import open_rgb
 
     assert data.train is not None
     files = data.train.files
     opened = 0
-    for i in _evenly_spaced(len(files), GREY_PROBES):
+    for i in evenly_spaced(len(files), GREY_PROBES):
         try:
             img, _ = open_rgb(files[i])
         except Exception:

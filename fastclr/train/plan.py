@@ -294,8 +294,7 @@ def _loader(p: _Planner, data: DataPlan) -> DataPlan:
     if name == "memory" and data.memory is None:
         data = data.decoded(p.image_size, workers)
     elif data.memory is None:
-        assert data.train is not None
-        check_mostly_readable(data.train.files, data.name)
+        check_mostly_readable(data)
     return data
 
 
