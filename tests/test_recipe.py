@@ -16,6 +16,7 @@ import torch
 from fastclr.augment.presets import SMALL_CROP_SCALE, preset_config
 from fastclr.data import load_digits, plan_data
 from fastclr.data.select import images_are_grey
+from fastclr.errors import UsageError
 from fastclr.evaluate import knn_accuracy, knn_k_for
 from fastclr.train import TrainConfig
 from fastclr.train.plan import RunPlan, plan_run
@@ -73,6 +74,22 @@ def test_batch_rule_for_small_data(n: int, want: int) -> None:
     assert batch & (batch - 1) == 0 and MIN_AUTO_BATCH <= batch <= DEFAULT_BATCH
     assert n // batch >= MIN_STEPS_PER_EPOCH or batch == MIN_AUTO_BATCH
     assert batch == DEFAULT_BATCH or n // (2 * batch) < MIN_STEPS_PER_EPOCH
+
+
+def test_batch_rule_below_its_floor_takes_every_image(
+    tmp_path: Path, write_noise_folder: Callable[..., Path]
+) -> None:
+    assert batch_for(5) == (
+        5,
+        "5 images, fewer than the rule's smallest batch 32: all 5 in one step",
+    )
+    assert batch_for(31)[0] == 31 and batch_for(32)[0] == 32
+    assert batch_for(5, world_size=2)[0] == 4  # every rank the same share
+    with pytest.raises(UsageError, match=r"1 training image.*at least 2"):
+        batch_for(1)
+    few = write_noise_folder(tmp_path / "few", [(40, 40)], 3)  # 6 files, no held-out image
+    plan = plan_run(TrainConfig(data=str(few)))
+    assert (plan.batch, plan.steps_per_epoch) == (plan.data.n_train, 1)
 
 
 def test_batch_rule_splits_over_ranks() -> None:

@@ -54,6 +54,7 @@ import statistics
 from collections.abc import Sequence
 
 from fastclr.augment.presets import GREY_SUFFIX
+from fastclr.errors import UsageError
 from fastclr.optim import BASE_LR, scaled_lr
 
 __all__ = [
@@ -116,8 +117,24 @@ def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
 
     The largest power of two at most :data:`DEFAULT_BATCH` with at least
     :data:`MIN_STEPS_PER_EPOCH` full batches an epoch, at least :data:`MIN_AUTO_BATCH` (and at
-    least ``world_size``, a multiple of it, so that every rank gets the same share).
+    least ``world_size``, a multiple of it, so that every rank gets the same share). Fewer
+    images than :data:`MIN_AUTO_BATCH`: all of them in one batch (a smoke test on a handful of
+    files; fine-tuning's rule does the same).
+
+    Raises:
+        UsageError: fewer than 2 images (no negatives).
     """
+    if n_images < 2:
+        raise UsageError(
+            f"--data has {n_images} training image(s): contrastive learning needs at least 2 "
+            "(each image's views are told apart from the other images' views)"
+        )
+    if n_images < MIN_AUTO_BATCH:
+        batch = max(world_size, n_images // world_size * world_size)
+        return batch, (
+            f"{n_images} images, fewer than the rule's smallest batch {MIN_AUTO_BATCH}: all "
+            f"{batch} in one step"
+        )
     batch = DEFAULT_BATCH
     while batch > MIN_AUTO_BATCH and n_images // batch < MIN_STEPS_PER_EPOCH:
         batch //= 2
