@@ -81,10 +81,13 @@ def test_batch_rule_below_its_floor_takes_every_image(
 ) -> None:
     assert batch_for(5) == (
         5,
-        "5 images, fewer than the rule's smallest batch 32: all 5 in one step",
+        "5 images, fewer than the rule's smallest batch 32: all of them in one step",
     )
     assert batch_for(31)[0] == 31 and batch_for(32)[0] == 32
-    assert batch_for(5, world_size=2)[0] == 4  # every rank the same share
+    assert batch_for(5, world_size=2) == (  # every rank the same share
+        4,
+        "5 images, fewer than the rule's smallest batch 32: 4 (a multiple of 2 ranks) in one step",
+    )
     with pytest.raises(UsageError, match=r"1 training image.*at least 2"):
         batch_for(1)
     few = write_noise_folder(tmp_path / "few", [(40, 40)], 3)  # 6 files, no held-out image

@@ -131,9 +131,12 @@ def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
         )
     if n_images < MIN_AUTO_BATCH:
         batch = max(world_size, n_images // world_size * world_size)
+        whole = (
+            "all of them" if batch == n_images else f"{batch} (a multiple of {world_size} ranks)"
+        )
         return batch, (
-            f"{n_images} images, fewer than the rule's smallest batch {MIN_AUTO_BATCH}: all "
-            f"{batch} in one step"
+            f"{n_images} images, fewer than the rule's smallest batch {MIN_AUTO_BATCH}: {whole} "
+            "in one step"
         )
     batch = DEFAULT_BATCH
     while batch > MIN_AUTO_BATCH and n_images // batch < MIN_STEPS_PER_EPOCH:
