@@ -5,7 +5,7 @@ backends; :mod:`fastclr.reference` holds the plain-torch definitions they are te
 """
 
 from fastclr._version import __version__
-from fastclr.downstream import load_classifier, load_encoder, load_simclr
+from fastclr.downstream import fit_linear_probe, load_classifier, load_encoder, load_simclr
 from fastclr.gradcache import contrastive_backward
 from fastclr.loss import NTXentLoss, available_backends, ntxent, resolve_backend
 from fastclr.reference import ntxent_reference, views_to_batch
@@ -15,6 +15,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "contrastive_backward",
+    "fit_linear_probe",
     "load_classifier",
     "load_encoder",
     "load_simclr",

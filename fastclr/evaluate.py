@@ -19,18 +19,17 @@ least two class subfolders).
 
 Memory at scale: the (N, F) fp32 features, the kNN's normalised copy and one similarity block of
 at most :data:`KNN_BLOCK_BYTES`; the probe works on float64 blocks of rows of at most
-:data:`PROBE_BLOCK_BYTES` and never upcasts the whole feature matrix.
+:data:`~fastclr.downstream.probe.PROBE_BLOCK_BYTES` and never upcasts the whole feature
+matrix.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastclr.checkpoint import CheckpointError
@@ -38,6 +37,7 @@ from fastclr.data import ImageData, TensorImageDataset
 from fastclr.data.split import FileSet
 from fastclr.distributed import resolve_device
 from fastclr.downstream.load import load_simclr
+from fastclr.downstream.probe import LINEAR_L2, LINEAR_MAX_ITER, fit_linear_probe
 from fastclr.errors import UsageError
 from fastclr.features import EvalData, eval_data, extract_features, stream_features
 from fastclr.models import ARCHS
@@ -68,15 +68,10 @@ __all__ = [
 ]
 
 KNN_CLASS_FRACTION = 0.15  # ~ Wu et al.'s 200 of ImageNet's ~1,300 training images a class
-LINEAR_L2 = 1e-4  # penalty on the probe's weights (mean-loss units); features are standardised
-LINEAR_MAX_ITER = 200
 #: Largest (test rows × training features) fp32 similarity block of the kNN: the test rows per
 #: block shrink as the training set grows (1024 rows up to 65,536 training features, 52 at
 #: ImageNet's 1.28 M).
 KNN_BLOCK_BYTES = 256 << 20
-#: Largest float64 block of the probe: rows × (F + classes) × 8 bytes (the standardised rows and
-#: their logits); a training set within one block is fitted in one piece.
-PROBE_BLOCK_BYTES = 256 << 20
 
 
 def knn_k_for(train_labels: Tensor | None) -> tuple[int, str]:
@@ -146,88 +141,31 @@ def linear_probe_accuracy(
     progress: bool = False,
     block_bytes: int | None = None,
 ) -> float:
-    """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features.
+    """Top-1 of a logistic-regression probe fitted with L-BFGS on frozen, standardised features
+    (:func:`~fastclr.downstream.probe.fit_linear_probe`, which returns the probe itself).
 
     ``progress``: a tqdm bar (stderr) over the loss evaluations L-BFGS may make.
 
     Memory: the features are used as given (fp32 from :func:`evaluate_checkpoint`), never
     upcast whole: the standardisation, the loss and its gradient are computed in float64 over
     blocks of rows of at most ``block_bytes`` (rows × (F + classes) × 8 bytes; None:
-    :data:`PROBE_BLOCK_BYTES`, 256 MB), with
-    float64 parameters and accumulation. Beyond the features it needs a few blocks (the rows,
-    their logits and gradients) and L-BFGS's history, 2 × 20 × (F + 1) × classes × 8 bytes
-    (655 MB for F = 2048 and 1,000 classes). Data within one block (say 10,000 × 2048 features
-    of 1,000 classes) are fitted exactly as one full batch.
+    :data:`~fastclr.downstream.probe.PROBE_BLOCK_BYTES`, 256 MB), with float64 parameters and
+    accumulation. Beyond the features it needs a few blocks (the rows, their logits and
+    gradients) and L-BFGS's history, 2 × 20 × (F + 1) × classes × 8 bytes (655 MB for F = 2048
+    and 1,000 classes). Data within one block (say 10,000 × 2048 features of 1,000 classes) are
+    fitted exactly as one full batch.
     """
-    from tqdm import tqdm
-
     n_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    dim, dev = train_features.shape[1], train_features.device
-    block = PROBE_BLOCK_BYTES if block_bytes is None else block_bytes
-    rows = max(1, block // (8 * (dim + n_classes)))
-    mu, sd = _standardisation(train_features, rows)
-    ytr = train_labels.long()
-    w = torch.zeros(dim, n_classes, dtype=torch.float64, device=dev, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, device=dev, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    probe = fit_linear_probe(
+        train_features,
+        train_labels,
+        num_classes=n_classes,
+        l2=l2,
+        max_iter=max_iter,
+        progress=progress,
+        block_bytes=block_bytes,
     )
-    evals = max_iter * 5 // 4  # LBFGS's default max_eval
-    bar = tqdm(total=evals, desc="linear probe", disable=not progress, file=sys.stderr, leave=False)
-    whole = (train_features.double() - mu) / sd if rows >= len(train_features) else None
-
-    def closure() -> Tensor:
-        bar.update(1)
-        opt.zero_grad()
-        if whole is not None:  # one block: the full-batch loss as it always was
-            loss = F.cross_entropy(whole @ w + b, ytr) + l2 * (w * w).sum()
-            loss.backward()
-            return loss
-        return _blocked_loss(train_features, ytr, mu, sd, w, b, l2, rows)
-
-    with torch.enable_grad():
-        opt.step(closure)
-    bar.close()
-    with torch.no_grad():
-        pred = torch.cat(
-            [
-                (((test_features[i : i + rows].double() - mu) / sd) @ w + b).argmax(1)
-                for i in range(0, len(test_features), rows)
-            ]
-        )
-    return float((pred == test_labels.to(pred.device)).double().mean())
-
-
-def _standardisation(x: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-    """Per-feature float64 mean and standard deviation (Bessel, clamped at 1e-6) of ``x``,
-    over blocks of ``rows`` rows (all at once when they fit one block)."""
-    if rows >= len(x):
-        xd = x.double()
-        return xd.mean(0), xd.std(0).clamp(min=1e-6)
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for i in range(0, len(x), rows):
-        total += x[i : i + rows].double().sum(0)
-    mu = total / len(x)
-    squares = torch.zeros_like(mu)
-    for i in range(0, len(x), rows):
-        squares += ((x[i : i + rows].double() - mu) ** 2).sum(0)
-    return mu, (squares / max(1, len(x) - 1)).sqrt().clamp(min=1e-6)
-
-
-def _blocked_loss(
-    x: Tensor, y: Tensor, mu: Tensor, sd: Tensor, w: Tensor, b: Tensor, l2: float, rows: int
-) -> Tensor:
-    """The probe's mean cross-entropy plus penalty, its gradient accumulated into ``w`` and
-    ``b`` block by block (each block standardised in float64 when it is used)."""
-    total = l2 * (w * w).sum()
-    total.backward()
-    total = total.detach()
-    for i in range(0, len(x), rows):
-        z = (x[i : i + rows].double() - mu) / sd
-        part = F.cross_entropy(z @ w + b, y[i : i + rows], reduction="sum") / len(x)
-        part.backward()
-        total = total + part.detach()
-    return total
+    return probe.accuracy(test_features, test_labels)
 
 
 @dataclass

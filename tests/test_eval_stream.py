@@ -285,11 +285,11 @@ def test_knn_blocks_are_bounded_and_change_nothing(monkeypatch: pytest.MonkeyPat
 def test_blocked_probe_loss_and_gradient_are_the_full_batch_ones(rows: int) -> None:
     """Against the float64 full-batch definition at random parameters: the standardisation, the
     loss and its gradient, for blocks that divide N, do not, and a single leftover row."""
-    from fastclr.evaluate import _blocked_loss, _standardisation
+    from fastclr.downstream.probe import blocked_loss, standardisation
 
     x, y = _blobs(400, 20, 5, 4)
     x = x * torch.linspace(0.1, 3.0, 20) + 5.0  # features of different scales, off-centre
-    mu, sd = _standardisation(x, rows)
+    mu, sd = standardisation(x, rows)
     ref_mu, ref_sd = x.double().mean(0), x.double().std(0)
     torch.testing.assert_close(mu, ref_mu, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(sd, ref_sd, rtol=1e-12, atol=1e-12)
@@ -301,7 +301,7 @@ def test_blocked_probe_loss_and_gradient_are_the_full_batch_ones(rows: int) -> N
     ref = torch.nn.functional.cross_entropy(z @ w + b, y) + 0.01 * (w * w).sum()
     ref_gw, ref_gb = torch.autograd.grad(ref, (w, b))
     w2, b2 = w0.clone().requires_grad_(), b0.clone().requires_grad_()
-    got = _blocked_loss(x, y, mu, sd, w2, b2, 0.01, rows)
+    got = blocked_loss(x, y, mu, sd, w2, b2, 0.01, rows)
     torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=1e-12)
     assert w2.grad is not None and b2.grad is not None
     torch.testing.assert_close(w2.grad, ref_gw, rtol=1e-10, atol=1e-12)
@@ -328,11 +328,12 @@ _RSS_SCRIPT = textwrap.dedent(
     import json, resource, sys
     import torch
     import fastclr.data.select as select
+    import fastclr.downstream.probe as probe
     import fastclr.evaluate as ev
 
     torch.set_num_threads(1)
     # the kNN's and the probe's blocks at their caps for both folder sizes, as at scale
-    ev.KNN_BLOCK_BYTES = ev.PROBE_BLOCK_BYTES = 2 << 20
+    ev.KNN_BLOCK_BYTES = probe.PROBE_BLOCK_BYTES = 2 << 20
     select.MEMORY_AUTO_BYTES = 0 if sys.argv[3] == "stream" else 1 << 40
 
     def hwm_kb():
