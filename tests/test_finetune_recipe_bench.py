@@ -1,0 +1,53 @@
+"""bench/finetune_recipe.py's report on made-up records: one table per pretraining (records
+written before they named theirs go to the first), the two starts side by side, the linear
+probe of the same labels in its own column, and the rule's steps without a --batch-size."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def recipe(bench_module: Callable[[str], ModuleType]) -> ModuleType:
+    return bench_module("finetune_recipe")
+
+
+def _rec(cand: str, init: str, top1: float, flags: str, pre: str | None = None) -> dict[str, Any]:
+    cmd = f"python -m fastclr finetune --labels 4-per-class --seed 0 {flags}".strip()
+    rec: dict[str, Any] = {"labels": "4-per-class", "candidate": cand, "init": init}
+    rec.update({"seed": 0, "command": cmd, "top1": top1, "epochs": 219, "seconds": 1.0})
+    if pre is not None:
+        rec["pretraining"] = pre
+    return rec
+
+
+def test_report_groups_by_pretraining_with_the_probe_beside(
+    recipe: ModuleType, tmp_path: Path
+) -> None:
+    wide = "resnet18 width 1, cifar stem, 28 px, 40 epochs"
+    records = [
+        _rec("b16-sqrt", "pretrained", 0.8951, "--batch-size 16 --lr 0.05"),  # no pretraining
+        _rec("b16-sqrt", "scratch", 0.8182, "--batch-size 16 --lr 0.05 --from-scratch"),
+        _rec("rule", "pretrained", 0.8531, "", wide),
+        _rec("rule", "scratch", 0.8112, "--from-scratch", wide),
+        {**_rec("linear-probe", "probe", 0.9231, "", wide), "command": "linear_probe(...)"},
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = recipe.report(path)
+    first, second = text.split("## Pretrained: ")[1:]
+    assert first.startswith(recipe.FIRST_PRETRAINING)
+    assert (
+        "| 4-per-class | b16-sqrt | `--batch-size 16 --lr 0.05` | 438 | 89.51 | 81.82 | +7.69 | - |"
+        in first
+    )
+    assert second.startswith(wide)
+    # the rule's batch is 16 for 40 labelled images: 219 epochs of 2 steps
+    assert "| 4-per-class | rule | (none) | 438 | 85.31 | 81.12 | +4.19 | 92.31 |" in second
+    assert "linear-probe" not in text  # the probe is a column, not a row
