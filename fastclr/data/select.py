@@ -68,7 +68,6 @@ LOADERS = ("auto", "memory", "stream", "dali")
 MAX_AUTO_WORKERS = 8
 #: Largest decoded set (bytes) that ``auto`` keeps in memory.
 MEMORY_AUTO_BYTES = 1 << 30
-#: Files whose headers ``auto`` reads to see whether they are small squares.
 #: Images decoded (evenly spaced over the training set) to decide whether the data are grayscale.
 GREY_PROBES = 32
 #: Decoded bytes of the kNN monitor's subsets (train + held-out) for streamed data: the monitor
@@ -123,9 +122,7 @@ def image_sides(data: DataPlan) -> list[int]:
     if data.memory is not None:
         h, w = data.memory.train.images.shape[1:3]
         return [min(int(h), int(w))]
-    if data.train is None:
-        return []
-    return [min(w, h) for w, h in data.headers().sizes]
+    return [min(w, h) for w, h in data.headers().sizes]  # none without files
 
 
 def _probe_small_squares(data: DataPlan, size: int) -> bool:
