@@ -42,6 +42,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fastclr.train.plan import Decision
+from fastclr.train.recipe import DEFAULT_BATCH, MIN_STEPS_PER_EPOCH, rule_batch
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -62,10 +63,6 @@ PAPER_LR_PER_256 = 0.05  # learning rate = 0.05 × batch / 256
 SQRT_BASE_LR = PAPER_LR_PER_256 * PAPER_BATCH / 256 / math.sqrt(PAPER_BATCH)
 #: (labelled fraction, epochs) the paper gives; other fractions interpolate in log(fraction)
 PAPER_EPOCHS = ((0.01, 60), (0.10, 30))
-#: Largest default batch: what a CPU or a single GPU holds at the view sizes fastclr trains
-DEFAULT_BATCH = 256
-#: Full batches an epoch the batch rule aims for (pretraining's rule)
-MIN_STEPS_PER_EPOCH = 8
 #: Smallest batch the rule picks (BatchNorm's statistics come from the batch)
 MIN_BATCH = 16
 
@@ -133,11 +130,7 @@ def _batch(n_labelled: int, given: int | None, world_size: int) -> Decision:
         if given % world_size:
             raise ValueError(f"--batch-size {given} does not split evenly over {world_size} ranks")
         return Decision(given, "given")
-    b = DEFAULT_BATCH
-    while b > MIN_BATCH and n_labelled // b < MIN_STEPS_PER_EPOCH:
-        b //= 2
-    b = min(b, n_labelled)
-    b = max(world_size, b // world_size * world_size)
+    b = rule_batch(n_labelled, MIN_BATCH, world_size)  # pretraining's rule, a smaller floor
     why = (
         f"{n_labelled} labelled images: the largest power of two <= {DEFAULT_BATCH} giving >= "
         f"{MIN_STEPS_PER_EPOCH} steps an epoch, at least {MIN_BATCH}"

@@ -64,6 +64,7 @@ __all__ = [
     "linear_lr",
     "lr_for",
     "preset_for",
+    "rule_batch",
     "size_for",
     "sqrt_lr",
     "stem_for",
@@ -112,6 +113,18 @@ def size_for(sides: Sequence[int]) -> tuple[int, str]:
     )
 
 
+def rule_batch(n_images: int, floor: int, world_size: int = 1) -> int:
+    """The batch rule's value, shared by pretraining and fine-tuning (their floors differ): the
+    largest power of two at most :data:`DEFAULT_BATCH` giving at least
+    :data:`MIN_STEPS_PER_EPOCH` full batches an epoch, at least ``floor``, at most
+    ``n_images``, and a multiple of ``world_size`` (at least one image a rank)."""
+    batch = DEFAULT_BATCH
+    while batch > floor and n_images // batch < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    batch = min(batch, n_images)
+    return max(world_size, batch // world_size * world_size)
+
+
 def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
     """(global batch, reason) for ``n_images`` training images when no batch size was given.
 
@@ -129,8 +142,8 @@ def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
             f"--data has {n_images} training image(s): contrastive learning needs at least 2 "
             "(each image's views are told apart from the other images' views)"
         )
+    batch = rule_batch(n_images, MIN_AUTO_BATCH, world_size)
     if n_images < MIN_AUTO_BATCH:
-        batch = max(world_size, n_images // world_size * world_size)
         whole = (
             "all of them" if batch == n_images else f"{batch} (a multiple of {world_size} ranks)"
         )
@@ -138,11 +151,6 @@ def batch_for(n_images: int, world_size: int = 1) -> tuple[int, str]:
             f"{n_images} images, fewer than the rule's smallest batch {MIN_AUTO_BATCH}: {whole} "
             "in one step"
         )
-    batch = DEFAULT_BATCH
-    while batch > MIN_AUTO_BATCH and n_images // batch < MIN_STEPS_PER_EPOCH:
-        batch //= 2
-    if batch % world_size:
-        batch = max(world_size, batch // world_size * world_size)
     steps = n_images // batch
     if batch == DEFAULT_BATCH:
         return batch, f"the default; {n_images} images give {steps} steps an epoch"
