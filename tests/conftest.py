@@ -155,6 +155,8 @@ def _gloo_rank(rank: int, world: int, port: int, work: Callable[..., None], args
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         work(rank, *args)
+        if dist.is_initialized():  # no rank tears the group down while another still uses it
+            dist.barrier()
     finally:
         if dist.is_initialized():  # ``work`` may have torn the group down itself
             dist.destroy_process_group()
