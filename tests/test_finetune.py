@@ -200,6 +200,39 @@ def test_the_subset_file_is_written_and_reused(tmp_path: Path, ckpt: Path, capsy
     assert again.rows == listed.rows
 
 
+def test_the_crop_decision_and_runs_planned_before_it(
+    tmp_path: Path, ckpt: Path, capsys: Any
+) -> None:
+    from fastclr.augment.presets import preset_config
+    from fastclr.finetune.data import augment_config
+    from fastclr.finetune.plan import plan_finetune
+
+    data = _folder(tmp_path / "data")
+    args = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "4-per-class", *TINY]
+    out, mild = tmp_path / "ft", tmp_path / "mild"
+    code, printed, err = _run([*args, "--out", str(out), "--stop-after-epochs", "1"], capsys)
+    assert code == 0, err
+    assert "crop:        area 0.3 to 1 (the 8-px pretraining preset's" in printed  # small-grey
+    code, printed, err = _run([*args, "--out", str(mild), "--crop-min", "0.8"], capsys)
+    assert code == 0 and "area 0.8 to 1 (given (--crop-min))" in printed, err
+    mild_plan = load_checkpoint(mild)["plan"]
+    assert mild_plan["crop"]["value"] == [0.8, 1.0]
+    # a run planned before the crop was a decision resumes with its preset's crop
+    state = load_checkpoint(out)
+    del state["plan"]["crop"]
+    fastclr.checkpoint.save_checkpoint_atomic(state, out / "checkpoint.pt")
+    plan = plan_finetune(
+        fastclr.finetune.FinetuneConfig(resume=str(out), data=str(data), crop_min=0.8),
+        None,
+        saved=state["plan"],
+        labelled_file=str(out / SUBSET_FILE),
+    )
+    assert plan.crop is None and "crop" not in plan.decisions
+    assert augment_config(plan).scale == preset_config(plan.preset, plan.image_size).scale
+    code, printed, err = _run(["--resume", str(out), "--no-progress"], capsys)
+    assert code == 0 and "crop:" not in printed, err
+
+
 # ------------------------------------------------------------------------------ resume
 
 
@@ -337,6 +370,8 @@ def test_bad_input_is_one_message_and_exit_2(
         ["--from-head-layer=-1"],
         ["--seed=-1"],
         ["--num-workers=-1"],
+        ["--crop-min", "0"],
+        ["--crop-min", "1.5"],
     ],
 )
 def test_bad_numbers_are_refused_by_name(flags: list[str], capsys: Any) -> None:

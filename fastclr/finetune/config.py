@@ -116,6 +116,12 @@ class FinetuneConfig:
         unset="0.0125 × √batch, the paper's 0.8 at its batch 4096 (fastclr.finetune.recipe)",
         positive=True,
     )
+    crop_min: float | None = option(
+        None,
+        "smallest crop as a fraction of the image's area (crops of crop-min to all of it)",
+        unset="the pretraining preset's (0.08 at 224 px, 0.3 under 32 px)",
+        positive=True,
+    )
     momentum: float = option(0.9, "Nesterov momentum (paper, B.5)", non_negative=True, below=1.0)
     weight_decay: float = option(
         0.0, "weight decay (paper, B.5: no regularisation)", non_negative=True
@@ -158,6 +164,11 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Raise :class:`~fastclr.errors.UsageError` naming the first flag that cannot be used."""
         check_options(self)
+        if self.crop_min is not None and self.crop_min > 1:
+            raise UsageError(
+                f"--crop-min must be in (0, 1] (a fraction of the image's area), got "
+                f"{self.crop_min:g}"
+            )
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: pass one of them")
         if self.resume:

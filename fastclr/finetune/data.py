@@ -38,11 +38,12 @@ __all__ = ["FinetuneData", "augment_config", "build_finetune_data", "one_view"]
 
 
 def augment_config(plan: FinetunePlan) -> AugmentConfig:
-    """The paper's fine-tuning augmentation: the planned preset's crop and flip, nothing else,
-    normalised as the pretraining checkpoint says, in the run's autocast dtype."""
+    """The paper's fine-tuning augmentation: the planned crop and the preset's flip, nothing
+    else, normalised as the pretraining checkpoint says, in the run's autocast dtype."""
     base = preset_config(plan.preset, plan.image_size, AMP_DTYPES[plan.precision])
     return replace(
         base,
+        scale=plan.crop or base.scale,
         jitter_p=0.0,
         gray_p=0.0,
         blur_p=0.0,

@@ -50,6 +50,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "optimizer": ("optimizer", str),
     "schedule": ("schedule", str),
     "augment": ("augment", str),
+    "crop": ("crop", lambda v: f"area {v[0]:g} to {v[1]:g}"),
     "classifier": ("classifier", str),
     "precision": ("precision", str),
     "threads": ("threads", lambda v: "torch's choice" if v in (None, 0) else str(v)),

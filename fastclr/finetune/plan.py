@@ -47,7 +47,7 @@ from fastclr.data.split import FileSet
 from fastclr.downstream.load import RunInfo
 from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig
-from fastclr.finetune.recipe import finetune_recipe
+from fastclr.finetune.recipe import crop_scale, finetune_recipe
 from fastclr.finetune.subset import (
     LabelledSubset,
     choose_labelled,
@@ -63,7 +63,7 @@ from fastclr.train.recipe import preset_for
 __all__ = ["KEPT_ON_RESUME", "FinetunePlan", "plan_finetune", "training_ids"]
 
 #: The decisions a resume takes from the checkpoint (they shape the model and the schedule).
-KEPT_ON_RESUME = ("network", "input", "init", "head_layer", "batch", "lr", "augment")
+KEPT_ON_RESUME = ("network", "input", "init", "head_layer", "batch", "lr", "augment", "crop")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,16 @@ class FinetunePlan(DecidedPlan):
     loader = property(lambda self: str(self["loader"]))
     num_workers = property(lambda self: int(self["workers"]))
     preset = property(lambda self: str(self["augment"]))
+
+    @property
+    def crop(self) -> tuple[float, float] | None:
+        """The crop areas decided (None: a run planned before the crop was a decision of its
+        own, which crops as its preset does)."""
+        if "crop" not in self.decisions:
+            return None
+        lo, hi = self["crop"]
+        return float(lo), float(hi)
+
     precision = property(lambda self: str(self["precision"]))
     classes = property(lambda self: list(self.data.classes))
 
@@ -302,9 +312,12 @@ def _protocol(p: _Planner, data: DataPlan, size: int) -> None:
     p.put(
         "augment",
         name,
-        f"paper B.5: random crop + flip only, no colour, grey or blur: the crop (area {lo:g} to "
-        f"{hi:g}) and flips of the preset pretraining's rule picks for {size}-px views: {flips}",
+        f"paper B.5: random crop + flip only, no colour, grey or blur: the flips (and, unless "
+        f"--crop-min, the crop) of the preset pretraining's rule picks for {size}-px views: "
+        f"{flips}",
     )
+    scale, why = crop_scale(size, (lo, hi), cfg.crop_min)
+    p.put("crop", list(scale), why)
     p.put(
         "classifier",
         f"linear, {len(data.classes)} classes, zero-initialised",
@@ -371,7 +384,10 @@ def plan_finetune(
     _loader(p, data, labelled, size)
     _recipe(p, len(labelled), data.n_train, saved)
     _protocol(p, data, size)
-    if "augment" in saved:
-        p.put("augment", saved["augment"]["value"], "the checkpoint's")
+    for name in ("augment", "crop"):
+        if name in saved:
+            p.put(name, saved[name]["value"], "the checkpoint's")
+    if saved and "crop" not in saved:  # planned before the crop was a decision: the preset's
+        p.d.pop("crop", None)
     _precision(p)
     return FinetunePlan(dict(p.d), data, labelled, subset, world_size, data_identity=identity)
