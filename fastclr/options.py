@@ -57,7 +57,7 @@ def option(
     choices: Sequence[str] | None = None,
     unset: str | None = None,
     at_least: int | None = None,
-    at_most: int | None = None,
+    at_most: float | None = None,
     positive: bool = False,
     non_negative: bool = False,
     below: float | None = None,
@@ -74,7 +74,7 @@ def option(
         choices: the accepted values of a closed set.
         unset: what ``None`` means, for fields that may be left unset (an automatic rule).
         at_least: integers: the smallest accepted value.
-        at_most: integers: the largest accepted value.
+        at_most: integers and numbers: the largest accepted value.
         positive: numbers: finite and > 0.
         non_negative: numbers: finite and >= 0.
         below: numbers: also < this bound.
@@ -184,11 +184,15 @@ def _check_number(name: str, v: Any, kind: Any, meta: dict[str, Any]) -> None:
             raise _refuse(name, rule, v, why)
         return
     ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    below = meta.get("below")
-    if meta.get("positive") and not (ok and v > 0):
-        raise _refuse(name, "a finite number > 0", v, why)
-    if meta.get("non_negative") and not (ok and v >= 0):
-        raise _refuse(name, "a finite number >= 0", v, why)
+    below, high = meta.get("below"), meta.get("at_most")
+    upto = f" and <= {high:g}" if high is not None else ""
+    too_high = ok and high is not None and v > high
+    if meta.get("positive") and not (ok and v > 0 and not too_high):
+        raise _refuse(name, f"a finite number > 0{upto}", v, why)
+    if meta.get("non_negative") and not (ok and v >= 0 and not too_high):
+        raise _refuse(name, f"a finite number >= 0{upto}", v, why)
+    if too_high:
+        raise _refuse(name, f"a finite number <= {high:g}", v, why)
     if not ok or (below is not None and v >= below):
         low = "0" if meta.get("positive") or meta.get("non_negative") else "-inf"
         raise _refuse(name, f"in [{low}, {below})" if below is not None else "finite", v, why)

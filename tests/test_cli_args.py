@@ -237,3 +237,26 @@ def test_library_warnings_are_one_line_with_one_prefix(monkeypatch: pytest.Monke
         "fastclr: warning: skipping unreadable image a.jpg (empty)\n",
         "fastclr: warning: another library's\n",
     ]
+
+
+def test_an_upper_bound_on_a_number_is_checked_from_the_metadata() -> None:
+    import dataclasses
+
+    from fastclr.errors import UsageError
+    from fastclr.options import check_options, option
+
+    @dataclasses.dataclass
+    class Opts:
+        fraction: float = option(0.5, "a fraction", positive=True, at_most=1)
+        share: float = option(0.5, "a share", non_negative=True, at_most=1)
+        level: float = option(0.5, "a level", at_most=1)
+
+    check_options(Opts(1.0, 0.0, -3.0))  # the bound itself is accepted
+    for field, bad, rule in (
+        ("fraction", 1.5, "> 0 and <= 1"),
+        ("fraction", 0.0, "> 0 and <= 1"),
+        ("share", 1.01, ">= 0 and <= 1"),
+        ("level", 2.0, "a finite number <= 1"),
+    ):
+        with pytest.raises(UsageError, match=f"--{field} must be .*{rule}"):
+            check_options(dataclasses.replace(Opts(), **{field: bad}))

@@ -121,6 +121,8 @@ class FinetuneConfig:
         "smallest crop as a fraction of the image's area (crops of crop-min to all of it)",
         unset="the pretraining preset's (0.08 at 224 px, 0.3 under 32 px)",
         positive=True,
+        at_most=1,
+        why="a fraction of the image's area",
     )
     momentum: float = option(0.9, "Nesterov momentum (paper, B.5)", non_negative=True, below=1.0)
     weight_decay: float = option(
@@ -164,11 +166,6 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Raise :class:`~fastclr.errors.UsageError` naming the first flag that cannot be used."""
         check_options(self)
-        if self.crop_min is not None and self.crop_min > 1:
-            raise UsageError(
-                f"--crop-min must be in (0, 1] (a fraction of the image's area), got "
-                f"{self.crop_min:g}"
-            )
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: pass one of them")
         if self.resume:
