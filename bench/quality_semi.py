@@ -9,8 +9,8 @@ rule also picks for it; on a ``--folder`` the rule picks it from the images unle
 ``--image-size`` is given), then, at 1% and at 10% of the labels, three
 classifiers trained on the SAME labelled images (the ``labelled.txt`` the fine-tuning run wrote):
 
-* ``fastclr finetune`` of the pretrained network, with the defaults (the paper's protocol and the
-  stated small-folder rule);
+* ``fastclr finetune`` of the pretrained network, with the defaults (the paper's protocol with
+  LARS on the weights, and the stated small-folder rule);
 * ``fastclr finetune --from-scratch``: the same network, recipe and images, random weights;
 * a linear probe on the frozen pretrained encoder (exactly ``fastclr linear-eval``'s probe:
   L-BFGS logistic regression on standardised features of the clean images).

@@ -80,7 +80,8 @@ def test_cli_end_to_end(tmp_path: Path, ckpt: Path, capsys: Any) -> None:
     assert "--labels 4-per-class, --seed 0" in header["labelled"]
     assert "12 of 33 training images" in header["labelled"]  # 3 of 36 held out
     assert "the checkpoint's" in header["network"] and "pretrained" in header["weights"]
-    assert "paper B.5" in header["optimizer"] and "no warm-up" in header["schedule"]
+    assert "LARS at 1 (trust ratio 0.001)" in header["optimizer"]
+    assert "the default" in header["optimizer"] and "no warm-up" in header["schedule"]
     assert "10% of each class held out" in header["validation"]
     steps, epochs = _rows(out / "steps.csv"), _rows(out / "epochs.csv")
     assert [int(r["epoch"]) for r in epochs] == [0, 1]
@@ -233,6 +234,82 @@ def test_the_crop_decision_and_runs_planned_before_it(
     assert code == 0 and "crop:" not in printed, err
 
 
+def _update_norms(clf: torch.nn.Module, step: Callable[[], None]) -> dict[str, float]:
+    """‖Δw‖ / ‖w‖ of every conv weight over one call of ``step``."""
+    before = {n: p.detach().clone() for n, p in clf.named_parameters() if p.dim() == 4}
+    step()
+    named = {n: p.detach() for n, p in clf.named_parameters()}
+    return {n: float((named[n] - w).norm() / w.norm()) for n, w in before.items()}
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_the_optimiser_moves_each_layer_as_it_says(
+    tmp_path: Path, ckpt: Path, optimizer: str
+) -> None:
+    """LARS's first step moves every conv weight by lars_lr x 0.001 of its norm and the
+    classifier by plain SGD; the paper's SGD moves layers by their gradients (not all alike)."""
+    from fastclr.downstream.load import read_run
+    from fastclr.finetune.plan import plan_finetune
+    from fastclr.finetune.state import build_optimizer
+    from fastclr.models import Classifier
+
+    data = _folder(tmp_path / "data")
+    cfg = fastclr.finetune.FinetuneConfig(
+        checkpoint=str(ckpt), data=str(data), labels="4-per-class", optimizer=optimizer
+    )
+    plan = plan_finetune(cfg, read_run(str(ckpt))[0])
+    torch.manual_seed(0)
+    clf = Classifier(plan.architecture.build(), 0, 3)
+    opt = build_optimizer(clf, plan, cfg.momentum, cfg.weight_decay)
+    names = {id(p): n for n, p in clf.named_parameters()}
+    assert sorted(names[id(p)] for g in opt.param_groups for p in g["params"]) == sorted(
+        n for n, _ in clf.named_parameters()
+    )  # every parameter once
+    x = torch.randn(6, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(clf(x), y).backward()
+        opt.step()
+
+    step()  # the classifier starts at zero: one step gives the encoder a gradient
+    moved = _update_norms(clf, step)
+    if optimizer == "lars":
+        assert plan.lars_lr == 1.0 and [g["lars"] for g in opt.param_groups] == [False, True]
+        assert {n for n in names.values() if n.startswith("fc.")} <= {
+            names[id(p)] for p in opt.param_groups[0]["params"]
+        }
+        # the second step adds momentum 0.9 of the first: 1.9 x lr x eta at most
+        assert all(1e-3 * 0.1 <= r <= 1e-3 * 1.9 + 1e-6 for r in moved.values()), moved
+    else:
+        assert plan.lars_lr is None and isinstance(opt, torch.optim.SGD)
+        assert max(moved.values()) > 3 * min(moved.values()), moved
+
+
+def test_a_run_planned_before_the_optimiser_choice_resumes_with_sgd(
+    tmp_path: Path, ckpt: Path, capsys: Any
+) -> None:
+    data = _folder(tmp_path / "data")
+    out = tmp_path / "ft"
+    args = ["--checkpoint", str(ckpt), "--data", str(data), "--labels", "4-per-class", *TINY]
+    code, printed, err = _run(
+        [*args, "--out", str(out), "--optimizer", "sgd", "--stop-after-epochs", "1"], capsys
+    )
+    assert code == 0 and "SGD, Nesterov momentum 0.9, no weight decay (given" in printed, err
+    code, _, err = _run([*args, "--out", str(tmp_path / "o2"), "--stop-after-epochs", "1"], capsys)
+    state = load_checkpoint(tmp_path / "o2")
+    assert code == 0 and state["plan"]["optimizer"]["value"]["name"] == "lars", err
+    # what a run planned before the choice holds: a sentence, and no such options
+    state = load_checkpoint(out)
+    state["plan"]["optimizer"]["value"] = "SGD, Nesterov momentum 0.9, no weight decay"
+    for key in ("optimizer", "lars_lr"):
+        state["config"].pop(key)
+    fastclr.checkpoint.save_checkpoint_atomic(state, out / "checkpoint.pt")
+    code, printed, err = _run(["--resume", str(out), "--no-progress"], capsys)
+    assert code == 0 and "optimizer:   SGD, Nesterov momentum 0.9, no weight decay" in printed, err
+
+
 # ------------------------------------------------------------------------------ resume
 
 
@@ -343,6 +420,7 @@ BAD: list[tuple[list[str], str]] = [
     (["--labels", "10%", "--batch-size", "99"], "larger than the 3 labelled"),
     ([], "--labels is required"),
     (["--labels", "10%", "--subset", "x.txt"], "pass one of them"),
+    (["--labels", "10%", "--optimizer", "sgd", "--lars-lr", "2"], "does not use LARS"),
 ]
 
 
@@ -372,11 +450,19 @@ def test_bad_input_is_one_message_and_exit_2(
         ["--num-workers=-1"],
         ["--crop-min", "0"],
         ["--crop-min", "1.5"],
+        ["--lars-lr", "0"],
+        ["--lars-lr", "inf"],
     ],
 )
 def test_bad_numbers_are_refused_by_name(flags: list[str], capsys: Any) -> None:
     code, _, err = _run(["--checkpoint", "x", "--labels", "1%", *flags], capsys)
     assert code == 2 and flags[0].split("=")[0] in err and "Traceback" not in err
+
+
+def test_an_unknown_optimiser_is_refused_by_argparse(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as e:
+        _run(["--checkpoint", "x", "--labels", "1%", "--optimizer", "adam"], capsys)
+    assert e.value.code == 2 and "--optimizer: invalid choice" in capsys.readouterr().err
 
 
 def test_a_flag_per_config_field_with_its_default_once() -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastclr.errors import UsageError
+from fastclr.finetune.recipe import LARS_LR, OPTIMIZERS
 from fastclr.models import ARCHS
 from fastclr.options import (
     check_options,
@@ -124,7 +125,23 @@ class FinetuneConfig:
         at_most=1,
         why="a fraction of the image's area",
     )
-    momentum: float = option(0.9, "Nesterov momentum (paper, B.5)", non_negative=True, below=1.0)
+    optimizer: str | None = option(
+        None,
+        "lars: LARS (trust ratio 0.001, --lars-lr) on the conv and linear weights, momentum "
+        "SGD at --lr on the classifier, biases and BatchNorm; sgd: the paper's Nesterov SGD at "
+        "--lr on all of them (B.5)",
+        choices=OPTIMIZERS,
+        unset="lars (the paper's sgd did worse on the digits: fastclr.finetune.recipe)",
+    )
+    lars_lr: float | None = option(
+        None,
+        "LARS's learning rate for the conv and linear weights (--optimizer lars)",
+        unset=f"{LARS_LR:g}: a step of at most 0.1% of a layer's norm before momentum",
+        positive=True,
+    )
+    momentum: float = option(
+        0.9, "momentum (Nesterov with --optimizer sgd; paper, B.5)", non_negative=True, below=1.0
+    )
     weight_decay: float = option(
         0.0, "weight decay (paper, B.5: no regularisation)", non_negative=True
     )

@@ -32,6 +32,18 @@ def _head_layer(v: int) -> str:
     return "0 (the encoder's output)" if v == 0 else f"{v} (projection head layer {v})"
 
 
+def _optimizer(v: Any) -> str:
+    if not isinstance(v, dict):  # planned before the optimiser was a choice: its sentence
+        return str(v)
+    wd = "no weight decay" if v["weight_decay"] == 0 else f"weight decay {v['weight_decay']:g}"
+    if v["name"] == "sgd":
+        return f"SGD, Nesterov momentum {v['momentum']:g}, {wd}"
+    return (
+        f"LARS at {v['lars_lr']:g} (trust ratio 0.001) on the conv and linear weights, SGD at "
+        f"the lr on the classifier, biases and BatchNorm; momentum {v['momentum']:g}, {wd}"
+    )
+
+
 #: How each decision is shown: its label and how its value reads.
 LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "source": ("checkpoint", str),
@@ -47,7 +59,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "steps": ("steps", lambda v: f"{v} per epoch and rank"),
     "lr": ("lr", lambda v: f"{v:.4g}"),
     "epochs": ("epochs", str),
-    "optimizer": ("optimizer", str),
+    "optimizer": ("optimizer", _optimizer),
     "schedule": ("schedule", str),
     "augment": ("augment", str),
     "crop": ("crop", lambda v: f"area {v[0]:g} to {v[1]:g}"),

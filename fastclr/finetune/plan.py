@@ -18,13 +18,14 @@ The decisions, in order:
 4. the labelled subset (:mod:`fastclr.finetune.subset`), or the one a file lists;
 5. the loader of the labelled images and its decode workers, and how validation is read;
 6. batch, steps, learning rate and epochs (:mod:`fastclr.finetune.recipe`);
-7. the fixed parts of the paper's protocol: Nesterov SGD, the schedule, the augmentation (crop
-   and flip of the preset pretraining's rule picks for these images), the classifier's start;
+7. the optimiser (LARS on the weights, or the paper's Nesterov SGD) and the fixed parts of the
+   paper's protocol: the schedule, the augmentation (crop and flip of the preset pretraining's
+   rule picks for these images), the classifier's start;
 8. precision and threads.
 
 On ``--resume`` the run's shape (network, input, start, head layer, batch, learning rate,
-epochs unless extended, augmentation) is the checkpoint's, and the labelled subset is the run
-folder's ``labelled.txt``; the rest is decided again.
+epochs unless extended, augmentation, optimiser) is the checkpoint's, and the labelled subset
+is the run folder's ``labelled.txt``; the rest is decided again.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from fastclr.data.split import FileSet
 from fastclr.downstream.load import RunInfo
 from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig
-from fastclr.finetune.recipe import crop_scale, finetune_recipe
+from fastclr.finetune.recipe import crop_scale, finetune_recipe, optimizer_choice
 from fastclr.finetune.subset import (
     LabelledSubset,
     choose_labelled,
@@ -63,7 +64,17 @@ from fastclr.train.recipe import preset_for
 __all__ = ["KEPT_ON_RESUME", "FinetunePlan", "plan_finetune", "training_ids"]
 
 #: The decisions a resume takes from the checkpoint (they shape the model and the schedule).
-KEPT_ON_RESUME = ("network", "input", "init", "head_layer", "batch", "lr", "augment", "crop")
+KEPT_ON_RESUME = (
+    "network",
+    "input",
+    "init",
+    "head_layer",
+    "batch",
+    "lr",
+    "augment",
+    "crop",
+    "optimizer",
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,20 @@ class FinetunePlan(DecidedPlan):
             return None
         lo, hi = self["crop"]
         return float(lo), float(hi)
+
+    @property
+    def optimizer(self) -> str:
+        """ "lars" or "sgd" (a run planned before the optimiser was a choice: "sgd", the only
+        one then, whose plan holds a sentence)."""
+        v = self["optimizer"]
+        return str(v["name"]) if isinstance(v, dict) else "sgd"
+
+    @property
+    def lars_lr(self) -> float | None:
+        """LARS's rate for the weights (None with SGD)."""
+        v = self["optimizer"]
+        rate = v.get("lars_lr") if isinstance(v, dict) else None
+        return None if rate is None else float(rate)
 
     precision = property(lambda self: str(self["precision"]))
     classes = property(lambda self: list(self.data.classes))
@@ -291,14 +316,14 @@ def _recipe(p: _Planner, n_labelled: int, n_train: int, saved: dict[str, Any]) -
 
 
 def _protocol(p: _Planner, data: DataPlan, size: int) -> None:
-    """Decision 7: optimiser, schedule, augmentation, classifier start (paper, B.5)."""
+    """Decision 7: optimiser, schedule, augmentation, classifier start (paper, B.5; the
+    optimiser: :func:`~fastclr.finetune.recipe.optimizer_choice`)."""
     cfg = p.cfg
-    wd = "no weight decay" if cfg.weight_decay == 0 else f"weight decay {cfg.weight_decay:g}"
-    p.put(
-        "optimizer",
-        f"SGD, Nesterov momentum {cfg.momentum:g}, {wd}",
-        "paper B.5" if (cfg.momentum, cfg.weight_decay) == (0.9, 0.0) else "given",
-    )
+    try:
+        choice = optimizer_choice(cfg.optimizer, cfg.lars_lr, cfg.momentum, cfg.weight_decay)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    p.put("optimizer", choice.value, choice.reason)
     p.put(
         "schedule",
         "cosine decay to 0, no warm-up",
@@ -384,7 +409,7 @@ def plan_finetune(
     _loader(p, data, labelled, size)
     _recipe(p, len(labelled), data.n_train, saved)
     _protocol(p, data, size)
-    for name in ("augment", "crop"):
+    for name in ("augment", "crop", "optimizer"):
         if name in saved:
             p.put(name, saved[name]["value"], "the checkpoint's")
     if saved and "crop" not in saved:  # planned before the crop was a decision: the preset's

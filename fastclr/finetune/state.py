@@ -33,7 +33,7 @@ from fastclr.errors import NonFiniteLossError
 from fastclr.finetune.config import FinetuneConfig
 from fastclr.finetune.plan import FinetunePlan
 from fastclr.models import Classifier, SimCLR
-from fastclr.optim import warmup_cosine_schedule
+from fastclr.optim import LARS, lars_param_groups, warmup_cosine_schedule
 from fastclr.train.checkpoint import Position, SaverBase, follow_schedule, resumed_at
 from fastclr.train.rundir import Manifest
 
@@ -41,6 +41,7 @@ __all__ = [
     "FINETUNE_KIND",
     "FinetuneSaver",
     "FinetuneState",
+    "build_optimizer",
     "build_state",
     "resume_state",
 ]
@@ -61,6 +62,41 @@ class FinetuneState:
     augment: Any
 
 
+def build_optimizer(
+    classifier: Classifier, plan: FinetunePlan, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The plan's optimiser over ``classifier``'s parameters.
+
+    ``sgd``: Nesterov SGD at ``plan.lr`` on every parameter (paper, B.5). ``lars``:
+    :class:`~fastclr.optim.LARS` with two groups, first the classifier's linear layer and every
+    1-D parameter (biases, BatchNorm) at ``plan.lr`` without the trust ratio, then the encoder's
+    and head's conv and linear weights at ``plan.lars_lr`` with it. The linear layer stays out
+    of LARS because it starts at zero, where the trust ratio has no norm to scale by.
+    """
+    if plan.optimizer == "sgd":
+        return torch.optim.SGD(
+            classifier.parameters(),
+            lr=plan.lr,
+            momentum=momentum,
+            nesterov=momentum > 0,
+            weight_decay=weight_decay,
+        )
+    fc = {id(p) for p in classifier.fc.parameters()}
+    adapted = [p for p in lars_param_groups(classifier)[0]["params"] if id(p) not in fc]
+    chosen = {id(p) for p in adapted}
+    rest = [p for p in classifier.parameters() if p.requires_grad and id(p) not in chosen]
+    assert plan.lars_lr is not None
+    return LARS(
+        [
+            {"params": rest, "lr": plan.lr, "lars": False, "weight_decay": 0.0},
+            {"params": adapted, "lr": plan.lars_lr, "lars": True, "weight_decay": weight_decay},
+        ],
+        lr=plan.lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+
+
 def build_state(
     plan: FinetunePlan,
     cfg: FinetuneConfig,
@@ -70,19 +106,14 @@ def build_state(
 ) -> FinetuneState:
     """The network of the plan (random weights drawn from torch's current stream, then the
     pretrained ``weights`` when given: the plan starts from them and the run is not resumed),
-    its classifier, and Nesterov SGD with a cosine schedule over the whole run."""
+    its classifier, and its optimiser (:func:`build_optimizer`) with a cosine schedule over the
+    whole run."""
     model = plan.architecture.build()
     if weights is not None:
         load_model_state(model, weights, f"checkpoint {plan['source']}")
     classifier = Classifier(model, plan.head_layer, len(plan.classes))
     model.to(device)
-    optimizer = torch.optim.SGD(
-        classifier.parameters(),
-        lr=plan.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = build_optimizer(classifier, plan, cfg.momentum, cfg.weight_decay)
     scheduler = warmup_cosine_schedule(optimizer, 0, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
     return FinetuneState(model, classifier, optimizer, scheduler, scaler, augment)
