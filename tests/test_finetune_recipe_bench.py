@@ -1,6 +1,7 @@
 """bench/finetune_recipe.py's report on made-up records: one table per pretraining (records
 written before they named theirs go to the first), the two starts side by side, the linear
-probe of the same labels in its own column, and the rule's steps without a --batch-size."""
+probe of the same labels in its own column, the rule's steps without a --batch-size, and the
+optimiser of each row (records written before they named theirs ran the paper's SGD)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def test_report_groups_by_pretraining_with_the_probe_beside(
         {**_rec("linear-probe", "probe", 0.9231, "", wide), "command": "linear_probe(...)"},
         # another crop: a row of its own, its crop named
         {**_rec("crop-0.8", "pretrained", 0.8811, "--crop-min 0.8", wide), "crop": "0.8-1"},
+        # the rule again, with the optimiser it has now: a row of its own
+        {**_rec("rule", "pretrained", 0.9231, "", wide), "crop": "0.3-1", "optimizer": "lars 1"},
     ]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -46,13 +49,16 @@ def test_report_groups_by_pretraining_with_the_probe_beside(
     first, second = text.split("## Pretrained: ")[1:]
     assert first.startswith(recipe.FIRST_PRETRAINING)
     assert (
-        "| 4-per-class | b16-sqrt | 0.3-1 | `--batch-size 16 --lr 0.05` | 438 | 89.51 | 81.82 "
-        "| +7.69 | - |" in first
+        "| 4-per-class | b16-sqrt | sgd | 0.3-1 | `--batch-size 16 --lr 0.05` | 438 | 89.51 "
+        "| 81.82 | +7.69 | - |" in first
     )
     assert second.startswith(wide)
     # the rule's batch is 16 for 40 labelled images: 219 epochs of 2 steps
     # records without a crop ran the preset's (0.3 to 1 at 28 px)
-    assert "| 4-per-class | rule | 0.3-1 | (none) | 438 | 85.31 | 81.12 | +4.19 | 92.31 |" in second
-    mild = "| 4-per-class | crop-0.8 | 0.8-1 | `--crop-min 0.8` | 438 | 88.11 | - | - | 92.31 |"
-    assert mild in second
+    rule = "| 4-per-class | rule | sgd | 0.3-1 | (none) | 438 | 85.31 | 81.12 | +4.19 | 92.31 |"
+    assert rule in second
+    mild = "| 4-per-class | crop-0.8 | sgd | 0.8-1 | `--crop-min 0.8` | 438 | 88.11 | - | - "
+    assert mild + "| 92.31 |" in second
+    lars = "| 4-per-class | rule | lars 1 | 0.3-1 | (none) | 438 | 92.31 | - | - | 92.31 |"
+    assert lars in second
     assert "linear-probe" not in text  # the probe is a column, not a row
