@@ -186,7 +186,8 @@ def report(record: Path) -> str:
         "code), fine-tuned and trained from scratch, seed 0; the "
         "linear probe is `fastclr linear-eval`'s, fitted on the same labelled images. "
         "*optimizer*: the paper's Nesterov SGD (`sgd`, the only one before the third table) or "
-        "LARS on the weights at the rate named. *crop area*: the fine-tuning crops' area range (without `--crop-min`, pretraining's: 0.3 to "
+        "LARS on the weights at the rate named. *crop area*: the fine-tuning crops' area range "
+        "(without `--crop-min`, pretraining's: 0.3 to "
         "1 at 28 px). Top-1 on "
         "the 143 images `FOLDER/train` holds out (10% of each class; one image is 0.70 "
         "points), never on the suite's `FOLDER/val`.",

@@ -4,8 +4,9 @@ SimCLR (Chen et al. 2020, Appendix B.5) fine-tunes the whole network on 1% or 10
 labels with Nesterov momentum 0.9 (fastclr: LARS on the weights, "Optimiser" below), batch
 4096, learning rate 0.05 × batch / 256 (0.8), no weight decay or other regularisation, no
 warm-up, random crop + horizontal flip as the only augmentation, for 60 epochs at 1% and 30
-epochs at 10% (about 12,800 and 128,000 images: 188 and 939 steps of 4096). A small folder's labelled subset is a few batches or one, so three settings need a rule;
-:func:`finetune_recipe` returns each value with its reason, for the run's header.
+epochs at 10% (about 12,800 and 128,000 images: 188 and 939 steps of 4096). A small folder's
+labelled subset is a few batches or one, so three settings need a rule; :func:`finetune_recipe`
+returns each value with its reason, for the run's header.
 
 * **Batch**: the largest power of two at most :data:`DEFAULT_BATCH` (256) that gives at least
   :data:`MIN_STEPS_PER_EPOCH` (8) full batches an epoch, at least :data:`MIN_BATCH` (16), at most
@@ -39,21 +40,20 @@ epochs at 10% (about 12,800 and 128,000 images: 188 and 939 steps of 4096). A sm
   10% of the labels 0.8 gave 96.5% / 95.1% against 98.6% / 95.1%. Better with 40 labelled
   images, worse with 130, one seed each (one image is 0.7 points): too little to make a rule of.
 
-* **Optimiser** (:func:`optimizer_choice`): not the paper's. Its Nesterov SGD moves every
-  weight by the same rate times its gradient, and a pretrained network's layers take that very
-  unequally: in one measurement (the probe below as the classifier, BatchNorm on its running
-  statistics) one step at 0.0005 moved the first convolution by 0.6% of its norm, the other
-  layers by under 0.15%, and took the held-out top-1 from 88.1% to 78.3%. fastclr fine-tunes with LARS, SimCLR's pretraining
-  optimiser, on the conv and linear weights: each layer moves by at most
-  :data:`LARS_LR` × 0.001 of its own norm a step (before momentum), whatever its gradient's
-  size; the linear classifier (it starts at zero, where that ratio is undefined), biases and
-  BatchNorm take plain momentum SGD at the learning rate above. Measured on the same digits
-  folder and held-out images, on a quarter-width pretraining (one seed; one image is 0.7
-  points; ``bench/results/finetune-recipe.md``): 4 labels a class, LARS at 1 gave 92.3%
-  fine-tuned / 83.2% from scratch against SGD's 88.1% / 81.8% (LARS at 0.3: 89.5% / 81.1%; at
-  3: 86.7% / 85.3%); 10% of the labels, 99.3% / 96.5% against 97.2% / 97.9% (at 0.3: 96.5% /
-  95.8%). The linear probe on the frozen encoder: 88.1% and 98.6%. ``--optimizer sgd`` is the
-  paper's.
+* **Optimiser** (:func:`optimizer_choice`): not the paper's. Its Nesterov SGD moves every weight
+  by the same rate times its gradient, and a pretrained network's layers take that very unequally:
+  in one measurement (the probe below as the classifier, BatchNorm on its running statistics) one
+  step at 0.0005 moved the first convolution by 0.6% of its norm, the other layers by under 0.15%,
+  and took the held-out top-1 from 88.1% to 78.3%. fastclr fine-tunes with LARS, SimCLR's
+  pretraining optimiser, on the conv and linear weights: each layer moves by at most
+  :data:`LARS_LR` × 0.001 of its own norm a step (before momentum), whatever its gradient's size;
+  the linear classifier (it starts at zero, where that ratio is undefined), biases and BatchNorm
+  take plain momentum SGD at the learning rate above. Measured on the same digits folder and
+  held-out images, on a quarter-width pretraining (one seed; one image is 0.7 points;
+  ``bench/results/finetune-recipe.md``): 4 labels a class, LARS at 1 gave 92.3% fine-tuned / 83.2%
+  from scratch against SGD's 88.1% / 81.8% (LARS at 0.3: 89.5% / 81.1%; at 3: 86.7% / 85.3%); 10%
+  of the labels, 99.3% / 96.5% against 97.2% / 97.9% (at 0.3: 96.5% / 95.8%). The linear probe on
+  the frozen encoder: 88.1% and 98.6%. ``--optimizer sgd`` is the paper's.
 
 The rule is the same for a pretrained start and for ``--from-scratch``: the two runs compared
 differ in their initial weights only.
