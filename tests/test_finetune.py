@@ -246,8 +246,9 @@ def _update_norms(clf: torch.nn.Module, step: Callable[[], None]) -> dict[str, f
 def test_the_optimiser_moves_each_layer_as_it_says(
     tmp_path: Path, ckpt: Path, optimizer: str
 ) -> None:
-    """LARS's first step moves every conv weight by lars_lr x 0.001 of its norm and the
-    classifier by plain SGD; the paper's SGD moves layers by their gradients (not all alike)."""
+    """With LARS a step moves every conv weight by lars_lr x 0.001 of its norm (plus momentum)
+    and the classifier by plain SGD; the paper's SGD moves layers by their gradients (not all
+    alike)."""
     from fastclr.downstream.load import read_run
     from fastclr.finetune.plan import plan_finetune
     from fastclr.finetune.state import build_optimizer
@@ -308,6 +309,9 @@ def test_a_run_planned_before_the_optimiser_choice_resumes_with_sgd(
     fastclr.checkpoint.save_checkpoint_atomic(state, out / "checkpoint.pt")
     code, printed, err = _run(["--resume", str(out), "--no-progress"], capsys)
     assert code == 0 and "optimizer:   SGD, Nesterov momentum 0.9, no weight decay" in printed, err
+    assert "planned when SGD was the only optimiser" in printed
+    resumed = load_checkpoint(out)["plan"]["optimizer"]["value"]
+    assert resumed["name"] == "sgd" and resumed["lars_lr"] is None
 
 
 # ------------------------------------------------------------------------------ resume

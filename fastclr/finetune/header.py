@@ -32,9 +32,7 @@ def _head_layer(v: int) -> str:
     return "0 (the encoder's output)" if v == 0 else f"{v} (projection head layer {v})"
 
 
-def _optimizer(v: Any) -> str:
-    if not isinstance(v, dict):  # planned before the optimiser was a choice: its sentence
-        return str(v)
+def _optimizer(v: dict[str, Any]) -> str:
     wd = "no weight decay" if v["weight_decay"] == 0 else f"weight decay {v['weight_decay']:g}"
     if v["name"] == "sgd":
         return f"SGD, Nesterov momentum {v['momentum']:g}, {wd}"

@@ -116,18 +116,13 @@ class FinetunePlan(DecidedPlan):
         lo, hi = self["crop"]
         return float(lo), float(hi)
 
-    @property
-    def optimizer(self) -> str:
-        """ "lars" or "sgd" (a run planned before the optimiser was a choice: "sgd", the only
-        one then, whose plan holds a sentence)."""
-        v = self["optimizer"]
-        return str(v["name"]) if isinstance(v, dict) else "sgd"
+    #: "lars" or "sgd" (:func:`~fastclr.finetune.recipe.optimizer_choice`)
+    optimizer = property(lambda self: str(self["optimizer"]["name"]))
 
     @property
     def lars_lr(self) -> float | None:
         """LARS's rate for the weights (None with SGD)."""
-        v = self["optimizer"]
-        rate = v.get("lars_lr") if isinstance(v, dict) else None
+        rate = self["optimizer"]["lars_lr"]
         return None if rate is None else float(rate)
 
     precision = property(lambda self: str(self["precision"]))
@@ -414,5 +409,8 @@ def plan_finetune(
             p.put(name, saved[name]["value"], "the checkpoint's")
     if saved and "crop" not in saved:  # planned before the crop was a decision: the preset's
         p.d.pop("crop", None)
+    if not isinstance(p["optimizer"], dict):  # planned before it was a choice: its sentence
+        sgd = optimizer_choice("sgd", None, cfg.momentum, cfg.weight_decay).value
+        p.put("optimizer", sgd, "the checkpoint's (planned when SGD was the only optimiser)")
     _precision(p)
     return FinetunePlan(dict(p.d), data, labelled, subset, world_size, data_identity=identity)
