@@ -69,29 +69,14 @@ def _loader(spec: dict[str, Any]) -> Any:
     from fastclr.data import list_image_folder
 
     listing = list_image_folder(spec["folder"])
-    crop = AugmentConfig.imagenet(spec["size"])
+    data = (listing.files, listing.labels, AugmentConfig.imagenet(spec["size"]), spec["batch"])
     if spec["loader"] == "dali":
         from fastclr.data.dali import DaliLoader
 
-        return DaliLoader(
-            listing.files,
-            listing.labels,
-            crop,
-            spec["batch"],
-            num_threads=spec["workers"],
-            device=spec["device"],
-        )
+        return DaliLoader(*data, num_threads=spec["workers"], device=spec["device"])
     from fastclr.data.stream import StreamingLoader
 
-    pin = spec["device"] == "cuda"
-    return StreamingLoader(
-        listing.files,
-        listing.labels,
-        crop,
-        spec["batch"],
-        num_workers=spec["workers"],
-        pin_memory=pin,
-    )
+    return StreamingLoader(*data, num_workers=spec["workers"], pin_memory=spec["device"] == "cuda")
 
 
 def _child_loader(spec: dict[str, Any]) -> dict[str, Any]:
