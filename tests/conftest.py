@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -310,6 +311,22 @@ def tiny_run() -> Callable[..., object]:
         return TrainConfig(out=str(out), **{**tiny, **overrides})  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def one_process_data() -> Callable[..., object]:
+    """``build(plan, crop, **overrides)``: ``build_train_data`` for a pretraining plan in one CPU
+    process (rank 0 of 1, seed 0) with the plan's loader, workers, view size and per-rank batch,
+    unless a keyword of ``build_train_data`` overrides them."""
+    from fastclr.data.select import build_train_data
+
+    def build(plan: Any, crop: object, **overrides: Any) -> Any:
+        planned = {"loader": plan.loader, "num_workers": plan.num_workers}
+        shape = {"image_size": plan.image_size, "batch_size": plan.per_rank}
+        one = {"seed": 0, "rank": 0, "world_size": 1, "device": torch.device("cpu")}
+        return build_train_data(plan.data, crop=crop, **(planned | shape | one | overrides))
+
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -139,10 +139,10 @@ def test_plan_refuses_a_batch_the_data_or_ranks_cannot_take() -> None:
         plan_run(TrainConfig(batch_size=64, image_size=8), data=digits, world_size=3)
 
 
-def test_plan_counts_what_the_loader_trains_on(tmp_path: Path) -> None:
+def test_plan_counts_what_the_loader_trains_on(
+    tmp_path: Path, one_process_data: Callable[..., Any]
+) -> None:
     from PIL import Image
-
-    from fastclr.data.select import build_train_data
 
     def fill(root: Path, per_class: int) -> None:
         for c in ("a", "b"):
@@ -163,18 +163,7 @@ def test_plan_counts_what_the_loader_trains_on(tmp_path: Path) -> None:
                 TrainConfig(data=str(root), image_size=4, batch_size=2, loader=loader),
                 data=data,
             )
-            built = build_train_data(
-                plan.data,
-                loader=loader,
-                num_workers=0,
-                crop=preset_config("small", 4),
-                image_size=4,
-                batch_size=2,
-                seed=0,
-                rank=0,
-                world_size=1,
-                device=torch.device("cpu"),
-            )
+            built = one_process_data(plan, preset_config("small", 4), num_workers=0)
             assert built.n_images == want == plan.data.n_train  # the loader trains on the count
             assert built.loader.steps_per_epoch == plan.steps_per_epoch == want // 2
 

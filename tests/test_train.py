@@ -437,8 +437,8 @@ def test_cli_resume_takes_the_saved_options(tmp_path: Path, capsys: Any) -> None
     assert load_checkpoint(b)["epoch"] == 3  # refused before anything was written
 
 
-def test_num_workers_auto_rule(tmp_path: Path) -> None:
-    from fastclr.data.select import MAX_AUTO_WORKERS, build_train_data, resolve_num_workers
+def test_num_workers_auto_rule(tmp_path: Path, one_process_data: Callable[..., Any]) -> None:
+    from fastclr.data.select import MAX_AUTO_WORKERS, resolve_num_workers
 
     assert resolve_num_workers(None, "stream", cpus=16, local_ranks=1)[0] == MAX_AUTO_WORKERS
     assert resolve_num_workers(None, "stream", cpus=16, local_ranks=4)[0] == 3
@@ -465,19 +465,7 @@ def test_num_workers_auto_rule(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--num-workers"):
         TrainConfig(num_workers=-1).validate()
     plan = plan_run(TrainConfig(data=str(folder), image_size=8, batch_size=2, loader="stream"))
-    built = build_train_data(
-        plan.data,
-        loader="stream",
-        num_workers=plan.num_workers,
-        crop=AugmentConfig.cifar(size=8),
-        image_size=8,
-        batch_size=2,
-        seed=0,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        monitor=False,
-    )
+    built = one_process_data(plan, AugmentConfig.cifar(size=8), monitor=False)
     assert built.num_workers == plan.num_workers
 
     from fastclr.train.header import run_header
