@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from enum import IntEnum
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ __all__ = [
     "PARAM_RULES",
     "AugmentConfig",
     "AugmentParams",
+    "JitterOp",
     "sample_params",
 ]
 
@@ -33,7 +35,17 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 #: Index of each colour-jitter op in ``AugmentParams.order`` (torchvision's ``fn_idx`` numbering).
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+class JitterOp(IntEnum):
+    """The code of each colour-jitter op in ``AugmentParams.order`` (:data:`JITTER_OPS`'s
+    positions; the Triton and native kernels use the same numbers)."""
+
+    BRIGHTNESS = 0
+    CONTRAST = 1
+    SATURATION = 2
+    HUE = 3
+
 
 # Number of uniforms one image consumes per view; see ``sample_params`` for the column layout.
 _DRAWS_AFTER_CROP = 2 + 1 + 1 + 4 + 4 + 1 + 1 + 1 + 1

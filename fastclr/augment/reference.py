@@ -33,14 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastclr.augment.inputs import Images, check_apply_args, images_device, to_rgb
-from fastclr.augment.params import (
-    BRIGHTNESS,
-    CONTRAST,
-    HUE,
-    SATURATION,
-    AugmentConfig,
-    AugmentParams,
-)
+from fastclr.augment.params import AugmentConfig, AugmentParams, JitterOp
 
 __all__ = [
     "GRAY_WEIGHTS",
@@ -117,13 +110,13 @@ def gaussian_taps(sigma: Tensor, k: int) -> Tensor:
 
 
 def _jitter_op(x: Tensor, op: int, f: float) -> Tensor:
-    if op == BRIGHTNESS:
+    if op == JitterOp.BRIGHTNESS:
         y = x * f
-    elif op == CONTRAST:
+    elif op == JitterOp.CONTRAST:
         y = f * x + (1.0 - f) * rgb_to_gray(x).mean()
-    elif op == SATURATION:
+    elif op == JitterOp.SATURATION:
         y = f * x + (1.0 - f) * rgb_to_gray(x)
-    elif op == HUE:
+    elif op == JitterOp.HUE:
         hsv = rgb_to_hsv(x)
         hsv = torch.stack([torch.remainder(hsv[0] + f, 1.0), hsv[1], hsv[2]])
         y = hsv_to_rgb(hsv)

@@ -38,14 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastclr.augment.inputs import checked_apply, to_rgb
-from fastclr.augment.params import (
-    BRIGHTNESS,
-    CONTRAST,
-    HUE,
-    SATURATION,
-    AugmentConfig,
-    AugmentParams,
-)
+from fastclr.augment.params import AugmentConfig, AugmentParams, JitterOp
 from fastclr.augment.reference import GRAY_WEIGHTS, gaussian_taps
 
 __all__ = ["apply_torch"]
@@ -269,7 +262,7 @@ def _blend_step(x: Tensor, params: AugmentParams, op: Tensor) -> Tensor:
     Updates ``x`` (the chunk's own working tensor) in place and returns it.
     """
     on = params.jitter_apply
-    is_b, is_c, is_s = on & (op == BRIGHTNESS), on & (op == CONTRAST), on & (op == SATURATION)
+    is_b, is_c, is_s = (on & (op == code) for code in JitterOp if code != JitterOp.HUE)  # in order
     if not x.is_cuda and not bool((is_b | is_c | is_s).any()):
         return x
     # Per-image scalars broadcast over (n, 3·S·S) views: measured ~2x faster than over (n, 1, 1, 1).
@@ -331,7 +324,7 @@ def _augment_chunk(x: Tensor, params: AugmentParams, config: AugmentConfig) -> T
     for step in range(4):
         op = params.order[:, step]
         x = _blend_step(x, params, op)
-        x = _masked(x, params.jitter_apply & (op == HUE), _hue, params.hue)
+        x = _masked(x, params.jitter_apply & (op == JitterOp.HUE), _hue, params.hue)
     x = _masked(x, params.gray, _to_gray3)
     if config.blur_kernel_size > 1:
         k = config.blur_kernel_size

@@ -42,7 +42,7 @@ from fastclr.augment.inputs import (
     checked_apply,
     images_device,
 )
-from fastclr.augment.params import CONTRAST, AugmentConfig, AugmentParams
+from fastclr.augment.params import AugmentConfig, AugmentParams, JitterOp
 
 # Imported at module level on purpose: SimCLRAugmentation(backend="auto") imports this module
 # lazily and falls back to the torch backend when that import (i.e. triton) fails.
@@ -100,7 +100,7 @@ def pack_sources(images: Tensor | list[Tensor]) -> tuple[Tensor, Tensor]:
 def _param_table(params: AugmentParams) -> Tensor:
     """(N, 19) float32 table in the kernel's PRM_* column order."""
     order = params.order.long()
-    contrast_pos = (order == CONTRAST).to(torch.int64).argmax(dim=1)
+    contrast_pos = (order == JitterOp.CONTRAST).to(torch.int64).argmax(dim=1)
     cols = [
         params.crop.float(),
         params.flip.float()[:, None],

@@ -75,7 +75,7 @@ PRM_CONTRAST_POS = tl.constexpr(14)
 PRM_ORDER = tl.constexpr(15)  # four columns: 15..18
 PRM_COLS = tl.constexpr(19)
 
-# Jitter op ids (fastclr.augment.params.JITTER_OPS numbering).
+# Jitter op ids (fastclr.augment.params.JitterOp numbering).
 OP_BRIGHTNESS = tl.constexpr(0)
 OP_CONTRAST = tl.constexpr(1)
 OP_SATURATION = tl.constexpr(2)
