@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fastclr import options
 from fastclr.checkpoint import CheckpointError
 from fastclr.data import ImageData, TensorImageDataset
 from fastclr.data.split import FileSet
@@ -41,19 +42,7 @@ from fastclr.downstream.probe import LINEAR_L2, LINEAR_MAX_ITER, fit_linear_prob
 from fastclr.errors import UsageError
 from fastclr.features import EvalData, eval_data, extract_features, stream_features
 from fastclr.models import ARCHS
-from fastclr.options import (
-    KNN_K,
-    KNN_TEMPERATURE,
-    check_options,
-    device_option,
-    expected_arch_option,
-    knn_k_option,
-    knn_temperature_option,
-    legacy_option,
-    num_workers_option,
-    option,
-    progress_option,
-)
+from fastclr.options import KNN_K, KNN_TEMPERATURE, check_options, option
 from fastclr.reference import l2_normalize
 
 __all__ = [
@@ -178,13 +167,13 @@ class EvalConfig:
         "'digits' or a labelled image folder",
         unset="the data the checkpoint was pretrained on",
     )
-    arch: str | None = expected_arch_option(ARCHS)
-    knn_k: int | None = knn_k_option()
-    knn_temperature: float = knn_temperature_option()
-    num_workers: int | None = num_workers_option()
-    device: str | None = device_option()
-    progress: bool = progress_option()
-    allow_legacy_checkpoint: bool = legacy_option()
+    arch: str | None = options.expected_arch_option(ARCHS)
+    knn_k: int | None = options.knn_k_option()
+    knn_temperature: float = options.knn_temperature_option()
+    num_workers: int | None = options.num_workers_option()
+    device: str | None = options.device_option()
+    progress: bool = options.progress_option()
+    allow_legacy_checkpoint: bool = options.legacy_option()
 
     def validate(self) -> None:
         """:class:`~fastclr.errors.UsageError` naming the first flag that cannot be used."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -36,7 +37,7 @@ __all__ = [
     "num_workers_option",
     "option",
     "progress_option",
-    "saved_options",
+    "resumed_options",
 ]
 
 #: Neighbours of the kNN vote at most (Wu et al. 2018), and the vote's temperature; the rule of
@@ -229,7 +230,10 @@ def check_options(obj: Any) -> None:
             raise _refuse(f.name, "a non-empty string", v, "")
 
 
-def saved_options(
+C = typing.TypeVar("C")
+
+
+def _inherited(
     config_type: type,
     saved: dict[str, Any],
     plan: dict[str, Any] | None,
@@ -244,3 +248,62 @@ def saved_options(
     if isinstance(root, str) and inherited.get("data") != "digits":
         inherited["data"] = root
     return inherited
+
+
+def _same(a: Any, b: Any, path: bool) -> bool:
+    """Equal values, or (``path``) two spellings of one file or folder (the digits demo is a
+    name, not a path)."""
+    if a == b:
+        return True
+    if path and isinstance(a, str) and isinstance(b, str) and "digits" not in (a, b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return False
+
+
+def resumed_options(
+    config_type: Callable[..., C],
+    given: dict[str, Any],
+    saved: dict[str, Any],
+    checkpoint: str,
+    plan: dict[str, Any] | None,
+    *,
+    per_invocation: frozenset[str],
+    may_change: Callable[[str, C], bool],
+    paths: Iterable[str] = ("data",),
+    decided: Callable[[str, Any], Any] | None = None,
+    shown: Callable[[str, Any], str] = lambda name, value: str(value),
+) -> tuple[C, list[str]]:
+    """The configuration of a resumed run of any command, and the changes it makes.
+
+    Every option not in ``given`` (those passed explicitly) is the checkpoint's ``saved`` one,
+    except the ``per_invocation`` ones; ``data`` is the folder the saved ``plan`` read. A given
+    option that differs from the saved one (``paths`` compared as real paths) is refused with a
+    :class:`~fastclr.errors.UsageError` naming the flag and both values, unless
+    ``may_change(name, cfg)``; those come back as ``--flag old → new`` notes.
+
+    Args:
+        config_type: the command's configuration dataclass.
+        decided: the value the saved run's rule gave an option it left unset
+            (``decided(name, saved_value)``), compared instead of the unset value.
+        shown: how a value is written in a note or an error.
+    """
+    inherited = _inherited(config_type, saved, plan, per_invocation)  # type: ignore[arg-type]
+    cfg = config_type(**{**inherited, **given})
+    notes = []
+    for name in sorted(given):
+        if name in per_invocation or name not in inherited:
+            continue
+        old, new = inherited[name], getattr(cfg, name)
+        if decided is not None:
+            old = decided(name, old)
+        if _same(old, new, name in paths):
+            continue
+        if may_change(name, cfg):
+            notes.append(f"{flag(name)} {shown(name, old)} → {shown(name, new)}")
+            continue
+        raise UsageError(
+            f"{flag(name)} {shown(name, new)} differs from the {shown(name, old)} that "
+            f"checkpoint {checkpoint} was trained with; an exact resume keeps it: leave "
+            f"{flag(name)} out (the saved value is used), or start a new run with --out elsewhere"
+        )
+    return cfg, notes

@@ -9,24 +9,14 @@ with its reason. A resumed run takes every option not given from its checkpoint
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fastclr import options
 from fastclr.errors import UsageError
 from fastclr.finetune.recipe import LARS_LR, OPTIMIZERS
 from fastclr.models import ARCHS
-from fastclr.options import (
-    check_options,
-    device_option,
-    expected_arch_option,
-    flag,
-    legacy_option,
-    num_workers_option,
-    option,
-    progress_option,
-    saved_options,
-)
+from fastclr.options import check_options, option, resumed_options
 from fastclr.train.precision import PRECISIONS, Precision
 
 __all__ = [
@@ -83,7 +73,7 @@ class FinetuneConfig:
         "are labelled, instead of a draw by --labels",
         unset="drawn by --labels and --seed",
     )
-    arch: str | None = expected_arch_option(ARCHS)
+    arch: str | None = options.expected_arch_option(ARCHS)
     from_scratch: bool = option(
         False,
         "train the same network from random weights with the same recipe and labels (the "
@@ -155,7 +145,7 @@ class FinetuneConfig:
         "in 1 GiB, else stream",
         choices=FINETUNE_LOADERS,
     )
-    num_workers: int | None = num_workers_option()
+    num_workers: int | None = options.num_workers_option()
     out: str = option(
         "runs/finetune", "run folder (checkpoint, labelled.txt, CSV logs, curves.png)"
     )
@@ -166,7 +156,7 @@ class FinetuneConfig:
         unset="start afresh",
     )
     overwrite: bool = option(False, "replace a run already in --out (deletes the files it wrote)")
-    allow_legacy_checkpoint: bool = legacy_option()
+    allow_legacy_checkpoint: bool = options.legacy_option()
     limit_steps: int | None = option(
         None, "cap on the steps of every epoch", unset="no cap", at_least=1
     )
@@ -174,8 +164,8 @@ class FinetuneConfig:
         None, "end this run after N epochs (resume later)", unset="run to the end", at_least=1
     )
     log_every: int = option(10, "steps between log rows (and loss finiteness checks)", at_least=1)
-    progress: bool = progress_option()
-    device: str | None = device_option()
+    progress: bool = options.progress_option()
+    device: str | None = options.device_option()
     threads: int | None = option(
         None, "CPU intra-op threads (0: torch's choice)", unset="torch's choice", at_least=0
     )
@@ -204,15 +194,6 @@ class FinetuneConfig:
             )
 
 
-def _same(name: str, a: Any, b: Any) -> bool:
-    if a == b:
-        return True
-    paths = ("checkpoint", "data", "subset")
-    if name in paths and isinstance(a, str) and isinstance(b, str) and "digits" not in (a, b):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return False
-
-
 def resumed_finetune_config(
     given: dict[str, Any],
     saved: dict[str, Any],
@@ -227,21 +208,13 @@ def resumed_finetune_config(
     :data:`RESUME_MAY_CHANGE`; those come back as ``--flag old → new`` notes. The data folder is
     the saved ``plan``'s (absolute, as the run saw it, whatever the working directory now).
     """
-    inherited = saved_options(FinetuneConfig, saved, plan, PER_INVOCATION)
-    cfg = FinetuneConfig(**{**inherited, **given})
-    notes = []
-    for name in sorted(given):
-        if name in PER_INVOCATION or name not in inherited:
-            continue
-        old, new = inherited[name], getattr(cfg, name)
-        if _same(name, old, new):
-            continue
-        if name in RESUME_MAY_CHANGE:
-            notes.append(f"{flag(name)} {old} → {new}")
-            continue
-        raise UsageError(
-            f"{flag(name)} {new} differs from the {old} that checkpoint {checkpoint} was "
-            f"trained with; an exact resume keeps it: leave {flag(name)} out (the saved value "
-            "is used), or start a new run with --out elsewhere"
-        )
-    return cfg, notes
+    return resumed_options(
+        FinetuneConfig,
+        given,
+        saved,
+        checkpoint,
+        plan,
+        per_invocation=PER_INVOCATION,
+        may_change=lambda name, _: name in RESUME_MAY_CHANGE,
+        paths=("checkpoint", "data", "subset"),
+    )

@@ -11,10 +11,10 @@ each value with its reason. Every field is declared with :func:`fastclr.options.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fastclr import options
 from fastclr.augment import BACKENDS as AUGMENT_BACKENDS
 from fastclr.augment.presets import PRESETS
 from fastclr.data.select import LOADERS
@@ -23,18 +23,7 @@ from fastclr.loss import BACKENDS as LOSS_BACKENDS
 from fastclr.loss import BackendName
 from fastclr.models import ARCHS, STEMS
 from fastclr.optim import BASE_LR, MOMENTUM, WEIGHT_DECAY
-from fastclr.options import (
-    check_options,
-    device_option,
-    flag,
-    knn_k_option,
-    knn_temperature_option,
-    legacy_option,
-    num_workers_option,
-    option,
-    progress_option,
-    saved_options,
-)
+from fastclr.options import check_options, option, resumed_options
 from fastclr.train.precision import PRECISIONS, Precision
 
 __all__ = [
@@ -189,7 +178,7 @@ class TrainConfig:
         False,
         "replace a run already in --out (deletes the files it wrote there, and nothing else)",
     )
-    allow_legacy_checkpoint: bool = legacy_option()
+    allow_legacy_checkpoint: bool = options.legacy_option()
     data_changed: Literal["refuse", "ok"] = option(
         "refuse",
         "on --resume, when the data differ from the checkpoint's (files added, removed or "
@@ -198,7 +187,7 @@ class TrainConfig:
         choices=("refuse", "ok"),
     )
     compile: bool = option(False, "torch.compile the model")
-    num_workers: int | None = num_workers_option()
+    num_workers: int | None = options.num_workers_option()
     loader: Loader = option(
         "auto",
         "memory: decode the folder once into RAM; stream: decode each batch in "
@@ -231,10 +220,10 @@ class TrainConfig:
         None, "end this run after N epochs (resume later)", unset="run to the end", at_least=1
     )
     log_every: int = option(10, "steps between log rows (and loss finiteness checks)", at_least=1)
-    knn_k: int | None = knn_k_option()
-    knn_temperature: float = knn_temperature_option()
-    progress: bool = progress_option()
-    device: str | None = device_option()
+    knn_k: int | None = options.knn_k_option()
+    knn_temperature: float = options.knn_temperature_option()
+    progress: bool = options.progress_option()
+    device: str | None = options.device_option()
     threads: int | None = option(
         None,
         "CPU intra-op threads (0: torch's choice)",
@@ -254,14 +243,6 @@ def _shown(name: str, value: Any) -> str:
     if value is None:
         return "auto" if name == "num_workers" else "unset"
     return str(value)
-
-
-def _same(name: str, a: Any, b: Any) -> bool:
-    if a == b:
-        return True
-    if name == "data" and isinstance(a, str) and isinstance(b, str) and "digits" not in (a, b):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return False
 
 
 #: The run plan's name of a decision that a config field leaves to a rule, where they differ.
@@ -295,23 +276,16 @@ def resumed_config(
     run left to a rule is compared with the value the rule gave, from the checkpoint's saved
     ``plan``.
     """
-    inherited = saved_options(TrainConfig, saved, plan, PER_INVOCATION)
-    cfg = TrainConfig(**{**inherited, **given})
-    notes = []
-    for name in sorted(given):
-        if name in PER_INVOCATION or name not in inherited:
-            continue
-        old, new = inherited[name], getattr(cfg, name)
-        if old is None or old == "auto":
-            old = _decided(plan, name, old)
-        if _same(name, old, new):
-            continue
-        if name in RESUME_MAY_CHANGE or (name == "data" and cfg.data_changed == "ok"):
-            notes.append(f"{flag(name)} {_shown(name, old)} → {_shown(name, new)}")
-            continue
-        raise UsageError(
-            f"{flag(name)} {_shown(name, new)} differs from the {_shown(name, old)} that "
-            f"checkpoint {checkpoint} was trained with; an exact resume keeps it: leave "
-            f"{flag(name)} out (the saved value is used), or start a new run with --out elsewhere"
-        )
-    return cfg, notes
+    return resumed_options(
+        TrainConfig,
+        given,
+        saved,
+        checkpoint,
+        plan,
+        per_invocation=PER_INVOCATION,
+        may_change=lambda name, cfg: (
+            name in RESUME_MAY_CHANGE or (name == "data" and cfg.data_changed == "ok")
+        ),
+        decided=lambda name, old: _decided(plan, name, old) if old in (None, "auto") else old,
+        shown=_shown,
+    )
