@@ -45,6 +45,7 @@ from fastclr.data.select import (
     resolve_num_workers,
 )
 from fastclr.data.split import FileSet
+from fastclr.decisions import DecidedPlan, Decision
 from fastclr.downstream.load import RunInfo
 from fastclr.errors import UsageError
 from fastclr.finetune.config import FinetuneConfig
@@ -57,7 +58,6 @@ from fastclr.finetune.subset import (
     resolve_subset,
 )
 from fastclr.models import Architecture, ProjectionHead, head_layers
-from fastclr.train.plan import DecidedPlan, Decision
 from fastclr.train.precision import resolve_precision
 from fastclr.train.recipe import preset_for
 
@@ -99,12 +99,6 @@ class FinetunePlan(DecidedPlan):
     std = property(lambda self: tuple(float(v) for v in self["input"]["std"]))
     pretrained = property(lambda self: self["init"] == "pretrained")
     head_layer = property(lambda self: int(self["head_layer"]))
-    batch = property(lambda self: int(self["batch"]))
-    steps_per_epoch = property(lambda self: int(self["steps"]))
-    lr = property(lambda self: float(self["lr"]))
-    epochs = property(lambda self: int(self["epochs"]))
-    loader = property(lambda self: str(self["loader"]))
-    num_workers = property(lambda self: int(self["workers"]))
     preset = property(lambda self: str(self["augment"]))
 
     @property
@@ -125,7 +119,6 @@ class FinetunePlan(DecidedPlan):
         rate = self["optimizer"]["lars_lr"]
         return None if rate is None else float(rate)
 
-    precision = property(lambda self: str(self["precision"]))
     classes = property(lambda self: list(self.data.classes))
 
     @property

@@ -65,7 +65,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fastclr.train.plan import Decision
+from fastclr.decisions import Decision
 from fastclr.train.recipe import DEFAULT_BATCH, MIN_STEPS_PER_EPOCH, rule_batch
 
 __all__ = [

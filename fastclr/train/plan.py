@@ -37,8 +37,8 @@ threads, kNN k) are decided again, since they may change between sessions.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -53,6 +53,7 @@ from fastclr.data.select import (
     resolve_loader,
     resolve_num_workers,
 )
+from fastclr.decisions import DecidedPlan, Decision
 from fastclr.errors import UsageError
 from fastclr.evaluate import knn_k_for
 from fastclr.models import Architecture
@@ -95,57 +96,6 @@ KEPT_ON_RESUME = (
 
 
 @dataclass(frozen=True)
-class Decision:
-    """One decided setting: its value and why (``given`` when the user set it)."""
-
-    value: Any
-    reason: str
-
-
-_Plan = TypeVar("_Plan", bound="DecidedPlan")
-
-
-class DecidedPlan:
-    """What a run plan of decisions is, in pretraining (:class:`RunPlan`) and fine-tuning
-    (:class:`~fastclr.finetune.plan.FinetunePlan`) alike: each value with its reason, the data
-    plan, and how a plan is sent to other ranks and stored in a checkpoint."""
-
-    decisions: dict[str, Decision]
-    data: DataPlan
-    world_size: int
-    #: what a resume compares to tell whether the data changed (:meth:`DataPlan.identity`)
-    data_identity: dict[str, Any]
-
-    def __getitem__(self, name: str) -> Any:
-        return self.decisions[name].value
-
-    def reason(self, name: str) -> str:
-        return self.decisions[name].reason
-
-    @property
-    def per_rank(self) -> int:
-        """The batch of one rank."""
-        return int(self["batch"]) // self.world_size
-
-    @property
-    def threads(self) -> int | None:
-        value = self["threads"]
-        return None if value is None else int(value)
-
-    def without_memory(self: _Plan) -> _Plan:
-        """This plan without decoded folder images (what other ranks receive)."""
-        # every plan is a frozen dataclass; mypy cannot see that through the type variable
-        return replace(self, data=self.data.without_memory())  # type: ignore[type-var]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The decisions as plain values and reasons (what the checkpoint stores)."""
-        out: dict[str, Any] = {k: asdict(d) for k, d in self.decisions.items()}
-        out["data_root"] = None if self.data.root is None else str(self.data.root)
-        out["data_identity"] = dict(self.data_identity)
-        return out
-
-
-@dataclass(frozen=True)
 class RunPlan(DecidedPlan):
     """Every derived setting of one run (module docstring); read it, never recompute it.
 
@@ -163,17 +113,7 @@ class RunPlan(DecidedPlan):
     width = property(lambda self: float(self["width"]))
     stem = property(lambda self: str(self["stem"]))
     head_bn = property(lambda self: bool(self["head_bn"]))
-    epochs = property(lambda self: int(self["epochs"]))
-    batch = property(lambda self: int(self["batch"]))
     preset = property(lambda self: str(self["preset"]))
-    loader = property(lambda self: str(self["loader"]))
-    num_workers = property(lambda self: int(self["workers"]))
-    steps_per_epoch = property(lambda self: int(self["steps"]))
-    lr = property(lambda self: float(self["lr"]))
-    warmup_steps = property(lambda self: int(self["warmup"]))
-    precision = property(lambda self: str(self["precision"]))
-    views_forward = property(lambda self: str(self["views_forward"]))
-    augment_in = property(lambda self: str(self["augment_in"]))
 
     @property
     def total_steps(self) -> int:
@@ -182,12 +122,19 @@ class RunPlan(DecidedPlan):
             return int(self["total"])
         return self.steps_per_epoch * self.epochs
 
+    warmup_steps = property(lambda self: int(self["warmup"]))
+
     def schedule(self) -> WarmupCosine:
         """The learning-rate multiplier per step: warm-up, then cosine (continued from where it
         was when a resume changed the run's length)."""
         rebase = self.decisions.get("rebase")
         at = None if rebase is None else (int(rebase.value[0]), float(rebase.value[1]))
         return WarmupCosine(self.warmup_steps, self.total_steps, at)
+
+    #: ``joint`` (both views in one forward) or ``separate`` (one forward a view)
+    views_forward = property(lambda self: str(self["views_forward"]))
+    #: where the views are finished: ``main`` or ``workers``
+    augment_in = property(lambda self: str(self["augment_in"]))
 
     @property
     def chunk(self) -> int | None:
