@@ -30,6 +30,8 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 RECORD = RESULTS / "finetune-recipe.jsonl"
 LABELS = ("4-per-class", "10%")
+#: a row of the report: labels, candidate, crop area, optimiser, fine-tuning seed
+Row = tuple[str, str, str, str, int]
 
 #: name → extra ``fastclr finetune`` flags; ``{n}``: the labelled images, ``{lin}``: the linear
 #: rule's rate for a batch of all of them, ``{steps}``: the paper's steps at that fraction,
@@ -168,12 +170,12 @@ def _fields(labels: str, n_train: int, n_classes: int) -> dict[str, Any]:
 def report(record: Path) -> str:
     """finetune-recipe.md: per pretraining, one row per label setting and candidate, the two
     starts side by side (the last record of each) and the linear probe on the same labels."""
-    tables: dict[str, dict[tuple[str, str, str, str], dict[str, dict[str, Any]]]] = {}
+    tables: dict[str, dict[Row, dict[str, dict[str, Any]]]] = {}
     for line in record.read_text().splitlines():
         r = json.loads(line)
         rows = tables.setdefault(r.get("pretraining", FIRST_PRETRAINING), {})
         opt = r.get("optimizer", PAPER_OPTIMIZER)
-        key = (r["labels"], r["candidate"], r.get("crop", PRESET_CROP), opt)
+        key = (r["labels"], r["candidate"], r.get("crop", PRESET_CROP), opt, int(r["seed"]))
         rows.setdefault(key, {})[r["init"]] = r
     out = [
         "# Fine-tuning's small-folder rule: the evidence",
@@ -183,7 +185,8 @@ def report(record: Path) -> str:
         "FOLDER/train --epochs 40 --seed 0`, at `--image-size 28 --width 0.25` for the first, "
         "at the default width and the view-size rule's 28 px for the second; FOLDER = the digits "
         "exported by `bench/quality.py`; the third: the first's command run again on later "
-        "code), fine-tuned and trained from scratch, seed 0; the "
+        "code), fine-tuned and trained from scratch with the fine-tuning seed shown (the labelled "
+        "images are its draw; the pretraining's is 0); the "
         "linear probe is `fastclr linear-eval`'s, fitted on the same labelled images. "
         "*optimizer*: the paper's Nesterov SGD (`sgd`, the only one before the third table) or "
         "LARS on the weights at the rate named. *crop area*: the fine-tuning crops' area range "
@@ -197,27 +200,29 @@ def report(record: Path) -> str:
     return "\n".join([*out, "", *DECISION]) + "\n"
 
 
-def _table(rows: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]]) -> list[str]:
-    probes = {key[0]: by["probe"] for key, by in rows.items() if "probe" in by}
+def _table(rows: dict[Row, dict[str, dict[str, Any]]]) -> list[str]:
+    probes = {(k[0], k[4]): by["probe"] for k, by in rows.items() if "probe" in by}
     out = [
-        "| labels | candidate | optimizer | crop area | flags | steps | fine-tuned "
+        "| labels | seed | candidate | optimizer | crop area | flags | steps | fine-tuned "
         "| from scratch | difference | linear probe |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (labels, name, crop, opt), by in rows.items():
+    for (labels, name, crop, opt, seed), by in rows.items():
         pre, sc = by.get("pretrained"), by.get("scratch")
         if pre is None and sc is None:
             continue  # the probe's own record: shown in its column
         any_run = pre or sc
         assert any_run is not None
-        flags = any_run["command"].split("--seed 0", 1)[-1].replace("--from-scratch", "").strip()
+        flags = any_run["command"].split(f"--seed {seed}", 1)[-1]
+        flags = flags.replace("--from-scratch", "").strip()
         cells = [f"{100 * r['top1']:.2f}" if r else "-" for r in (pre, sc)]
         diff = f"{100 * (pre['top1'] - sc['top1']):+.2f}" if pre and sc else "-"
-        probe = f"{100 * probes[labels]['top1']:.2f}" if labels in probes else "-"
+        probe = probes.get((labels, seed))
+        probe_cell = f"{100 * probe['top1']:.2f}" if probe else "-"
         shown = f"`{flags}`" if flags else "(none)"
         out.append(
-            f"| {labels} | {name} | {opt} | {crop} | {shown} | {_steps(any_run)} "
-            f"| {' | '.join(cells)} | {diff} | {probe} |"
+            f"| {labels} | {seed} | {name} | {opt} | {crop} | {shown} | {_steps(any_run)} "
+            f"| {' | '.join(cells)} | {diff} | {probe_cell} |"
         )
     return out
 

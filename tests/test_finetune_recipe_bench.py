@@ -1,7 +1,8 @@
 """bench/finetune_recipe.py's report on made-up records: one table per pretraining (records
 written before they named theirs go to the first), the two starts side by side, the linear
 probe of the same labels in its own column, the rule's steps without a --batch-size, and the
-optimiser of each row (records written before they named theirs ran the paper's SGD)."""
+optimiser of each row (records written before they named theirs ran the paper's SGD), a row
+for each fine-tuning seed."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ def recipe(bench_module: Callable[[str], ModuleType]) -> ModuleType:
     return bench_module("finetune_recipe")
 
 
-def _rec(cand: str, init: str, top1: float, flags: str, pre: str | None = None) -> dict[str, Any]:
-    cmd = f"python -m fastclr finetune --labels 4-per-class --seed 0 {flags}".strip()
+def _rec(
+    cand: str, init: str, top1: float, flags: str, pre: str | None = None, seed: int = 0
+) -> dict[str, Any]:
+    cmd = f"python -m fastclr finetune --labels 4-per-class --seed {seed} {flags}".strip()
     rec: dict[str, Any] = {"labels": "4-per-class", "candidate": cand, "init": init}
-    rec.update({"seed": 0, "command": cmd, "top1": top1, "epochs": 219, "seconds": 1.0})
+    rec.update({"seed": seed, "command": cmd, "top1": top1, "epochs": 219, "seconds": 1.0})
     if pre is not None:
         rec["pretraining"] = pre
     return rec
@@ -42,6 +45,9 @@ def test_report_groups_by_pretraining_with_the_probe_beside(
         {**_rec("crop-0.8", "pretrained", 0.8811, "--crop-min 0.8", wide), "crop": "0.8-1"},
         # the rule again, with the optimiser it has now: a row of its own
         {**_rec("rule", "pretrained", 0.9231, "", wide), "crop": "0.3-1", "optimizer": "lars 1"},
+        # another fine-tuning seed: rows of its own, beside its own probe
+        _rec("rule", "pretrained", 0.8741, "", wide, seed=1),
+        {**_rec("linear-probe", "probe", 0.9021, "", wide, seed=1), "command": "linear_probe(.)"},
     ]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -49,16 +55,18 @@ def test_report_groups_by_pretraining_with_the_probe_beside(
     first, second = text.split("## Pretrained: ")[1:]
     assert first.startswith(recipe.FIRST_PRETRAINING)
     assert (
-        "| 4-per-class | b16-sqrt | sgd | 0.3-1 | `--batch-size 16 --lr 0.05` | 438 | 89.51 "
+        "| 4-per-class | 0 | b16-sqrt | sgd | 0.3-1 | `--batch-size 16 --lr 0.05` | 438 | 89.51 "
         "| 81.82 | +7.69 | - |" in first
     )
     assert second.startswith(wide)
     # the rule's batch is 16 for 40 labelled images: 219 epochs of 2 steps
     # records without a crop ran the preset's (0.3 to 1 at 28 px)
-    rule = "| 4-per-class | rule | sgd | 0.3-1 | (none) | 438 | 85.31 | 81.12 | +4.19 | 92.31 |"
+    rule = "| 4-per-class | 0 | rule | sgd | 0.3-1 | (none) | 438 | 85.31 | 81.12 | +4.19 | 92.31 |"
     assert rule in second
-    mild = "| 4-per-class | crop-0.8 | sgd | 0.8-1 | `--crop-min 0.8` | 438 | 88.11 | - | - "
+    mild = "| 4-per-class | 0 | crop-0.8 | sgd | 0.8-1 | `--crop-min 0.8` | 438 | 88.11 | - | - "
     assert mild + "| 92.31 |" in second
-    lars = "| 4-per-class | rule | lars 1 | 0.3-1 | (none) | 438 | 92.31 | - | - | 92.31 |"
+    lars = "| 4-per-class | 0 | rule | lars 1 | 0.3-1 | (none) | 438 | 92.31 | - | - | 92.31 |"
     assert lars in second
+    seed1 = "| 4-per-class | 1 | rule | sgd | 0.3-1 | (none) | 438 | 87.41 | - | - | 90.21 |"
+    assert seed1 in second and rule in second  # the second seed did not replace the first
     assert "linear-probe" not in text  # the probe is a column, not a row
