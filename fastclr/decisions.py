@@ -56,7 +56,7 @@ class DecidedPlan:
     @property
     def per_rank(self) -> int:
         """The batch of one rank."""
-        return int(self["batch"]) // self.world_size
+        return self.batch // self.world_size
 
     @property
     def threads(self) -> int | None:

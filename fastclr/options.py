@@ -230,7 +230,7 @@ def check_options(obj: Any) -> None:
             raise _refuse(f.name, "a non-empty string", v, "")
 
 
-C = typing.TypeVar("C")
+_Config = typing.TypeVar("_Config")
 
 
 def _inherited(
@@ -261,18 +261,18 @@ def _same(a: Any, b: Any, path: bool) -> bool:
 
 
 def resumed_options(
-    config_type: Callable[..., C],
+    config_type: Callable[..., _Config],
     given: dict[str, Any],
     saved: dict[str, Any],
     checkpoint: str,
     plan: dict[str, Any] | None,
     *,
     per_invocation: frozenset[str],
-    may_change: Callable[[str, C], bool],
+    may_change: Callable[[str, _Config], bool],
     paths: Iterable[str] = ("data",),
     decided: Callable[[str, Any], Any] | None = None,
     shown: Callable[[str, Any], str] = lambda name, value: str(value),
-) -> tuple[C, list[str]]:
+) -> tuple[_Config, list[str]]:
     """The configuration of a resumed run of any command, and the changes it makes.
 
     Every option not in ``given`` (those passed explicitly) is the checkpoint's ``saved`` one,
