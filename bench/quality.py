@@ -25,9 +25,9 @@ says nothing about the training, so it does not widen the bar. (Until 2026-12-01
 larger of the two spreads; quality.md says what that rule would conclude.)
 
 ``--variant NAME --flags="..."`` (with the ``=``, as the flags start with ``--``) trains the
-folder suite with extra ``fastclr pretrain`` flags and appends its per-seed scores and the
-command to ``quality-variants.jsonl`` (quality.md and quality.json keep the default recipe's
-record); quality.md tabulates every recorded variant.
+folder suite (with ``--suite demo``: the demo suite) with extra ``fastclr pretrain`` flags and
+appends its per-seed scores and the command to ``quality-variants.jsonl`` (quality.md and
+quality.json keep the default recipe's record); quality.md tabulates every recorded variant.
 
 Baselines (same split, same evaluation): the encoder with its random initial weights (same seed)
 and the raw pixels. Writes ``bench/results/quality.{md,json}``, ``quality-curves.png`` (loss and
@@ -323,13 +323,23 @@ def run_folder_suite(name: str, args: argparse.Namespace, flags: list[str]) -> d
 
 
 def run_variant(args: argparse.Namespace) -> int:
-    """Train the folder suite with ``args.flags`` added; append it to the variants' record."""
+    """Train the folder suite (the demo suite with ``--suite demo``) with ``args.flags`` added;
+    append it to the variants' record."""
     import shlex
 
     flags = shlex.split(args.flags)
-    suite = run_folder_suite(f"variant-{args.variant}", args, flags)
+    kind = "demo" if args.suite == "demo" else "folder"
+    if kind == "demo":
+
+        def dargs(run: Path, seed: int) -> list[str]:
+            return demo_args(run, seed, args.demo_epochs) + flags
+
+        name = f"variant-{args.variant}-demo"
+        suite = run_suite(name, dargs, load_digits(), args.seeds, args.runs)
+    else:
+        suite = run_folder_suite(f"variant-{args.variant}", args, flags)
     command = "python bench/quality.py " + shlex.join(sys.argv[1:])
-    record_variant(args.out / VARIANTS, args.variant, flags, suite, command)
+    record_variant(args.out / VARIANTS, args.variant, flags, suite, command, kind)
     print("\n".join(variant_lines(args.out / VARIANTS)))
     return 0
 

@@ -146,16 +146,22 @@ VARIANTS = "quality-variants.jsonl"
 
 
 def record_variant(
-    path: Path, name: str, flags: list[str], suite: dict[str, Any], command: str
+    path: Path,
+    name: str,
+    flags: list[str],
+    suite: dict[str, Any],
+    command: str,
+    kind: str = "folder",
 ) -> None:
-    """Append the folder suite's per-seed scores, trained with ``flags`` by ``command``, as
-    variant ``name``."""
+    """Append the per-seed scores of suite ``kind`` (folder or demo), trained with ``flags`` by
+    ``command``, as variant ``name``."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         for r in suite["per_seed"]:
             row = {
                 "variant": name,
+                "suite": kind,
                 "flags": flags,
                 "seed": r["seed"],
                 "pretrained": r["pretrained"],
@@ -169,26 +175,27 @@ def variant_lines(path: Path) -> list[str]:
     """quality.md's table of the recorded variants of the folder suite's recipe."""
     if not path.exists():
         return []
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            groups.setdefault(row["variant"], []).append(row)
+            groups.setdefault((row.get("suite", "folder"), row["variant"]), []).append(row)
     lines = [
-        "## Variants of the folder suite's recipe (3 seeds each unless said)",
+        "## Variants of the suites' recipes (3 seeds each unless said)",
         "",
         f"From `{VARIANTS}`; each run's scores and the command that made it are recorded there "
-        "(`measured`). Same folder, epochs, size, width and evaluation as the suite above.",
+        "(`measured`). Same data, epochs, size, width and evaluation as the suite named.",
         "",
-        "| variant | the same with today's flags | seeds | linear top-1 (%) | kNN top-1 (%) |",
-        "|---|---|---|---|---|",
+        "| suite | variant | the same with today's flags | seeds | linear top-1 (%) "
+        "| kNN top-1 (%) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, rows in groups.items():
+    for (kind, name), rows in groups.items():
         lin = mean_std([r["pretrained"]["linear"] for r in rows])
         knn = mean_std([r["pretrained"]["knn"] for r in rows])
         flags = " ".join(rows[0]["flags"]) or "(none)"
         cell = _pm if len(rows) > 1 else lambda pair: f"{100 * pair[0]:.2f}"
-        lines.append(f"| {name} | `{flags}` | {len(rows)} | {cell(lin)} | {cell(knn)} |")
+        lines.append(f"| {kind} | {name} | `{flags}` | {len(rows)} | {cell(lin)} | {cell(knn)} |")
     return [*lines, ""]
 
 

@@ -112,9 +112,11 @@ def finetune_cli(args: list[str], out: Path) -> tuple[int, float]:
     return rc, time.perf_counter() - t
 
 
-def _finetune(pre: Path, folder: Path, labels: str, seed: int, out: Path, scratch: bool) -> dict:
+def _finetune(
+    pre: Path, folder: Path, labels: str, seed: int, out: Path, scratch: bool, extra: list[str]
+) -> dict:
     args = ["--checkpoint", str(pre), "--data", str(folder), "--labels", labels]
-    args += ["--seed", str(seed)] + (["--from-scratch"] if scratch else [])
+    args += ["--seed", str(seed)] + (["--from-scratch"] if scratch else []) + extra
     rc, secs = finetune_cli(args, out)
     log = out.parent / f"{out.name}.log"
     if rc != 0:
@@ -176,8 +178,9 @@ def run_seed(args: argparse.Namespace, folder: Path, seed: int, rows: dict[str, 
     }
     for row, labels in rows.items():
         tag = row.replace("%", "pct")
-        ft = _finetune(pre, folder, labels, seed, base / f"{tag}-finetuned", False)
-        sc = _finetune(pre, folder, labels, seed, base / f"{tag}-scratch", True)
+        extra = shlex.split(args.finetune_flags)
+        ft = _finetune(pre, folder, labels, seed, base / f"{tag}-finetuned", False, extra)
+        sc = _finetune(pre, folder, labels, seed, base / f"{tag}-scratch", True, extra)
         lin = linear_probe(pre, folder, base / f"{tag}-finetuned")
         out[row] = {"labels": labels, "finetuned": ft, "scratch": sc, "linear": {"top1": lin}}
         print(
@@ -343,6 +346,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the plan's rule: the images' own size, at most 224)",
     )
     p.add_argument("--width", type=float, default=FOLDER_WIDTH, help="semi suite: encoder width")
+    p.add_argument(
+        "--finetune-flags",
+        default="",
+        help="semi suite: extra `fastclr finetune` flags, the same for the fine-tuned and the "
+        "from-scratch network, one string: --finetune-flags='--crop-min 0.8'",
+    )
 
 
 if __name__ == "__main__":

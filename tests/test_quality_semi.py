@@ -97,3 +97,50 @@ def test_a_given_folder_is_pretrained_at_the_size_the_plan_picks(
     assert "--image-size" not in plain and plain[plain.index("--width") + 1] == "0.25"
     sized = quality.folder_args(Path("f"), Path("o"), 0, 40, 28, 0.25)
     assert sized[sized.index("--image-size") + 1] == "28"
+
+
+def test_finetune_flags_reach_both_networks(
+    tmp_path: Path, semi: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--finetune-flags`` is given to the fine-tuned AND the from-scratch run (the same recipe
+    for both, or the comparison means nothing); a failed run stops the suite with its log."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    semi.add_arguments(p)
+    extra = p.parse_args(["--finetune-flags=--crop-min 0.8"]).finetune_flags
+    seen: list[list[str]] = []
+
+    def fake(args: list[str], out: Path) -> tuple[int, float]:
+        seen.append(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (out.parent / f"{out.name}.log").write_text("boom\n")
+        return 1, 0.0
+
+    monkeypatch.setattr(semi, "finetune_cli", fake)
+    for scratch in (False, True):
+        with pytest.raises(SystemExit, match="boom"):
+            semi._finetune(Path("pre"), Path("f"), "10%", 0, tmp_path / "r", scratch, extra.split())
+    assert [a[-2:] for a in seen] == [["--crop-min", "0.8"]] * 2
+    assert ["--from-scratch" in a for a in seen] == [False, True]
+
+
+def test_variant_table_names_the_suite(
+    tmp_path: Path, bench_module: Callable[[str], ModuleType]
+) -> None:
+    """quality.md's variants table keeps a demo-suite variant apart from the folder suite's of
+    the same name (rows recorded before the suite was named are the folder suite's)."""
+    import json
+
+    report = bench_module("quality_report")
+    path = tmp_path / "variants.jsonl"
+    scores = {"linear": 0.9, "knn": 0.8}
+    old = {"variant": "bf16", "flags": ["--precision", "bf16"], "seed": 0, "pretrained": scores}
+    path.write_text(json.dumps(old) + "\n")
+    suite = {"per_seed": [{"seed": s, "pretrained": scores, "random": scores} for s in (0, 1)]}
+    report.record_variant(path, "bf16", ["--precision", "bf16"], suite, "cmd", "demo")
+    rows = [line for line in report.variant_lines(path) if "| bf16 |" in line]
+    assert rows == [
+        "| folder | bf16 | `--precision bf16` | 1 | 90.00 | 80.00 |",
+        "| demo | bf16 | `--precision bf16` | 2 | 90.00 ± 0.00 | 80.00 ± 0.00 |",
+    ]
