@@ -213,11 +213,13 @@ def test_the_crop_decision_and_runs_planned_before_it(
     out, mild = tmp_path / "ft", tmp_path / "mild"
     code, printed, err = _run([*args, "--out", str(out), "--stop-after-epochs", "1"], capsys)
     assert code == 0, err
-    assert "crop:        area 0.3 to 1 (the 8-px pretraining preset's" in printed  # small-grey
-    code, printed, err = _run([*args, "--out", str(mild), "--crop-min", "0.8"], capsys)
-    assert code == 0 and "area 0.8 to 1 (given (--crop-min))" in printed, err
+    # small-grey: 8-px views fine-tune on milder crops than the preset's 0.3 to 1
+    assert "crop:        area 0.8 to 1 (8-px views < 32: milder than the pretraining" in printed
+    assert "preset's 0.3 to 1;" in printed
+    code, printed, err = _run([*args, "--out", str(mild), "--crop-min", "0.5"], capsys)
+    assert code == 0 and "area 0.5 to 1 (given (--crop-min))" in printed, err
     mild_plan = load_checkpoint(mild)["plan"]
-    assert mild_plan["crop"]["value"] == [0.8, 1.0]
+    assert mild_plan["crop"]["value"] == [0.5, 1.0]
     # a run planned before the crop was a decision resumes with its preset's crop
     state = load_checkpoint(out)
     del state["plan"]["crop"]
@@ -232,6 +234,18 @@ def test_the_crop_decision_and_runs_planned_before_it(
     assert augment_config(plan).scale == preset_config(plan.preset, plan.image_size).scale
     code, printed, err = _run(["--resume", str(out), "--no-progress"], capsys)
     assert code == 0 and "crop:" not in printed, err
+
+
+def test_crop_rule_is_milder_only_under_32_px() -> None:
+    """Fine-tuning's crop: 0.8 to 1 below the small presets' 32 px, the preset's from there on,
+    a given --crop-min always."""
+    from fastclr.finetune.recipe import SMALL_CROP_MIN, crop_scale
+
+    assert crop_scale(28, (0.3, 1.0), None)[0] == (SMALL_CROP_MIN, 1.0)
+    assert crop_scale(31, (0.3, 1.0), None)[0] == (SMALL_CROP_MIN, 1.0)
+    assert crop_scale(32, (0.08, 1.0), None)[0] == (0.08, 1.0)
+    assert crop_scale(224, (0.08, 1.0), None)[0] == (0.08, 1.0)
+    assert crop_scale(28, (0.3, 1.0), 0.5) == ((0.5, 1.0), "given (--crop-min)")
 
 
 def _update_norms(clf: torch.nn.Module, step: Callable[[], None]) -> dict[str, float]:

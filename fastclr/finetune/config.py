@@ -110,7 +110,7 @@ class FinetuneConfig:
     crop_min: float | None = option(
         None,
         "smallest crop as a fraction of the image's area (crops of crop-min to all of it)",
-        unset="the pretraining preset's (0.08 at 224 px, 0.3 under 32 px)",
+        unset="the pretraining preset's (0.08 at 224 px), 0.8 under 32 px",
         positive=True,
         at_most=1,
         why="a fraction of the image's area",
