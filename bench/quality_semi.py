@@ -226,6 +226,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"{record['data']}. Every seed pretrains with `{record['pretrain_command']}`, then "
         "trains three classifiers on the same labelled images; top-1 on the validation images.",
         "",
+        *([record["note"], ""] if record.get("note") else []),
         "| labels | seed | fine-tuned | from scratch | linear probe |",
         "|---|---|---|---|---|",
     ]

@@ -325,9 +325,8 @@ def _protocol(p: _Planner, data: DataPlan, size: int) -> None:
     p.put(
         "augment",
         name,
-        f"paper B.5: random crop + flip only, no colour, grey or blur: the flips (and, unless "
-        f"--crop-min, the crop) of the preset pretraining's rule picks for {size}-px views: "
-        f"{flips}",
+        f"paper B.5: random crop + flip only, no colour, grey or blur: the flips of the preset "
+        f"pretraining's rule picks for {size}-px views: {flips}; the crop below",
     )
     scale, why = crop_scale(size, (lo, hi), cfg.crop_min)
     p.put("crop", list(scale), why)
