@@ -87,7 +87,9 @@ def child_round(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["pipeline"] == "lightly":
         batches, step = pipelines.lightly_pipeline(*args)
     else:
-        batches, step = pipelines.fastclr_pipeline(*args, spec["pipeline"] == "fastclr-workers")
+        name = spec["pipeline"]
+        precision = "bf16" if name == "fastclr-bf16" else "fp32"
+        batches, step = pipelines.fastclr_pipeline(*args, name != "fastclr", precision)
     losses = [float(step(next(batches))) for _ in range(spec["warmup"])]
     main0, work0, t0 = time.process_time(), _worker_cpu_s(), time.perf_counter()
     losses += [float(step(next(batches))) for _ in range(spec["steps"])]
@@ -255,9 +257,10 @@ def run_size(
         "threads": args.threads,
     }
     out: dict[str, Any] = {"size": size, "width": width, "batch": batch, "threads": args.threads}
-    rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in pipelines.PIPELINES}
+    names = pipelines.ROUND_PIPELINES
+    rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in names}
     for r in range(args.rounds if "rounds" in args.parts else 0):
-        order = pipelines.PIPELINES[r % 3 :] + pipelines.PIPELINES[: r % 3]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for p in order:
             say(f"{size} px: round {r + 1}/{args.rounds}, {p}")
             spec = {**base, "pipeline": p, "warmup": args.warmup, "steps": args.steps}

@@ -16,6 +16,7 @@ FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile"
 PIPELINE_NAMES = {
     "fastclr": "fastclr (crops in workers, augmentation in the step)",
     "fastclr-workers": "fastclr, views finished in workers (fused native crop + augment)",
+    "fastclr-bf16": "fastclr, views finished in workers, `--precision bf16` (opt-in)",
     "lightly": "lightly example (ImageFolder + SimCLRTransform + NTXentLoss + LARS)",
 }
 STAGE_NAMES = {"forward": "model forward", "backward": "model backward", "optimizer": "optimiser"}

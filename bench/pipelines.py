@@ -8,6 +8,8 @@
 * ``fastclr-workers``: the same, with the views finished in the loader's workers: the loader is
   handed :class:`fastclr.augment.native_backend.WorkerViews`, which does crop, resize and the
   rest of the recipe in one native pass from the decoded image.
+* ``fastclr-bf16``: ``fastclr-workers`` with ``--precision bf16`` (autocast; the loss and LARS in
+  fp32), the opt-in a CPU with native bf16 offers; in the timed rounds only.
 * ``lightly``: what a user writes following lightly's SimCLR example: torchvision ``ImageFolder``
   with lightly's ``SimCLRTransform``, a ``DataLoader`` with workers, one forward per view,
   lightly's ``NTXentLoss`` and lightly's ``LARS`` (weight decay off for norms and biases, as
@@ -35,7 +37,10 @@ import torch
 from step_limit import StepParts, time_stages
 from torch import Tensor
 
+#: the pipelines profiled stage by stage (fp32)
 PIPELINES = ("fastclr", "fastclr-workers", "lightly")
+#: the pipelines of the timed rounds: the profiled ones and fastclr's bf16 opt-in
+ROUND_PIPELINES = (*PIPELINES[:2], "fastclr-bf16", PIPELINES[2])
 #: NT-Xent temperature of both pipelines (lightly's default)
 TEMPERATURE = 0.5
 SEED = 0
@@ -79,9 +84,16 @@ def views_of(aug: Any, batch: Any) -> tuple[Tensor, Tensor]:
 
 
 def fastclr_pipeline(
-    folder: str, size: int, width: float, batch: int, workers: int, in_workers: bool
+    folder: str,
+    size: int,
+    width: float,
+    batch: int,
+    workers: int,
+    in_workers: bool,
+    precision: str = "fp32",
 ) -> tuple[Iterator[Any], Step]:
-    """(batches, step) of fastclr's pretraining on ``folder`` (module docstring)."""
+    """(batches, step) of fastclr's pretraining on ``folder`` (module docstring) at
+    ``precision`` (fp32 or bf16)."""
     from fastclr.augment.native_backend import WorkerViews
     from fastclr.data import list_image_folder
     from fastclr.data.stream import StreamingLoader
@@ -90,7 +102,7 @@ def fastclr_pipeline(
     from fastclr.train.precision import make_scaler
     from fastclr.train.step import TrainingStep
 
-    stem, aug = _settings(size)
+    stem, aug = _settings(size, precision)
     listing = list_image_folder(folder)
     finish = WorkerViews(aug.config) if in_workers else None
     loader = StreamingLoader(
@@ -106,7 +118,7 @@ def fastclr_pipeline(
     loss = NTXentLoss(TEMPERATURE, check_finite=False)
     opt = LARS(lars_param_groups(model), lr=scaled_lr(batch))
     cpu = torch.device("cpu")
-    stepper = TrainingStep(model, loss, opt, make_scaler("fp32", cpu), "fp32", cpu)
+    stepper = TrainingStep(model, loss, opt, make_scaler(precision, cpu), precision, cpu)
 
     def step(b: Any) -> Tensor:
         return stepper(*views_of(aug, b))
