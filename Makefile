@@ -45,7 +45,7 @@ bench-quick: setup
 	$(PY) bench/throughput.py --quick
 
 # fastclr's pretraining step against the lightly-example pipeline on one JPEG folder, per stage
-# and against the measured matmul rate (bench/pipeline_bench.py; 40-75 min on 2 shared cores):
+# and against the measured matmul rate (bench/pipeline_bench.py; ~10 min on 2 quiet cores):
 # bench/results/pipeline-cpu.{md,jsonl}. `make bench-peers BENCH_ARGS=--quick`: a smoke run.
 BENCH_ARGS ?=
 bench-peers: setup-peers

@@ -250,8 +250,7 @@ DECISION = [
     "the difference grew from +4.2 to +9.1) and -2.1 at 10% (96.50%, now 0.7 below the probe; "
     "from scratch unchanged at 95.10%); no crop at all 84.62% / 62.24% (the baseline "
     "starved). Better with 40 labelled images, worse with 130, one seed each: the default "
-    "stays pretraining's crop (the paper's), and `--crop-min` is there for a user whose "
-    "labelled set is tiny.",
+    "stayed pretraining's crop (the paper's) until the suite was run with LARS (below).",
     "- *optimiser* (measured later, on the third table's pretraining: the first table's "
     "command run again on the code of that day, whose network differs from the first's): LARS "
     "on the conv and linear weights at 1 (each layer moves by at most 0.1% of its norm a step "

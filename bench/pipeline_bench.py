@@ -1,6 +1,6 @@
 """Head-to-head: fastclr's pretraining step against the pipeline users run today, and its limit.
 
-    make bench-peers                                        # both sizes, 3 rounds (40-75 min)
+    make bench-peers                                        # both sizes, 4 rounds (~10 min quiet)
     .venv-peers/bin/python bench/pipeline_bench.py --sizes 64 --rounds 5
     .venv-peers/bin/python bench/pipeline_bench.py --quick  # smoke run: 48 files, 32 px
 
@@ -13,8 +13,9 @@ each pipeline is):
    reference on the same embeddings; views finished in the loader's workers equal the float64
    augmentation definition on the decoded files; every timed step's loss is finite and in range;
 2. images/s: interleaved rounds, one subprocess per pipeline and round (the order rotates each
-   round), each a few warm-up steps then timed steps with its DataLoader workers; medians over
-   rounds, and CPU ms per image of the whole pipeline (training process + its workers);
+   round; with the default 4 rounds, as many as pipelines, every pipeline runs once in every
+   position), each a few warm-up steps then timed steps with its DataLoader workers; medians
+   over rounds, and CPU ms per image of the whole pipeline (training process + its workers);
 3. CPU ms per image per stage (decode, crop/resize, augment, model forward, loss, model backward,
    optimiser) of one batch in one process at 1 thread, with the encoder FLOPs counted by
    ``torch.utils.flop_counter`` and each stage's fraction of the 1-thread matmul rate measured in
@@ -244,6 +245,12 @@ def in_child(kind: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "loadavg_before": load}
 
 
+def round_order(r: int) -> tuple[str, ...]:
+    """The pipelines in the order round ``r`` runs them: rotated by one each round."""
+    names = pipelines.ROUND_PIPELINES
+    return names[r % len(names) :] + names[: r % len(names)]
+
+
 def run_size(
     size: int, width: float, batch: int, args: argparse.Namespace, folder: Path, say: Any
 ) -> dict[str, Any]:
@@ -260,7 +267,7 @@ def run_size(
     names = pipelines.ROUND_PIPELINES
     rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in names}
     for r in range(args.rounds if "rounds" in args.parts else 0):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = round_order(r)
         for p in order:
             say(f"{size} px: round {r + 1}/{args.rounds}, {p}")
             spec = {**base, "pipeline": p, "warmup": args.warmup, "steps": args.steps}
@@ -299,7 +306,13 @@ def _python() -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per pipeline")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=len(pipelines.ROUND_PIPELINES),
+        help="interleaved rounds per pipeline (default: one per pipeline, so that each takes "
+        "every position in the order once; the model-step variants rotate the same way)",
+    )
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per round")
     p.add_argument("--variant-steps", type=int, default=2, help="steps per variant and round")

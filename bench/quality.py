@@ -365,7 +365,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--demo-epochs", type=int, default=DEMO_EPOCHS)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--runs", type=Path, default=Path("runs/quality"))
-    p.add_argument("--variant", help="record the folder suite as this variant (module docstring)")
+    p.add_argument(
+        "--variant",
+        help="record the folder suite (with --suite demo: the demo suite) as this variant "
+        "(module docstring)",
+    )
     p.add_argument(
         "--flags",
         default="",
@@ -374,7 +378,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     from quality_semi import add_arguments
 
     add_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.variant and args.suite not in ("all", "folder", "demo"):
+        p.error(f"--variant trains the folder or the demo suite, not --suite {args.suite}")
+    return args
 
 
 def _train(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -172,7 +172,7 @@ def record_variant(
 
 
 def variant_lines(path: Path) -> list[str]:
-    """quality.md's table of the recorded variants of the folder suite's recipe."""
+    """quality.md's table of the recorded variants of the suites' recipes (folder and demo)."""
     if not path.exists():
         return []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -224,7 +224,12 @@ def markdown(record: dict[str, Any]) -> str:
         f"`{record['command']}` ({len(per_seed)} seeds; {record['date']}; "
         f"{record['machine']}; {record['total_seconds'] / 60:.0f} min). Data: "
         f"{record['data']}. Every seed pretrains with `{record['pretrain_command']}`, then "
-        "trains three classifiers on the same labelled images; top-1 on the validation images.",
+        "trains three classifiers on the same labelled images; top-1 on the validation images."
+        + (
+            f" Both networks fine-tune with `{record['finetune_flags']}` added."
+            if record.get("finetune_flags")
+            else ""
+        ),
         "",
         *([record["note"], ""] if record.get("note") else []),
         "| labels | seed | fine-tuned | from scratch | linear probe |",
@@ -312,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "total_seconds": time.perf_counter() - t0,
         "rows": rows,
+        "finetune_flags": args.finetune_flags,
         "per_seed": per_seed,
         "verdict": verdict(per_seed, rows) if per_seed else {},
         "paper": PAPER,

@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
             "finetune",
             help="fine-tune a pretrained network on a few labels (or train it from scratch)",
             description="SimCLR's semi-supervised fine-tuning (paper, App. B.5): a "
-            "class-balanced labelled subset (written to OUT/labelled.txt), Nesterov SGD, crop "
-            "+ flip; validation top-1/top-5 after every epoch. Settings left unset are decided "
+            "class-balanced labelled subset (written to OUT/labelled.txt), LARS on the weights "
+            "(--optimizer sgd: the paper's Nesterov SGD), crop + flip; validation top-1/top-5 "
+            "after every epoch. Settings left unset are decided "
             "by stated rules and printed with their reasons; the last line is 'top-1 NN.NN%'.",
         ),
         FinetuneConfig,

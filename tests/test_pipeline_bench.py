@@ -44,15 +44,29 @@ def test_check_child(folder: Path) -> None:
         assert 0.0 <= out[key] <= 1.0, (key, out[key])
 
 
-@pytest.mark.parametrize("name", pipelines.PIPELINES)
+@pytest.mark.parametrize("name", pipelines.ROUND_PIPELINES)
 def test_each_pipeline_takes_a_step(folder: Path, name: str) -> None:
     args = (str(folder), 32, 0.125, 4, 0)
     if name == "lightly":
         batches, step = pipelines.lightly_pipeline(*args)
     else:
-        batches, step = pipelines.fastclr_pipeline(*args, name == "fastclr-workers")
+        precision = "bf16" if name == "fastclr-bf16" else "fp32"
+        batches, step = pipelines.fastclr_pipeline(*args, name != "fastclr", precision)
     losses = [float(step(next(batches))) for _ in range(2)]
     assert pipeline_bench._sane(losses, 4) is None, losses
+
+
+def test_round_order_puts_every_pipeline_in_every_position() -> None:
+    """With the default number of rounds each pipeline runs once first, once second, ... (the
+    order of the rounds is rotated), so no pipeline always follows the same one."""
+    names = pipelines.ROUND_PIPELINES
+    rounds = pipeline_bench.parse(["--folder", "x"]).rounds
+    orders = [pipeline_bench.round_order(r) for r in range(rounds)]
+    for p in names:
+        assert sorted(o.index(p) for o in orders) == list(range(len(names)))
+    # the positive control: three rounds of four pipelines leave one position out for each
+    short = [pipeline_bench.round_order(r) for r in range(3)]
+    assert any(sorted(o.index(p) for o in short) != list(range(len(names))) for p in names)
 
 
 def test_profiles_time_every_stage_and_count_the_same_flops(folder: Path) -> None:

@@ -144,3 +144,14 @@ def test_variant_table_names_the_suite(
         "| folder | bf16 | `--precision bf16` | 1 | 90.00 | 80.00 |",
         "| demo | bf16 | `--precision bf16` | 2 | 90.00 ± 0.00 | 80.00 ± 0.00 |",
     ]
+
+
+def test_a_variant_names_a_suite_it_can_train(bench_module: Callable[[str], ModuleType]) -> None:
+    """``--variant`` trains the folder or the demo suite; with ``--suite semi`` or ``none`` it
+    would silently train the folder suite instead, so that is refused (argparse: exit 2)."""
+    quality = bench_module("quality")
+    assert quality._parse(["--variant", "v", "--suite", "demo"]).suite == "demo"
+    for suite in ("semi", "none"):
+        with pytest.raises(SystemExit) as e:
+            quality._parse(["--variant", "v", "--suite", suite])
+        assert e.value.code == 2

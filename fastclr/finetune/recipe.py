@@ -63,8 +63,9 @@ returns each value with its reason, for the run's header.
   labelled images) did not confirm a best rate: over the three, fine-tuned at 4 labels a class
   LARS at 1 90.0% ± 3.5, SGD 90.0% ± 1.8, LARS at 0.3 91.4% ± 2.6, at 3 89.0% ± 2.0; at 10%
   98.6% ± 1.2, 97.9% ± 0.7, 97.4% ± 1.6, 98.1% ± 0.8 (σ over seeds). LARS at 1 stays the
-  default on that and on the semi-supervised suite (3 pretrainings, the suite's own validation
-  images, default width): with 4 labels a class 88.6% ± 2.6 against SGD's 84.7% ± 1.6.
+  default on that and on the semi-supervised suite (3 pretrainings at quarter width, the
+  suite's own validation images, pretraining's crops as then): with 4 labels a class 88.6% ±
+  2.6 against SGD's 84.7% ± 1.6.
   ``--optimizer sgd`` is the paper's.
 
 The rule is the same for a pretrained start and for ``--from-scratch``: the two runs compared
