@@ -530,7 +530,7 @@ def _precision(p: _Planner) -> None:
         if cpu_has_native_bf16():
             flags = cpu_bf16_support().removeprefix("native bf16: ")
             why += (
-                f"; it has native bf16 ({flags}): --precision bf16 made the step 3.0-3.3x "
+                f"; it has native bf16 ({flags}): --precision bf16 made the step 2.9-3.2x "
                 "faster in fastclr's CPU bench, but its demo-suite linear probe was 0.56 "
                 "points lower than fp32's (more than fp32's spread), so not the default"
             )
