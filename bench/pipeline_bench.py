@@ -85,12 +85,7 @@ def child_round(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     args = (spec["folder"], spec["size"], spec["width"], spec["batch"], spec["workers"])
-    if spec["pipeline"] == "lightly":
-        batches, step = pipelines.lightly_pipeline(*args)
-    else:
-        name = spec["pipeline"]
-        precision = "bf16" if name == "fastclr-bf16" else "fp32"
-        batches, step = pipelines.fastclr_pipeline(*args, name != "fastclr", precision)
+    batches, step = pipelines.build_pipeline(spec["pipeline"], *args)
     losses = [float(step(next(batches))) for _ in range(spec["warmup"])]
     main0, work0, t0 = time.process_time(), _worker_cpu_s(), time.perf_counter()
     losses += [float(step(next(batches))) for _ in range(spec["steps"])]

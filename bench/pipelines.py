@@ -126,6 +126,16 @@ def fastclr_pipeline(
     return (b for e in count() for b in loader.epoch(e)), step
 
 
+def build_pipeline(
+    name: str, folder: str, size: int, width: float, batch: int, workers: int
+) -> tuple[Iterator[Any], Step]:
+    """(batches, step) of the pipeline ``name`` (one of :data:`ROUND_PIPELINES`)."""
+    if name == "lightly":
+        return lightly_pipeline(folder, size, width, batch, workers)
+    precision = "bf16" if name == "fastclr-bf16" else "fp32"
+    return fastclr_pipeline(folder, size, width, batch, workers, name != "fastclr", precision)
+
+
 # ------------------------------------------------------------------------------------- lightly
 
 

@@ -322,6 +322,16 @@ def run_folder_suite(name: str, args: argparse.Namespace, flags: list[str]) -> d
     return run_suite(name, argv_for, data, args.seeds, args.runs)
 
 
+def run_demo_suite(name: str, args: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    """The demo suite (the embedded digits, the demo's recipe) with ``flags`` added to every
+    seed's ``fastclr pretrain``."""
+
+    def argv_for(run: Path, seed: int) -> list[str]:
+        return demo_args(run, seed, args.demo_epochs) + flags
+
+    return run_suite(name, argv_for, load_digits(), args.seeds, args.runs)
+
+
 def run_variant(args: argparse.Namespace) -> int:
     """Train the folder suite (the demo suite with ``--suite demo``) with ``args.flags`` added;
     append it to the variants' record."""
@@ -330,12 +340,7 @@ def run_variant(args: argparse.Namespace) -> int:
     flags = shlex.split(args.flags)
     kind = "demo" if args.suite == "demo" else "folder"
     if kind == "demo":
-
-        def dargs(run: Path, seed: int) -> list[str]:
-            return demo_args(run, seed, args.demo_epochs) + flags
-
-        name = f"variant-{args.variant}-demo"
-        suite = run_suite(name, dargs, load_digits(), args.seeds, args.runs)
+        suite = run_demo_suite(f"variant-{args.variant}-demo", args, flags)
     else:
         suite = run_folder_suite(f"variant-{args.variant}", args, flags)
     command = "python bench/quality.py " + shlex.join(sys.argv[1:])
@@ -392,11 +397,7 @@ def _train(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         suites["folder"] = run_folder_suite("folder", args, [])
         verdicts["folder"] = verdict(suites["folder"], against_pixels=True)
     if args.suite in ("all", "demo"):
-
-        def dargs(run: Path, seed: int) -> list[str]:
-            return demo_args(run, seed, args.demo_epochs)
-
-        suites["demo"] = run_suite("demo", dargs, load_digits(), args.seeds, args.runs)
+        suites["demo"] = run_demo_suite("demo", args, [])
         verdicts["demo"] = verdict(suites["demo"], against_pixels=False)
         plot_pairs(args.out / "digits-pairs.png", 16)
     return suites, verdicts

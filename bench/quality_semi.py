@@ -176,9 +176,9 @@ def run_seed(args: argparse.Namespace, folder: Path, seed: int, rows: dict[str, 
         "seed": seed,
         "pretrain": {"seconds": secs, "images_per_s": median_rate(pre)},
     }
+    extra = shlex.split(args.finetune_flags)
     for row, labels in rows.items():
         tag = row.replace("%", "pct")
-        extra = shlex.split(args.finetune_flags)
         ft = _finetune(pre, folder, labels, seed, base / f"{tag}-finetuned", False, extra)
         sc = _finetune(pre, folder, labels, seed, base / f"{tag}-scratch", True, extra)
         lin = linear_probe(pre, folder, base / f"{tag}-finetuned")

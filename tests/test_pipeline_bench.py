@@ -46,12 +46,7 @@ def test_check_child(folder: Path) -> None:
 
 @pytest.mark.parametrize("name", pipelines.ROUND_PIPELINES)
 def test_each_pipeline_takes_a_step(folder: Path, name: str) -> None:
-    args = (str(folder), 32, 0.125, 4, 0)
-    if name == "lightly":
-        batches, step = pipelines.lightly_pipeline(*args)
-    else:
-        precision = "bf16" if name == "fastclr-bf16" else "fp32"
-        batches, step = pipelines.fastclr_pipeline(*args, name != "fastclr", precision)
+    batches, step = pipelines.build_pipeline(name, str(folder), 32, 0.125, 4, 0)
     losses = [float(step(next(batches))) for _ in range(2)]
     assert pipeline_bench._sane(losses, 4) is None, losses
 
