@@ -88,6 +88,18 @@ def label_settings(folder: Path) -> dict[str, str]:
     return {"1%": one, "10%": "10%"}
 
 
+def describe_folder(folder: Path) -> str:
+    """``FOLDER (train/ N, val/ M images, K classes)``, how the record names a ``--folder``
+    (``val/`` reads "held out" when the folder has none and 10% of each class is held out)."""
+    from fastclr.data import plan_data
+
+    data = plan_data(str(folder))
+    held = len(data.heldout) if data.heldout is not None else 0
+    where = "val/" if (folder / "val").is_dir() else "held out"
+    n_cls = len(data.classes)
+    return f"{folder} (train/ {data.n_train:,}, {where} {held:,} images, {n_cls} classes)"
+
+
 def finetune_cli(args: list[str], out: Path) -> tuple[int, float]:
     """``python -m fastclr finetune ARGS --out OUT`` with its output in ``OUT.log``."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         "data": "scikit-learn's digits as a 28-px grayscale PNG folder (train/ 1,438, val/ 359)"
         if args.folder is None
-        else str(folder),
+        else describe_folder(folder),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

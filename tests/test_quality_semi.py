@@ -155,3 +155,19 @@ def test_a_variant_names_a_suite_it_can_train(bench_module: Callable[[str], Modu
         with pytest.raises(SystemExit) as e:
             quality._parse(["--variant", "v", "--suite", suite])
         assert e.value.code == 2
+
+
+def test_a_given_folder_is_named_with_its_split(tmp_path: Path, semi: ModuleType) -> None:
+    """The record names a ``--folder`` with its image counts, ``val/`` or the held-out rule."""
+    from PIL import Image
+
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("a", "b", "c"):
+            d = tmp_path / "f" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (4, 4), i).save(d / f"{i}.png")
+    text = semi.describe_folder(tmp_path / "f")
+    assert text == f"{tmp_path / 'f'} (train/ 18, val/ 6 images, 3 classes)"
+    flat = tmp_path / "f" / "train"  # no val/: 10% of each class (at least one) is held out
+    assert semi.describe_folder(flat) == f"{flat} (train/ 15, held out 3 images, 3 classes)"
