@@ -210,7 +210,8 @@ class TrainConfig:
         "how the two views go through the encoder: joint (one forward of both; BatchNorm "
         "normalises over all 2N views) or separate (one forward per view; BatchNorm statistics "
         "per view, as in lightly's examples); not with --chunk-size",
-        unset="joint (faster on the CPU; SimCLR's own code forwards both views as one batch)",
+        unset="joint (SimCLR's own code forwards both views as one batch; separate measured "
+        "up to 1.13x faster on the CPU in fp32 with the same quality)",
         choices=VIEWS_FORWARD,
     )
     limit_steps: int | None = option(

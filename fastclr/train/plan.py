@@ -222,7 +222,8 @@ class _Planner:
             "views_forward",
             cfg.views_forward,
             "joint",
-            "the default: one forward of both views, measured faster than one per view on CPU",
+            "the default: SimCLR's one forward of both views (one per view measured up to "
+            "1.13x faster on the CPU in fp32, same quality)",
         )
         if cfg.stem != "auto":
             self.put("stem", cfg.stem, "given")
