@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-#: IDX magic numbers: 0x08 (unsigned byte) data, then the number of dimensions.
-IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
 SPLITS = {"train": "train", "val": "t10k"}
 
 
@@ -62,13 +60,13 @@ def find(src: Path, prefix: str, kind: str) -> Path:
 def first_per_class(labels: np.ndarray, per_class: int, what: str = "") -> np.ndarray:
     """Indices of the first ``per_class`` items of every class, in file order (``what`` names
     the option that asked, for the error)."""
-    keep = np.zeros(len(labels), bool)
+    keep = []
     for c in np.unique(labels):
-        have = int((labels == c).sum())
-        if have < per_class:
-            raise ValueError(f"class {c} has {have} images, fewer than {what}{per_class}")
-        keep[np.flatnonzero(labels == c)[:per_class]] = True
-    return np.flatnonzero(keep)
+        where = np.flatnonzero(labels == c)
+        if len(where) < per_class:
+            raise ValueError(f"class {c} has {len(where)} images, fewer than {what}{per_class}")
+        keep.append(where[:per_class])
+    return np.sort(np.concatenate(keep))
 
 
 def export(src: Path, out: Path, per_class: dict[str, int]) -> dict[str, int]:
