@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from fastclr.data import DataPlan, plan_data
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import (
@@ -77,23 +79,18 @@ def median_rate(run: Path) -> float:
     return statistics.median(r["images_per_s"] for r in _csv(run / "epochs.csv"))
 
 
-def label_settings(folder: Path) -> dict[str, str]:
-    """The suite's rows → ``--labels``: 10%, and 1% unless that is fewer than
-    :data:`MIN_PER_CLASS` images a class (then ``4-per-class``)."""
-    from fastclr.data import plan_data
-
-    data = plan_data(str(folder))
+def label_settings(data: DataPlan) -> dict[str, str]:
+    """The suite's rows → ``--labels`` for the folder ``data`` plans: 10%, and 1% unless that is
+    fewer than :data:`MIN_PER_CLASS` images a class (then ``4-per-class``)."""
     per_class = 0.01 * data.n_train / max(1, len(data.classes))
     one = "1%" if per_class >= MIN_PER_CLASS else f"{MIN_PER_CLASS}-per-class"
     return {"1%": one, "10%": "10%"}
 
 
-def describe_folder(folder: Path) -> str:
+def describe_folder(folder: Path, data: DataPlan) -> str:
     """``FOLDER (train/ N, val/ M images, K classes)``, how the record names a ``--folder``
-    (``val/`` reads "held out" when the folder has none and 10% of each class is held out)."""
-    from fastclr.data import plan_data
-
-    data = plan_data(str(folder))
+    (``val/`` reads "held out" when the folder has none and 10% of each class is held out);
+    ``data`` is the folder's plan."""
     held = len(data.heldout) if data.heldout is not None else 0
     where = "val/" if (folder / "val").is_dir() else "held out"
     n_cls = len(data.classes)
@@ -151,7 +148,6 @@ def _finetune(
 def linear_probe(pre: Path, folder: Path, subset_run: Path) -> float:
     """Top-1 of ``fastclr linear-eval``'s probe on the frozen encoder of ``pre``, trained on the
     images ``subset_run/labelled.txt`` lists, scored on the same validation images."""
-    from fastclr.data import plan_data
     from fastclr.data.memory import decode_files
     from fastclr.data.summary import DataSummary
     from fastclr.downstream import load_encoder
@@ -313,7 +309,13 @@ def run(args: argparse.Namespace) -> int:
     folder = args.folder or export_digits_folder(args.runs / f"digits{FOLDER_SIZE}-png")
     if args.image_size is None and args.folder is None:
         args.image_size = FOLDER_SIZE  # the digits export's size, as the recorded runs give it
-    rows = label_settings(folder)
+    data = plan_data(str(folder))  # listed once, before the runs: the rows and the record's name
+    rows = label_settings(data)
+    described = (
+        "scikit-learn's digits as a 28-px grayscale PNG folder (train/ 1,438, val/ 359)"
+        if args.folder is None
+        else describe_folder(folder, data)
+    )
     per_seed = [run_seed(args, folder, seed, rows) for seed in args.seeds]
     record = {
         "command": "python bench/quality.py " + shlex.join(sys.argv[1:]),
@@ -321,9 +323,7 @@ def run(args: argparse.Namespace) -> int:
         + shlex.join(
             folder_args(folder, Path("OUT"), 0, args.epochs, args.image_size, args.width)[2:8]
         ),
-        "data": "scikit-learn's digits as a 28-px grayscale PNG folder (train/ 1,438, val/ 359)"
-        if args.folder is None
-        else describe_folder(folder),
+        "data": described,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from fastclr.data import plan_data
+
 
 @pytest.fixture
 def semi(bench_module: Callable[[str], ModuleType]) -> ModuleType:
@@ -75,11 +77,14 @@ def test_the_1pct_row_keeps_4_images_a_class(tmp_path: Path, semi: ModuleType) -
             d = tmp_path / "few" / str(c)
             d.mkdir(parents=True, exist_ok=True)
             Image.new("L", (4, 4), 10 * c).save(d / f"{i}.png")
-    assert semi.label_settings(tmp_path / "few") == {"1%": "4-per-class", "10%": "10%"}
+    assert semi.label_settings(plan_data(str(tmp_path / "few"))) == {
+        "1%": "4-per-class",
+        "10%": "10%",
+    }
     for c in range(2):
         for i in range(150, 500):
             Image.new("L", (4, 4), 10 * c).save(tmp_path / "few" / str(c) / f"{i}.png")
-    assert semi.label_settings(tmp_path / "few") == {"1%": "1%", "10%": "10%"}
+    assert semi.label_settings(plan_data(str(tmp_path / "few"))) == {"1%": "1%", "10%": "10%"}
 
 
 def test_a_given_folder_is_pretrained_at_the_size_the_plan_picks(
@@ -167,7 +172,8 @@ def test_a_given_folder_is_named_with_its_split(tmp_path: Path, semi: ModuleType
             d.mkdir(parents=True)
             for i in range(n):
                 Image.new("L", (4, 4), i).save(d / f"{i}.png")
-    text = semi.describe_folder(tmp_path / "f")
+    text = semi.describe_folder(tmp_path / "f", plan_data(str(tmp_path / "f")))
     assert text == f"{tmp_path / 'f'} (train/ 18, val/ 6 images, 3 classes)"
     flat = tmp_path / "f" / "train"  # no val/: 10% of each class (at least one) is held out
-    assert semi.describe_folder(flat) == f"{flat} (train/ 15, held out 3 images, 3 classes)"
+    want = f"{flat} (train/ 15, held out 3 images, 3 classes)"
+    assert semi.describe_folder(flat, plan_data(str(flat))) == want
